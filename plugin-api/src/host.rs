@@ -1,0 +1,54 @@
+//! Services the host gives every node call: logging, progress, cancellation, seeds, run facts.
+
+use abi_stable::sabi_trait;
+use abi_stable::sabi_types::RRef;
+use abi_stable::std_types::{RStr, RString};
+use abi_stable::StableAbi;
+
+/// Severity of a log line (bridged to `tracing` levels by the host).
+#[repr(u8)]
+#[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    /// Something failed.
+    Error,
+    /// Something is suspicious.
+    Warn,
+    /// Normal progress information.
+    Info,
+    /// Detail for developers.
+    Debug,
+    /// Very detailed tracing.
+    Trace,
+}
+
+/// The host side of a node call. Plugins receive it as [`HostRef`] and must not keep it beyond the
+/// call.
+#[sabi_trait]
+pub trait HostServices: Send + Sync {
+    /// Writes a log line attributed to the calling node.
+    fn log(&self, level: LogLevel, message: RStr<'_>);
+
+    /// Reports progress (`done` of `total` steps, with a short message). Returns `true` when the
+    /// run has been cancelled, so a loop can stop early.
+    fn progress(&self, done: u64, total: u64, message: RStr<'_>) -> bool;
+
+    /// Whether the run has been cancelled (Ctrl-C, a failing sibling branch, a reload).
+    fn is_cancelled(&self) -> bool;
+
+    /// A seed for this node in this run: the run seed mixed with the node id, stable across runs.
+    fn seed(&self) -> u64;
+
+    /// The graph node id being executed.
+    fn node_id(&self) -> RString;
+
+    /// JSON describing the run (canonical graph, resolved params, seed, plugin versions), for
+    /// nodes that embed provenance in their outputs.
+    fn run_metadata(&self) -> RString;
+
+    /// The folder where nodes write their files; nodes must not write outside it.
+    #[sabi(last_prefix_field)]
+    fn output_dir(&self) -> RString;
+}
+
+/// How a node receives the host services.
+pub type HostRef<'a> = HostServices_TO<'a, RRef<'a, ()>>;

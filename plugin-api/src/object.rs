@@ -1,0 +1,92 @@
+//! Opaque objects: values made by one plugin and called by another.
+//!
+//! A model handle (a denoiser, a VAE, a text encoder) is an object. The consumer knows only its
+//! interface name and calls methods by name with [`Value`] arguments; the call runs in the library
+//! that made the object. Typed wrappers for well-known interfaces are built on [`Object::call`].
+
+use std::fmt;
+
+use abi_stable::sabi_trait;
+use abi_stable::std_types::{RArc, RResult, RStr, RString, RVec};
+use abi_stable::StableAbi;
+
+use crate::error::NodeError;
+use crate::host::HostRef;
+use crate::value::Value;
+
+/// The interface every object implements.
+#[sabi_trait]
+pub trait Object: Send + Sync + 'static {
+    /// The interface name, e.g. `Denoiser`.
+    fn interface(&self) -> RString;
+
+    /// The model family, e.g. `sd1`; empty when it does not apply.
+    fn family(&self) -> RString;
+
+    /// Calls `method` with `args`. Unknown methods return an error naming the method.
+    fn call(&self, host: HostRef<'_>, method: RStr<'_>, args: RVec<Value>)
+        -> RResult<RVec<Value>, NodeError>;
+
+    /// A short human-readable description (for logs and `--explain`).
+    #[sabi(last_prefix_field)]
+    fn describe(&self) -> RString;
+}
+
+/// A shared, refcounted handle to an object. Cloning is cheap; the object is dropped (in its own
+/// library) when the last handle goes.
+#[repr(transparent)]
+#[derive(StableAbi)]
+pub struct ObjectHandle {
+    inner: Object_TO<RArc<()>>,
+}
+
+impl ObjectHandle {
+    /// Wraps a plugin-side value.
+    pub fn new<T: Object + 'static>(object: T) -> Self {
+        ObjectHandle {
+            inner: Object_TO::from_ptr(RArc::new(object), abi_stable::sabi_trait::TD_Opaque),
+        }
+    }
+
+    /// Interface name.
+    pub fn interface(&self) -> String {
+        self.inner.interface().into()
+    }
+
+    /// Model family.
+    pub fn family(&self) -> String {
+        self.inner.family().into()
+    }
+
+    /// Description.
+    pub fn describe(&self) -> String {
+        self.inner.describe().into()
+    }
+
+    /// Calls a method.
+    pub fn call(&self, host: HostRef<'_>, method: &str, args: Vec<Value>) -> Result<Vec<Value>, NodeError> {
+        self.inner
+            .call(host, method.into(), args.into_iter().collect())
+            .into_result()
+            .map(|v| v.into_iter().collect())
+    }
+
+    /// A stable identity for the object while it lives (its address), used for hashing.
+    pub fn identity(&self) -> usize {
+        self.inner.obj.sabi_erased_ref().get() as *const _ as *const () as usize
+    }
+}
+
+impl Clone for ObjectHandle {
+    fn clone(&self) -> Self {
+        ObjectHandle {
+            inner: Object_TO::from_sabi(self.inner.obj.shallow_clone()),
+        }
+    }
+}
+
+impl fmt::Debug for ObjectHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Object({})", self.describe())
+    }
+}

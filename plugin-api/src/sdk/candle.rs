@@ -1,0 +1,126 @@
+//! Conversions between [`Tensor`] and `candle_core::Tensor`.
+//!
+//! Export ([`from_candle`]) does not copy CPU tensors: the FFI tensor keeps a clone of the candle
+//! tensor alive and points at its storage. Never export a tensor you will later mutate in place
+//! (`slice_set`, `Var::set`, ...). Import ([`to_candle`]) always copies, because candle owns its
+//! storage as a `Vec`; the copied bytes are counted in the plugin's stats.
+
+use candle_core::{DType as CDType, Device, Storage};
+
+use crate::error::NodeError;
+use crate::sdk::stats;
+use crate::tensor::{DLDevice, Tensor};
+use crate::types::DType;
+
+fn to_our_dtype(d: CDType) -> Result<DType, NodeError> {
+    Ok(match d {
+        CDType::F32 => DType::F32,
+        CDType::F16 => DType::F16,
+        CDType::BF16 => DType::BF16,
+        CDType::F64 => DType::F64,
+        CDType::U8 => DType::U8,
+        CDType::U32 => DType::U32,
+        CDType::I64 => DType::I64,
+        other => return Err(NodeError::failed(format!("candle dtype {other:?} cannot cross the ABI"))),
+    })
+}
+
+fn to_candle_dtype(d: DType) -> CDType {
+    match d {
+        DType::F32 => CDType::F32,
+        DType::F16 => CDType::F16,
+        DType::BF16 => CDType::BF16,
+        DType::F64 => CDType::F64,
+        DType::U8 => CDType::U8,
+        DType::U32 => CDType::U32,
+        DType::I64 => CDType::I64,
+    }
+}
+
+fn candle_err(e: candle_core::Error) -> NodeError {
+    NodeError::failed(e.to_string())
+}
+
+/// Exports a candle tensor. CPU tensors are shared without copying; device tensors are copied to
+/// the CPU first (device tensors cross the ABI in a later version).
+pub fn from_candle(t: &candle_core::Tensor) -> Result<Tensor, NodeError> {
+    let t = if t.device().is_cpu() {
+        t.clone()
+    } else {
+        t.to_device(&Device::Cpu).map_err(candle_err)?
+    };
+    let dtype = to_our_dtype(t.dtype())?;
+    let (ptr, shape, strides, offset) = {
+        let (storage, layout) = t.storage_and_layout();
+        let ptr = match &*storage {
+            Storage::Cpu(cpu) => match cpu {
+                candle_core::CpuStorage::F32(v) => v.as_ptr() as *const u8,
+                candle_core::CpuStorage::F16(v) => v.as_ptr() as *const u8,
+                candle_core::CpuStorage::BF16(v) => v.as_ptr() as *const u8,
+                candle_core::CpuStorage::F64(v) => v.as_ptr() as *const u8,
+                candle_core::CpuStorage::U8(v) => v.as_ptr(),
+                candle_core::CpuStorage::U32(v) => v.as_ptr() as *const u8,
+                candle_core::CpuStorage::I64(v) => v.as_ptr() as *const u8,
+                _ => return Err(NodeError::failed("unsupported candle storage dtype")),
+            },
+            _ => return Err(NodeError::failed("tensor is not on the CPU after the copy")),
+        };
+        let strides: Vec<i64> = layout.stride().iter().map(|&s| s as i64).collect();
+        (
+            ptr,
+            layout.dims().to_vec(),
+            strides,
+            (layout.start_offset() * dtype.size()) as u64,
+        )
+    };
+    stats::add_exported();
+    // SAFETY: the clone of `t` kept by the manager keeps candle's storage alive; candle tensors
+    // are immutable unless mutated in place, which the module docs forbid for exported tensors.
+    Ok(unsafe {
+        Tensor::from_raw_parts(ptr, dtype, &shape, Some(&strides), offset, DLDevice::CPU, Box::new(t))
+    })
+}
+
+/// Imports a tensor into candle on `device`, copying the data.
+pub fn to_candle(t: &Tensor, device: &Device) -> Result<candle_core::Tensor, NodeError> {
+    let dtype = t
+        .dtype()
+        .ok_or_else(|| NodeError::invalid("tensor has an unsupported element type"))?;
+    let bytes = t.to_contiguous_bytes()?;
+    stats::add_copied(bytes.len() as u64);
+    candle_core::Tensor::from_raw_buffer(&bytes, to_candle_dtype(dtype), &t.shape(), device)
+        .map_err(candle_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_without_copy_on_export() {
+        let c = candle_core::Tensor::arange(0f32, 12f32, &Device::Cpu)
+            .unwrap()
+            .reshape((3, 4))
+            .unwrap();
+        let before = stats::snapshot();
+        let t = from_candle(&c).unwrap();
+        assert_eq!(t.shape(), vec![3, 4]);
+        assert_eq!(stats::snapshot().bytes_copied_in, before.bytes_copied_in);
+        let back = to_candle(&t, &Device::Cpu).unwrap();
+        assert_eq!(back.to_vec2::<f32>().unwrap(), c.to_vec2::<f32>().unwrap());
+        assert!(stats::snapshot().bytes_copied_in >= before.bytes_copied_in + 48);
+    }
+
+    #[test]
+    fn transposed_view_exports_strides() {
+        let c = candle_core::Tensor::arange(0f32, 6f32, &Device::Cpu)
+            .unwrap()
+            .reshape((2, 3))
+            .unwrap()
+            .t()
+            .unwrap();
+        let t = from_candle(&c).unwrap();
+        assert_eq!(t.shape(), vec![3, 2]);
+        assert_eq!(t.to_f32_vec().unwrap(), vec![0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
+    }
+}

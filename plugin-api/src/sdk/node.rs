@@ -1,0 +1,151 @@
+//! Declaring node types.
+
+use std::sync::Arc;
+
+use abi_stable::std_types::{RString, RVec};
+
+use crate::descriptor::{Capabilities, NodeDescriptor, PortDesc};
+use crate::error::NodeError;
+use crate::sdk::{Ctx, Inputs, Param, Params};
+use crate::types::PortType;
+use crate::value::Value;
+
+/// A node instance's behaviour. Implement it for stateful nodes; stateless nodes use a closure
+/// with [`NodeDef::new`].
+pub trait NodeImpl: Send + Sync {
+    /// Runs the node; returns one value per declared output.
+    fn run(&self, ctx: &Ctx<'_>, inputs: &Inputs) -> Result<Vec<Value>, NodeError>;
+}
+
+type Factory = dyn Fn(Params) -> Result<Box<dyn NodeImpl>, NodeError> + Send + Sync;
+
+/// A node type: its descriptor and how to make instances.
+pub struct NodeDef {
+    pub(crate) desc: NodeDescriptor,
+    pub(crate) factory: Arc<Factory>,
+}
+
+struct FnNode<F> {
+    params: Params,
+    f: Arc<F>,
+}
+
+impl<F> NodeImpl for FnNode<F>
+where
+    F: Fn(&Ctx<'_>, &Inputs, &Params) -> Result<Vec<Value>, NodeError> + Send + Sync,
+{
+    fn run(&self, ctx: &Ctx<'_>, inputs: &Inputs) -> Result<Vec<Value>, NodeError> {
+        (self.f)(ctx, inputs, &self.params)
+    }
+}
+
+impl NodeDef {
+    /// A stateless node computed by `f(ctx, inputs, params)`.
+    pub fn new<F>(type_id: &str, f: F) -> Self
+    where
+        F: Fn(&Ctx<'_>, &Inputs, &Params) -> Result<Vec<Value>, NodeError> + Send + Sync + 'static,
+    {
+        let f = Arc::new(f);
+        Self::with_factory(type_id, move |params| {
+            Ok(Box::new(FnNode {
+                params,
+                f: Arc::clone(&f),
+            }) as Box<dyn NodeImpl>)
+        })
+    }
+
+    /// A node whose instances are built by `factory(params)` (for stateful nodes).
+    pub fn with_factory<F>(type_id: &str, factory: F) -> Self
+    where
+        F: Fn(Params) -> Result<Box<dyn NodeImpl>, NodeError> + Send + Sync + 'static,
+    {
+        let display = type_id.rsplit('.').next().unwrap_or(type_id).replace('_', " ");
+        NodeDef {
+            desc: NodeDescriptor {
+                type_id: type_id.into(),
+                version: "1.0.0".into(),
+                display_name: display.into(),
+                doc: RString::new(),
+                inputs: RVec::new(),
+                outputs: RVec::new(),
+                params: RVec::new(),
+                caps: Capabilities::default(),
+            },
+            factory: Arc::new(factory),
+        }
+    }
+
+    /// Sets the documentation.
+    pub fn doc(mut self, doc: &str) -> Self {
+        self.desc.doc = doc.into();
+        self
+    }
+
+    /// Sets the display name.
+    pub fn display_name(mut self, name: &str) -> Self {
+        self.desc.display_name = name.into();
+        self
+    }
+
+    /// Sets the node type's version.
+    pub fn version(mut self, version: &str) -> Self {
+        self.desc.version = version.into();
+        self
+    }
+
+    fn port(name: &str, ty: PortType, doc: &str, optional: bool) -> PortDesc {
+        PortDesc {
+            name: name.into(),
+            ty,
+            optional,
+            doc: doc.into(),
+        }
+    }
+
+    /// Adds a required input.
+    pub fn input(mut self, name: &str, ty: PortType, doc: &str) -> Self {
+        self.desc.inputs.push(Self::port(name, ty, doc, false));
+        self
+    }
+
+    /// Adds an optional input.
+    pub fn optional_input(mut self, name: &str, ty: PortType, doc: &str) -> Self {
+        self.desc.inputs.push(Self::port(name, ty, doc, true));
+        self
+    }
+
+    /// Adds an output.
+    pub fn output(mut self, name: &str, ty: PortType, doc: &str) -> Self {
+        self.desc.outputs.push(Self::port(name, ty, doc, false));
+        self
+    }
+
+    /// Adds a parameter.
+    pub fn param(mut self, param: Param) -> Self {
+        self.desc.params.push(param.into_spec());
+        self
+    }
+
+    /// Marks the node non-deterministic (never cached unless it has a seed parameter).
+    pub fn nondeterministic(mut self) -> Self {
+        self.desc.caps.deterministic = false;
+        self
+    }
+
+    /// Marks the node stateful.
+    pub fn stateful(mut self) -> Self {
+        self.desc.caps.stateful = true;
+        self
+    }
+
+    /// Marks the node as having side effects (writing files).
+    pub fn side_effects(mut self) -> Self {
+        self.desc.caps.side_effects = true;
+        self
+    }
+
+    /// The descriptor built so far.
+    pub fn descriptor(&self) -> &NodeDescriptor {
+        &self.desc
+    }
+}
