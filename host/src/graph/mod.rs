@@ -1,0 +1,12 @@
+//! Graph files: parsing, validation, type checking, plans.
+
+pub mod diag;
+pub mod file;
+pub mod params;
+pub mod plan;
+pub mod typecheck;
+pub mod validate;
+
+pub use diag::{Diagnostic, Pos, Severity};
+pub use plan::{Plan, PlanNode, Source};
+pub use validate::{node_seed, parse_set_value, validate, Overrides, Validated};

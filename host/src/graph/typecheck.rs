@@ -1,0 +1,162 @@
+//! Port type compatibility: unification of parameterised types across an edge.
+
+use std::collections::HashMap;
+
+use latentflow_plugin_api::abi_stable::std_types::{RBox, ROption};
+use latentflow_plugin_api::{DType, Dim, PortType};
+use serde_json::{Map, Value as Json};
+
+/// Type-variable bindings of one node (`C` → 4).
+pub type Bindings = HashMap<String, i64>;
+
+/// Resolves `Param` dims from `params` and bound `Var`s; unbound variables stay as they are.
+fn resolve(d: &Dim, params: &Map<String, Json>, b: &Bindings) -> Dim {
+    match d {
+        Dim::Param(p) => params
+            .get(p.as_str())
+            .and_then(Json::as_i64)
+            .map(Dim::Fixed)
+            .unwrap_or(Dim::Any),
+        Dim::Var(v) => b.get(v.as_str()).map(|&x| Dim::Fixed(x)).unwrap_or_else(|| d.clone()),
+        other => other.clone(),
+    }
+}
+
+fn unify_dim(out: &Dim, inp: &Dim, params: &Map<String, Json>, b: &mut Bindings) -> bool {
+    let inp_r = resolve(inp, params, b);
+    match (out, &inp_r) {
+        (Dim::Fixed(a), Dim::Fixed(c)) => a == c,
+        (Dim::Fixed(a), Dim::Var(v)) => {
+            b.insert(v.to_string(), *a);
+            true
+        }
+        _ => true,
+    }
+}
+
+fn dtype_ok(out: Option<DType>, inp: &ROption<DType>) -> bool {
+    match (out, inp) {
+        (Some(a), ROption::RSome(b)) => a == *b,
+        _ => true,
+    }
+}
+
+/// Whether an output of type `out` (already resolved) may feed an input of type `inp` of a node
+/// with `params`; binds the node's type variables as a side effect.
+pub fn unify(out: &PortType, inp: &PortType, params: &Map<String, Json>, b: &mut Bindings) -> bool {
+    use PortType as T;
+    let tensor_like = |rank: i64, dtype: Option<DType>, want_dtype: &ROption<DType>, want_rank: &Dim, b: &mut Bindings| {
+        dtype_ok(dtype, want_dtype) && unify_dim(&Dim::Fixed(rank), want_rank, params, b)
+    };
+    match (out, inp) {
+        (T::Any, _) | (_, T::Any) => true,
+        (T::List(a), T::List(c)) => unify(a, c, params, b),
+        (T::Tensor { dtype: d1, rank: r1 }, T::Tensor { dtype, rank }) => {
+            dtype_ok(d1.clone().into_option(), dtype) && unify_dim(r1, rank, params, b)
+        }
+        (T::Image, T::Tensor { dtype, rank }) => tensor_like(4, Some(DType::F32), dtype, rank, b),
+        (T::Latent { .. }, T::Tensor { dtype, rank }) => tensor_like(4, None, dtype, rank, b),
+        (T::Mask, T::Tensor { dtype, rank }) => tensor_like(3, Some(DType::F32), dtype, rank, b),
+        (T::Conditioning { .. }, T::Tensor { dtype, rank }) => tensor_like(3, None, dtype, rank, b),
+        (T::Latent { channels: c1 }, T::Latent { channels: c2 }) => unify_dim(c1, c2, params, b),
+        (T::Conditioning { dim: d1 }, T::Conditioning { dim: d2 }) => unify_dim(d1, d2, params, b),
+        (
+            T::Handle {
+                interface: i1,
+                family: f1,
+            },
+            T::Handle {
+                interface: i2,
+                family: f2,
+            },
+        ) => i1 == i2 && (f1.is_empty() || f2.is_empty() || f1 == f2),
+        (T::Int, T::Float) => true,
+        (a, c) => a.kind_name() == c.kind_name() && matches!(a, T::Bool | T::Int | T::Float | T::String | T::Image | T::Mask),
+    }
+}
+
+/// An output type with the node's params and bindings substituted; unbound variables become `Any`.
+pub fn substitute(t: &PortType, params: &Map<String, Json>, b: &Bindings) -> PortType {
+    use PortType as T;
+    let dim = |d: &Dim| match resolve(d, params, b) {
+        Dim::Var(_) | Dim::Param(_) => Dim::Any,
+        other => other,
+    };
+    match t {
+        T::List(item) => T::List(RBox::new(substitute(item, params, b))),
+        T::Tensor { dtype, rank } => T::Tensor {
+            dtype: dtype.clone(),
+            rank: dim(rank),
+        },
+        T::Latent { channels } => T::Latent { channels: dim(channels) },
+        T::Conditioning { dim: d } => T::Conditioning { dim: dim(d) },
+        other => other.clone(),
+    }
+}
+
+/// Whether a constant from a graph variable fits a port of type `t`.
+pub fn const_fits(value: &Json, t: &PortType) -> bool {
+    match t {
+        PortType::Any => true,
+        PortType::Bool => value.is_boolean(),
+        PortType::Int => value.is_i64() || value.is_u64(),
+        PortType::Float => value.is_number(),
+        PortType::String => value.is_string(),
+        PortType::List(item) => value.as_array().is_some_and(|a| a.iter().all(|v| const_fits(v, item))),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_params() -> Map<String, Json> {
+        Map::new()
+    }
+
+    #[test]
+    fn latent_channels_must_match() {
+        let mut b = Bindings::new();
+        let four = PortType::latent(Dim::Fixed(4));
+        let sixteen = PortType::latent(Dim::Fixed(16));
+        assert!(unify(&four, &four, &no_params(), &mut b));
+        assert!(!unify(&sixteen, &four, &no_params(), &mut b));
+        assert!(unify(&PortType::latent(Dim::Any), &four, &no_params(), &mut b));
+    }
+
+    #[test]
+    fn type_variables_bind_across_inputs() {
+        let mut b = Bindings::new();
+        let var = PortType::latent(Dim::var("C"));
+        assert!(unify(&PortType::latent(Dim::Fixed(4)), &var, &no_params(), &mut b));
+        assert!(!unify(&PortType::latent(Dim::Fixed(16)), &var, &no_params(), &mut b));
+        assert_eq!(substitute(&var, &no_params(), &b), PortType::latent(Dim::Fixed(4)));
+    }
+
+    #[test]
+    fn params_fix_dimensions() {
+        let mut params = Map::new();
+        params.insert("channels".into(), Json::from(16));
+        let t = PortType::latent(Dim::param("channels"));
+        assert_eq!(substitute(&t, &params, &Bindings::new()), PortType::latent(Dim::Fixed(16)));
+    }
+
+    #[test]
+    fn specialised_tensors_widen_to_tensor() {
+        let mut b = Bindings::new();
+        let rank4 = PortType::tensor(None, Dim::Fixed(4));
+        assert!(unify(&PortType::Image, &rank4, &no_params(), &mut b));
+        assert!(!unify(&PortType::Mask, &rank4, &no_params(), &mut b));
+        assert!(!unify(&rank4, &PortType::Image, &no_params(), &mut b));
+    }
+
+    #[test]
+    fn handles_match_by_interface_and_family() {
+        let mut b = Bindings::new();
+        let sd1 = PortType::handle("Denoiser", "sd1");
+        assert!(unify(&sd1, &PortType::handle("Denoiser", ""), &no_params(), &mut b));
+        assert!(!unify(&sd1, &PortType::handle("Denoiser", "sdxl"), &no_params(), &mut b));
+        assert!(!unify(&sd1, &PortType::handle("Vae", "sd1"), &no_params(), &mut b));
+    }
+}

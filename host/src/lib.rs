@@ -1,0 +1,8 @@
+//! LatentFlow: run diffusion pipelines written as YAML graphs of nodes from plugin libraries.
+//!
+//! The library behind the `latentflow` binary: graph validation ([`graph`]), plugin loading
+//! ([`plugins`]), execution with a content-addressed cache ([`exec`]) and hot reload
+//! ([`watch`]).
+
+pub mod graph;
+pub mod plugins;

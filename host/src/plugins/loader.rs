@@ -1,0 +1,185 @@
+//! Loading one plugin library: content-addressed copy, abi_stable header and layout checks,
+//! manifest.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use abi_stable::library::{lib_header_from_path, LibraryError, RootModule};
+use latentflow_plugin_api::{NodeDescriptor, PluginManifest, PluginModRef, PluginStats, API_VERSION};
+
+/// A loaded plugin generation. Libraries are never unloaded: a newer build of the same file is
+/// loaded from its own content-addressed copy and the old one stays mapped.
+pub struct Plugin {
+    /// Name from the manifest.
+    pub name: String,
+    /// Version from the manifest.
+    pub version: String,
+    /// The library file as found (the one watched for changes).
+    pub path: PathBuf,
+    /// The private copy that was actually loaded.
+    pub loaded_from: PathBuf,
+    /// blake3 of the library bytes (hex): the plugin's build identity.
+    pub build: String,
+    /// The root module.
+    pub module: PluginModRef,
+    /// Node types it provides.
+    pub nodes: Vec<NodeDescriptor>,
+    /// Time spent loading, in seconds.
+    pub load_seconds: f64,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("path", &self.path)
+            .field("build", &self.build)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Plugin {
+    /// The plugin's tensor-traffic counters.
+    pub fn stats(&self) -> PluginStats {
+        (self.module.stats())()
+    }
+}
+
+/// Why a library was refused. The message is one readable line; `detail` holds abi_stable's full
+/// report for `--verbose`.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct LoadError {
+    /// The library.
+    pub path: PathBuf,
+    /// One-line reason.
+    pub message: String,
+    /// Full report, possibly long.
+    pub detail: Option<String>,
+}
+
+impl LoadError {
+    fn new(path: &Path, message: impl Into<String>) -> Self {
+        LoadError {
+            path: path.to_path_buf(),
+            message: message.into(),
+            detail: None,
+        }
+    }
+}
+
+/// Whether `path` names a shared library on this platform.
+pub fn is_library(path: &Path) -> bool {
+    let suffix = std::env::consts::DLL_SUFFIX.trim_start_matches('.');
+    path.extension().is_some_and(|e| e == suffix)
+}
+
+/// Loads the library at `path`, loading from a private copy in `cache_dir` named by content hash.
+pub fn load(path: &Path, cache_dir: &Path) -> Result<Plugin, LoadError> {
+    let started = Instant::now();
+    let bytes = fs::read(path).map_err(|e| LoadError::new(path, format!("cannot read: {e}")))?;
+    let build = blake3::hash(&bytes).to_hex().to_string();
+    let copy = private_copy(path, &bytes, &build, cache_dir)?;
+    drop(bytes);
+
+    let header = lib_header_from_path(&copy).map_err(|e| summarize(path, e))?;
+    let module = header
+        .init_root_module::<PluginModRef>()
+        .map_err(|e| summarize(path, e))?;
+    let manifest: PluginManifest = (module.manifest())()
+        .into_result()
+        .map_err(|e| LoadError::new(path, format!("plugin failed to describe itself: {}", e.message)))?;
+
+    Ok(Plugin {
+        name: manifest.name.to_string(),
+        version: manifest.version.to_string(),
+        path: path.to_path_buf(),
+        loaded_from: copy,
+        build,
+        module,
+        nodes: manifest.nodes.into_iter().collect(),
+        load_seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+fn private_copy(path: &Path, bytes: &[u8], build: &str, cache_dir: &Path) -> Result<PathBuf, LoadError> {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "plugin".into());
+    let ext = path.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default();
+    let copy = cache_dir.join(format!("{stem}-{}.{ext}", &build[..16]));
+    if copy.exists() {
+        return Ok(copy);
+    }
+    fs::create_dir_all(cache_dir)
+        .map_err(|e| LoadError::new(path, format!("cannot create plugin cache {}: {e}", cache_dir.display())))?;
+    let tmp = cache_dir.join(format!(".{stem}-{}.{}.tmp", &build[..16], std::process::id()));
+    fs::write(&tmp, bytes)
+        .and_then(|_| fs::rename(&tmp, &copy))
+        .map_err(|e| LoadError::new(path, format!("cannot copy into plugin cache: {e}")))?;
+    Ok(copy)
+}
+
+/// Turns abi_stable's error (whose layout report can run to hundreds of lines) into one line.
+fn summarize(path: &Path, err: LibraryError) -> LoadError {
+    let full = err.to_string();
+    let message = match &err {
+        LibraryError::OpenError { err, .. } => {
+            format!("cannot open library: {}", first_line(&err.to_string()))
+        }
+        LibraryError::GetSymbolError { .. } => {
+            "not a LatentFlow plugin (no abi_stable root module symbol; was it built with export_plugin!?)"
+                .to_string()
+        }
+        LibraryError::IncompatibleVersionNumber {
+            expected_version,
+            actual_version,
+            ..
+        } => format!(
+            "incompatible plugin-api: plugin built against plugin-api {actual_version}, this host uses \
+             plugin-api {expected_version}; rebuild the plugin against plugin-api {}",
+            API_VERSION
+        ),
+        LibraryError::ParseVersionError(e) => format!("unreadable plugin-api version: {e}"),
+        LibraryError::AbiInstability(e) => {
+            let report = e.to_string();
+            let last = report
+                .lines()
+                .rev()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+                .unwrap_or("layout differs");
+            format!(
+                "incompatible plugin-api layout (plugin-api {API_VERSION} on the host): {}; rebuild the \
+                 plugin against this plugin-api",
+                squeeze(last)
+            )
+        }
+        LibraryError::InvalidAbiHeader(h) => format!(
+            "built with an incompatible abi_stable ({h:?}); rebuild the plugin against plugin-api {API_VERSION}"
+        ),
+        LibraryError::RootModule { err, .. } => {
+            format!("plugin failed while initialising: {}", first_line(&err.to_string()))
+        }
+        _ => first_line(&full).to_string(),
+    };
+    LoadError {
+        path: path.to_path_buf(),
+        message,
+        detail: Some(full),
+    }
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or(s)
+}
+
+fn squeeze(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The name abi_stable looks for (kept here so `RootModule` stays in use for docs and checks).
+pub const ROOT_MODULE_NAME: &str = <PluginModRef as RootModule>::NAME;

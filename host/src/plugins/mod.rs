@@ -1,0 +1,7 @@
+//! Finding, loading and hot-swapping plugin libraries.
+
+pub mod loader;
+pub mod registry;
+
+pub use loader::{LoadError, Plugin};
+pub use registry::{Discovery, NodeType, Refusal, Registry};
