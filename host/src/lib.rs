@@ -4,5 +4,6 @@
 //! ([`plugins`]), execution with a content-addressed cache ([`exec`]) and hot reload
 //! ([`watch`]).
 
+pub mod exec;
 pub mod graph;
 pub mod plugins;
