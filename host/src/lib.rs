@@ -7,3 +7,9 @@
 pub mod exec;
 pub mod graph;
 pub mod plugins;
+pub mod bench;
+pub mod dot;
+pub mod provenance;
+pub mod schema;
+pub mod ui;
+pub mod watch;

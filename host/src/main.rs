@@ -1,1 +1,402 @@
-fn main(){}
+//! The `latentflow` command line.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use latentflow::exec::{EventSink, Executor, JsonLinesSink, NullSink, RunOptions, RunStatus, Status};
+use latentflow::graph::{parse_set_value, validate, Overrides, Plan, Validated};
+use latentflow::plugins::{Discovery, Refusal, Registry};
+use latentflow::{bench, dot, provenance, schema, ui, watch};
+
+/// Exit codes: distinct for invalid graphs, node failures, plugin problems and cancellation.
+mod exit {
+    pub const ERROR: u8 = 1;
+    pub const INVALID_GRAPH: u8 = 3;
+    pub const NODE_FAILED: u8 = 4;
+    pub const PLUGIN: u8 = 5;
+    pub const CANCELLED: u8 = 130;
+}
+
+#[derive(Parser)]
+#[command(name = "latentflow", version, about = "Run diffusion pipelines written as YAML graphs of plugin nodes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+
+    /// Extra plugin folder or library (repeatable); also searched: the executable's folder,
+    /// ./plugins and LATENTFLOW_PLUGIN_PATH.
+    #[arg(long = "plugins", global = true, value_name = "DIR")]
+    plugins: Vec<PathBuf>,
+
+    /// Show debug logs and full plugin loader reports.
+    #[arg(short, long, global = true)]
+    verbose: bool,
+
+    /// Print only errors.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+
+    /// Emit machine-readable events on standard output.
+    #[arg(long, global = true, value_enum)]
+    events: Option<EventFormat>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum EventFormat {
+    /// Newline-delimited JSON, one event per line.
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate and run a graph (a .yaml file, or a PNG written by core.save_image).
+    Run(RunArgs),
+    /// Run a graph, then re-run it whenever it or a plugin library changes.
+    Watch(WatchArgs),
+    /// Check a graph without running anything; reports every problem.
+    Validate(GraphArgs),
+    /// List the node types of the loaded plugins.
+    Nodes {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a graph as Graphviz.
+    Graph {
+        #[command(flatten)]
+        graph: GraphArgs,
+        /// Graphviz `dot` output (the only format so far).
+        #[arg(long, default_value_t = true)]
+        dot: bool,
+    },
+    /// Print the JSON Schema of graph files (with the loaded node types).
+    Schema,
+    /// Measure validation, dispatch, plugin load and reload speed.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Args, Clone)]
+struct GraphArgs {
+    /// The graph file.
+    graph: PathBuf,
+    /// Override a graph input: NAME=VALUE (repeatable).
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    set: Vec<String>,
+    /// Run seed (default: the graph's `seed`, else 0).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Print diagnostics as JSON (validate).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Clone)]
+struct RunArgs {
+    #[command(flatten)]
+    graph: GraphArgs,
+    /// Print, per node, whether it ran or was cached and why.
+    #[arg(long)]
+    explain: bool,
+    /// Folder for output files.
+    #[arg(long, default_value = "output")]
+    output_dir: PathBuf,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Cancel the remaining nodes as soon as one fails.
+    #[arg(long)]
+    fail_fast: bool,
+}
+
+#[derive(Args, Clone)]
+struct WatchArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Result cache budget in MiB.
+    #[arg(long, default_value_t = 4096)]
+    cache_mib: usize,
+    /// Stop after this many runs.
+    #[arg(long, hide = true)]
+    exit_after: Option<usize>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose, cli.quiet);
+    match real_main(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(exit::ERROR)
+        }
+    }
+}
+
+fn init_tracing(verbose: bool, quiet: bool) {
+    let default = if verbose {
+        "debug"
+    } else if quiet {
+        "error"
+    } else {
+        "warn"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LATENTFLOW_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+fn real_main(cli: Cli) -> Result<u8> {
+    let discovery = Discovery::standard(&cli.plugins);
+    let (registry, refusals) = Registry::load(&discovery);
+    let conflicts = report_refusals(&refusals, cli.verbose, cli.quiet);
+    let events: Arc<dyn EventSink> = match (cli.events, cli.quiet) {
+        (Some(EventFormat::Json), _) => Arc::new(JsonLinesSink),
+        (None, true) => Arc::new(NullSink),
+        (None, false) => Arc::new(ui::Ui::new()),
+    };
+    match cli.command {
+        Command::Nodes { json } => {
+            print_nodes(&registry, json)?;
+            Ok(0)
+        }
+        Command::Schema => {
+            println!("{}", serde_json::to_string_pretty(&schema::graph_schema(&registry))?);
+            Ok(0)
+        }
+        Command::Bench(args) => {
+            bench::run(&args, &discovery)?;
+            Ok(0)
+        }
+        _ if conflicts => Ok(exit::PLUGIN),
+        Command::Validate(args) => {
+            let v = load_and_validate(&args, &registry)?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&v.diagnostics)?);
+            } else {
+                print_diagnostics(&v);
+                if v.plan.is_some() && !cli.quiet {
+                    eprintln!("{}: valid", args.graph.display());
+                }
+            }
+            Ok(if v.plan.is_some() { 0 } else { exit::INVALID_GRAPH })
+        }
+        Command::Graph { graph, .. } => {
+            let v = load_and_validate(&graph, &registry)?;
+            print_diagnostics(&v);
+            match v.plan {
+                Some(plan) => {
+                    print!("{}", dot::to_dot(&plan));
+                    Ok(0)
+                }
+                None => Ok(exit::INVALID_GRAPH),
+            }
+        }
+        Command::Run(args) => run(&args, &registry, events, cli.verbose),
+        Command::Watch(args) => {
+            let opts = run_options(&args.run, Arc::clone(&events))?;
+            install_ctrlc(&opts.cancel);
+            let cfg = watch::WatchConfig {
+                graph: args.run.graph.graph.clone(),
+                overrides: overrides(&args.run.graph)?,
+                discovery,
+                run: opts,
+                cache_bytes: args.cache_mib << 20,
+                exit_after: args.exit_after,
+                settle: Duration::from_millis(60),
+            };
+            watch::watch(cfg, registry)?;
+            Ok(0)
+        }
+    }
+}
+
+/// Prints refusals; returns whether any was a conflict (which makes runs ambiguous).
+fn report_refusals(refusals: &[Refusal], verbose: bool, quiet: bool) -> bool {
+    let mut conflict = false;
+    for r in refusals {
+        match r {
+            Refusal::Conflict { .. } => {
+                conflict = true;
+                eprintln!("error: {r}");
+            }
+            Refusal::Load(e) => {
+                if !quiet {
+                    eprintln!("warning: {r}");
+                }
+                if verbose {
+                    if let Some(d) = &e.detail {
+                        eprintln!("{d}");
+                    }
+                }
+            }
+        }
+    }
+    conflict
+}
+
+fn overrides(args: &GraphArgs) -> Result<Overrides> {
+    let mut set = Vec::new();
+    for s in &args.set {
+        let Some((k, v)) = s.split_once('=') else {
+            bail!("--set {s}: expected NAME=VALUE");
+        };
+        set.push((k.trim().to_string(), parse_set_value(v)));
+    }
+    Ok(Overrides { set, seed: args.seed })
+}
+
+fn read_graph(path: &Path) -> Result<String> {
+    let is_png = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("png"));
+    if is_png {
+        return provenance::graph_from_png(path).map_err(anyhow::Error::msg);
+    }
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+fn load_and_validate(args: &GraphArgs, registry: &Registry) -> Result<Validated> {
+    let text = read_graph(&args.graph)?;
+    Ok(validate(&args.graph, &text, registry, &overrides(args)?))
+}
+
+fn print_diagnostics(v: &Validated) {
+    for d in &v.diagnostics {
+        eprintln!("{d}");
+    }
+    let errors = v.diagnostics.iter().filter(|d| d.is_error()).count();
+    if errors > 0 {
+        eprintln!("{errors} error{} found; nothing was run", if errors == 1 { "" } else { "s" });
+    }
+}
+
+fn run_options(args: &RunArgs, events: Arc<dyn EventSink>) -> Result<RunOptions> {
+    let mut opts = RunOptions::new(events);
+    std::fs::create_dir_all(&args.output_dir)
+        .with_context(|| format!("cannot create output folder {}", args.output_dir.display()))?;
+    opts.output_dir = args.output_dir.canonicalize().unwrap_or_else(|_| args.output_dir.clone());
+    if let Some(t) = args.threads {
+        opts.threads = t.max(1);
+    }
+    opts.fail_fast = args.fail_fast;
+    Ok(opts)
+}
+
+fn install_ctrlc(cancel: &Arc<AtomicBool>) {
+    let flag = Arc::clone(cancel);
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::Relaxed) {
+            std::process::exit(exit::CANCELLED as i32);
+        }
+        eprintln!("cancelling… (press Ctrl-C again to quit at once)");
+    });
+}
+
+fn run(args: &RunArgs, registry: &Registry, events: Arc<dyn EventSink>, verbose: bool) -> Result<u8> {
+    let v = load_and_validate(&args.graph, registry)?;
+    print_diagnostics(&v);
+    let Some(plan) = v.plan else {
+        return Ok(exit::INVALID_GRAPH);
+    };
+    let mut opts = run_options(args, events)?;
+    opts.metadata = provenance::metadata(&plan, registry);
+    install_ctrlc(&opts.cancel);
+    let mut exec = Executor::new(None);
+    let report = exec.run(&plan, &opts);
+    if args.explain {
+        print_explain(&plan, &report);
+    }
+    if verbose {
+        for p in registry.plugins() {
+            let s = p.stats();
+            eprintln!(
+                "plugin {} {}: {} bytes copied in, {} tensors exported without copy",
+                p.name, p.version, s.bytes_copied_in, s.tensors_exported
+            );
+        }
+    }
+    Ok(match report.status {
+        RunStatus::Ok => 0,
+        RunStatus::Failed => exit::NODE_FAILED,
+        RunStatus::Cancelled => exit::CANCELLED,
+    })
+}
+
+fn print_explain(plan: &Plan, report: &latentflow::exec::RunReport) {
+    eprintln!("{:<24} {:<8} why", "node", "status");
+    for o in &report.outcomes {
+        let status = match &o.status {
+            Status::Ran => "ran".to_string(),
+            Status::Cached => "cached".to_string(),
+            Status::Failed(_) => "failed".to_string(),
+            Status::Skipped(_) => "skipped".to_string(),
+            Status::Cancelled => "cancelled".to_string(),
+        };
+        let why = match (&o.status, &o.reason) {
+            (Status::Failed(e), _) => e.clone(),
+            (Status::Skipped(w), _) => w.clone(),
+            (_, Some(r)) => r.to_string(),
+            _ => String::new(),
+        };
+        eprintln!("{:<24} {:<8} {why}", o.node, status);
+    }
+    let _ = plan;
+}
+
+fn print_nodes(registry: &Registry, json: bool) -> Result<()> {
+    if json {
+        let list: Vec<serde_json::Value> = registry
+            .types()
+            .map(|t| {
+                let d = &t.desc;
+                serde_json::json!({
+                    "type": d.type_id.as_str(),
+                    "version": d.version.as_str(),
+                    "display_name": d.display_name.as_str(),
+                    "doc": d.doc.as_str(),
+                    "plugin": {"name": t.plugin.name, "version": t.plugin.version, "path": t.plugin.path},
+                    "inputs": d.inputs.iter().map(|p| serde_json::json!({"name": p.name.as_str(), "type": p.ty.to_string(), "optional": p.optional, "doc": p.doc.as_str()})).collect::<Vec<_>>(),
+                    "outputs": d.outputs.iter().map(|p| serde_json::json!({"name": p.name.as_str(), "type": p.ty.to_string(), "doc": p.doc.as_str()})).collect::<Vec<_>>(),
+                    "params": d.params.iter().map(|p| serde_json::json!({
+                        "name": p.name.as_str(), "kind": p.kind.name(),
+                        "default": p.default.clone().into_option().and_then(|s| serde_json::from_str::<serde_json::Value>(s.as_str()).ok()),
+                        "min": p.min.into_option(), "max": p.max.into_option(),
+                        "choices": p.choices.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
+                        "doc": p.doc.as_str(),
+                    })).collect::<Vec<_>>(),
+                    "deterministic": d.caps.deterministic,
+                    "stateful": d.caps.stateful,
+                    "side_effects": d.caps.side_effects,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    for t in registry.types() {
+        let d = &t.desc;
+        println!("{}  ({} {}, v{})", d.type_id, t.plugin.name, t.plugin.version, d.version);
+        if let Some(line) = d.doc.lines().next() {
+            println!("    {line}");
+        }
+        for p in d.inputs.iter() {
+            let opt = if p.optional { " (optional)" } else { "" };
+            println!("    in   {:<14} {}{opt}  {}", p.name, p.ty, p.doc);
+        }
+        for p in d.outputs.iter() {
+            println!("    out  {:<14} {}  {}", p.name, p.ty, p.doc);
+        }
+        for p in d.params.iter() {
+            let default = p.default.clone().into_option().map(|d| format!(" = {d}")).unwrap_or_default();
+            println!("    param {:<13} {}{default}  {}", p.name, p.kind.name(), p.doc);
+        }
+    }
+    Ok(())
+}

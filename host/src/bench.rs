@@ -1,0 +1,227 @@
+//! `latentflow bench`: validation, dispatch, plugin load and hot-reload timings on generated graphs.
+//!
+//! Uses the trivial `core.int` / `core.add_int` nodes of the core plugin so that the numbers
+//! measure the runtime, not the nodes.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::exec::{Event, EventSink, Executor, NullSink, RunOptions};
+use crate::graph::{validate, Overrides};
+use crate::plugins::{loader, Discovery, Registry};
+use crate::watch;
+
+/// Options of `latentflow bench`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Largest validation graph (nodes).
+    #[arg(long, default_value_t = 100_000)]
+    pub max_nodes: usize,
+    /// Length of the dispatch chain.
+    #[arg(long, default_value_t = 10_000)]
+    pub chain: usize,
+    /// Repetitions of each measurement (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub reps: usize,
+}
+
+/// Why the benchmark could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// The core plugin is missing.
+    #[error("the core plugin (liblatentflow_core) was not found next to the executable or on the plugin path")]
+    NoCore,
+    /// Something else.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A chain graph of `n` nodes: `core.int` followed by `n - 1` `core.add_int`.
+pub fn chain_yaml(n: usize) -> String {
+    let mut s = String::with_capacity(n * 64);
+    s.push_str("version: 1\nnodes:\n  n0:\n    type: core.int\n    params: {value: 1}\n");
+    for i in 1..n {
+        let _ = writeln!(s, "  n{i}:\n    type: core.add_int\n    inputs: {{a: n{}.value}}\n    params: {{add: 1}}", i - 1);
+    }
+    s
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn core_path(discovery: &Discovery) -> Result<PathBuf, BenchError> {
+    discovery
+        .files()
+        .into_iter()
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().contains("latentflow_core")))
+        .ok_or(BenchError::NoCore)
+}
+
+/// Runs every measurement and prints a Markdown table.
+pub fn run(args: &BenchArgs, discovery: &Discovery) -> Result<(), BenchError> {
+    let core = core_path(discovery)?;
+    let scratch = std::env::temp_dir().join(format!("latentflow-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).map_err(|e| BenchError::Other(e.to_string()))?;
+    let plugin_dir = scratch.join("plugins");
+    std::fs::create_dir_all(&plugin_dir).map_err(|e| BenchError::Other(e.to_string()))?;
+    let cache_dir = scratch.join("cache");
+
+    // Plugin load: each copy differs by trailing bytes, so every load is a real dlopen.
+    let mut load_ms = Vec::new();
+    for rep in 0..args.reps {
+        let copy = plugin_dir.join(format!("liblatentflow_core_bench{rep}{}", std::env::consts::DLL_SUFFIX));
+        unique_copy(&core, &copy, rep as u64)?;
+        let t = Instant::now();
+        loader::load(&copy, &cache_dir).map_err(|e| BenchError::Other(e.to_string()))?;
+        load_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        let _ = std::fs::remove_file(&copy);
+    }
+
+    let only_core = Discovery {
+        dirs: vec![core.clone()],
+        exe_dir: None,
+        cache_dir: cache_dir.clone(),
+    };
+    let (registry, _) = Registry::load(&only_core);
+    let file = scratch.join("chain.yaml");
+
+    println!("| measurement | result |\n|---|---|");
+    println!("| plugin load (core, fresh dlopen, median of {}) | {:.2} ms |", args.reps, median(load_ms));
+
+    let mut n = 1000;
+    while n <= args.max_nodes {
+        let yaml = chain_yaml(n);
+        let mut times = Vec::new();
+        for _ in 0..args.reps.min(3).max(1) {
+            let t = Instant::now();
+            let v = validate(&file, &yaml, &registry, &Overrides::default());
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+            if v.plan.is_none() {
+                return Err(BenchError::Other(format!("generated graph invalid: {:?}", v.diagnostics.first())));
+            }
+        }
+        println!("| validate {n}-node chain (parse + check) | {:.1} ms |", median(times));
+        n *= 10;
+    }
+
+    let yaml = chain_yaml(args.chain);
+    let plan = validate(&file, &yaml, &registry, &Overrides::default())
+        .plan
+        .ok_or_else(|| BenchError::Other("chain graph invalid".into()))?;
+    let mut opts = RunOptions::new(Arc::new(NullSink));
+    opts.output_dir = scratch.clone();
+    let mut cold = Vec::new();
+    let mut cached = Vec::new();
+    let mut nocache = Vec::new();
+    for _ in 0..args.reps {
+        let mut exec = Executor::new(Some(1 << 30));
+        let r = exec.run(&plan, &opts);
+        cold.push(r.ms * 1e3 / args.chain as f64);
+        let r = exec.run(&plan, &opts);
+        cached.push(r.ms * 1e3 / args.chain as f64);
+        let mut plain = Executor::new(None);
+        let r = plain.run(&plan, &opts);
+        nocache.push(r.ms * 1e3 / args.chain as f64);
+    }
+    println!("| dispatch per node, {}-node chain, cold (cache on) | {:.2} µs |", args.chain, median(cold));
+    println!("| dispatch per node, {}-node chain, fully cached | {:.2} µs |", args.chain, median(cached));
+    println!("| dispatch per node, {}-node chain, no cache (`latentflow run`) | {:.2} µs |", args.chain, median(nocache));
+
+    let reload = reload_latency(&core, &scratch, args.reps)?;
+    println!("| hot reload: library settled → re-run finished (median of {}) | {:.1} ms |", args.reps, reload);
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(())
+}
+
+fn unique_copy(src: &Path, dst: &Path, salt: u64) -> Result<(), BenchError> {
+    let mut bytes = std::fs::read(src).map_err(|e| BenchError::Other(e.to_string()))?;
+    // Trailing bytes after the ELF image change the content hash without changing the code.
+    bytes.extend_from_slice(&salt.to_le_bytes());
+    bytes.extend_from_slice(&(std::process::id() as u64).to_le_bytes());
+    bytes.extend_from_slice(&Instant::now().elapsed().as_nanos().to_le_bytes());
+    let tmp = dst.with_extension("tmp");
+    std::fs::write(&tmp, &bytes)
+        .and_then(|_| std::fs::rename(&tmp, dst))
+        .map_err(|e| BenchError::Other(e.to_string()))
+}
+
+struct Timestamps(Mutex<Vec<Instant>>);
+
+impl EventSink for Timestamps {
+    fn emit(&self, e: &Event) {
+        if let Event::RunFinished { .. } = e {
+            if let Ok(mut v) = self.0.lock() {
+                v.push(Instant::now());
+            }
+        }
+    }
+    fn wants_detail(&self) -> bool {
+        false
+    }
+}
+
+fn reload_latency(core: &Path, scratch: &Path, reps: usize) -> Result<f64, BenchError> {
+    let dir = scratch.join("watched");
+    std::fs::create_dir_all(&dir).map_err(|e| BenchError::Other(e.to_string()))?;
+    let lib = dir.join(format!("liblatentflow_core{}", std::env::consts::DLL_SUFFIX));
+    unique_copy(core, &lib, 1000)?;
+    let graph = dir.join("g.yaml");
+    std::fs::write(&graph, chain_yaml(10)).map_err(|e| BenchError::Other(e.to_string()))?;
+    let discovery = Discovery {
+        dirs: vec![dir.clone()],
+        exe_dir: None,
+        cache_dir: scratch.join("cache"),
+    };
+    let (registry, _) = Registry::load(&discovery);
+    let stamps = Arc::new(Timestamps(Mutex::new(Vec::new())));
+    let cancel = Arc::new(AtomicBool::new(false));
+    let mut run = RunOptions::new(stamps.clone());
+    run.cancel = Arc::clone(&cancel);
+    run.output_dir = scratch.to_path_buf();
+    let cfg = watch::WatchConfig {
+        graph,
+        overrides: Overrides::default(),
+        discovery,
+        run,
+        cache_bytes: 1 << 30,
+        exit_after: Some(reps + 1),
+        settle: Duration::from_millis(60),
+    };
+    let handle = std::thread::spawn(move || watch::watch(cfg, registry));
+    let wait_runs = |k: usize| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if stamps.0.lock().map(|v| v.len() >= k).unwrap_or(false) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        false
+    };
+    if !wait_runs(1) {
+        cancel.store(true, Ordering::Relaxed);
+        return Err(BenchError::Other("watch did not start".into()));
+    }
+    // Give the watcher time to arm before the first change.
+    std::thread::sleep(Duration::from_millis(200));
+    let mut lat = Vec::new();
+    for rep in 0..reps {
+        unique_copy(core, &lib, 2000 + rep as u64)?;
+        let settled = Instant::now();
+        if !wait_runs(rep + 2) {
+            cancel.store(true, Ordering::Relaxed);
+            return Err(BenchError::Other("reload did not trigger a re-run".into()));
+        }
+        let finished = stamps.0.lock().map(|v| v[rep + 1]).unwrap_or(settled);
+        lat.push(finished.duration_since(settled).as_secs_f64() * 1e3);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cancel.store(true, Ordering::Relaxed);
+    let _ = handle.join();
+    Ok(median(lat))
+}
