@@ -191,6 +191,7 @@ fn reload_latency(core: &Path, scratch: &Path, reps: usize) -> Result<f64, Bench
         cache_bytes: 1 << 30,
         exit_after: Some(reps + 1),
         settle: Duration::from_millis(60),
+        explain: false,
     };
     let handle = std::thread::spawn(move || watch::watch(cfg, registry));
     let wait_runs = |k: usize| {

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use latentflow::exec::{EventSink, Executor, JsonLinesSink, NullSink, RunOptions, RunStatus, Status};
-use latentflow::graph::{parse_set_value, validate, Overrides, Plan, Validated};
+use latentflow::exec::{EventSink, Executor, JsonLinesSink, NullSink, RunOptions, RunStatus};
+use latentflow::graph::{parse_set_value, validate, Overrides, Validated};
 use latentflow::plugins::{Discovery, Refusal, Registry};
 use latentflow::{bench, dot, provenance, schema, ui, watch};
 
@@ -169,7 +169,7 @@ fn real_main(cli: Cli) -> Result<u8> {
             Ok(0)
         }
         Command::Schema => {
-            println!("{}", serde_json::to_string_pretty(&schema::graph_schema(&registry))?);
+            emit(&(serde_json::to_string_pretty(&schema::graph_schema(&registry))? + "\n"))?;
             Ok(0)
         }
         Command::Bench(args) => {
@@ -180,7 +180,7 @@ fn real_main(cli: Cli) -> Result<u8> {
         Command::Validate(args) => {
             let v = load_and_validate(&args, &registry)?;
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&v.diagnostics)?);
+                emit(&(serde_json::to_string_pretty(&v.diagnostics)? + "\n"))?;
             } else {
                 print_diagnostics(&v);
                 if v.plan.is_some() && !cli.quiet {
@@ -194,7 +194,7 @@ fn real_main(cli: Cli) -> Result<u8> {
             print_diagnostics(&v);
             match v.plan {
                 Some(plan) => {
-                    print!("{}", dot::to_dot(&plan));
+                    emit(&dot::to_dot(&plan))?;
                     Ok(0)
                 }
                 None => Ok(exit::INVALID_GRAPH),
@@ -212,6 +212,7 @@ fn real_main(cli: Cli) -> Result<u8> {
                 cache_bytes: args.cache_mib << 20,
                 exit_after: args.exit_after,
                 settle: Duration::from_millis(60),
+                explain: args.run.explain,
             };
             watch::watch(cfg, registry)?;
             Ok(0)
@@ -311,7 +312,7 @@ fn run(args: &RunArgs, registry: &Registry, events: Arc<dyn EventSink>, verbose:
     let mut exec = Executor::new(None);
     let report = exec.run(&plan, &opts);
     if args.explain {
-        print_explain(&plan, &report);
+        eprint!("{}", latentflow::exec::explain(&report));
     }
     if verbose {
         for p in registry.plugins() {
@@ -329,28 +330,18 @@ fn run(args: &RunArgs, registry: &Registry, events: Arc<dyn EventSink>, verbose:
     })
 }
 
-fn print_explain(plan: &Plan, report: &latentflow::exec::RunReport) {
-    eprintln!("{:<24} {:<8} why", "node", "status");
-    for o in &report.outcomes {
-        let status = match &o.status {
-            Status::Ran => "ran".to_string(),
-            Status::Cached => "cached".to_string(),
-            Status::Failed(_) => "failed".to_string(),
-            Status::Skipped(_) => "skipped".to_string(),
-            Status::Cancelled => "cancelled".to_string(),
-        };
-        let why = match (&o.status, &o.reason) {
-            (Status::Failed(e), _) => e.clone(),
-            (Status::Skipped(w), _) => w.clone(),
-            (_, Some(r)) => r.to_string(),
-            _ => String::new(),
-        };
-        eprintln!("{:<24} {:<8} {why}", o.node, status);
+/// Writes to standard output, treating a closed pipe (`| head`) as success.
+fn emit(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
     }
-    let _ = plan;
 }
 
 fn print_nodes(registry: &Registry, json: bool) -> Result<()> {
+    use std::fmt::Write as _;
     if json {
         let list: Vec<serde_json::Value> = registry
             .types()
@@ -377,26 +368,26 @@ fn print_nodes(registry: &Registry, json: bool) -> Result<()> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&list)?);
-        return Ok(());
+        return emit(&(serde_json::to_string_pretty(&list)? + "\n"));
     }
+    let mut s = String::new();
     for t in registry.types() {
         let d = &t.desc;
-        println!("{}  ({} {}, v{})", d.type_id, t.plugin.name, t.plugin.version, d.version);
+        let _ = writeln!(s, "{}  ({} {}, v{})", d.type_id, t.plugin.name, t.plugin.version, d.version);
         if let Some(line) = d.doc.lines().next() {
-            println!("    {line}");
+            let _ = writeln!(s, "    {line}");
         }
         for p in d.inputs.iter() {
             let opt = if p.optional { " (optional)" } else { "" };
-            println!("    in   {:<14} {}{opt}  {}", p.name, p.ty, p.doc);
+            let _ = writeln!(s, "    in   {:<14} {}{opt}  {}", p.name, p.ty, p.doc);
         }
         for p in d.outputs.iter() {
-            println!("    out  {:<14} {}  {}", p.name, p.ty, p.doc);
+            let _ = writeln!(s, "    out  {:<14} {}  {}", p.name, p.ty, p.doc);
         }
         for p in d.params.iter() {
             let default = p.default.clone().into_option().map(|d| format!(" = {d}")).unwrap_or_default();
-            println!("    param {:<13} {}{default}  {}", p.name, p.kind.name(), p.doc);
+            let _ = writeln!(s, "    param {:<13} {}{default}  {}", p.name, p.kind.name(), p.doc);
         }
     }
-    Ok(())
+    emit(&s)
 }

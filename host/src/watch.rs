@@ -35,6 +35,8 @@ pub struct WatchConfig {
     pub exit_after: Option<usize>,
     /// How long a file must be quiet before it counts as settled.
     pub settle: Duration,
+    /// Print, after each run, why each node ran or was cached.
+    pub explain: bool,
 }
 
 /// Why watching stopped with an error.
@@ -86,7 +88,10 @@ pub fn watch(cfg: WatchConfig, mut registry: Registry) -> Result<usize, WatchErr
         if let Some(plan) = v.plan {
             let mut opts = cfg.run.clone();
             opts.metadata = provenance::metadata(&plan, registry);
-            exec.run(&plan, &opts);
+            let report = exec.run(&plan, &opts);
+            if cfg.explain {
+                eprint!("{}", crate::exec::explain(&report));
+            }
         }
     };
 

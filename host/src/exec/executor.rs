@@ -691,3 +691,20 @@ pub fn json_to_value(v: &Json) -> Value {
         Json::Object(_) => Value::Str(v.to_string().into()),
     }
 }
+
+/// A table of each node's status and the reason, as printed by `--explain`.
+pub fn explain(report: &RunReport) -> String {
+    use std::fmt::Write;
+    let mut s = format!("{:<24} {:<9} why\n", "node", "status");
+    for o in &report.outcomes {
+        let (status, why) = match (&o.status, &o.reason) {
+            (Status::Failed(e), _) => ("failed", e.clone()),
+            (Status::Skipped(w), _) => ("skipped", w.clone()),
+            (Status::Cancelled, _) => ("cancelled", String::new()),
+            (Status::Ran, r) => ("ran", r.as_ref().map(|r| r.to_string()).unwrap_or_default()),
+            (Status::Cached, r) => ("cached", r.as_ref().map(|r| r.to_string()).unwrap_or_default()),
+        };
+        let _ = writeln!(s, "{:<24} {status:<9} {why}", o.node);
+    }
+    s
+}

@@ -7,4 +7,4 @@ pub mod hash;
 pub mod services;
 
 pub use events::{CollectSink, Event, EventSink, JsonLinesSink, NullSink, Reason};
-pub use executor::{Executor, Outcome, RunOptions, RunReport, RunStatus, Status};
+pub use executor::{explain, Executor, Outcome, RunOptions, RunReport, RunStatus, Status};

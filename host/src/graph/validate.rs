@@ -596,8 +596,10 @@ impl<'a> Validator<'a> {
 /// The graph with variables and defaults resolved: valid graph YAML (JSON is YAML), used as
 /// provenance in outputs so that `latentflow run image.png` re-runs it.
 fn canonical_json(nodes: &[PlanNode], seed: u64) -> Json {
+    let mut sorted: Vec<&PlanNode> = nodes.iter().collect();
+    sorted.sort_by(|a, b| a.id.cmp(&b.id));
     let mut out_nodes = Map::new();
-    for n in nodes {
+    for n in sorted {
         let mut inputs = Map::new();
         for (k, s) in n.inputs.iter().enumerate() {
             let port = n.ty.desc.inputs[k].name.to_string();
@@ -619,7 +621,8 @@ fn canonical_json(nodes: &[PlanNode], seed: u64) -> Json {
             node.insert("inputs".into(), Json::Object(inputs));
         }
         if !n.params.is_empty() {
-            node.insert("params".into(), Json::Object(n.params.clone()));
+            let params: BTreeMap<&String, &Json> = n.params.iter().collect();
+            node.insert("params".into(), serde_json::to_value(params).unwrap_or_default());
         }
         out_nodes.insert(n.id.clone(), Json::Object(node));
     }
