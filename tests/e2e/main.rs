@@ -1,1 +1,8 @@
+//! End-to-end tests: they build the plugins and run graphs through the real binary.
 
+mod cli;
+mod execution;
+mod graphs;
+mod plugins;
+mod validation;
+mod watch;

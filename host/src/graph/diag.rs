@@ -131,3 +131,22 @@ where
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, c)| format!("did you mean `{c}`?"))
 }
+
+/// A suggestion for a mistyped node type: within the same family, compare the names only, so
+/// that the shared `family.` prefix does not make unrelated types look alike.
+pub fn did_you_mean_type<'a, I>(word: &str, candidates: I) -> Option<String>
+where
+    I: IntoIterator<Item = &'a str>,
+{
+    let (family, name) = word.split_once('.').unwrap_or(("", word));
+    let same_family: Vec<&str> = candidates.into_iter().collect();
+    let best = same_family
+        .iter()
+        .filter_map(|c| {
+            let (f, n) = c.split_once('.').unwrap_or(("", c));
+            let score = if f == family { strsim::jaro_winkler(name, n) } else { strsim::jaro_winkler(word, c) };
+            (score > 0.8).then_some((score, *c))
+        })
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    best.map(|(_, c)| format!("did you mean `{c}`?"))
+}

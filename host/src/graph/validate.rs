@@ -101,7 +101,10 @@ impl<'a> Validator<'a> {
     }
 
     fn run(&mut self, text: &str, overrides: &Overrides) -> Option<Plan> {
-        let options = serde_saphyr::options! { duplicate_keys: serde_saphyr::DuplicateKeyPolicy::PassThrough };
+        let options = serde_saphyr::options! {
+            duplicate_keys: serde_saphyr::DuplicateKeyPolicy::PassThrough,
+            strict_booleans: true,
+        };
         let parsed: GraphFile = match serde_saphyr::from_str_with_options(text, options) {
             Ok(g) => g,
             Err(e) => {
@@ -250,7 +253,7 @@ impl<'a> Validator<'a> {
             let ty = self.registry.get(&def.value.type_id.value).cloned();
             if ty.is_none() {
                 let t = &def.value.type_id;
-                let hint = did_you_mean(&t.value, self.registry.type_ids())
+                let hint = super::diag::did_you_mean_type(&t.value, self.registry.type_ids())
                     .or_else(|| Some("run `latentflow nodes` to list the node types of the loaded plugins".into()));
                 let d = self.err("unknown-node-type", t.referenced.into(), format!("unknown node type `{}`", t.value));
                 d.node = Some(id.value.clone());
