@@ -44,7 +44,11 @@ pub fn chain_yaml(n: usize) -> String {
     let mut s = String::with_capacity(n * 64);
     s.push_str("version: 1\nnodes:\n  n0:\n    type: core.int\n    params: {value: 1}\n");
     for i in 1..n {
-        let _ = writeln!(s, "  n{i}:\n    type: core.add_int\n    inputs: {{a: n{}.value}}\n    params: {{add: 1}}", i - 1);
+        let _ = writeln!(
+            s,
+            "  n{i}:\n    type: core.add_int\n    inputs: {{a: n{}.value}}\n    params: {{add: 1}}",
+            i - 1
+        );
     }
     s
 }
@@ -58,7 +62,10 @@ fn core_path(discovery: &Discovery) -> Result<PathBuf, BenchError> {
     discovery
         .files()
         .into_iter()
-        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().contains("latentflow_core")))
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().contains("latentflow_core"))
+        })
         .ok_or(BenchError::NoCore)
 }
 
@@ -74,7 +81,10 @@ pub fn run(args: &BenchArgs, discovery: &Discovery) -> Result<(), BenchError> {
     // Plugin load: each copy differs by trailing bytes, so every load is a real dlopen.
     let mut load_ms = Vec::new();
     for rep in 0..args.reps {
-        let copy = plugin_dir.join(format!("liblatentflow_core_bench{rep}{}", std::env::consts::DLL_SUFFIX));
+        let copy = plugin_dir.join(format!(
+            "liblatentflow_core_bench{rep}{}",
+            std::env::consts::DLL_SUFFIX
+        ));
         unique_copy(&core, &copy, rep as u64)?;
         let t = Instant::now();
         loader::load(&copy, &cache_dir).map_err(|e| BenchError::Other(e.to_string()))?;
@@ -91,21 +101,31 @@ pub fn run(args: &BenchArgs, discovery: &Discovery) -> Result<(), BenchError> {
     let file = scratch.join("chain.yaml");
 
     println!("| measurement | result |\n|---|---|");
-    println!("| plugin load (core, fresh dlopen, median of {}) | {:.2} ms |", args.reps, median(load_ms));
+    println!(
+        "| plugin load (core, fresh dlopen, median of {}) | {:.2} ms |",
+        args.reps,
+        median(load_ms)
+    );
 
     let mut n = 1000;
     while n <= args.max_nodes {
         let yaml = chain_yaml(n);
         let mut times = Vec::new();
-        for _ in 0..args.reps.min(3).max(1) {
+        for _ in 0..args.reps.clamp(1, 3) {
             let t = Instant::now();
             let v = validate(&file, &yaml, &registry, &Overrides::default());
             times.push(t.elapsed().as_secs_f64() * 1e3);
             if v.plan.is_none() {
-                return Err(BenchError::Other(format!("generated graph invalid: {:?}", v.diagnostics.first())));
+                return Err(BenchError::Other(format!(
+                    "generated graph invalid: {:?}",
+                    v.diagnostics.first()
+                )));
             }
         }
-        println!("| validate {n}-node chain (parse + check) | {:.1} ms |", median(times));
+        println!(
+            "| validate {n}-node chain (parse + check) | {:.1} ms |",
+            median(times)
+        );
         n *= 10;
     }
 
@@ -128,12 +148,27 @@ pub fn run(args: &BenchArgs, discovery: &Discovery) -> Result<(), BenchError> {
         let r = plain.run(&plan, &opts);
         nocache.push(r.ms * 1e3 / args.chain as f64);
     }
-    println!("| dispatch per node, {}-node chain, cold (cache on) | {:.2} µs |", args.chain, median(cold));
-    println!("| dispatch per node, {}-node chain, fully cached | {:.2} µs |", args.chain, median(cached));
-    println!("| dispatch per node, {}-node chain, no cache (`latentflow run`) | {:.2} µs |", args.chain, median(nocache));
+    println!(
+        "| dispatch per node, {}-node chain, cold (cache on) | {:.2} µs |",
+        args.chain,
+        median(cold)
+    );
+    println!(
+        "| dispatch per node, {}-node chain, fully cached | {:.2} µs |",
+        args.chain,
+        median(cached)
+    );
+    println!(
+        "| dispatch per node, {}-node chain, no cache (`latentflow run`) | {:.2} µs |",
+        args.chain,
+        median(nocache)
+    );
 
     let reload = reload_latency(&core, &scratch, args.reps)?;
-    println!("| hot reload: library settled → re-run finished (median of {}) | {:.1} ms |", args.reps, reload);
+    println!(
+        "| hot reload: library settled → re-run finished (median of {}) | {:.1} ms |",
+        args.reps, reload
+    );
     let _ = std::fs::remove_dir_all(&scratch);
     Ok(())
 }
@@ -168,7 +203,10 @@ impl EventSink for Timestamps {
 fn reload_latency(core: &Path, scratch: &Path, reps: usize) -> Result<f64, BenchError> {
     let dir = scratch.join("watched");
     std::fs::create_dir_all(&dir).map_err(|e| BenchError::Other(e.to_string()))?;
-    let lib = dir.join(format!("liblatentflow_core{}", std::env::consts::DLL_SUFFIX));
+    let lib = dir.join(format!(
+        "liblatentflow_core{}",
+        std::env::consts::DLL_SUFFIX
+    ));
     unique_copy(core, &lib, 1000)?;
     let graph = dir.join("g.yaml");
     std::fs::write(&graph, chain_yaml(10)).map_err(|e| BenchError::Other(e.to_string()))?;

@@ -12,7 +12,11 @@ fn esc(s: &str) -> String {
 pub fn to_dot(plan: &Plan) -> String {
     let mut out = String::from("digraph latentflow {\n  rankdir=LR;\n  node [shape=box, style=rounded, fontname=\"Helvetica\"];\n");
     for (i, n) in plan.nodes.iter().enumerate() {
-        let shape = if plan.outputs.contains(&i) { ", penwidth=2" } else { "" };
+        let shape = if plan.outputs.contains(&i) {
+            ", penwidth=2"
+        } else {
+            ""
+        };
         let _ = writeln!(
             out,
             "  \"{}\" [label=\"{}\\n{}\"{shape}];",

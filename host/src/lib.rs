@@ -4,11 +4,11 @@
 //! ([`plugins`]), execution with a content-addressed cache ([`exec`]) and hot reload
 //! ([`watch`]).
 
+pub mod bench;
+pub mod dot;
 pub mod exec;
 pub mod graph;
 pub mod plugins;
-pub mod bench;
-pub mod dot;
 pub mod provenance;
 pub mod schema;
 pub mod ui;

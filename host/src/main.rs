@@ -23,7 +23,11 @@ mod exit {
 }
 
 #[derive(Parser)]
-#[command(name = "latentflow", version, about = "Run diffusion pipelines written as YAML graphs of plugin nodes")]
+#[command(
+    name = "latentflow",
+    version,
+    about = "Run diffusion pipelines written as YAML graphs of plugin nodes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -187,7 +191,11 @@ fn real_main(cli: Cli) -> Result<u8> {
                     eprintln!("{}: valid", args.graph.display());
                 }
             }
-            Ok(if v.plan.is_some() { 0 } else { exit::INVALID_GRAPH })
+            Ok(if v.plan.is_some() {
+                0
+            } else {
+                exit::INVALID_GRAPH
+            })
         }
         Command::Graph { graph, .. } => {
             let v = load_and_validate(&graph, &registry)?;
@@ -252,11 +260,16 @@ fn overrides(args: &GraphArgs) -> Result<Overrides> {
         };
         set.push((k.trim().to_string(), parse_set_value(v)));
     }
-    Ok(Overrides { set, seed: args.seed })
+    Ok(Overrides {
+        set,
+        seed: args.seed,
+    })
 }
 
 fn read_graph(path: &Path) -> Result<String> {
-    let is_png = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("png"));
+    let is_png = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("png"));
     if is_png {
         return provenance::graph_from_png(path).map_err(anyhow::Error::msg);
     }
@@ -274,7 +287,10 @@ fn print_diagnostics(v: &Validated) {
     }
     let errors = v.diagnostics.iter().filter(|d| d.is_error()).count();
     if errors > 0 {
-        eprintln!("{errors} error{} found; nothing was run", if errors == 1 { "" } else { "s" });
+        eprintln!(
+            "{errors} error{} found; nothing was run",
+            if errors == 1 { "" } else { "s" }
+        );
     }
 }
 
@@ -282,7 +298,10 @@ fn run_options(args: &RunArgs, events: Arc<dyn EventSink>) -> Result<RunOptions>
     let mut opts = RunOptions::new(events);
     std::fs::create_dir_all(&args.output_dir)
         .with_context(|| format!("cannot create output folder {}", args.output_dir.display()))?;
-    opts.output_dir = args.output_dir.canonicalize().unwrap_or_else(|_| args.output_dir.clone());
+    opts.output_dir = args
+        .output_dir
+        .canonicalize()
+        .unwrap_or_else(|_| args.output_dir.clone());
     if let Some(t) = args.threads {
         opts.threads = t.max(1);
     }
@@ -300,7 +319,12 @@ fn install_ctrlc(cancel: &Arc<AtomicBool>) {
     });
 }
 
-fn run(args: &RunArgs, registry: &Registry, events: Arc<dyn EventSink>, verbose: bool) -> Result<u8> {
+fn run(
+    args: &RunArgs,
+    registry: &Registry,
+    events: Arc<dyn EventSink>,
+    verbose: bool,
+) -> Result<u8> {
     let v = load_and_validate(&args.graph, registry)?;
     print_diagnostics(&v);
     let Some(plan) = v.plan else {
@@ -373,7 +397,11 @@ fn print_nodes(registry: &Registry, json: bool) -> Result<()> {
     let mut s = String::new();
     for t in registry.types() {
         let d = &t.desc;
-        let _ = writeln!(s, "{}  ({} {}, v{})", d.type_id, t.plugin.name, t.plugin.version, d.version);
+        let _ = writeln!(
+            s,
+            "{}  ({} {}, v{})",
+            d.type_id, t.plugin.name, t.plugin.version, d.version
+        );
         if let Some(line) = d.doc.lines().next() {
             let _ = writeln!(s, "    {line}");
         }
@@ -385,8 +413,19 @@ fn print_nodes(registry: &Registry, json: bool) -> Result<()> {
             let _ = writeln!(s, "    out  {:<14} {}  {}", p.name, p.ty, p.doc);
         }
         for p in d.params.iter() {
-            let default = p.default.clone().into_option().map(|d| format!(" = {d}")).unwrap_or_default();
-            let _ = writeln!(s, "    param {:<13} {}{default}  {}", p.name, p.kind.name(), p.doc);
+            let default = p
+                .default
+                .clone()
+                .into_option()
+                .map(|d| format!(" = {d}"))
+                .unwrap_or_default();
+            let _ = writeln!(
+                s,
+                "    param {:<13} {}{default}  {}",
+                p.name,
+                p.kind.name(),
+                p.doc
+            );
         }
     }
     emit(&s)

@@ -29,7 +29,8 @@ pub fn metadata(plan: &Plan, registry: &Registry) -> String {
 
 /// Reads the graph embedded in a PNG written by `core.save_image`.
 pub fn graph_from_png(path: &Path) -> Result<String, String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let file =
+        std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     let decoder = png::Decoder::new(BufReader::new(file));
     let reader = decoder
         .read_info()
@@ -56,7 +57,8 @@ pub fn graph_from_png(path: &Path) -> Result<String, String> {
             path.display()
         )
     })?;
-    let meta: Json = serde_json::from_str(&text).map_err(|e| format!("the embedded graph is not valid JSON: {e}"))?;
+    let meta: Json = serde_json::from_str(&text)
+        .map_err(|e| format!("the embedded graph is not valid JSON: {e}"))?;
     let graph = meta.get("graph").cloned().unwrap_or(meta);
     serde_json::to_string_pretty(&graph).map_err(|e| e.to_string())
 }

@@ -17,8 +17,12 @@ fn param_schema(p: &ParamSpec) -> Json {
         ParamKind::Int => json!({"type": "integer"}),
         ParamKind::Float => json!({"type": "number"}),
         ParamKind::String | ParamKind::Path => json!({"type": "string"}),
-        ParamKind::Enum => json!({"enum": p.choices.iter().map(|c| c.as_str()).collect::<Vec<_>>()}),
-        ParamKind::Seed => json!({"anyOf": [{"type": "integer", "minimum": 0}, {"const": "random"}]}),
+        ParamKind::Enum => {
+            json!({"enum": p.choices.iter().map(|c| c.as_str()).collect::<Vec<_>>()})
+        }
+        ParamKind::Seed => {
+            json!({"anyOf": [{"type": "integer", "minimum": 0}, {"const": "random"}]})
+        }
         ParamKind::Json => json!({}),
     };
     if let Json::Object(m) = &mut s {
@@ -44,7 +48,11 @@ fn param_schema(p: &ParamSpec) -> Json {
 }
 
 fn node_rule(d: &NodeDescriptor) -> Json {
-    let params: Map<String, Json> = d.params.iter().map(|p| (p.name.to_string(), param_schema(p))).collect();
+    let params: Map<String, Json> = d
+        .params
+        .iter()
+        .map(|p| (p.name.to_string(), param_schema(p)))
+        .collect();
     let inputs: Map<String, Json> = d
         .inputs
         .iter()
@@ -55,7 +63,12 @@ fn node_rule(d: &NodeDescriptor) -> Json {
             )
         })
         .collect();
-    let required_inputs: Vec<&str> = d.inputs.iter().filter(|p| !p.optional).map(|p| p.name.as_str()).collect();
+    let required_inputs: Vec<&str> = d
+        .inputs
+        .iter()
+        .filter(|p| !p.optional)
+        .map(|p| p.name.as_str())
+        .collect();
     let required_params: Vec<&str> = d
         .params
         .iter()

@@ -54,13 +54,17 @@ impl Ui {
 
 impl EventSink for Ui {
     fn emit(&self, event: &Event) {
-        let Ok(mut st) = self.state.lock() else { return };
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
         match event {
             Event::RunStarted { nodes } => {
                 let bar = self.multi.add(ProgressBar::new(*nodes as u64));
                 bar.set_style(
-                    ProgressStyle::with_template("{spinner} nodes {pos}/{len} {wide_bar} {elapsed} {msg}")
-                        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                    ProgressStyle::with_template(
+                        "{spinner} nodes {pos}/{len} {wide_bar} {elapsed} {msg}",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
                 );
                 st.overall = Some(bar);
             }
@@ -84,7 +88,11 @@ impl EventSink for Ui {
                 }
                 self.line(format!("  cached  {node:<24} {:>12}  ({reason})", ""));
             }
-            Event::NodeFailed { node, plugin, error } => {
+            Event::NodeFailed {
+                node,
+                plugin,
+                error,
+            } => {
                 if let Some(b) = st.steps.remove(node) {
                     b.abandon();
                 }
@@ -103,8 +111,10 @@ impl EventSink for Ui {
                 let bar = st.steps.entry(node.clone()).or_insert_with(|| {
                     let b = self.multi.add(ProgressBar::new(*total));
                     b.set_style(
-                        ProgressStyle::with_template("  {prefix} {bar:30} {pos}/{len} {msg} ({eta})")
-                            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                        ProgressStyle::with_template(
+                            "  {prefix} {bar:30} {pos}/{len} {msg} ({eta})",
+                        )
+                        .unwrap_or_else(|_| ProgressStyle::default_bar()),
                     );
                     b.set_prefix(node.clone());
                     b
@@ -128,11 +138,17 @@ impl EventSink for Ui {
                     ms / 1e3
                 ));
             }
-            Event::PluginReloaded { path, ms } => self.line(format!("reloaded {path} in {ms:.0} ms")),
-            Event::PluginRefused { path, error } => {
-                self.line(format!("refused {path}: {error} (the previous build keeps serving)"))
+            Event::PluginReloaded { path, ms } => {
+                self.line(format!("reloaded {path} in {ms:.0} ms"))
             }
-            Event::GraphChanged { path, valid, diagnostics } => {
+            Event::PluginRefused { path, error } => self.line(format!(
+                "refused {path}: {error} (the previous build keeps serving)"
+            )),
+            Event::GraphChanged {
+                path,
+                valid,
+                diagnostics,
+            } => {
                 for d in diagnostics {
                     self.line(d.clone());
                 }

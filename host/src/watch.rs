@@ -54,7 +54,10 @@ pub fn watch(cfg: WatchConfig, mut registry: Registry) -> Result<usize, WatchErr
         let _ = tx.send(res);
     })?;
     let graph_abs = absolute(&cfg.graph);
-    let mut dirs: Vec<PathBuf> = vec![graph_abs.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))];
+    let mut dirs: Vec<PathBuf> = vec![graph_abs
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))];
     dirs.extend(cfg.discovery.watch_dirs().iter().map(|d| absolute(d)));
     dirs.sort();
     dirs.dedup();
@@ -121,7 +124,11 @@ pub fn watch(cfg: WatchConfig, mut registry: Registry) -> Result<usize, WatchErr
 }
 
 fn absolute(p: &Path) -> PathBuf {
-    p.canonicalize().unwrap_or_else(|_| std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf()))
+    p.canonicalize().unwrap_or_else(|_| {
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    })
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -151,11 +158,8 @@ fn collect_changes(
         }
     };
     add(first);
-    loop {
-        match rx.recv_timeout(settle) {
-            Ok(ev) => add(ev),
-            Err(_) => break,
-        }
+    while let Ok(ev) = rx.recv_timeout(settle) {
+        add(ev);
     }
     if paths.is_empty() {
         None

@@ -11,6 +11,7 @@
 
 // `#[sabi_trait]` expands to impls inside a const block, which rustc now lints.
 #![allow(non_local_definitions)]
+#![deny(missing_docs)]
 
 pub mod descriptor;
 pub mod error;
@@ -23,7 +24,9 @@ pub mod types;
 pub mod value;
 
 pub use abi_stable;
-pub use descriptor::{Capabilities, NodeDescriptor, ParamKind, ParamSpec, PluginManifest, PluginStats, PortDesc};
+pub use descriptor::{
+    Capabilities, NodeDescriptor, ParamKind, ParamSpec, PluginManifest, PluginStats, PortDesc,
+};
 pub use error::{ErrorKind, NodeError};
 pub use host::{HostRef, HostServices, HostServices_TO, LogLevel};
 pub use module::{Node, NodeBox, Node_TO, PluginMod, PluginModRef, API_VERSION};

@@ -43,7 +43,8 @@ pub struct PluginMod {
     /// Creates an instance of node type `type_id` with `params` (a JSON object already validated
     /// against the descriptor's parameter schema).
     #[sabi(last_prefix_field)]
-    pub create_node: extern "C" fn(type_id: RStr<'_>, params: RStr<'_>) -> RResult<NodeBox, NodeError>,
+    pub create_node:
+        extern "C" fn(type_id: RStr<'_>, params: RStr<'_>) -> RResult<NodeBox, NodeError>,
 }
 
 impl RootModule for PluginModRef {

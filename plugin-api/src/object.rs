@@ -24,8 +24,12 @@ pub trait Object: Send + Sync + 'static {
     fn family(&self) -> RString;
 
     /// Calls `method` with `args`. Unknown methods return an error naming the method.
-    fn call(&self, host: HostRef<'_>, method: RStr<'_>, args: RVec<Value>)
-        -> RResult<RVec<Value>, NodeError>;
+    fn call(
+        &self,
+        host: HostRef<'_>,
+        method: RStr<'_>,
+        args: RVec<Value>,
+    ) -> RResult<RVec<Value>, NodeError>;
 
     /// A short human-readable description (for logs and `--explain`).
     #[sabi(last_prefix_field)]
@@ -64,7 +68,12 @@ impl ObjectHandle {
     }
 
     /// Calls a method.
-    pub fn call(&self, host: HostRef<'_>, method: &str, args: Vec<Value>) -> Result<Vec<Value>, NodeError> {
+    pub fn call(
+        &self,
+        host: HostRef<'_>,
+        method: &str,
+        args: Vec<Value>,
+    ) -> Result<Vec<Value>, NodeError> {
         self.inner
             .call(host, method.into(), args.into_iter().collect())
             .into_result()

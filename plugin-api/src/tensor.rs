@@ -243,7 +243,11 @@ impl Tensor {
     }
 
     /// A CPU tensor from raw little-endian bytes of `dtype`, compact row-major.
-    pub fn from_bytes(bytes: Vec<u8>, dtype: DType, shape: &[usize]) -> Result<Tensor, TensorError> {
+    pub fn from_bytes(
+        bytes: Vec<u8>,
+        dtype: DType,
+        shape: &[usize],
+    ) -> Result<Tensor, TensorError> {
         let n = element_count(shape).ok_or_else(|| TensorError("shape overflows".into()))?;
         if n.checked_mul(dtype.size()) != Some(bytes.len()) {
             return Err(TensorError(format!(
@@ -252,7 +256,7 @@ impl Tensor {
                 bytes.len()
             )));
         }
-        if dtype.size() > 1 && (bytes.as_ptr() as usize) % dtype.size() != 0 {
+        if dtype.size() > 1 && !(bytes.as_ptr() as usize).is_multiple_of(dtype.size()) {
             // A Vec<u8> is only byte-aligned in principle; re-home the data in aligned storage.
             let words: Vec<u64> = bytes
                 .chunks(8)
@@ -282,7 +286,10 @@ impl Tensor {
 
     /// Sizes of each dimension.
     pub fn shape(&self) -> Vec<usize> {
-        self.shape_i64().iter().map(|&d| d.max(0) as usize).collect()
+        self.shape_i64()
+            .iter()
+            .map(|&d| d.max(0) as usize)
+            .collect()
     }
 
     fn shape_i64(&self) -> &[i64] {
@@ -379,9 +386,14 @@ impl Tensor {
         let base = unsafe { (self.dl.data as *const u8).add(self.dl.byte_offset as usize) };
         let mut index = vec![0usize; shape.len()];
         for _ in 0..self.numel() {
-            let off: i64 = index.iter().zip(&strides).map(|(&i, &s)| i as i64 * s).sum();
+            let off: i64 = index
+                .iter()
+                .zip(&strides)
+                .map(|(&i, &s)| i as i64 * s)
+                .sum();
             // SAFETY: every index is inside the shape, so the element is inside the allocation.
-            let src = unsafe { std::slice::from_raw_parts(base.offset(off as isize * es as isize), es) };
+            let src =
+                unsafe { std::slice::from_raw_parts(base.offset(off as isize * es as isize), es) };
             out.extend_from_slice(src);
             for d in (0..shape.len()).rev() {
                 index[d] += 1;
@@ -464,7 +476,15 @@ mod tests {
         let ptr = keep.as_ptr() as *const u8;
         // Transposed view of a 2x3 matrix: shape 3x2, strides (1, 3).
         let t = unsafe {
-            Tensor::from_raw_parts(ptr, DType::F32, &[3, 2], Some(&[1, 3]), 0, DLDevice::CPU, Box::new(keep))
+            Tensor::from_raw_parts(
+                ptr,
+                DType::F32,
+                &[3, 2],
+                Some(&[1, 3]),
+                0,
+                DLDevice::CPU,
+                Box::new(keep),
+            )
         };
         assert!(!t.is_contiguous());
         assert_eq!(t.to_f32_vec().unwrap(), vec![0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);

@@ -23,22 +23,46 @@ nodes:
   good: {type: test.write_text, inputs: {value: one}, params: {filename: good.txt}}
 "#,
     );
-    let r = sb.run(&["run", g.to_str().unwrap_or_default(), "--events", "json", "--threads", "1"]);
+    let r = sb.run(&[
+        "run",
+        g.to_str().unwrap_or_default(),
+        "--events",
+        "json",
+        "--threads",
+        "1",
+    ]);
     r.expect_code(4);
     let ev = r.events();
-    let failed = ev.iter().find(|e| e["event"] == "node_failed").expect("node_failed event");
+    let failed = ev
+        .iter()
+        .find(|e| e["event"] == "node_failed")
+        .expect("node_failed event");
     assert_eq!(failed["node"], "bad");
-    assert!(failed["plugin"].as_str().unwrap_or_default().contains("testkit"));
-    assert!(failed["error"].as_str().unwrap_or_default().contains("kaboom"));
-    assert!(ev.iter().any(|e| e["event"] == "node_skipped" && e["node"] == "after"));
-    assert_eq!(std::fs::read_to_string(sb.path().join("output/good.txt")).unwrap_or_default(), "1");
+    assert!(failed["plugin"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("testkit"));
+    assert!(failed["error"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("kaboom"));
+    assert!(ev
+        .iter()
+        .any(|e| e["event"] == "node_skipped" && e["node"] == "after"));
+    assert_eq!(
+        std::fs::read_to_string(sb.path().join("output/good.txt")).unwrap_or_default(),
+        "1"
+    );
     assert!(!sb.path().join("output/never.txt").exists());
 }
 
 #[test]
 fn failing_node_message_names_node_and_plugin_for_humans() {
     let sb = sandbox();
-    let g = sb.write("fail.yaml", "nodes:\n  broken: {type: test.fail, params: {message: no luck}}\n");
+    let g = sb.write(
+        "fail.yaml",
+        "nodes:\n  broken: {type: test.fail, params: {message: no luck}}\n",
+    );
     let r = sb.run(&["run", g.to_str().unwrap_or_default()]);
     r.expect_code(4);
     assert!(r.stderr.contains("FAILED  broken [testkit"), "{}", r.stderr);
@@ -58,7 +82,14 @@ nodes:
   wb: {type: test.write_text, inputs: {value: b}, params: {filename: b.txt}}
 "#,
     );
-    let r = sb.run(&["run", g.to_str().unwrap_or_default(), "--events", "json", "--threads", "2"]);
+    let r = sb.run(&[
+        "run",
+        g.to_str().unwrap_or_default(),
+        "--events",
+        "json",
+        "--threads",
+        "2",
+    ]);
     r.expect_code(0);
     let ev = r.events();
     let sleeps: Vec<f64> = ev
@@ -70,7 +101,10 @@ nodes:
     assert!(sleeps.iter().all(|&ms| ms >= 390.0), "{sleeps:?}");
     let total = ev.last().and_then(|e| e["ms"].as_f64()).unwrap_or(0.0);
     // Serial execution would take at least 800 ms.
-    assert!(total < 700.0, "two 400 ms branches took {total} ms in all: not concurrent");
+    assert!(
+        total < 700.0,
+        "two 400 ms branches took {total} ms in all: not concurrent"
+    );
 }
 
 #[test]
@@ -95,7 +129,11 @@ fn output_paths_cannot_escape_the_output_folder() {
     );
     let r = sb.run(&["run", g.to_str().unwrap_or_default()]);
     r.expect_code(4);
-    assert!(r.stderr.contains("must stay inside the output folder"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("must stay inside the output folder"),
+        "{}",
+        r.stderr
+    );
     assert!(!sb.path().join("escaped.png").exists());
 }
 
@@ -107,13 +145,21 @@ fn ctrl_c_cancels_inside_a_long_node() {
         "nodes:\n  s: {type: test.sleep, params: {ms: 20000}}\n  w: {type: test.write_text, inputs: {value: s}}\n",
     );
     let mut running = sb.spawn(&["run", g.to_str().unwrap_or_default(), "--events", "json"]);
-    running.wait_for("the sleep to start", Duration::from_secs(20), |ev| count(ev, "node_started") >= 1);
+    running.wait_for("the sleep to start", Duration::from_secs(20), |ev| {
+        count(ev, "node_started") >= 1
+    });
     let started = Instant::now();
     let pid = running.child.id().to_string();
-    let ok = std::process::Command::new("kill").args(["-INT", &pid]).status().map(|s| s.success());
+    let ok = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .map(|s| s.success());
     assert_eq!(ok.ok(), Some(true));
     let status = running.child.wait().expect("exit status");
-    assert!(started.elapsed() < Duration::from_secs(10), "cancellation took too long");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "cancellation took too long"
+    );
     assert_eq!(status.code(), Some(130));
 }
 
@@ -128,6 +174,10 @@ fn explain_lists_every_node_with_a_reason() {
     r.expect_code(0);
     let table: Vec<&str> = r.stderr.lines().collect();
     assert!(table[0].starts_with("node"), "{}", r.stderr);
-    assert!(table.iter().any(|l| l.starts_with("a ") && l.contains("ran") && l.contains("first run")));
-    assert!(table.iter().any(|l| l.starts_with("b ") && l.contains("ran")));
+    assert!(table
+        .iter()
+        .any(|l| l.starts_with("a ") && l.contains("ran") && l.contains("first run")));
+    assert!(table
+        .iter()
+        .any(|l| l.starts_with("b ") && l.contains("ran")));
 }

@@ -29,7 +29,8 @@ fn every_example_graph_runs() {
 fn compose_graph_writes_the_expected_image() {
     let sb = Sandbox::new();
     let g = latentflow_tests::graph("compose.yaml");
-    sb.run(&["run", g.to_str().unwrap_or_default(), "-q"]).expect_code(0);
+    sb.run(&["run", g.to_str().unwrap_or_default(), "-q"])
+        .expect_code(0);
     let png = sb.path().join("output/compose.png");
     let decoder = png_size(&png);
     assert_eq!(decoder, (192, 128));
@@ -50,9 +51,11 @@ fn latents_graph_is_seeded_and_correct() {
     let g = latentflow_tests::graph("latents.yaml");
     let g = g.to_str().unwrap_or_default();
     sb.run(&["run", g, "-q"]).expect_code(0);
-    let (shape, noise) = latentflow_tests::read_safetensors_f32(&sb.path().join("output/noise.safetensors"));
+    let (shape, noise) =
+        latentflow_tests::read_safetensors_f32(&sb.path().join("output/noise.safetensors"));
     assert_eq!(shape, vec![1, 4, 6, 8]);
-    let (_, diff) = latentflow_tests::read_safetensors_f32(&sb.path().join("output/diff.safetensors"));
+    let (_, diff) =
+        latentflow_tests::read_safetensors_f32(&sb.path().join("output/diff.safetensors"));
     // diff = 2 * (0.5 * noise + 0.5 * 0) - noise = 0
     assert!(diff.iter().all(|d| d.abs() < 1e-6));
     let mean = noise.iter().sum::<f32>() / noise.len() as f32;
@@ -60,9 +63,12 @@ fn latents_graph_is_seeded_and_correct() {
     // Same seed, same noise; another run seed changes only the `random` seed.
     let sb2 = Sandbox::new();
     sb2.run(&["run", g, "-q", "--seed", "99"]).expect_code(0);
-    let (_, noise2) = latentflow_tests::read_safetensors_f32(&sb2.path().join("output/noise.safetensors"));
+    let (_, noise2) =
+        latentflow_tests::read_safetensors_f32(&sb2.path().join("output/noise.safetensors"));
     assert_eq!(noise, noise2);
-    let (_, r1) = latentflow_tests::read_safetensors_f32(&sb.path().join("output/random.safetensors"));
-    let (_, r2) = latentflow_tests::read_safetensors_f32(&sb2.path().join("output/random.safetensors"));
+    let (_, r1) =
+        latentflow_tests::read_safetensors_f32(&sb.path().join("output/random.safetensors"));
+    let (_, r2) =
+        latentflow_tests::read_safetensors_f32(&sb2.path().join("output/random.safetensors"));
     assert_ne!(r1, r2);
 }

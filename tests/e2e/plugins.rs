@@ -8,7 +8,11 @@ fn abi_mismatch_is_refused_with_one_line_naming_both_versions() {
     sb.add_plugin("lf_fixture_abi_mismatch");
     let r = sb.run(&["nodes"]);
     r.expect_code(0);
-    let refusal: Vec<&str> = r.stderr.lines().filter(|l| l.contains("refused plugin")).collect();
+    let refusal: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.contains("refused plugin"))
+        .collect();
     assert_eq!(refusal.len(), 1, "{}", r.stderr);
     let line = refusal[0];
     assert!(line.contains("lf_fixture_abi_mismatch"), "{line}");
@@ -24,7 +28,11 @@ fn plugin_panicking_at_init_is_refused_and_host_keeps_running() {
     sb.add_plugin("lf_fixture_init_panic");
     let r = sb.run(&["nodes"]);
     r.expect_code(0);
-    assert!(r.stderr.contains("refused plugin") && r.stderr.contains("broken on purpose"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("refused plugin") && r.stderr.contains("broken on purpose"),
+        "{}",
+        r.stderr
+    );
     assert!(r.stdout.contains("core.int"));
 }
 
@@ -34,7 +42,11 @@ fn garbage_library_is_refused() {
     std::fs::write(sb.path().join("plugins/libgarbage.so"), b"not an ELF file").expect("write");
     let r = sb.run(&["nodes"]);
     r.expect_code(0);
-    assert!(r.stderr.contains("refused plugin") && r.stderr.contains("libgarbage.so"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("refused plugin") && r.stderr.contains("libgarbage.so"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -45,8 +57,15 @@ fn duplicate_node_types_name_both_files() {
     let g = sb.write("g.yaml", "nodes:\n  a: {type: core.int}\n");
     let r = sb.run(&["validate", g.to_str().unwrap_or_default()]);
     assert_eq!(r.code, 5, "{}", r.stderr);
-    let line = r.stderr.lines().find(|l| l.contains("already provided")).expect("conflict line");
-    assert!(line.contains("libtestkit_a.so") && line.contains("libtestkit_b.so"), "{line}");
+    let line = r
+        .stderr
+        .lines()
+        .find(|l| l.contains("already provided"))
+        .expect("conflict line");
+    assert!(
+        line.contains("libtestkit_a.so") && line.contains("libtestkit_b.so"),
+        "{line}"
+    );
 }
 
 #[test]
@@ -65,7 +84,8 @@ nodes:
   save_out: {type: core.save_tensor, inputs: {tensor: apply}, params: {filename: out.safetensors}}
 "#,
     );
-    sb.run(&["run", g.to_str().unwrap_or_default(), "-q"]).expect_code(0);
+    sb.run(&["run", g.to_str().unwrap_or_default(), "-q"])
+        .expect_code(0);
     let (s_in, x) = read_safetensors_f32(&sb.path().join("output/in.safetensors"));
     let (s_out, y) = read_safetensors_f32(&sb.path().join("output/out.safetensors"));
     assert_eq!(s_in, s_out);
@@ -85,7 +105,12 @@ fn handle_interfaces_are_type_checked() {
     );
     let r = sb.run(&["validate", g.to_str().unwrap_or_default()]);
     r.expect_code(3);
-    assert!(r.stderr.contains("expects Scaler, but `n.latent` is Latent{channels=4}"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("expects Scaler, but `n.latent` is Latent{channels=4}"),
+        "{}",
+        r.stderr
+    );
 }
 
 /// The README's plugin example, built out of tree against this checkout's plugin-api.
@@ -95,7 +120,10 @@ fn out_of_tree_example_plugin_builds_loads_and_runs() {
     let example = root.join("examples/plugin-template");
     let readme = std::fs::read_to_string(root.join("README.md")).expect("README");
     let lib_rs = std::fs::read_to_string(example.join("src/lib.rs")).expect("example lib.rs");
-    assert!(readme.contains(lib_rs.trim()), "README must show examples/plugin-template/src/lib.rs verbatim");
+    assert!(
+        readme.contains(lib_rs.trim()),
+        "README must show examples/plugin-template/src/lib.rs verbatim"
+    );
 
     let work = tempfile::tempdir().expect("tempdir");
     let crate_dir = work.path().join("hello-plugin");
@@ -103,10 +131,16 @@ fn out_of_tree_example_plugin_builds_loads_and_runs() {
     std::fs::write(crate_dir.join("src/lib.rs"), &lib_rs).expect("write lib.rs");
     let manifest = std::fs::read_to_string(example.join("Cargo.toml"))
         .expect("example Cargo.toml")
-        .replace("../../plugin-api", &root.join("plugin-api").to_string_lossy());
+        .replace(
+            "../../plugin-api",
+            &root.join("plugin-api").to_string_lossy(),
+        );
     std::fs::write(crate_dir.join("Cargo.toml"), manifest).expect("write Cargo.toml");
     std::fs::copy(root.join("Cargo.lock"), crate_dir.join("Cargo.lock")).expect("lockfile");
-    let target = latentflow_tests::target_dir().parent().map(|p| p.join("out-of-tree")).unwrap_or_default();
+    let target = latentflow_tests::target_dir()
+        .parent()
+        .map(|p| p.join("out-of-tree"))
+        .unwrap_or_default();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = std::process::Command::new(cargo)
         .args(["build", "--quiet"])
@@ -114,10 +148,17 @@ fn out_of_tree_example_plugin_builds_loads_and_runs() {
         .current_dir(&crate_dir)
         .status()
         .expect("cargo runs");
-    assert!(status.success(), "the example plugin must build out of tree");
+    assert!(
+        status.success(),
+        "the example plugin must build out of tree"
+    );
 
     let sb = Sandbox::new();
-    std::fs::copy(target.join("debug/libhello_plugin.so"), sb.path().join("plugins/libhello_plugin.so")).expect("copy");
+    std::fs::copy(
+        target.join("debug/libhello_plugin.so"),
+        sb.path().join("plugins/libhello_plugin.so"),
+    )
+    .expect("copy");
     let g = sb.write(
         "hello.yaml",
         "nodes:\n  greet: {type: hello.greet, params: {name: LatentFlow}}\n  out: {type: core.string, params: {value: x}}\n",

@@ -50,21 +50,35 @@ fn malformed_corpus_reports_each_error_at_its_position() {
     for f in &files {
         let source = std::fs::read_to_string(f).expect("read");
         let expected = expectations(&source);
-        assert!(!expected.is_empty(), "{} has no `# expect:` line", f.display());
+        assert!(
+            !expected.is_empty(),
+            "{} has no `# expect:` line",
+            f.display()
+        );
         let r = sb.run(&["validate", "--json", f.to_str().unwrap_or_default()]);
         if r.code != 3 {
-            failures.push(format!("{}: exit code {} (want 3)\n{}", f.display(), r.code, r.stderr));
+            failures.push(format!(
+                "{}: exit code {} (want 3)\n{}",
+                f.display(),
+                r.code,
+                r.stderr
+            ));
             continue;
         }
-        let diags: Vec<serde_json::Value> = serde_json::from_str(&r.stdout).expect("diagnostics JSON");
+        let diags: Vec<serde_json::Value> =
+            serde_json::from_str(&r.stdout).expect("diagnostics JSON");
         for e in &expected {
             let found = diags.iter().any(|d| {
                 d["severity"] == e.severity
                     && d["code"] == e.code.as_str()
                     && d["line"] == e.line
                     && d["column"] == e.column
-                    && format!("{} {}", d["message"].as_str().unwrap_or(""), d["hint"].as_str().unwrap_or(""))
-                        .contains(&e.text)
+                    && format!(
+                        "{} {}",
+                        d["message"].as_str().unwrap_or(""),
+                        d["hint"].as_str().unwrap_or("")
+                    )
+                    .contains(&e.text)
             });
             if !found {
                 failures.push(format!(
@@ -82,7 +96,10 @@ fn malformed_corpus_reports_each_error_at_its_position() {
         let errors = diags.iter().filter(|d| d["severity"] == "error").count();
         let expected_errors = expected.iter().filter(|e| e.severity == "error").count();
         if errors != expected_errors {
-            failures.push(format!("{}: {errors} errors reported, {expected_errors} expected: {diags:#?}", f.display()));
+            failures.push(format!(
+                "{}: {errors} errors reported, {expected_errors} expected: {diags:#?}",
+                f.display()
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
@@ -96,18 +113,31 @@ fn human_diagnostics_have_file_line_column_node_and_hint() {
     r.expect_code(3);
     let first = r.stderr.lines().next().unwrap_or_default();
     assert!(first.ends_with("01_unknown_type.yaml:5:11: error[unknown-node-type]: node `a`: unknown node type `core.innt`"), "{first}");
-    assert!(r.stderr.contains("  hint: did you mean `core.int`?"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("  hint: did you mean `core.int`?"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
 fn set_overrides_graph_inputs_and_rejects_unknown_names() {
     let sb = Sandbox::new();
-    let g = sb.write("g.yaml", "inputs:\n  steps: 1\nnodes:\n  a: {type: core.int, params: {value: $steps}}\n");
+    let g = sb.write(
+        "g.yaml",
+        "inputs:\n  steps: 1\nnodes:\n  a: {type: core.int, params: {value: $steps}}\n",
+    );
     let g = g.to_str().unwrap_or_default();
     sb.run(&["validate", g, "--set", "steps=5"]).expect_code(0);
     let r = sb.run(&["validate", g, "--set", "stesp=5"]);
     r.expect_code(3);
-    assert!(r.stderr.contains("--set stesp: the graph has no input named `stesp`") && r.stderr.contains("did you mean `steps`"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("--set stesp: the graph has no input named `stesp`")
+            && r.stderr.contains("did you mean `steps`"),
+        "{}",
+        r.stderr
+    );
     let r = sb.run(&["validate", g, "--set", "steps=abc"]);
     r.expect_code(3);
     assert!(r.stderr.contains("must be a whole number"), "{}", r.stderr);

@@ -13,7 +13,11 @@ fn edit(sb: &Sandbox, name: &str, text: &str) {
     std::fs::rename(&tmp, sb.path().join(name)).expect("rename");
 }
 
-fn reason_of(events: &[serde_json::Value], run_index: usize, node: &str) -> (String, serde_json::Value) {
+fn reason_of(
+    events: &[serde_json::Value],
+    run_index: usize,
+    node: &str,
+) -> (String, serde_json::Value) {
     // Events of run k lie between the k-th run_started and the following run_finished.
     let mut k = 0;
     let mut inside = false;
@@ -38,7 +42,9 @@ fn reason_of(events: &[serde_json::Value], run_index: usize, node: &str) -> (Str
 }
 
 fn wait_runs(w: &Running, n: usize) {
-    w.wait_for(&format!("{n} runs"), WAIT, |ev| count(ev, "run_finished") >= n);
+    w.wait_for(&format!("{n} runs"), WAIT, |ev| {
+        count(ev, "run_finished") >= n
+    });
 }
 
 #[test]
@@ -49,10 +55,21 @@ fn graph_edits_rerun_only_what_changed_with_early_cutoff() {
     let w = sb.spawn(&["watch", g.to_str().unwrap_or_default(), "--events", "json"]);
     wait_runs(&w, 1);
     let ev = w.events();
-    assert_eq!(reason_of(&ev, 0, "z"), ("node_finished".into(), serde_json::json!({"kind": "first_run"})));
+    assert_eq!(
+        reason_of(&ev, 0, "z"),
+        (
+            "node_finished".into(),
+            serde_json::json!({"kind": "first_run"})
+        )
+    );
 
     // x changes value but y's output stays 3: z is cut off early.
-    edit(&sb, "g.yaml", &v1.replace("value: 2}", "value: 1}").replace("add: 1}", "add: 2}"));
+    edit(
+        &sb,
+        "g.yaml",
+        &v1.replace("value: 2}", "value: 1}")
+            .replace("add: 1}", "add: 2}"),
+    );
     wait_runs(&w, 2);
     let ev = w.events();
     let (kind, reason) = reason_of(&ev, 1, "x");
@@ -65,7 +82,10 @@ fn graph_edits_rerun_only_what_changed_with_early_cutoff() {
     assert_eq!(reason["kind"], "early_cutoff");
     assert_eq!(reason["upstream"], serde_json::json!(["y"]));
     let (kind, reason) = reason_of(&ev, 1, "other");
-    assert_eq!((kind.as_str(), reason["kind"].as_str()), ("node_cached", Some("unchanged")));
+    assert_eq!(
+        (kind.as_str(), reason["kind"].as_str()),
+        ("node_cached", Some("unchanged"))
+    );
 
     // Back to the first version: everything comes from the cache.
     edit(&sb, "g.yaml", v1);
@@ -85,10 +105,18 @@ fn invalid_edit_is_reported_and_the_next_valid_edit_runs() {
     wait_runs(&w, 1);
     edit(&sb, "g.yaml", "nodes:\n  x: {type: core.innt}\n");
     w.wait_for("an invalid graph_changed", WAIT, |ev| {
-        ev.iter().any(|e| e["event"] == "graph_changed" && e["valid"] == false)
+        ev.iter()
+            .any(|e| e["event"] == "graph_changed" && e["valid"] == false)
     });
-    let bad = w.events().into_iter().find(|e| e["valid"] == false).expect("invalid event");
-    assert!(bad["diagnostics"][0].as_str().unwrap_or_default().contains("did you mean `core.int`"));
+    let bad = w
+        .events()
+        .into_iter()
+        .find(|e| e["valid"] == false)
+        .expect("invalid event");
+    assert!(bad["diagnostics"][0]
+        .as_str()
+        .unwrap_or_default()
+        .contains("did you mean `core.int`"));
     edit(&sb, "g.yaml", &good.replace('2', "3"));
     wait_runs(&w, 2);
 }
@@ -121,11 +149,24 @@ fn rebuilt_plugin_is_hot_reloaded_and_a_broken_one_refused() {
     // A broken rebuild is refused with one line; the previous generation keeps serving.
     sb.add_plugin_as("lf_fixture_abi_mismatch", "libreload.so");
     w.wait_for("the refusal", WAIT, |ev| count(ev, "plugin_refused") >= 1);
-    let refused = w.events().into_iter().find(|e| e["event"] == "plugin_refused").expect("refusal");
+    let refused = w
+        .events()
+        .into_iter()
+        .find(|e| e["event"] == "plugin_refused")
+        .expect("refusal");
     let msg = refused["error"].as_str().unwrap_or_default().to_string();
     assert!(msg.contains("0.0.1") && !msg.contains('\n'), "{msg}");
     std::fs::remove_file(sb.path().join("output/value.txt")).expect("remove");
-    edit(&sb, "g.yaml", &std::fs::read_to_string(&g).expect("graph").replace("value.txt", "again.txt"));
+    edit(
+        &sb,
+        "g.yaml",
+        &std::fs::read_to_string(&g)
+            .expect("graph")
+            .replace("value.txt", "again.txt"),
+    );
     wait_runs(&w, 3);
-    assert_eq!(std::fs::read_to_string(sb.path().join("output/again.txt")).unwrap_or_default(), "2");
+    assert_eq!(
+        std::fs::read_to_string(sb.path().join("output/again.txt")).unwrap_or_default(),
+        "2"
+    );
 }

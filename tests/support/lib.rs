@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 
 /// The repository root.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 /// Builds every workspace member (plugins and fixtures included) once; returns the target folder.
@@ -37,7 +40,11 @@ pub fn bin() -> PathBuf {
 
 /// A built library by crate lib name (`lf_fixture_testkit`, `latentflow_core`).
 pub fn lib(name: &str) -> PathBuf {
-    target_dir().join(format!("{}{name}{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX))
+    target_dir().join(format!(
+        "{}{name}{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    ))
 }
 
 /// A graph in `graphs/`.
@@ -81,7 +88,10 @@ impl Sandbox {
 
     /// Copies a built library into `plugins/` under its own name.
     pub fn add_plugin(&self, lib_name: &str) -> PathBuf {
-        let file = lib(lib_name).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+        let file = lib(lib_name)
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
         self.add_plugin_as(lib_name, &file)
     }
 
@@ -174,7 +184,10 @@ impl Run {
 
     /// The JSON events printed with `--events json`.
     pub fn events(&self) -> Vec<serde_json::Value> {
-        self.stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+        self.stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 }
 
@@ -203,7 +216,12 @@ impl Running {
     }
 
     /// Waits until `pred` holds for the events, or panics after `timeout`.
-    pub fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&[serde_json::Value]) -> bool) {
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&[serde_json::Value]) -> bool,
+    ) {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if pred(&self.events()) {
@@ -248,9 +266,17 @@ pub fn read_safetensors_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
         .find(|(k, _)| *k != "__metadata__")
         .expect("a tensor");
     assert_eq!(info["dtype"], "F32");
-    let shape: Vec<usize> = info["shape"].as_array().expect("shape").iter().map(|v| v.as_u64().unwrap_or(0) as usize).collect();
+    let shape: Vec<usize> = info["shape"]
+        .as_array()
+        .expect("shape")
+        .iter()
+        .map(|v| v.as_u64().unwrap_or(0) as usize)
+        .collect();
     let off = info["data_offsets"].as_array().expect("offsets");
-    let (a, b) = (off[0].as_u64().unwrap_or(0) as usize, off[1].as_u64().unwrap_or(0) as usize);
+    let (a, b) = (
+        off[0].as_u64().unwrap_or(0) as usize,
+        off[1].as_u64().unwrap_or(0) as usize,
+    );
     let data = bytes[8 + n + a..8 + n + b]
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))

@@ -42,13 +42,19 @@ impl std::fmt::Display for Reason {
         match self {
             Reason::FirstRun => f.write_str("first run"),
             Reason::ParamsChanged { params } => write!(f, "params changed: {}", params.join(", ")),
-            Reason::UpstreamChanged { inputs } => write!(f, "upstream changed: {}", inputs.join(", ")),
+            Reason::UpstreamChanged { inputs } => {
+                write!(f, "upstream changed: {}", inputs.join(", "))
+            }
             Reason::PluginReloaded => f.write_str("plugin reloaded"),
             Reason::NonDeterministic => f.write_str("non-deterministic (never cached)"),
             Reason::NoCache => f.write_str("no cache"),
             Reason::Unchanged => f.write_str("unchanged"),
             Reason::EarlyCutoff { upstream } => {
-                write!(f, "early cutoff: {} re-ran with identical output", upstream.join(", "))
+                write!(
+                    f,
+                    "early cutoff: {} re-ran with identical output",
+                    upstream.join(", ")
+                )
             }
             Reason::Evicted => f.write_str("cache entry evicted"),
         }

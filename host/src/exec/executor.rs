@@ -46,7 +46,9 @@ impl RunOptions {
             cancel: Arc::new(AtomicBool::new(false)),
             events,
             output_dir: PathBuf::from("output"),
-            threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
             metadata: "{}".into(),
             fail_fast: false,
         }
@@ -199,7 +201,11 @@ impl Executor {
         let started = Instant::now();
         let n = plan.nodes.len();
         let needed = needed_nodes(plan);
-        let prepared: Vec<Prepared> = plan.nodes.iter().map(|node| prepare(node, plan.seed)).collect();
+        let prepared: Vec<Prepared> = plan
+            .nodes
+            .iter()
+            .map(|node| prepare(node, plan.seed))
+            .collect();
 
         let mut succ: Vec<Vec<usize>> = vec![Vec::new(); n];
         let mut pending = vec![0usize; n];
@@ -257,12 +263,13 @@ impl Executor {
         let mut st = state.into_inner().unwrap_or_else(|e| e.into_inner());
         let mut outcomes = Vec::with_capacity(total);
         let cancelled = opts.cancel.load(Ordering::Relaxed);
-        for i in 0..n {
-            if !needed[i] {
-                continue;
-            }
+        for (i, _) in needed.iter().enumerate().filter(|(_, &x)| x) {
             let o = st.outcomes[i].take().unwrap_or_else(|| {
-                let why = if cancelled { "cancelled" } else { "an upstream node failed" };
+                let why = if cancelled {
+                    "cancelled"
+                } else {
+                    "an upstream node failed"
+                };
                 opts.events.emit(&Event::NodeSkipped {
                     node: plan.nodes[i].id.clone(),
                     reason: why.into(),
@@ -288,7 +295,11 @@ impl Executor {
         let failed = outcomes
             .iter()
             .any(|o| matches!(o.status, Status::Failed(_) | Status::Cancelled));
-        let status = if cancelled && outcomes.iter().any(|o| !matches!(o.status, Status::Ran | Status::Cached)) {
+        let status = if cancelled
+            && outcomes
+                .iter()
+                .any(|o| !matches!(o.status, Status::Ran | Status::Cached))
+        {
             RunStatus::Cancelled
         } else if failed {
             RunStatus::Failed
@@ -341,12 +352,20 @@ fn needed_nodes(plan: &Plan) -> Vec<bool> {
 
 fn prepare(node: &PlanNode, run_seed: u64) -> Prepared {
     let desc = &node.ty.desc;
-    let sorted_params: BTreeMap<String, Json> = node.params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let sorted_params: BTreeMap<String, Json> = node
+        .params
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     let params_json = serde_json::to_string(&sorted_params).unwrap_or_default();
     let seeded = desc.params.iter().any(|p| p.kind == ParamKind::Seed);
     let cacheable = desc.caps.deterministic || seeded;
     let seed = node_seed(run_seed, &node.id);
-    let seed_bytes = if desc.caps.deterministic { [0u8; 8] } else { seed.to_le_bytes() };
+    let seed_bytes = if desc.caps.deterministic {
+        [0u8; 8]
+    } else {
+        seed.to_le_bytes()
+    };
     let static_key = combine(&[
         desc.type_id.as_bytes(),
         desc.version.as_bytes(),
@@ -403,8 +422,12 @@ impl RunCtx<'_> {
                     st = self.wake.wait(st).unwrap_or_else(|e| e.into_inner());
                 }
             };
-            let result = catch_unwind(AssertUnwindSafe(|| self.execute(i, inputs)))
-                .unwrap_or_else(|_| Err(Status::Failed("the host panicked while running this node".into())));
+            let result =
+                catch_unwind(AssertUnwindSafe(|| self.execute(i, inputs))).unwrap_or_else(|_| {
+                    Err(Status::Failed(
+                        "the host panicked while running this node".into(),
+                    ))
+                });
             self.complete(i, result);
         }
     }
@@ -432,7 +455,10 @@ impl RunCtx<'_> {
                         g.hashes.push([0; 32]);
                     }
                     let src_node = &self.plan.nodes[*src];
-                    g.labels.push(format!("{}.{}", src_node.id, src_node.ty.desc.outputs[*port].name));
+                    g.labels.push(format!(
+                        "{}.{}",
+                        src_node.id, src_node.ty.desc.outputs[*port].name
+                    ));
                 }
                 Source::Const(v) => {
                     let value = json_to_value(v);
@@ -467,7 +493,12 @@ impl RunCtx<'_> {
         let record = Record {
             plugin_build: node.ty.plugin.build.clone(),
             params: prep.sorted_params.clone(),
-            inputs: g.labels.iter().cloned().zip(g.hashes.iter().copied()).collect(),
+            inputs: g
+                .labels
+                .iter()
+                .cloned()
+                .zip(g.hashes.iter().copied())
+                .collect(),
             key,
         };
         let previous = self.exec.history.get(&node.id);
@@ -477,9 +508,11 @@ impl RunCtx<'_> {
                 let hit = lock(cache).get(&key);
                 if let Some((values, hashes)) = hit {
                     let reason = match previous {
-                        Some(p) if p.key == key && !g.upstream_reran.is_empty() => Reason::EarlyCutoff {
-                            upstream: g.upstream_reran.clone(),
-                        },
+                        Some(p) if p.key == key && !g.upstream_reran.is_empty() => {
+                            Reason::EarlyCutoff {
+                                upstream: g.upstream_reran.clone(),
+                            }
+                        }
                         _ => Reason::Unchanged,
                     };
                     events.emit(&Event::NodeCached {
@@ -521,7 +554,9 @@ impl RunCtx<'_> {
             output_dir: self.output_dir,
         };
         let host = HostServices_TO::from_ptr(&services, TD_Opaque);
-        let result = instance.run(host, g.values.into_iter().collect()).into_result();
+        let result = instance
+            .run(host, g.values.into_iter().collect())
+            .into_result();
         let values: Vec<Value> = match result {
             Ok(v) => v.into_iter().collect(),
             Err(e) if e.kind == ErrorKind::Cancelled => return Err(Status::Cancelled),
@@ -580,7 +615,12 @@ impl RunCtx<'_> {
                 .filter(|(k, v)| p.params.get(*k) != Some(v))
                 .map(|(k, _)| k.clone())
                 .collect();
-            changed.extend(p.params.keys().filter(|k| !now.params.contains_key(*k)).cloned());
+            changed.extend(
+                p.params
+                    .keys()
+                    .filter(|k| !now.params.contains_key(*k))
+                    .cloned(),
+            );
             return Reason::ParamsChanged { params: changed };
         }
         let changed: Vec<String> = now
@@ -608,9 +648,12 @@ impl RunCtx<'_> {
             return Ok(Arc::clone(inst));
         }
         let create = node.ty.plugin.module.create_node();
-        let inst = create(node.ty.desc.type_id.as_str().into(), prep.params_json.as_str().into())
-            .into_result()
-            .map_err(|e| format!("could not create the node: {}", e.message))?;
+        let inst = create(
+            node.ty.desc.type_id.as_str().into(),
+            prep.params_json.as_str().into(),
+        )
+        .into_result()
+        .map_err(|e| format!("could not create the node: {}", e.message))?;
         let inst = Arc::new(inst);
         lock(&self.exec.instances).insert(key, Arc::clone(&inst));
         Ok(inst)
@@ -646,7 +689,11 @@ impl RunCtx<'_> {
                     Status::Failed(msg) => {
                         self.opts.events.emit(&Event::NodeFailed {
                             node: node.id.clone(),
-                            plugin: format!("{} ({})", node.ty.plugin.name, node.ty.plugin.path.display()),
+                            plugin: format!(
+                                "{} ({})",
+                                node.ty.plugin.name,
+                                node.ty.plugin.path.display()
+                            ),
                             error: msg.clone(),
                         });
                         if self.opts.fail_fast {
@@ -702,7 +749,10 @@ pub fn explain(report: &RunReport) -> String {
             (Status::Skipped(w), _) => ("skipped", w.clone()),
             (Status::Cancelled, _) => ("cancelled", String::new()),
             (Status::Ran, r) => ("ran", r.as_ref().map(|r| r.to_string()).unwrap_or_default()),
-            (Status::Cached, r) => ("cached", r.as_ref().map(|r| r.to_string()).unwrap_or_default()),
+            (Status::Cached, r) => (
+                "cached",
+                r.as_ref().map(|r| r.to_string()).unwrap_or_default(),
+            ),
         };
         let _ = writeln!(s, "{:<24} {status:<9} {why}", o.node);
     }

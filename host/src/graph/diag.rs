@@ -107,7 +107,11 @@ impl fmt::Display for Diagnostic {
             Severity::Error => "error",
             Severity::Warning => "warning",
         };
-        write!(f, "{}:{}:{}: {sev}[{}]: ", self.file, self.pos.line, self.pos.column, self.code)?;
+        write!(
+            f,
+            "{}:{}:{}: {sev}[{}]: ",
+            self.file, self.pos.line, self.pos.column, self.code
+        )?;
         if let Some(node) = &self.node {
             write!(f, "node `{node}`: ")?;
         }
@@ -144,7 +148,11 @@ where
         .iter()
         .filter_map(|c| {
             let (f, n) = c.split_once('.').unwrap_or(("", c));
-            let score = if f == family { strsim::jaro_winkler(name, n) } else { strsim::jaro_winkler(word, c) };
+            let score = if f == family {
+                strsim::jaro_winkler(name, n)
+            } else {
+                strsim::jaro_winkler(word, c)
+            };
             (score > 0.8).then_some((score, *c))
         })
         .max_by(|a, b| a.0.total_cmp(&b.0));

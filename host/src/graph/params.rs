@@ -17,7 +17,10 @@ pub struct ParamProblem {
 }
 
 fn problem(message: String) -> ParamProblem {
-    ParamProblem { message, hint: None }
+    ParamProblem {
+        message,
+        hint: None,
+    }
 }
 
 fn range_text(spec: &ParamSpec) -> String {
@@ -30,8 +33,8 @@ fn range_text(spec: &ParamSpec) -> String {
 }
 
 fn check_range(spec: &ParamSpec, v: f64) -> Result<(), ParamProblem> {
-    let low = spec.min.clone().into_option().is_some_and(|m| v < m);
-    let high = spec.max.clone().into_option().is_some_and(|m| v > m);
+    let low = spec.min.into_option().is_some_and(|m| v < m);
+    let high = spec.max.into_option().is_some_and(|m| v > m);
     if low || high {
         return Err(problem(format!(
             "parameter `{}` is {v}, out of range: it must be {}",
@@ -44,7 +47,12 @@ fn check_range(spec: &ParamSpec, v: f64) -> Result<(), ParamProblem> {
 
 /// Checks `value` against `spec`; returns the value to pass to the node (paths resolved against
 /// `base_dir`, `random` seeds replaced by `seed_for_random`).
-pub fn check(spec: &ParamSpec, value: &Json, base_dir: &Path, seed_for_random: u64) -> Result<Json, ParamProblem> {
+pub fn check(
+    spec: &ParamSpec,
+    value: &Json,
+    base_dir: &Path,
+    seed_for_random: u64,
+) -> Result<Json, ParamProblem> {
     let name = spec.name.as_str();
     let wrong = |want: &str| {
         problem(format!(
@@ -56,7 +64,10 @@ pub fn check(spec: &ParamSpec, value: &Json, base_dir: &Path, seed_for_random: u
         ))
     };
     match spec.kind {
-        ParamKind::Bool => value.as_bool().map(Json::from).ok_or_else(|| wrong("true or false")),
+        ParamKind::Bool => value
+            .as_bool()
+            .map(Json::from)
+            .ok_or_else(|| wrong("true or false")),
         ParamKind::Int => {
             let v = value
                 .as_i64()
@@ -70,21 +81,33 @@ pub fn check(spec: &ParamSpec, value: &Json, base_dir: &Path, seed_for_random: u
             check_range(spec, v)?;
             Ok(value.clone())
         }
-        ParamKind::String => value.as_str().map(Json::from).ok_or_else(|| wrong("a string")),
+        ParamKind::String => value
+            .as_str()
+            .map(Json::from)
+            .ok_or_else(|| wrong("a string")),
         ParamKind::Path => {
             let s = value.as_str().ok_or_else(|| wrong("a path string"))?;
             let p = Path::new(s);
-            let resolved = if p.is_absolute() { p.to_path_buf() } else { base_dir.join(p) };
+            let resolved = if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base_dir.join(p)
+            };
             Ok(Json::from(resolved.to_string_lossy().into_owned()))
         }
         ParamKind::Enum => {
-            let s = value.as_str().ok_or_else(|| wrong("one of the listed choices"))?;
+            let s = value
+                .as_str()
+                .ok_or_else(|| wrong("one of the listed choices"))?;
             if spec.choices.iter().any(|c| c.as_str() == s) {
                 Ok(Json::from(s))
             } else {
                 let choices: Vec<&str> = spec.choices.iter().map(|c| c.as_str()).collect();
                 Err(ParamProblem {
-                    message: format!("parameter `{name}` is \"{s}\", which is not one of: {}", choices.join(", ")),
+                    message: format!(
+                        "parameter `{name}` is \"{s}\", which is not one of: {}",
+                        choices.join(", ")
+                    ),
                     hint: did_you_mean(s, choices.iter().copied()),
                 })
             }
@@ -93,7 +116,9 @@ pub fn check(spec: &ParamSpec, value: &Json, base_dir: &Path, seed_for_random: u
             if value.as_str() == Some("random") {
                 return Ok(Json::from(seed_for_random));
             }
-            let v = value.as_u64().ok_or_else(|| wrong("a non-negative whole number or `random`"))?;
+            let v = value
+                .as_u64()
+                .ok_or_else(|| wrong("a non-negative whole number or `random`"))?;
             Ok(Json::from(v))
         }
         ParamKind::Json => Ok(value.clone()),

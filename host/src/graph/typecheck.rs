@@ -17,7 +17,10 @@ fn resolve(d: &Dim, params: &Map<String, Json>, b: &Bindings) -> Dim {
             .and_then(Json::as_i64)
             .map(Dim::Fixed)
             .unwrap_or(Dim::Any),
-        Dim::Var(v) => b.get(v.as_str()).map(|&x| Dim::Fixed(x)).unwrap_or_else(|| d.clone()),
+        Dim::Var(v) => b
+            .get(v.as_str())
+            .map(|&x| Dim::Fixed(x))
+            .unwrap_or_else(|| d.clone()),
         other => other.clone(),
     }
 }
@@ -45,15 +48,23 @@ fn dtype_ok(out: Option<DType>, inp: &ROption<DType>) -> bool {
 /// with `params`; binds the node's type variables as a side effect.
 pub fn unify(out: &PortType, inp: &PortType, params: &Map<String, Json>, b: &mut Bindings) -> bool {
     use PortType as T;
-    let tensor_like = |rank: i64, dtype: Option<DType>, want_dtype: &ROption<DType>, want_rank: &Dim, b: &mut Bindings| {
+    let tensor_like = |rank: i64,
+                       dtype: Option<DType>,
+                       want_dtype: &ROption<DType>,
+                       want_rank: &Dim,
+                       b: &mut Bindings| {
         dtype_ok(dtype, want_dtype) && unify_dim(&Dim::Fixed(rank), want_rank, params, b)
     };
     match (out, inp) {
         (T::Any, _) | (_, T::Any) => true,
         (T::List(a), T::List(c)) => unify(a, c, params, b),
-        (T::Tensor { dtype: d1, rank: r1 }, T::Tensor { dtype, rank }) => {
-            dtype_ok(d1.clone().into_option(), dtype) && unify_dim(r1, rank, params, b)
-        }
+        (
+            T::Tensor {
+                dtype: d1,
+                rank: r1,
+            },
+            T::Tensor { dtype, rank },
+        ) => dtype_ok(d1.into_option(), dtype) && unify_dim(r1, rank, params, b),
         (T::Image, T::Tensor { dtype, rank }) => tensor_like(4, Some(DType::F32), dtype, rank, b),
         (T::Latent { .. }, T::Tensor { dtype, rank }) => tensor_like(4, None, dtype, rank, b),
         (T::Mask, T::Tensor { dtype, rank }) => tensor_like(3, Some(DType::F32), dtype, rank, b),
@@ -71,7 +82,13 @@ pub fn unify(out: &PortType, inp: &PortType, params: &Map<String, Json>, b: &mut
             },
         ) => i1 == i2 && (f1.is_empty() || f2.is_empty() || f1 == f2),
         (T::Int, T::Float) => true,
-        (a, c) => a.kind_name() == c.kind_name() && matches!(a, T::Bool | T::Int | T::Float | T::String | T::Image | T::Mask),
+        (a, c) => {
+            a.kind_name() == c.kind_name()
+                && matches!(
+                    a,
+                    T::Bool | T::Int | T::Float | T::String | T::Image | T::Mask
+                )
+        }
     }
 }
 
@@ -85,10 +102,12 @@ pub fn substitute(t: &PortType, params: &Map<String, Json>, b: &Bindings) -> Por
     match t {
         T::List(item) => T::List(RBox::new(substitute(item, params, b))),
         T::Tensor { dtype, rank } => T::Tensor {
-            dtype: dtype.clone(),
+            dtype: *dtype,
             rank: dim(rank),
         },
-        T::Latent { channels } => T::Latent { channels: dim(channels) },
+        T::Latent { channels } => T::Latent {
+            channels: dim(channels),
+        },
         T::Conditioning { dim: d } => T::Conditioning { dim: dim(d) },
         other => other.clone(),
     }
@@ -102,7 +121,9 @@ pub fn const_fits(value: &Json, t: &PortType) -> bool {
         PortType::Int => value.is_i64() || value.is_u64(),
         PortType::Float => value.is_number(),
         PortType::String => value.is_string(),
-        PortType::List(item) => value.as_array().is_some_and(|a| a.iter().all(|v| const_fits(v, item))),
+        PortType::List(item) => value
+            .as_array()
+            .is_some_and(|a| a.iter().all(|v| const_fits(v, item))),
         _ => false,
     }
 }
@@ -122,16 +143,34 @@ mod tests {
         let sixteen = PortType::latent(Dim::Fixed(16));
         assert!(unify(&four, &four, &no_params(), &mut b));
         assert!(!unify(&sixteen, &four, &no_params(), &mut b));
-        assert!(unify(&PortType::latent(Dim::Any), &four, &no_params(), &mut b));
+        assert!(unify(
+            &PortType::latent(Dim::Any),
+            &four,
+            &no_params(),
+            &mut b
+        ));
     }
 
     #[test]
     fn type_variables_bind_across_inputs() {
         let mut b = Bindings::new();
         let var = PortType::latent(Dim::var("C"));
-        assert!(unify(&PortType::latent(Dim::Fixed(4)), &var, &no_params(), &mut b));
-        assert!(!unify(&PortType::latent(Dim::Fixed(16)), &var, &no_params(), &mut b));
-        assert_eq!(substitute(&var, &no_params(), &b), PortType::latent(Dim::Fixed(4)));
+        assert!(unify(
+            &PortType::latent(Dim::Fixed(4)),
+            &var,
+            &no_params(),
+            &mut b
+        ));
+        assert!(!unify(
+            &PortType::latent(Dim::Fixed(16)),
+            &var,
+            &no_params(),
+            &mut b
+        ));
+        assert_eq!(
+            substitute(&var, &no_params(), &b),
+            PortType::latent(Dim::Fixed(4))
+        );
     }
 
     #[test]
@@ -139,7 +178,10 @@ mod tests {
         let mut params = Map::new();
         params.insert("channels".into(), Json::from(16));
         let t = PortType::latent(Dim::param("channels"));
-        assert_eq!(substitute(&t, &params, &Bindings::new()), PortType::latent(Dim::Fixed(16)));
+        assert_eq!(
+            substitute(&t, &params, &Bindings::new()),
+            PortType::latent(Dim::Fixed(16))
+        );
     }
 
     #[test]
@@ -155,8 +197,23 @@ mod tests {
     fn handles_match_by_interface_and_family() {
         let mut b = Bindings::new();
         let sd1 = PortType::handle("Denoiser", "sd1");
-        assert!(unify(&sd1, &PortType::handle("Denoiser", ""), &no_params(), &mut b));
-        assert!(!unify(&sd1, &PortType::handle("Denoiser", "sdxl"), &no_params(), &mut b));
-        assert!(!unify(&sd1, &PortType::handle("Vae", "sd1"), &no_params(), &mut b));
+        assert!(unify(
+            &sd1,
+            &PortType::handle("Denoiser", ""),
+            &no_params(),
+            &mut b
+        ));
+        assert!(!unify(
+            &sd1,
+            &PortType::handle("Denoiser", "sdxl"),
+            &no_params(),
+            &mut b
+        ));
+        assert!(!unify(
+            &sd1,
+            &PortType::handle("Vae", "sd1"),
+            &no_params(),
+            &mut b
+        ));
     }
 }

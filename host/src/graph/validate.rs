@@ -53,7 +53,11 @@ pub fn validate(file: &Path, text: &str, registry: &Registry, overrides: &Overri
     let plan = v.run(text, overrides);
     let mut diagnostics = v.diags;
     diagnostics.sort_by_key(|d| (d.pos.line, d.pos.column));
-    let plan = if diagnostics.iter().any(Diagnostic::is_error) { None } else { plan };
+    let plan = if diagnostics.iter().any(Diagnostic::is_error) {
+        None
+    } else {
+        plan
+    };
     Validated { plan, diagnostics }
 }
 
@@ -95,7 +99,8 @@ pub fn node_seed(run_seed: u64, node_id: &str) -> u64 {
 
 impl<'a> Validator<'a> {
     fn err(&mut self, code: &'static str, pos: Pos, msg: impl Into<String>) -> &mut Diagnostic {
-        self.diags.push(Diagnostic::error(code, self.file, pos, msg));
+        self.diags
+            .push(Diagnostic::error(code, self.file, pos, msg));
         let last = self.diags.len() - 1;
         &mut self.diags[last]
     }
@@ -117,8 +122,12 @@ impl<'a> Validator<'a> {
         };
         if let Some(v) = &parsed.version {
             if v.value != 1 {
-                self.err("version", v.referenced.into(), format!("unsupported graph version {}", v.value))
-                    .hint = Some("this LatentFlow reads `version: 1`".into());
+                self.err(
+                    "version",
+                    v.referenced.into(),
+                    format!("unsupported graph version {}", v.value),
+                )
+                .hint = Some("this LatentFlow reads `version: 1`".into());
             }
         }
         let seed = overrides
@@ -131,8 +140,17 @@ impl<'a> Validator<'a> {
         for (name, var) in &vars {
             if !var.used {
                 self.diags.push(
-                    Diagnostic::warning("unused-input", self.file, var.pos, format!("graph input `{name}` is never used"))
-                        .hint("reference it as `$".to_string() + name + "` in a param or input, or remove it"),
+                    Diagnostic::warning(
+                        "unused-input",
+                        self.file,
+                        var.pos,
+                        format!("graph input `{name}` is never used"),
+                    )
+                    .hint(
+                        "reference it as `$".to_string()
+                            + name
+                            + "` in a param or input, or remove it",
+                    ),
                 );
             }
         }
@@ -141,12 +159,20 @@ impl<'a> Validator<'a> {
         self.typecheck_and_build(drafts, order, outputs, seed)
     }
 
-    fn graph_inputs(&mut self, g: &GraphFile, overrides: &Overrides) -> BTreeMap<String, GraphInput> {
+    fn graph_inputs(
+        &mut self,
+        g: &GraphFile,
+        overrides: &Overrides,
+    ) -> BTreeMap<String, GraphInput> {
         let mut vars = BTreeMap::new();
         for (name, value) in &g.inputs.0 {
             let pos: Pos = name.referenced.into();
             if vars.contains_key(&name.value) {
-                self.err("duplicate-input", pos, format!("graph input `{}` is defined twice", name.value));
+                self.err(
+                    "duplicate-input",
+                    pos,
+                    format!("graph input `{}` is defined twice", name.value),
+                );
                 continue;
             }
             let (default, kind) = match &value.value {
@@ -158,8 +184,12 @@ impl<'a> Validator<'a> {
             };
             if let Some(k) = &kind {
                 if !["bool", "int", "float", "string", "path", "seed"].contains(&k.as_str()) {
-                    self.err("input-type", value.referenced.into(), format!("graph input `{}` has unknown type `{k}`", name.value))
-                        .hint = Some("types are bool, int, float, string, path and seed".into());
+                    self.err(
+                        "input-type",
+                        value.referenced.into(),
+                        format!("graph input `{}` has unknown type `{k}`", name.value),
+                    )
+                    .hint = Some("types are bool, int, float, string, path and seed".into());
                 }
             }
             vars.insert(
@@ -178,8 +208,12 @@ impl<'a> Validator<'a> {
                 None => {
                     let hint = did_you_mean(name, vars.keys().map(String::as_str))
                         .or_else(|| Some("declare it under `inputs:` in the graph file".into()));
-                    self.err("unknown-set", Pos { line: 1, column: 1 }, format!("--set {name}: the graph has no input named `{name}`"))
-                        .hint = hint;
+                    self.err(
+                        "unknown-set",
+                        Pos { line: 1, column: 1 },
+                        format!("--set {name}: the graph has no input named `{name}`"),
+                    )
+                    .hint = hint;
                 }
             }
         }
@@ -198,13 +232,21 @@ impl<'a> Validator<'a> {
                     "input-value",
                     self.file,
                     var.pos,
-                    format!("graph input `{name}` is declared {kind} but its value is {}", var.value),
+                    format!(
+                        "graph input `{name}` is declared {kind} but its value is {}",
+                        var.value
+                    ),
                 ));
             }
             if var.value.is_null() {
                 self.diags.push(
-                    Diagnostic::error("input-missing", self.file, var.pos, format!("graph input `{name}` has no value"))
-                        .hint(format!("give it a default or pass --set {name}=VALUE")),
+                    Diagnostic::error(
+                        "input-missing",
+                        self.file,
+                        var.pos,
+                        format!("graph input `{name}` has no value"),
+                    )
+                    .hint(format!("give it a default or pass --set {name}=VALUE")),
                 );
             }
         }
@@ -212,7 +254,13 @@ impl<'a> Validator<'a> {
     }
 
     /// Resolves a `$name` reference, marking the variable used.
-    fn var_ref(&mut self, text: &str, pos: Pos, node: &str, vars: &mut BTreeMap<String, GraphInput>) -> Option<Json> {
+    fn var_ref(
+        &mut self,
+        text: &str,
+        pos: Pos,
+        node: &str,
+        vars: &mut BTreeMap<String, GraphInput>,
+    ) -> Option<Json> {
         let name = &text[1..];
         match vars.get_mut(name) {
             Some(v) => {
@@ -222,7 +270,11 @@ impl<'a> Validator<'a> {
             None => {
                 let hint = did_you_mean(name, vars.keys().map(String::as_str))
                     .or_else(|| Some(format!("declare `{name}` under the graph's `inputs:`")));
-                let d = self.err("undefined-variable", pos, format!("undefined variable `${name}`"));
+                let d = self.err(
+                    "undefined-variable",
+                    pos,
+                    format!("undefined variable `${name}`"),
+                );
                 d.node = Some(node.to_string());
                 d.hint = hint;
                 None
@@ -230,32 +282,69 @@ impl<'a> Validator<'a> {
         }
     }
 
-    fn nodes<'g>(&mut self, g: &'g GraphFile, vars: &mut BTreeMap<String, GraphInput>, seed: u64) -> Vec<Draft<'g>> {
+    fn nodes<'g>(
+        &mut self,
+        g: &'g GraphFile,
+        vars: &mut BTreeMap<String, GraphInput>,
+        seed: u64,
+    ) -> Vec<Draft<'g>> {
         let mut seen: HashMap<&str, Pos> = HashMap::new();
         let mut drafts = Vec::new();
         if g.nodes.value.0.is_empty() {
-            self.err("empty-graph", g.nodes.referenced.into(), "the graph has no nodes")
-                .hint = Some("add nodes under `nodes:`".into());
+            self.err(
+                "empty-graph",
+                g.nodes.referenced.into(),
+                "the graph has no nodes",
+            )
+            .hint = Some("add nodes under `nodes:`".into());
         }
         for (id, def) in &g.nodes.value.0 {
             let pos: Pos = id.referenced.into();
             if let Some(first) = seen.get(id.value.as_str()) {
-                let d = self.err("duplicate-id", pos, format!("node id `{}` is used twice", id.value));
+                let d = self.err(
+                    "duplicate-id",
+                    pos,
+                    format!("node id `{}` is used twice", id.value),
+                );
                 d.node = Some(id.value.clone());
-                d.hint = Some(format!("the first `{}` is at line {}; rename one of them", id.value, first.line));
+                d.hint = Some(format!(
+                    "the first `{}` is at line {}; rename one of them",
+                    id.value, first.line
+                ));
                 continue;
             }
             seen.insert(&id.value, pos);
-            if id.value.is_empty() || !id.value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-                let d = self.err("bad-id", pos, format!("node id `{}` may only contain letters, digits, `_` and `-`", id.value));
+            if id.value.is_empty()
+                || !id
+                    .value
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                let d = self.err(
+                    "bad-id",
+                    pos,
+                    format!(
+                        "node id `{}` may only contain letters, digits, `_` and `-`",
+                        id.value
+                    ),
+                );
                 d.node = Some(id.value.clone());
             }
             let ty = self.registry.get(&def.value.type_id.value).cloned();
             if ty.is_none() {
                 let t = &def.value.type_id;
                 let hint = super::diag::did_you_mean_type(&t.value, self.registry.type_ids())
-                    .or_else(|| Some("run `latentflow nodes` to list the node types of the loaded plugins".into()));
-                let d = self.err("unknown-node-type", t.referenced.into(), format!("unknown node type `{}`", t.value));
+                    .or_else(|| {
+                        Some(
+                            "run `latentflow nodes` to list the node types of the loaded plugins"
+                                .into(),
+                        )
+                    });
+                let d = self.err(
+                    "unknown-node-type",
+                    t.referenced.into(),
+                    format!("unknown node type `{}`", t.value),
+                );
                 d.node = Some(id.value.clone());
                 d.hint = hint;
             }
@@ -268,10 +357,8 @@ impl<'a> Validator<'a> {
                 inputs: Vec::new(),
             });
         }
-        for i in 0..drafts.len() {
-            if drafts[i].ty.is_some() {
-                self.params(&mut drafts[i], vars, seed);
-            }
+        for draft in drafts.iter_mut().filter(|d| d.ty.is_some()) {
+            self.params(draft, vars, seed);
         }
         let ids: Vec<String> = drafts.iter().map(|d| d.id.clone()).collect();
         for i in 0..drafts.len() {
@@ -283,7 +370,12 @@ impl<'a> Validator<'a> {
         drafts
     }
 
-    fn params(&mut self, draft: &mut Draft<'_>, vars: &mut BTreeMap<String, GraphInput>, seed: u64) {
+    fn params(
+        &mut self,
+        draft: &mut Draft<'_>,
+        vars: &mut BTreeMap<String, GraphInput>,
+        seed: u64,
+    ) {
         let Some(ty) = draft.ty.clone() else { return };
         let base_dir = self.file.parent().unwrap_or(Path::new(".")).to_path_buf();
         let specs = &ty.desc.params;
@@ -291,32 +383,48 @@ impl<'a> Validator<'a> {
         for (name, value) in &draft.def.params.0 {
             let pos: Pos = value.referenced.into();
             let Some(spec) = specs.iter().find(|s| s.name.as_str() == name.value) else {
-                let hint = did_you_mean(&name.value, specs.iter().map(|s| s.name.as_str())).or_else(|| {
-                    let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
-                    Some(if names.is_empty() {
-                        format!("`{}` takes no parameters", ty.desc.type_id)
-                    } else {
-                        format!("parameters of `{}`: {}", ty.desc.type_id, names.join(", "))
-                    })
-                });
-                let d = self.err("unknown-param", name.referenced.into(), format!("unknown parameter `{}`", name.value));
+                let hint = did_you_mean(&name.value, specs.iter().map(|s| s.name.as_str()))
+                    .or_else(|| {
+                        let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+                        Some(if names.is_empty() {
+                            format!("`{}` takes no parameters", ty.desc.type_id)
+                        } else {
+                            format!("parameters of `{}`: {}", ty.desc.type_id, names.join(", "))
+                        })
+                    });
+                let d = self.err(
+                    "unknown-param",
+                    name.referenced.into(),
+                    format!("unknown parameter `{}`", name.value),
+                );
                 d.node = Some(draft.id.clone());
                 d.hint = hint;
                 continue;
             };
             if !given.insert(spec.name.as_str()) {
-                let d = self.err("duplicate-param", name.referenced.into(), format!("parameter `{}` is set twice", name.value));
+                let d = self.err(
+                    "duplicate-param",
+                    name.referenced.into(),
+                    format!("parameter `{}` is set twice", name.value),
+                );
                 d.node = Some(draft.id.clone());
                 continue;
             }
             let raw = match &value.value {
-                Json::String(s) if s.starts_with('$') => match self.var_ref(s, pos, &draft.id, vars) {
-                    Some(v) => v,
-                    None => continue,
-                },
+                Json::String(s) if s.starts_with('$') => {
+                    match self.var_ref(s, pos, &draft.id, vars) {
+                        Some(v) => v,
+                        None => continue,
+                    }
+                }
                 other => other.clone(),
             };
-            match params::check(spec, &raw, &base_dir, typecheck_seed(seed, &draft.id, spec.name.as_str())) {
+            match params::check(
+                spec,
+                &raw,
+                &base_dir,
+                typecheck_seed(seed, &draft.id, spec.name.as_str()),
+            ) {
                 Ok(v) => {
                     draft.params.insert(spec.name.to_string(), v);
                 }
@@ -332,8 +440,13 @@ impl<'a> Validator<'a> {
                 continue;
             }
             match params::default_of(spec) {
-                Some(Json::String(s)) if spec.kind == latentflow_plugin_api::ParamKind::Seed && s == "random" => {
-                    draft.params.insert(spec.name.to_string(), Json::from(typecheck_seed(seed, &draft.id, spec.name.as_str())));
+                Some(Json::String(s))
+                    if spec.kind == latentflow_plugin_api::ParamKind::Seed && s == "random" =>
+                {
+                    draft.params.insert(
+                        spec.name.to_string(),
+                        Json::from(typecheck_seed(seed, &draft.id, spec.name.as_str())),
+                    );
                 }
                 Some(v) => {
                     draft.params.insert(spec.name.to_string(), v);
@@ -342,17 +455,33 @@ impl<'a> Validator<'a> {
                     let d = self.err(
                         "missing-param",
                         draft.pos,
-                        format!("required parameter `{}` ({}) is not set", spec.name, spec.kind.name()),
+                        format!(
+                            "required parameter `{}` ({}) is not set",
+                            spec.name,
+                            spec.kind.name()
+                        ),
                     );
                     d.node = Some(draft.id.clone());
-                    d.hint = Some(format!("add `{}: ...` under `params:`{}", spec.name, doc_suffix(&spec.doc)));
+                    d.hint = Some(format!(
+                        "add `{}: ...` under `params:`{}",
+                        spec.name,
+                        doc_suffix(&spec.doc)
+                    ));
                 }
             }
         }
     }
 
-    fn inputs(&mut self, draft: &Draft<'_>, all: &[Draft<'_>], ids: &[String], vars: &mut BTreeMap<String, GraphInput>) -> Vec<(Source, Pos)> {
-        let Some(ty) = &draft.ty else { return Vec::new() };
+    fn inputs(
+        &mut self,
+        draft: &Draft<'_>,
+        all: &[Draft<'_>],
+        ids: &[String],
+        vars: &mut BTreeMap<String, GraphInput>,
+    ) -> Vec<(Source, Pos)> {
+        let Some(ty) = &draft.ty else {
+            return Vec::new();
+        };
         let ports = &ty.desc.inputs;
         let mut out: Vec<(Source, Pos)> = vec![(Source::None, draft.pos); ports.len()];
         let mut given = vec![false; ports.len()];
@@ -367,13 +496,21 @@ impl<'a> Validator<'a> {
                         format!("inputs of `{}`: {}", ty.desc.type_id, names.join(", "))
                     })
                 });
-                let d = self.err("unknown-port", name.referenced.into(), format!("unknown input port `{}`", name.value));
+                let d = self.err(
+                    "unknown-port",
+                    name.referenced.into(),
+                    format!("unknown input port `{}`", name.value),
+                );
                 d.node = Some(draft.id.clone());
                 d.hint = hint;
                 continue;
             };
             if given[idx] {
-                let d = self.err("duplicate-input", name.referenced.into(), format!("input `{}` is connected twice", name.value));
+                let d = self.err(
+                    "duplicate-input",
+                    name.referenced.into(),
+                    format!("input `{}` is connected twice", name.value),
+                );
                 d.node = Some(draft.id.clone());
                 continue;
             }
@@ -382,10 +519,15 @@ impl<'a> Validator<'a> {
                 let d = self.err(
                     "bad-edge",
                     pos,
-                    format!("input `{}` must be written `node.output` or `$variable`, got {}", name.value, value.value),
+                    format!(
+                        "input `{}` must be written `node.output` or `$variable`, got {}",
+                        name.value, value.value
+                    ),
                 );
                 d.node = Some(draft.id.clone());
-                d.hint = Some("constants go in `params:`, or in a graph input referenced as `$name`".into());
+                d.hint = Some(
+                    "constants go in `params:`, or in a graph input referenced as `$name`".into(),
+                );
                 continue;
             };
             if text.starts_with('$') {
@@ -397,7 +539,10 @@ impl<'a> Validator<'a> {
                         let d = self.err(
                             "type-mismatch",
                             pos,
-                            format!("input `{}` expects {}, but `{text}` is {v}", port.name, port.ty),
+                            format!(
+                                "input `{}` expects {}, but `{text}` is {v}",
+                                port.name, port.ty
+                            ),
                         );
                         d.node = Some(draft.id.clone());
                     }
@@ -410,7 +555,11 @@ impl<'a> Validator<'a> {
             };
             let Some(src) = ids.iter().position(|i| i == src_id) else {
                 let hint = did_you_mean(src_id, ids.iter().map(String::as_str));
-                let d = self.err("unknown-node", pos, format!("input `{}` refers to unknown node `{src_id}`", name.value));
+                let d = self.err(
+                    "unknown-node",
+                    pos,
+                    format!("input `{}` refers to unknown node `{src_id}`", name.value),
+                );
                 d.node = Some(draft.id.clone());
                 d.hint = hint;
                 continue;
@@ -424,9 +573,18 @@ impl<'a> Validator<'a> {
                     Some(i) => i,
                     None => {
                         let names: Vec<&str> = outs.iter().map(|o| o.name.as_str()).collect();
-                        let hint = did_you_mean(p, names.iter().copied())
-                            .or_else(|| Some(format!("outputs of `{src_id}` ({}): {}", src_ty.desc.type_id, names.join(", "))));
-                        let d = self.err("unknown-port", pos, format!("node `{src_id}` has no output `{p}`"));
+                        let hint = did_you_mean(p, names.iter().copied()).or_else(|| {
+                            Some(format!(
+                                "outputs of `{src_id}` ({}): {}",
+                                src_ty.desc.type_id,
+                                names.join(", ")
+                            ))
+                        });
+                        let d = self.err(
+                            "unknown-port",
+                            pos,
+                            format!("node `{src_id}` has no output `{p}`"),
+                        );
                         d.node = Some(draft.id.clone());
                         d.hint = hint;
                         continue;
@@ -434,8 +592,15 @@ impl<'a> Validator<'a> {
                 },
                 None if outs.len() == 1 => 0,
                 None => {
-                    let names: Vec<String> = outs.iter().map(|o| format!("{src_id}.{}", o.name)).collect();
-                    let d = self.err("ambiguous-edge", pos, format!("node `{src_id}` has {} outputs; name one", outs.len()));
+                    let names: Vec<String> = outs
+                        .iter()
+                        .map(|o| format!("{src_id}.{}", o.name))
+                        .collect();
+                    let d = self.err(
+                        "ambiguous-edge",
+                        pos,
+                        format!("node `{src_id}` has {} outputs; name one", outs.len()),
+                    );
                     d.node = Some(draft.id.clone());
                     d.hint = Some(format!("write one of: {}", names.join(", ")));
                     continue;
@@ -453,10 +618,17 @@ impl<'a> Validator<'a> {
                 let d = self.err(
                     "missing-input",
                     draft.pos,
-                    format!("required input `{}` ({}) is not connected", port.name, port.ty),
+                    format!(
+                        "required input `{}` ({}) is not connected",
+                        port.name, port.ty
+                    ),
                 );
                 d.node = Some(draft.id.clone());
-                d.hint = Some(format!("add `{}: other_node.output` under `inputs:`{}", port.name, doc_suffix(&port.doc)));
+                d.hint = Some(format!(
+                    "add `{}: other_node.output` under `inputs:`{}",
+                    port.name,
+                    doc_suffix(&port.doc)
+                ));
             }
         }
         out
@@ -479,11 +651,20 @@ impl<'a> Validator<'a> {
                 cyclic = true;
                 let mut members: Vec<usize> = scc.iter().map(|n| g[*n]).collect();
                 members.sort();
-                let names: Vec<String> = members.iter().map(|&m| format!("`{}`", drafts[m].id)).collect();
+                let names: Vec<String> = members
+                    .iter()
+                    .map(|&m| format!("`{}`", drafts[m].id))
+                    .collect();
                 let first = &drafts[members[0]];
-                let d = self.err("cycle", first.pos, format!("the graph has a cycle through {}", names.join(" → ")));
+                let d = self.err(
+                    "cycle",
+                    first.pos,
+                    format!("the graph has a cycle through {}", names.join(" → ")),
+                );
                 d.node = Some(first.id.clone());
-                d.hint = Some("graphs must be acyclic; break the loop by removing one of these edges".into());
+                d.hint = Some(
+                    "graphs must be acyclic; break the loop by removing one of these edges".into(),
+                );
             }
         }
         if cyclic {
@@ -497,13 +678,20 @@ impl<'a> Validator<'a> {
     fn outputs(&mut self, g: &GraphFile, drafts: &[Draft<'_>]) -> Vec<usize> {
         if let Some(list) = &g.outputs {
             let mut out = Vec::new();
-            for Spanned { value, referenced, .. } in list {
+            for Spanned {
+                value, referenced, ..
+            } in list
+            {
                 match drafts.iter().position(|d| &d.id == value) {
                     Some(i) => out.push(i),
                     None => {
                         let hint = did_you_mean(value, drafts.iter().map(|d| d.id.as_str()));
-                        self.err("unknown-node", (*referenced).into(), format!("`outputs` names unknown node `{value}`"))
-                            .hint = hint;
+                        self.err(
+                            "unknown-node",
+                            (*referenced).into(),
+                            format!("`outputs` names unknown node `{value}`"),
+                        )
+                        .hint = hint;
                     }
                 }
             }
@@ -518,7 +706,13 @@ impl<'a> Validator<'a> {
             }
         }
         (0..drafts.len())
-            .filter(|&i| !consumed[i] || drafts[i].ty.as_ref().is_some_and(|t| t.desc.caps.side_effects))
+            .filter(|&i| {
+                !consumed[i]
+                    || drafts[i]
+                        .ty
+                        .as_ref()
+                        .is_some_and(|t| t.desc.caps.side_effects)
+            })
             .collect()
     }
 
@@ -529,17 +723,30 @@ impl<'a> Validator<'a> {
         outputs: Vec<usize>,
         seed: u64,
     ) -> Option<Plan> {
-        let mut out_types: Vec<Vec<latentflow_plugin_api::PortType>> = vec![Vec::new(); drafts.len()];
+        let mut out_types: Vec<Vec<latentflow_plugin_api::PortType>> =
+            vec![Vec::new(); drafts.len()];
         for &i in &order {
             let d = &drafts[i];
             let Some(ty) = &d.ty else { continue };
             let mut bindings = Bindings::new();
             for (k, (src, pos)) in d.inputs.iter().enumerate() {
-                let Source::Node { node, port } = src else { continue };
-                let Some(produced) = out_types[*node].get(*port).cloned() else { continue };
+                let Source::Node { node, port } = src else {
+                    continue;
+                };
+                let Some(produced) = out_types[*node].get(*port).cloned() else {
+                    continue;
+                };
                 let want = &ty.desc.inputs[k].ty;
                 if !typecheck::unify(&produced, want, &d.params, &mut bindings) {
-                    let src_name = format!("{}.{}", drafts[*node].id, drafts[*node].ty.as_ref().map(|t| t.desc.outputs[*port].name.to_string()).unwrap_or_default());
+                    let src_name = format!(
+                        "{}.{}",
+                        drafts[*node].id,
+                        drafts[*node]
+                            .ty
+                            .as_ref()
+                            .map(|t| t.desc.outputs[*port].name.to_string())
+                            .unwrap_or_default()
+                    );
                     let shown_want = typecheck::substitute(want, &d.params, &bindings);
                     let d2 = self.err(
                         "type-mismatch",
@@ -550,10 +757,18 @@ impl<'a> Validator<'a> {
                         ),
                     );
                     d2.node = Some(d.id.clone());
-                    d2.hint = Some("connect an output of the expected type, or insert a conversion node".into());
+                    d2.hint = Some(
+                        "connect an output of the expected type, or insert a conversion node"
+                            .into(),
+                    );
                 }
             }
-            out_types[i] = ty.desc.outputs.iter().map(|o| typecheck::substitute(&o.ty, &d.params, &bindings)).collect();
+            out_types[i] = ty
+                .desc
+                .outputs
+                .iter()
+                .map(|o| typecheck::substitute(&o.ty, &d.params, &bindings))
+                .collect();
         }
         if self.diags.iter().any(Diagnostic::is_error) {
             return None;
@@ -572,7 +787,10 @@ impl<'a> Validator<'a> {
                 .inputs
                 .into_iter()
                 .map(|(s, _)| match s {
-                    Source::Node { node, port } => Source::Node { node: new_index[node], port },
+                    Source::Node { node, port } => Source::Node {
+                        node: new_index[node],
+                        port,
+                    },
                     other => other,
                 })
                 .collect();
@@ -609,7 +827,10 @@ fn canonical_json(nodes: &[PlanNode], seed: u64) -> Json {
             match s {
                 Source::Node { node, port: p } => {
                     let src = &nodes[*node];
-                    inputs.insert(port, Json::from(format!("{}.{}", src.id, src.ty.desc.outputs[*p].name)));
+                    inputs.insert(
+                        port,
+                        Json::from(format!("{}.{}", src.id, src.ty.desc.outputs[*p].name)),
+                    );
                 }
                 Source::Const(_) => {
                     // Constants are stored as graph inputs named after the consumer.
@@ -625,7 +846,10 @@ fn canonical_json(nodes: &[PlanNode], seed: u64) -> Json {
         }
         if !n.params.is_empty() {
             let params: BTreeMap<&String, &Json> = n.params.iter().collect();
-            node.insert("params".into(), serde_json::to_value(params).unwrap_or_default());
+            node.insert(
+                "params".into(),
+                serde_json::to_value(params).unwrap_or_default(),
+            );
         }
         out_nodes.insert(n.id.clone(), Json::Object(node));
     }

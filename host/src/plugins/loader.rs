@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use abi_stable::library::{lib_header_from_path, LibraryError, RootModule};
-use latentflow_plugin_api::{NodeDescriptor, PluginManifest, PluginModRef, PluginStats, API_VERSION};
+use latentflow_plugin_api::{
+    NodeDescriptor, PluginManifest, PluginModRef, PluginStats, API_VERSION,
+};
 
 /// A loaded plugin generation. Libraries are never unloaded: a newer build of the same file is
 /// loaded from its own content-addressed copy and the old one stays mapped.
@@ -88,9 +90,12 @@ pub fn load(path: &Path, cache_dir: &Path) -> Result<Plugin, LoadError> {
     let module = header
         .init_root_module::<PluginModRef>()
         .map_err(|e| summarize(path, e))?;
-    let manifest: PluginManifest = (module.manifest())()
-        .into_result()
-        .map_err(|e| LoadError::new(path, format!("plugin failed to describe itself: {}", e.message)))?;
+    let manifest: PluginManifest = (module.manifest())().into_result().map_err(|e| {
+        LoadError::new(
+            path,
+            format!("plugin failed to describe itself: {}", e.message),
+        )
+    })?;
 
     Ok(Plugin {
         name: manifest.name.to_string(),
@@ -104,19 +109,35 @@ pub fn load(path: &Path, cache_dir: &Path) -> Result<Plugin, LoadError> {
     })
 }
 
-fn private_copy(path: &Path, bytes: &[u8], build: &str, cache_dir: &Path) -> Result<PathBuf, LoadError> {
+fn private_copy(
+    path: &Path,
+    bytes: &[u8],
+    build: &str,
+    cache_dir: &Path,
+) -> Result<PathBuf, LoadError> {
     let stem = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "plugin".into());
-    let ext = path.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default();
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let copy = cache_dir.join(format!("{stem}-{}.{ext}", &build[..16]));
     if copy.exists() {
         return Ok(copy);
     }
-    fs::create_dir_all(cache_dir)
-        .map_err(|e| LoadError::new(path, format!("cannot create plugin cache {}: {e}", cache_dir.display())))?;
-    let tmp = cache_dir.join(format!(".{stem}-{}.{}.tmp", &build[..16], std::process::id()));
+    fs::create_dir_all(cache_dir).map_err(|e| {
+        LoadError::new(
+            path,
+            format!("cannot create plugin cache {}: {e}", cache_dir.display()),
+        )
+    })?;
+    let tmp = cache_dir.join(format!(
+        ".{stem}-{}.{}.tmp",
+        &build[..16],
+        std::process::id()
+    ));
     fs::write(&tmp, bytes)
         .and_then(|_| fs::rename(&tmp, &copy))
         .map_err(|e| LoadError::new(path, format!("cannot copy into plugin cache: {e}")))?;
@@ -174,7 +195,10 @@ fn summarize(path: &Path, err: LibraryError) -> LoadError {
 }
 
 fn first_line(s: &str) -> &str {
-    s.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or(s)
+    s.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or(s)
 }
 
 fn squeeze(s: &str) -> String {

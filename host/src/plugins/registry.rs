@@ -64,7 +64,9 @@ impl Discovery {
         if let Some(dir) = &self.exe_dir {
             let prefix = format!("{}latentflow_", std::env::consts::DLL_PREFIX);
             for f in list(dir) {
-                if f.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&prefix)) {
+                if f.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+                {
                     push(f);
                 }
             }
@@ -126,7 +128,11 @@ impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Refusal::Load(e) => write!(f, "refused plugin {e}"),
-            Refusal::Conflict { type_id, path, other } => write!(
+            Refusal::Conflict {
+                type_id,
+                path,
+                other,
+            } => write!(
                 f,
                 "refused plugin {}: node type `{type_id}` is already provided by {}",
                 path.display(),

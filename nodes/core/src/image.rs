@@ -20,14 +20,21 @@ fn image_data(inputs: &Inputs, name: &str) -> Result<(Vec<f32>, [usize; 4]), Nod
     expect_rank(name, t, 4, "N×H×W×C")?;
     let s = t.shape();
     if s[3] != 3 {
-        return Err(NodeError::invalid(format!("`{name}` must have 3 channels, got {}", s[3])));
+        return Err(NodeError::invalid(format!(
+            "`{name}` must have 3 channels, got {}",
+            s[3]
+        )));
     }
     Ok((t.to_f32_vec()?, [s[0], s[1], s[2], s[3]]))
 }
 
 fn to_rgb8(data: &[f32], h: usize, w: usize) -> Result<RgbImage, NodeError> {
-    let bytes: Vec<u8> = data.iter().map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8).collect();
-    RgbImage::from_raw(w as u32, h as u32, bytes).ok_or_else(|| NodeError::failed("image buffer size mismatch"))
+    let bytes: Vec<u8> = data
+        .iter()
+        .map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
+        .collect();
+    RgbImage::from_raw(w as u32, h as u32, bytes)
+        .ok_or_else(|| NodeError::failed("image buffer size mismatch"))
 }
 
 fn load_image(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
@@ -53,8 +60,14 @@ fn numbered(filename: &str, index: usize, count: usize) -> String {
         return filename.to_string();
     }
     let p = Path::new(filename);
-    let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let ext = p.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
+    let stem = p
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let ext = p
+        .extension()
+        .map(|e| format!(".{}", e.to_string_lossy()))
+        .unwrap_or_default();
     let name = format!("{stem}_{index:04}{ext}");
     match p.parent().filter(|d| !d.as_os_str().is_empty()) {
         Some(d) => d.join(name).to_string_lossy().into_owned(),
@@ -70,12 +83,20 @@ fn write_png(path: &Path, img: &RgbImage, metadata: &str) -> Result<(), NodeErro
         enc.add_itxt_chunk(GRAPH_KEY.to_string(), metadata.to_string())
             .map_err(std::io::Error::other)?;
         let mut writer = enc.write_header().map_err(std::io::Error::other)?;
-        writer.write_image_data(img.as_raw()).map_err(std::io::Error::other)?;
+        writer
+            .write_image_data(img.as_raw())
+            .map_err(std::io::Error::other)?;
         writer.finish().map_err(std::io::Error::other)
     })
 }
 
-fn save(ctx: &Ctx, inputs: &Inputs, filename: &str, format: &str, quality: u8) -> Result<Vec<String>, NodeError> {
+fn save(
+    ctx: &Ctx,
+    inputs: &Inputs,
+    filename: &str,
+    format: &str,
+    quality: u8,
+) -> Result<Vec<String>, NodeError> {
     let (data, [n, h, w, _]) = image_data(inputs, "image")?;
     let format = match format {
         "auto" => Path::new(filename)
@@ -94,12 +115,22 @@ fn save(ctx: &Ctx, inputs: &Inputs, filename: &str, format: &str, quality: u8) -
             "png" => write_png(&path, &img, &metadata)?,
             "jpg" | "jpeg" => write_atomic(&path, |f| {
                 image::codecs::jpeg::JpegEncoder::new_with_quality(BufWriter::new(f), quality)
-                    .write_image(img.as_raw(), img.width(), img.height(), image::ExtendedColorType::Rgb8)
+                    .write_image(
+                        img.as_raw(),
+                        img.width(),
+                        img.height(),
+                        image::ExtendedColorType::Rgb8,
+                    )
                     .map_err(std::io::Error::other)
             })?,
             "webp" => write_atomic(&path, |f| {
                 image::codecs::webp::WebPEncoder::new_lossless(BufWriter::new(f))
-                    .write_image(img.as_raw(), img.width(), img.height(), image::ExtendedColorType::Rgb8)
+                    .write_image(
+                        img.as_raw(),
+                        img.width(),
+                        img.height(),
+                        image::ExtendedColorType::Rgb8,
+                    )
                     .map_err(std::io::Error::other)
             })?,
             other => {
@@ -117,7 +148,9 @@ fn save(ctx: &Ctx, inputs: &Inputs, filename: &str, format: &str, quality: u8) -
 fn save_image(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
     let quality = p.int("quality")?.clamp(1, 100) as u8;
     let written = save(ctx, inputs, p.str("filename")?, p.str("format")?, quality)?;
-    Ok(vec![Value::List(written.into_iter().map(Value::from).collect())])
+    Ok(vec![Value::List(
+        written.into_iter().map(Value::from).collect(),
+    )])
 }
 
 fn preview_image(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
@@ -129,7 +162,10 @@ fn preview_image(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, N
     for i in 0..n {
         let img = to_rgb8(&data[i * per..(i + 1) * per], h, w)?;
         let scale = (max as f32 / (w.max(h) as f32)).min(1.0);
-        let (tw, th) = (((w as f32 * scale).round() as u32).max(1), ((h as f32 * scale).round() as u32).max(1));
+        let (tw, th) = (
+            ((w as f32 * scale).round() as u32).max(1),
+            ((h as f32 * scale).round() as u32).max(1),
+        );
         let small = image::imageops::resize(&img, tw, th, FilterType::Triangle);
         let name = numbered(&format!("previews/{}.png", ctx.node_id()), i, n);
         let path = output_path(&ctx.output_dir(), &name)?;
@@ -152,15 +188,22 @@ fn resize_image(_: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, Node
     let mut outs = Vec::with_capacity(n);
     for i in 0..n {
         // Resize in f32 to avoid quantising twice.
-        let buf = image::ImageBuffer::<image::Rgb<f32>, Vec<f32>>::from_raw(w as u32, h as u32, data[i * per..(i + 1) * per].to_vec())
-            .ok_or_else(|| NodeError::failed("image buffer size mismatch"))?;
+        let buf = image::ImageBuffer::<image::Rgb<f32>, Vec<f32>>::from_raw(
+            w as u32,
+            h as u32,
+            data[i * per..(i + 1) * per].to_vec(),
+        )
+        .ok_or_else(|| NodeError::failed("image buffer size mismatch"))?;
         outs.push(image::imageops::resize(&buf, tw, th, filter));
     }
     let mut flat = Vec::with_capacity(n * (tw * th * 3) as usize);
     for o in outs {
         flat.extend(o.into_raw());
     }
-    Ok(vec![Value::Tensor(Tensor::from_vec(flat, &[n, th as usize, tw as usize, 3])?)])
+    Ok(vec![Value::Tensor(Tensor::from_vec(
+        flat,
+        &[n, th as usize, tw as usize, 3],
+    )?)])
 }
 
 fn crop_image(_: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
@@ -173,7 +216,10 @@ fn crop_image(_: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeEr
             "crop {cw}×{ch} at ({x}, {y}) does not fit in a {w}×{h} image"
         )));
     }
-    let c = img.narrow(1, y, ch).and_then(|t| t.narrow(2, x, cw)).map_err(fail)?;
+    let c = img
+        .narrow(1, y, ch)
+        .and_then(|t| t.narrow(2, x, cw))
+        .map_err(fail)?;
     Ok(vec![out(&c.contiguous().map_err(fail)?)?])
 }
 
@@ -182,16 +228,30 @@ fn composite(_: &Ctx, inputs: &Inputs, _: &Params) -> Result<Vec<Value>, NodeErr
     let src = candle_f32(inputs.tensor("source")?)?;
     let mask = candle_f32(inputs.tensor("mask")?)?;
     if dst.dims() != src.dims() {
-        return Err(NodeError::failed(format!("destination {:?} and source {:?} differ in shape", dst.dims(), src.dims())));
+        return Err(NodeError::failed(format!(
+            "destination {:?} and source {:?} differ in shape",
+            dst.dims(),
+            src.dims()
+        )));
     }
     let (n, h, w, _) = dst.dims4().map_err(fail)?;
     let (mn, mh, mw) = mask.dims3().map_err(fail)?;
     if (mh, mw) != (h, w) || (mn != n && mn != 1) {
-        return Err(NodeError::failed(format!("mask {:?} does not match images {:?}", mask.dims(), dst.dims())));
+        return Err(NodeError::failed(format!(
+            "mask {:?} does not match images {:?}",
+            mask.dims(),
+            dst.dims()
+        )));
     }
-    let m = mask.unsqueeze(3).and_then(|m| m.broadcast_as(dst.shape())).map_err(fail)?;
+    let m = mask
+        .unsqueeze(3)
+        .and_then(|m| m.broadcast_as(dst.shape()))
+        .map_err(fail)?;
     let one_minus = m.affine(-1.0, 1.0).map_err(fail)?;
-    let r = (dst.mul(&one_minus).and_then(|a| src.mul(&m).and_then(|b| a.add(&b)))).map_err(fail)?;
+    let r = (dst
+        .mul(&one_minus)
+        .and_then(|a| src.mul(&m).and_then(|b| a.add(&b))))
+    .map_err(fail)?;
     Ok(vec![out(&r)?])
 }
 
@@ -199,7 +259,11 @@ fn image_batch(_: &Ctx, inputs: &Inputs, _: &Params) -> Result<Vec<Value>, NodeE
     let a = candle_f32(inputs.tensor("a")?)?;
     let b = candle_f32(inputs.tensor("b")?)?;
     if a.dims()[1..] != b.dims()[1..] {
-        return Err(NodeError::failed(format!("cannot batch images of shapes {:?} and {:?}", a.dims(), b.dims())));
+        return Err(NodeError::failed(format!(
+            "cannot batch images of shapes {:?} and {:?}",
+            a.dims(),
+            b.dims()
+        )));
     }
     Ok(vec![out(&CTensor::cat(&[&a, &b], 0).map_err(fail)?)?])
 }
@@ -209,14 +273,20 @@ fn image_from_batch(_: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, 
     let n = img.dims()[0];
     let (start, len) = (p.usize("index")?, p.usize("length")?);
     if start + len > n || len == 0 {
-        return Err(NodeError::failed(format!("batch has {n} images; cannot take {len} from index {start}")));
+        return Err(NodeError::failed(format!(
+            "batch has {n} images; cannot take {len} from index {start}"
+        )));
     }
     Ok(vec![out(&img.narrow(0, start, len).map_err(fail)?)?])
 }
 
 fn solid_image(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
     let (w, h, n) = (p.usize("width")?, p.usize("height")?, p.usize("batch")?);
-    let rgb = [p.f64("red")? as f32, p.f64("green")? as f32, p.f64("blue")? as f32];
+    let rgb = [
+        p.f64("red")? as f32,
+        p.f64("green")? as f32,
+        p.f64("blue")? as f32,
+    ];
     let t = CTensor::new(&rgb, &Device::Cpu)
         .and_then(|t| t.reshape((1, 1, 1, 3)))
         .and_then(|t| t.broadcast_as((n, h, w, 3)))

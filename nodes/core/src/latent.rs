@@ -29,13 +29,20 @@ fn latent_shape(p: &Params) -> Result<(usize, usize, usize, usize), NodeError> {
 
 fn empty_latent(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
     let shape = latent_shape(p)?;
-    Ok(vec![out(&CTensor::zeros(shape, candle_core::DType::F32, &Device::Cpu).map_err(fail)?)?])
+    Ok(vec![out(&CTensor::zeros(
+        shape,
+        candle_core::DType::F32,
+        &Device::Cpu,
+    )
+    .map_err(fail)?)?])
 }
 
 /// Standard-normal noise in row-major `N×C×H×W` order from a ChaCha8 stream seeded with `seed`.
 pub fn normal_noise(seed: u64, len: usize) -> Vec<f32> {
     let mut rng = Ctx::rng_from(seed);
-    (0..len).map(|_| rng.sample::<f32, _>(StandardNormal)).collect()
+    (0..len)
+        .map(|_| rng.sample::<f32, _>(StandardNormal))
+        .collect()
 }
 
 fn noise_latent(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
@@ -56,13 +63,21 @@ fn latent_math(_: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeE
         "min" => a.broadcast_minimum(&b),
         other => return Err(NodeError::invalid(format!("unknown op `{other}`"))),
     }
-    .map_err(|e| fail(format!("cannot combine latents {:?} and {:?}: {e}", a.dims(), b.dims())))?;
+    .map_err(|e| {
+        fail(format!(
+            "cannot combine latents {:?} and {:?}: {e}",
+            a.dims(),
+            b.dims()
+        ))
+    })?;
     Ok(vec![out(&r)?])
 }
 
 fn latent_scale(_: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
     let a = latent_in(inputs, "latent")?;
-    Ok(vec![out(&a.affine(p.f64("scale")?, p.f64("offset")?).map_err(fail)?)?])
+    Ok(vec![out(&a
+        .affine(p.f64("scale")?, p.f64("offset")?)
+        .map_err(fail)?)?])
 }
 
 fn latent_blend(_: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
@@ -90,11 +105,22 @@ fn resize_latent(_: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, Nod
 fn crop_latent(_: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
     let a = latent_in(inputs, "latent")?;
     let (_, _, h, w) = a.dims4().map_err(fail)?;
-    let (x, y, cw, ch) = (p.usize("x")?, p.usize("y")?, p.usize("width")?, p.usize("height")?);
+    let (x, y, cw, ch) = (
+        p.usize("x")?,
+        p.usize("y")?,
+        p.usize("width")?,
+        p.usize("height")?,
+    );
     if x + cw > w || y + ch > h {
-        return Err(NodeError::failed(format!("crop {cw}×{ch} at ({x}, {y}) does not fit a {w}×{h} latent")));
+        return Err(NodeError::failed(format!(
+            "crop {cw}×{ch} at ({x}, {y}) does not fit a {w}×{h} latent"
+        )));
     }
-    let r = a.narrow(2, y, ch).and_then(|t| t.narrow(3, x, cw)).and_then(|t| t.contiguous()).map_err(fail)?;
+    let r = a
+        .narrow(2, y, ch)
+        .and_then(|t| t.narrow(3, x, cw))
+        .and_then(|t| t.contiguous())
+        .map_err(fail)?;
     Ok(vec![out(&r)?])
 }
 
@@ -102,7 +128,11 @@ fn latent_batch(_: &Ctx, inputs: &Inputs, _: &Params) -> Result<Vec<Value>, Node
     let a = latent_in(inputs, "a")?;
     let b = latent_in(inputs, "b")?;
     if a.dims()[1..] != b.dims()[1..] {
-        return Err(NodeError::failed(format!("cannot batch latents {:?} and {:?}", a.dims(), b.dims())));
+        return Err(NodeError::failed(format!(
+            "cannot batch latents {:?} and {:?}",
+            a.dims(),
+            b.dims()
+        )));
     }
     Ok(vec![out(&CTensor::cat(&[&a, &b], 0).map_err(fail)?)?])
 }
@@ -112,7 +142,9 @@ fn latent_from_batch(_: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>,
     let n = a.dims()[0];
     let (start, len) = (p.usize("index")?, p.usize("length")?);
     if start + len > n || len == 0 {
-        return Err(NodeError::failed(format!("batch has {n} latents; cannot take {len} from index {start}")));
+        return Err(NodeError::failed(format!(
+            "batch has {n} latents; cannot take {len} from index {start}"
+        )));
     }
     Ok(vec![out(&a.narrow(0, start, len).map_err(fail)?)?])
 }
@@ -121,11 +153,31 @@ fn latent_from_batch(_: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>,
 pub fn nodes() -> Vec<NodeDef> {
     let c = || PortType::latent(Dim::var("C"));
     let shape_params = |d: NodeDef| {
-        d.param(Param::int("width").default(512).range(8.0, 16384.0).doc("image width in pixels"))
-            .param(Param::int("height").default(512).range(8.0, 16384.0).doc("image height in pixels"))
-            .param(Param::int("channels").default(4).range(1.0, 64.0).doc("latent channels (4 for SD1/2/XL, 16 for SD3/Flux)"))
-            .param(Param::int("batch").default(1).range(1.0, 4096.0))
-            .param(Param::int("downscale").default(8).range(1.0, 64.0).doc("pixels per latent cell"))
+        d.param(
+            Param::int("width")
+                .default(512)
+                .range(8.0, 16384.0)
+                .doc("image width in pixels"),
+        )
+        .param(
+            Param::int("height")
+                .default(512)
+                .range(8.0, 16384.0)
+                .doc("image height in pixels"),
+        )
+        .param(
+            Param::int("channels")
+                .default(4)
+                .range(1.0, 64.0)
+                .doc("latent channels (4 for SD1/2/XL, 16 for SD3/Flux)"),
+        )
+        .param(Param::int("batch").default(1).range(1.0, 4096.0))
+        .param(
+            Param::int("downscale")
+                .default(8)
+                .range(1.0, 64.0)
+                .doc("pixels per latent cell"),
+        )
     };
     vec![
         shape_params(

@@ -13,10 +13,19 @@ pub use latent::normal_noise;
 
 /// Every node of the plugin.
 pub fn plugin() -> PluginDef {
-    [image::nodes(), latent::nodes(), mask::nodes(), tensor_io::nodes(), scalar::nodes()]
-        .into_iter()
-        .flatten()
-        .fold(PluginDef::new("core", env!("CARGO_PKG_VERSION")), PluginDef::node)
+    [
+        image::nodes(),
+        latent::nodes(),
+        mask::nodes(),
+        tensor_io::nodes(),
+        scalar::nodes(),
+    ]
+    .into_iter()
+    .flatten()
+    .fold(
+        PluginDef::new("core", env!("CARGO_PKG_VERSION")),
+        PluginDef::node,
+    )
 }
 
 latentflow_plugin_api::export_plugin!(plugin());

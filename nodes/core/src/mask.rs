@@ -41,7 +41,9 @@ fn mask_to_image(_: &Ctx, inputs: &Inputs, _: &Params) -> Result<Vec<Value>, Nod
 }
 
 fn invert_mask(_: &Ctx, inputs: &Inputs, _: &Params) -> Result<Vec<Value>, NodeError> {
-    Ok(vec![out(&mask_in(inputs)?.affine(-1.0, 1.0).map_err(fail)?)?])
+    Ok(vec![out(&mask_in(inputs)?
+        .affine(-1.0, 1.0)
+        .map_err(fail)?)?])
 }
 
 fn threshold_mask(_: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
@@ -62,7 +64,12 @@ fn solid_mask(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> 
 
 fn rect_mask(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
     let (h, w) = (p.usize("height")?, p.usize("width")?);
-    let (x, y, rw, rh) = (p.usize("x")?, p.usize("y")?, p.usize("rect_width")?, p.usize("rect_height")?);
+    let (x, y, rw, rh) = (
+        p.usize("x")?,
+        p.usize("y")?,
+        p.usize("rect_width")?,
+        p.usize("rect_height")?,
+    );
     let mut data = vec![0f32; h * w];
     for row in y.min(h)..(y + rh).min(h) {
         for col in x.min(w)..(x + rw).min(w) {
@@ -83,7 +90,10 @@ pub fn nodes() -> Vec<NodeDef> {
             .doc("A mask from one channel of an image, or its luminance.")
             .input("image", PortType::Image, "images")
             .output("mask", PortType::Mask, "N×H×W")
-            .param(Param::choice("channel", &["luminance", "red", "green", "blue"]).default("luminance")),
+            .param(
+                Param::choice("channel", &["luminance", "red", "green", "blue"])
+                    .default("luminance"),
+            ),
         NodeDef::new("core.mask_to_image", mask_to_image)
             .doc("A grey image from a mask.")
             .input("mask", PortType::Mask, "masks")

@@ -29,13 +29,19 @@ fn from_st(d: SDtype) -> Result<DType, NodeError> {
         SDtype::U8 => DType::U8,
         SDtype::U32 => DType::U32,
         SDtype::I64 => DType::I64,
-        other => return Err(NodeError::failed(format!("unsupported safetensors dtype {other:?}"))),
+        other => {
+            return Err(NodeError::failed(format!(
+                "unsupported safetensors dtype {other:?}"
+            )))
+        }
     })
 }
 
 fn save_tensor(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
     let t = inputs.tensor("tensor")?;
-    let dtype = t.dtype().ok_or_else(|| NodeError::invalid("unsupported element type"))?;
+    let dtype = t
+        .dtype()
+        .ok_or_else(|| NodeError::invalid("unsupported element type"))?;
     let bytes = t.to_contiguous_bytes()?;
     let shape = t.shape();
     let name = p.str("name")?.to_string();
@@ -51,7 +57,8 @@ fn save_tensor(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, Nod
 fn read_tensor(p: &Params) -> Result<Tensor, NodeError> {
     let path = p.str("path")?;
     let bytes = std::fs::read(path).map_err(|e| fail(format!("cannot read {path}: {e}")))?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| fail(format!("{path} is not a safetensors file: {e}")))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| fail(format!("{path} is not a safetensors file: {e}")))?;
     let name = p.str("name")?;
     let names = st.names();
     let key = if name.is_empty() {
@@ -61,7 +68,11 @@ fn read_tensor(p: &Params) -> Result<Tensor, NodeError> {
                 return Err(NodeError::failed(format!(
                     "{path} holds {} tensors; set `name` to one of: {}",
                     names.len(),
-                    names.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")
+                    names
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )))
             }
         }
@@ -71,7 +82,11 @@ fn read_tensor(p: &Params) -> Result<Tensor, NodeError> {
     let view = st
         .tensor(&key)
         .map_err(|_| fail(format!("{path} has no tensor `{key}`")))?;
-    Ok(Tensor::from_bytes(view.data().to_vec(), from_st(view.dtype())?, view.shape())?)
+    Ok(Tensor::from_bytes(
+        view.data().to_vec(),
+        from_st(view.dtype())?,
+        view.shape(),
+    )?)
 }
 
 /// The tensor file nodes.

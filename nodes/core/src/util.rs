@@ -18,28 +18,41 @@ pub fn output_path(output_dir: &Path, filename: &str) -> Result<PathBuf, NodeErr
     if filename.trim().is_empty() {
         return Err(NodeError::failed("the file name is empty"));
     }
-    if rel.is_absolute() || rel.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
+    if rel.is_absolute()
+        || rel
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    {
         return Err(NodeError::failed(format!(
             "output path `{filename}` must stay inside the output folder (no absolute paths, no `..`)"
         )));
     }
     let path = output_dir.join(rel);
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| fail(format!("cannot create {}: {e}", parent.display())))?;
+        std::fs::create_dir_all(parent)
+            .map_err(|e| fail(format!("cannot create {}: {e}", parent.display())))?;
         // A symlinked folder must not lead outside either.
         let root = output_dir.canonicalize().map_err(fail)?;
         let real_parent = parent.canonicalize().map_err(fail)?;
         if !real_parent.starts_with(&root) {
-            return Err(NodeError::failed(format!("output path `{filename}` leads outside the output folder")));
+            return Err(NodeError::failed(format!(
+                "output path `{filename}` leads outside the output folder"
+            )));
         }
     }
     Ok(path)
 }
 
 /// Writes a file atomically: a temporary file in the same folder, synced, then renamed over.
-pub fn write_atomic(path: &Path, write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>) -> Result<(), NodeError> {
+pub fn write_atomic(
+    path: &Path,
+    write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> Result<(), NodeError> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
@@ -57,7 +70,9 @@ pub fn write_atomic(path: &Path, write: impl FnOnce(&mut std::fs::File) -> std::
 
 /// Input tensor as f32 candle tensor on the CPU (copies).
 pub fn candle_f32(t: &Tensor) -> Result<CTensor, NodeError> {
-    to_candle(t, &Device::Cpu)?.to_dtype(candle_core::DType::F32).map_err(fail)
+    to_candle(t, &Device::Cpu)?
+        .to_dtype(candle_core::DType::F32)
+        .map_err(fail)
 }
 
 /// Exports a candle tensor as a value (no copy).

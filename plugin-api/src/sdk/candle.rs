@@ -21,7 +21,11 @@ fn to_our_dtype(d: CDType) -> Result<DType, NodeError> {
         CDType::U8 => DType::U8,
         CDType::U32 => DType::U32,
         CDType::I64 => DType::I64,
-        other => return Err(NodeError::failed(format!("candle dtype {other:?} cannot cross the ABI"))),
+        other => {
+            return Err(NodeError::failed(format!(
+                "candle dtype {other:?} cannot cross the ABI"
+            )))
+        }
     })
 }
 
@@ -77,7 +81,15 @@ pub fn from_candle(t: &candle_core::Tensor) -> Result<Tensor, NodeError> {
     // SAFETY: the clone of `t` kept by the manager keeps candle's storage alive; candle tensors
     // are immutable unless mutated in place, which the module docs forbid for exported tensors.
     Ok(unsafe {
-        Tensor::from_raw_parts(ptr, dtype, &shape, Some(&strides), offset, DLDevice::CPU, Box::new(t))
+        Tensor::from_raw_parts(
+            ptr,
+            dtype,
+            &shape,
+            Some(&strides),
+            offset,
+            DLDevice::CPU,
+            Box::new(t),
+        )
     })
 }
 

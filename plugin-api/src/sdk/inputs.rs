@@ -41,27 +41,35 @@ impl Inputs {
     }
 
     fn wrong(name: &str, want: &str, got: &Value) -> NodeError {
-        NodeError::invalid(format!("input `{name}` should be {want}, got {}", got.kind_name()))
+        NodeError::invalid(format!(
+            "input `{name}` should be {want}, got {}",
+            got.kind_name()
+        ))
     }
 
     /// Input `name` as a tensor.
     pub fn tensor(&self, name: &str) -> Result<&Tensor, NodeError> {
         let v = self.get(name)?;
-        v.as_tensor().ok_or_else(|| Self::wrong(name, "a tensor", v))
+        v.as_tensor()
+            .ok_or_else(|| Self::wrong(name, "a tensor", v))
     }
 
     /// Optional input `name` as a tensor.
     pub fn opt_tensor(&self, name: &str) -> Result<Option<&Tensor>, NodeError> {
         match self.get(name)? {
             Value::None => Ok(None),
-            v => v.as_tensor().map(Some).ok_or_else(|| Self::wrong(name, "a tensor", v)),
+            v => v
+                .as_tensor()
+                .map(Some)
+                .ok_or_else(|| Self::wrong(name, "a tensor", v)),
         }
     }
 
     /// Input `name` as an object handle.
     pub fn object(&self, name: &str) -> Result<&ObjectHandle, NodeError> {
         let v = self.get(name)?;
-        v.as_object().ok_or_else(|| Self::wrong(name, "an object", v))
+        v.as_object()
+            .ok_or_else(|| Self::wrong(name, "an object", v))
     }
 
     /// Input `name` as an integer.

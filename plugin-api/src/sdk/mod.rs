@@ -39,7 +39,7 @@ pub use plugin::{guard, PluginDef};
 pub mod prelude {
     pub use super::{Ctx, Inputs, NodeDef, NodeImpl, Param, Params, PluginDef};
     pub use crate::{DType, Dim, NodeError, ObjectHandle, PortType, Tensor, Value};
-    pub use crate::{Object, HostRef};
+    pub use crate::{HostRef, Object};
 }
 
 /// Result type of node code.
@@ -52,15 +52,14 @@ macro_rules! export_plugin {
     ($plugin:expr) => {
         #[doc(hidden)]
         pub fn __latentflow_plugin_def() -> &'static $crate::sdk::PluginDef {
-            static PLUGIN: ::std::sync::OnceLock<$crate::sdk::PluginDef> = ::std::sync::OnceLock::new();
+            static PLUGIN: ::std::sync::OnceLock<$crate::sdk::PluginDef> =
+                ::std::sync::OnceLock::new();
             PLUGIN.get_or_init(|| $plugin)
         }
 
         #[doc(hidden)]
-        pub extern "C" fn __latentflow_manifest() -> $crate::abi_stable::std_types::RResult<
-            $crate::PluginManifest,
-            $crate::NodeError,
-        > {
+        pub extern "C" fn __latentflow_manifest(
+        ) -> $crate::abi_stable::std_types::RResult<$crate::PluginManifest, $crate::NodeError> {
             $crate::sdk::guard(|| Ok(__latentflow_plugin_def().manifest())).into()
         }
 
@@ -74,8 +73,10 @@ macro_rules! export_plugin {
             type_id: $crate::abi_stable::std_types::RStr<'_>,
             params: $crate::abi_stable::std_types::RStr<'_>,
         ) -> $crate::abi_stable::std_types::RResult<$crate::NodeBox, $crate::NodeError> {
-            $crate::sdk::guard(|| __latentflow_plugin_def().create(type_id.as_str(), params.as_str()))
-                .into()
+            $crate::sdk::guard(|| {
+                __latentflow_plugin_def().create(type_id.as_str(), params.as_str())
+            })
+            .into()
         }
 
         #[doc(hidden)]

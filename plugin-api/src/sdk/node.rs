@@ -59,7 +59,11 @@ impl NodeDef {
     where
         F: Fn(Params) -> Result<Box<dyn NodeImpl>, NodeError> + Send + Sync + 'static,
     {
-        let display = type_id.rsplit('.').next().unwrap_or(type_id).replace('_', " ");
+        let display = type_id
+            .rsplit('.')
+            .next()
+            .unwrap_or(type_id)
+            .replace('_', " ");
         NodeDef {
             desc: NodeDescriptor {
                 type_id: type_id.into(),

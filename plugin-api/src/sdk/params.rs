@@ -116,7 +116,9 @@ impl Params {
             match serde_json::from_str::<Json>(json) {
                 Ok(Json::Object(m)) => m,
                 Ok(other) => {
-                    return Err(NodeError::invalid(format!("params must be an object, got {other}")))
+                    return Err(NodeError::invalid(format!(
+                        "params must be an object, got {other}"
+                    )))
                 }
                 Err(e) => return Err(NodeError::invalid(format!("params are not JSON: {e}"))),
             }
@@ -124,8 +126,9 @@ impl Params {
         for spec in specs {
             if !map.contains_key(spec.name.as_str()) {
                 if let ROption::RSome(d) = &spec.default {
-                    let v = serde_json::from_str(d.as_str())
-                        .map_err(|e| NodeError::invalid(format!("bad default for `{}`: {e}", spec.name)))?;
+                    let v = serde_json::from_str(d.as_str()).map_err(|e| {
+                        NodeError::invalid(format!("bad default for `{}`: {e}", spec.name))
+                    })?;
                     map.insert(spec.name.to_string(), v);
                 }
             }
@@ -161,7 +164,8 @@ impl Params {
     /// `name` as a non-negative integer.
     pub fn usize(&self, name: &str) -> Result<usize, NodeError> {
         let v = self.int(name)?;
-        usize::try_from(v).map_err(|_| NodeError::invalid(format!("parameter `{name}` must be ≥ 0, got {v}")))
+        usize::try_from(v)
+            .map_err(|_| NodeError::invalid(format!("parameter `{name}` must be ≥ 0, got {v}")))
     }
 
     /// `name` as a seed.
@@ -181,7 +185,8 @@ impl Params {
     /// `name` as a boolean.
     pub fn bool(&self, name: &str) -> Result<bool, NodeError> {
         let v = self.raw(name)?;
-        v.as_bool().ok_or_else(|| Self::wrong(name, "true or false", v))
+        v.as_bool()
+            .ok_or_else(|| Self::wrong(name, "true or false", v))
     }
 
     /// `name` as a string.

@@ -43,7 +43,8 @@ impl PluginDef {
 
     /// Adds a node type.
     pub fn node(mut self, node: NodeDef) -> Self {
-        self.index.insert(node.desc.type_id.to_string(), self.nodes.len());
+        self.index
+            .insert(node.desc.type_id.to_string(), self.nodes.len());
         self.nodes.push(node);
         self
     }
@@ -63,7 +64,12 @@ impl PluginDef {
             .index
             .get(type_id)
             .map(|&i| &self.nodes[i])
-            .ok_or_else(|| NodeError::invalid(format!("plugin `{}` has no node type `{type_id}`", self.name)))?;
+            .ok_or_else(|| {
+                NodeError::invalid(format!(
+                    "plugin `{}` has no node type `{type_id}`",
+                    self.name
+                ))
+            })?;
         let params = Params::parse(params, &def.desc.params)?;
         let inner = (def.factory)(params)?;
         let adapter = Adapter {
