@@ -13,6 +13,11 @@ use latentflow::graph::{parse_set_value, validate, Overrides, Validated};
 use latentflow::plugins::{Discovery, Refusal, Registry};
 use latentflow::{bench, dot, provenance, schema, ui, watch};
 
+// mimalloc: graph parsing and validation allocate many small objects. Plugins keep their own
+// allocators; everything that crosses the ABI is released by the library that made it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit codes: distinct for invalid graphs, node failures, plugin problems and cancellation.
 mod exit {
     pub const ERROR: u8 = 1;

@@ -176,6 +176,11 @@ pub trait EventSink: Send + Sync {
     fn wants_detail(&self) -> bool {
         true
     }
+
+    /// Whether per-node events are wanted at all (building them costs allocations).
+    fn wants_events(&self) -> bool {
+        true
+    }
 }
 
 /// Discards everything.
@@ -184,6 +189,9 @@ pub struct NullSink;
 impl EventSink for NullSink {
     fn emit(&self, _: &Event) {}
     fn wants_detail(&self) -> bool {
+        false
+    }
+    fn wants_events(&self) -> bool {
         false
     }
 }
@@ -225,5 +233,8 @@ impl EventSink for Tee {
     }
     fn wants_detail(&self) -> bool {
         self.0.iter().any(|s| s.wants_detail())
+    }
+    fn wants_events(&self) -> bool {
+        self.0.iter().any(|s| s.wants_events())
     }
 }

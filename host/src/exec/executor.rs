@@ -131,15 +131,16 @@ impl RunReport {
 #[derive(Clone)]
 struct Record {
     plugin_build: String,
-    params: BTreeMap<String, Json>,
-    inputs: Vec<(String, Hash)>,
+    params: Arc<BTreeMap<String, Json>>,
+    labels: Arc<[String]>,
+    hashes: Vec<Hash>,
     key: Hash,
 }
 
 /// Runs plans. Keep one executor across runs to reuse the cache, node instances and history.
 pub struct Executor {
     cache: Option<Mutex<Cache>>,
-    instances: Mutex<HashMap<(String, Hash), Arc<NodeBox>>>,
+    instances: Mutex<HashMap<Hash, Arc<NodeBox>>>,
     history: HashMap<String, Record>,
 }
 
@@ -163,11 +164,14 @@ struct State {
 /// Static facts about a node for this run.
 struct Prepared {
     static_key: Hash,
+    /// Identifies the node instance: node id and static key.
+    instance_key: Hash,
     cacheable: bool,
     params_json: String,
-    sorted_params: BTreeMap<String, Json>,
+    sorted_params: Arc<BTreeMap<String, Json>>,
     seed: u64,
-    input_labels: Vec<String>,
+    /// Per input: `node.port`, `$port` for constants, or the port name when unconnected.
+    labels: Arc<[String]>,
 }
 
 impl Default for Executor {
@@ -204,7 +208,7 @@ impl Executor {
         let prepared: Vec<Prepared> = plan
             .nodes
             .iter()
-            .map(|node| prepare(node, plan.seed))
+            .map(|node| prepare(plan, node, plan.seed))
             .collect();
 
         let mut succ: Vec<Vec<usize>> = vec![Vec::new(); n];
@@ -350,7 +354,7 @@ fn needed_nodes(plan: &Plan) -> Vec<bool> {
     needed
 }
 
-fn prepare(node: &PlanNode, run_seed: u64) -> Prepared {
+fn prepare(plan: &Plan, node: &PlanNode, run_seed: u64) -> Prepared {
     let desc = &node.ty.desc;
     let sorted_params: BTreeMap<String, Json> = node
         .params
@@ -373,14 +377,27 @@ fn prepare(node: &PlanNode, run_seed: u64) -> Prepared {
         params_json.as_bytes(),
         &seed_bytes,
     ]);
-    let input_labels = desc.inputs.iter().map(|p| p.name.to_string()).collect();
+    let labels = node
+        .inputs
+        .iter()
+        .zip(desc.inputs.iter())
+        .map(|(s, port)| match s {
+            Source::Node { node: src, port: p } => {
+                let src = &plan.nodes[*src];
+                format!("{}.{}", src.id, src.ty.desc.outputs[*p].name)
+            }
+            Source::Const(_) => format!("${}", port.name),
+            Source::None => port.name.to_string(),
+        })
+        .collect();
     Prepared {
         static_key,
+        instance_key: combine(&[node.id.as_bytes(), &static_key]),
         cacheable,
         params_json,
-        sorted_params,
+        sorted_params: Arc::new(sorted_params),
         seed,
-        input_labels,
+        labels,
     }
 }
 
@@ -400,8 +417,8 @@ struct RunCtx<'a> {
 struct Gathered {
     values: Vec<Value>,
     hashes: Vec<Hash>,
-    labels: Vec<String>,
-    upstream_reran: Vec<String>,
+    /// Upstream nodes that executed in this run (for early-cutoff explanations).
+    upstream_reran: Vec<usize>,
 }
 
 impl RunCtx<'_> {
@@ -437,39 +454,31 @@ impl RunCtx<'_> {
         let mut g = Gathered {
             values: Vec::with_capacity(node.inputs.len()),
             hashes: Vec::with_capacity(node.inputs.len()),
-            labels: Vec::with_capacity(node.inputs.len()),
             upstream_reran: Vec::new(),
         };
-        for (k, s) in node.inputs.iter().enumerate() {
-            let label = &self.prepared[i].input_labels[k];
+        for s in &node.inputs {
             match s {
-                Source::Node { node: src, port } => {
-                    if let Some(slot) = &st.slots[*src] {
+                Source::Node { node: src, port } => match &st.slots[*src] {
+                    Some(slot) => {
                         g.values.push(slot.values[*port].clone());
                         g.hashes.push(slot.hashes[*port]);
                         if slot.reran {
-                            g.upstream_reran.push(self.plan.nodes[*src].id.clone());
+                            g.upstream_reran.push(*src);
                         }
-                    } else {
+                    }
+                    None => {
                         g.values.push(Value::None);
                         g.hashes.push([0; 32]);
                     }
-                    let src_node = &self.plan.nodes[*src];
-                    g.labels.push(format!(
-                        "{}.{}",
-                        src_node.id, src_node.ty.desc.outputs[*port].name
-                    ));
-                }
+                },
                 Source::Const(v) => {
                     let value = json_to_value(v);
                     g.hashes.push(value_hash(&value, &[0; 32]));
                     g.values.push(value);
-                    g.labels.push(format!("${label}"));
                 }
                 Source::None => {
                     g.values.push(Value::None);
                     g.hashes.push([0; 32]);
-                    g.labels.push(label.clone());
                 }
             }
         }
@@ -481,6 +490,7 @@ impl RunCtx<'_> {
         let node = &self.plan.nodes[i];
         let prep = &self.prepared[i];
         let events = &*self.opts.events;
+        let wants_events = events.wants_events();
         if self.opts.cancel.load(Ordering::Relaxed) {
             return Err(Status::Skipped("cancelled".into()));
         }
@@ -490,17 +500,6 @@ impl RunCtx<'_> {
             key_parts.push(h);
         }
         let key = combine(&key_parts);
-        let record = Record {
-            plugin_build: node.ty.plugin.build.clone(),
-            params: prep.sorted_params.clone(),
-            inputs: g
-                .labels
-                .iter()
-                .cloned()
-                .zip(g.hashes.iter().copied())
-                .collect(),
-            key,
-        };
         let previous = self.exec.history.get(&node.id);
 
         if prep.cacheable {
@@ -510,39 +509,44 @@ impl RunCtx<'_> {
                     let reason = match previous {
                         Some(p) if p.key == key && !g.upstream_reran.is_empty() => {
                             Reason::EarlyCutoff {
-                                upstream: g.upstream_reran.clone(),
+                                upstream: g
+                                    .upstream_reran
+                                    .iter()
+                                    .map(|&u| self.plan.nodes[u].id.clone())
+                                    .collect(),
                             }
                         }
                         _ => Reason::Unchanged,
                     };
-                    events.emit(&Event::NodeCached {
-                        node: node.id.clone(),
-                        reason: reason.clone(),
-                    });
+                    if wants_events {
+                        events.emit(&Event::NodeCached {
+                            node: node.id.clone(),
+                            reason: reason.clone(),
+                        });
+                    }
                     let outcome = Outcome {
                         node: node.id.clone(),
                         status: Status::Cached,
                         reason: Some(reason),
                         ms: 0.0,
                     };
-                    return Ok((
-                        Slot {
-                            values,
-                            hashes,
-                            reran: false,
-                        },
-                        outcome,
-                        record,
-                    ));
+                    let slot = Slot {
+                        values,
+                        hashes,
+                        reran: false,
+                    };
+                    return Ok((slot, outcome, self.record(prep, node, g.hashes, key)));
                 }
             }
         }
 
-        let reason = self.explain_run(previous, &record, prep.cacheable);
-        events.emit(&Event::NodeStarted {
-            node: node.id.clone(),
-            node_type: node.ty.desc.type_id.to_string(),
-        });
+        let reason = self.explain_run(previous, prep, node, &g.hashes);
+        if wants_events {
+            events.emit(&Event::NodeStarted {
+                node: node.id.clone(),
+                node_type: node.ty.desc.type_id.to_string(),
+            });
+        }
         let t0 = Instant::now();
         let instance = self.instance(node, prep).map_err(Status::Failed)?;
         let services = NodeServices {
@@ -580,60 +584,74 @@ impl RunCtx<'_> {
             }
         }
         let ms = t0.elapsed().as_secs_f64() * 1e3;
-        events.emit(&Event::NodeFinished {
-            node: node.id.clone(),
-            ms,
-            reason: reason.clone(),
-        });
-        Ok((
-            Slot {
-                values,
-                hashes,
-                reran: true,
-            },
-            Outcome {
+        if wants_events {
+            events.emit(&Event::NodeFinished {
                 node: node.id.clone(),
-                status: Status::Ran,
-                reason: Some(reason),
                 ms,
-            },
-            record,
-        ))
+                reason: reason.clone(),
+            });
+        }
+        let slot = Slot {
+            values,
+            hashes,
+            reran: true,
+        };
+        let outcome = Outcome {
+            node: node.id.clone(),
+            status: Status::Ran,
+            reason: Some(reason),
+            ms,
+        };
+        Ok((slot, outcome, self.record(prep, node, g.hashes, key)))
     }
 
-    fn explain_run(&self, previous: Option<&Record>, now: &Record, cacheable: bool) -> Reason {
+    fn record(&self, prep: &Prepared, node: &PlanNode, hashes: Vec<Hash>, key: Hash) -> Record {
+        Record {
+            plugin_build: node.ty.plugin.build.clone(),
+            params: Arc::clone(&prep.sorted_params),
+            labels: Arc::clone(&prep.labels),
+            hashes,
+            key,
+        }
+    }
+
+    fn explain_run(
+        &self,
+        previous: Option<&Record>,
+        prep: &Prepared,
+        node: &PlanNode,
+        hashes: &[Hash],
+    ) -> Reason {
         let Some(p) = previous else {
             return Reason::FirstRun;
         };
-        if p.plugin_build != now.plugin_build {
+        if p.plugin_build != node.ty.plugin.build {
             return Reason::PluginReloaded;
         }
-        if p.params != now.params {
+        if p.params != prep.sorted_params {
+            let now = &prep.sorted_params;
             let mut changed: Vec<String> = now
-                .params
                 .iter()
                 .filter(|(k, v)| p.params.get(*k) != Some(v))
                 .map(|(k, _)| k.clone())
                 .collect();
-            changed.extend(
-                p.params
-                    .keys()
-                    .filter(|k| !now.params.contains_key(*k))
-                    .cloned(),
-            );
+            changed.extend(p.params.keys().filter(|k| !now.contains_key(*k)).cloned());
             return Reason::ParamsChanged { params: changed };
         }
-        let changed: Vec<String> = now
-            .inputs
+        let changed: Vec<String> = prep
+            .labels
             .iter()
-            .zip(p.inputs.iter().map(Some).chain(std::iter::repeat(None)))
-            .filter(|(a, b)| b.is_none_or(|b| a.1 != b.1 || a.0 != b.0))
-            .map(|(a, _)| a.0.clone())
+            .zip(hashes)
+            .enumerate()
+            .filter(|(k, (label, h))| {
+                p.labels.get(*k) != Some(*label) || p.hashes.get(*k) != Some(*h)
+            })
+            .map(|(_, (label, _))| label.clone())
             .collect();
         if !changed.is_empty() {
             return Reason::UpstreamChanged { inputs: changed };
         }
-        if !cacheable {
+        if !prep.cacheable {
             Reason::NonDeterministic
         } else if self.exec.cache.is_none() {
             Reason::NoCache
@@ -643,8 +661,7 @@ impl RunCtx<'_> {
     }
 
     fn instance(&self, node: &PlanNode, prep: &Prepared) -> Result<Arc<NodeBox>, String> {
-        let key = (node.id.clone(), prep.static_key);
-        if let Some(inst) = lock(&self.exec.instances).get(&key) {
+        if let Some(inst) = lock(&self.exec.instances).get(&prep.instance_key) {
             return Ok(Arc::clone(inst));
         }
         let create = node.ty.plugin.module.create_node();
@@ -655,7 +672,7 @@ impl RunCtx<'_> {
         .into_result()
         .map_err(|e| format!("could not create the node: {}", e.message))?;
         let inst = Arc::new(inst);
-        lock(&self.exec.instances).insert(key, Arc::clone(&inst));
+        lock(&self.exec.instances).insert(prep.instance_key, Arc::clone(&inst));
         Ok(inst)
     }
 
@@ -719,8 +736,13 @@ impl RunCtx<'_> {
                 // Descendants never become ready; they are reported as skipped at the end.
             }
         }
+        // This worker takes the next ready node itself; wake others only for extra work, or
+        // when the run is over so that they can exit.
+        let wake_all = st.ready.len() > 1 || (st.ready.is_empty() && st.running == 0);
         drop(st);
-        self.wake.notify_all();
+        if wake_all {
+            self.wake.notify_all();
+        }
     }
 }
 

@@ -13,6 +13,7 @@
 //!     inputs: {image: decode.image}
 //! ```
 
+use std::cell::Cell;
 use std::fmt;
 use std::marker::PhantomData;
 
@@ -21,10 +22,50 @@ use serde::{Deserialize, Deserializer};
 use serde_json::Value as Json;
 use serde_saphyr::Spanned;
 
+use super::diag::Pos;
+
+thread_local! {
+    static PLAIN: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with [`Loc`] reading plain values (no positions), for deserializers other than
+/// serde-saphyr, which cannot drive `Spanned`.
+pub fn plain<R>(f: impl FnOnce() -> R) -> R {
+    PLAIN.with(|p| p.set(true));
+    let r = f();
+    PLAIN.with(|p| p.set(false));
+    r
+}
+
+/// A value with the position it was written at (unknown, 0:0, when parsed as plain JSON).
+#[derive(Debug)]
+pub struct Loc<T> {
+    /// The value.
+    pub value: T,
+    /// Where it was written.
+    pub pos: Pos,
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Loc<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if PLAIN.with(Cell::get) {
+            return T::deserialize(d).map(|value| Loc {
+                value,
+                pos: Pos::default(),
+            });
+        }
+        let s = Spanned::<T>::deserialize(d)?;
+        Ok(Loc {
+            value: s.value,
+            pos: s.referenced.into(),
+        })
+    }
+}
+
 /// A YAML mapping kept as an ordered list of entries, duplicates included, so that validation can
 /// report a duplicate key with both positions instead of failing the parse.
 #[derive(Debug)]
-pub struct Entries<T>(pub Vec<(Spanned<String>, Spanned<T>)>);
+pub struct Entries<T>(pub Vec<(Loc<String>, Loc<T>)>);
 
 impl<T> Default for Entries<T> {
     fn default() -> Self {
@@ -60,22 +101,22 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Entries<T> {
 #[serde(deny_unknown_fields)]
 pub struct GraphFile {
     /// Format version; only 1 exists.
-    pub version: Option<Spanned<u32>>,
+    pub version: Option<Loc<u32>>,
     /// Free text.
     #[serde(default)]
     pub description: Option<String>,
     /// The run seed (overridden by `--seed`).
     #[serde(default)]
-    pub seed: Option<Spanned<u64>>,
+    pub seed: Option<Loc<u64>>,
     /// Graph inputs: a default value, or `{type, default, doc}`.
     #[serde(default)]
     pub inputs: Entries<Json>,
     /// The nodes, keyed by id.
-    pub nodes: Spanned<Entries<NodeDef>>,
+    pub nodes: Loc<Entries<NodeDef>>,
     /// Node ids whose results are wanted; default: every node nobody consumes, plus nodes with
     /// side effects.
     #[serde(default)]
-    pub outputs: Option<Vec<Spanned<String>>>,
+    pub outputs: Option<Vec<Loc<String>>>,
 }
 
 /// One node as written.
@@ -84,7 +125,7 @@ pub struct GraphFile {
 pub struct NodeDef {
     /// Node type id, `family.name`.
     #[serde(rename = "type")]
-    pub type_id: Spanned<String>,
+    pub type_id: Loc<String>,
     /// Input port → `node.port`, `node` (single-output node) or `$variable`.
     #[serde(default)]
     pub inputs: Entries<Json>,

@@ -6,10 +6,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
-use petgraph::algo::tarjan_scc;
+use petgraph::algo::kosaraju_scc;
 use petgraph::graph::DiGraph;
 use serde_json::{Map, Value as Json};
-use serde_saphyr::Spanned;
 
 use super::diag::{did_you_mean, Diagnostic, Pos};
 use super::file::{GraphFile, NodeDef};
@@ -44,7 +43,26 @@ pub fn parse_set_value(raw: &str) -> Json {
 }
 
 /// Validates the YAML text of the graph at `file`.
+///
+/// JSON documents (what tools generate) take a fast path through `serde_json`; when that finds
+/// any problem, the text is parsed again as YAML to report positions.
 pub fn validate(file: &Path, text: &str, registry: &Registry, overrides: &Overrides) -> Validated {
+    if text.trim_start().starts_with('{') {
+        if let Ok(parsed) = super::file::plain(|| serde_json::from_str::<GraphFile>(text)) {
+            let mut v = Validator {
+                file,
+                registry,
+                diags: Vec::new(),
+            };
+            let plan = v.check(parsed, overrides);
+            if v.diags.is_empty() {
+                return Validated {
+                    plan,
+                    diagnostics: Vec::new(),
+                };
+            }
+        }
+    }
     let mut v = Validator {
         file,
         registry,
@@ -106,7 +124,13 @@ impl<'a> Validator<'a> {
     }
 
     fn run(&mut self, text: &str, overrides: &Overrides) -> Option<Plan> {
+        // Large generated graphs legitimately have many YAML nodes: scale those limits with the
+        // input (a node takes at least a byte). Alias and anchor limits keep their defaults.
+        let mut budget = serde_saphyr::Budget::default();
+        budget.max_nodes = budget.max_nodes.max(text.len());
+        budget.max_events = budget.max_events.max(4 * text.len());
         let options = serde_saphyr::options! {
+            budget: Some(budget),
             duplicate_keys: serde_saphyr::DuplicateKeyPolicy::PassThrough,
             strict_booleans: true,
         };
@@ -120,11 +144,15 @@ impl<'a> Validator<'a> {
                 return None;
             }
         };
+        self.check(parsed, overrides)
+    }
+
+    fn check(&mut self, parsed: GraphFile, overrides: &Overrides) -> Option<Plan> {
         if let Some(v) = &parsed.version {
             if v.value != 1 {
                 self.err(
                     "version",
-                    v.referenced.into(),
+                    v.pos,
                     format!("unsupported graph version {}", v.value),
                 )
                 .hint = Some("this LatentFlow reads `version: 1`".into());
@@ -166,7 +194,7 @@ impl<'a> Validator<'a> {
     ) -> BTreeMap<String, GraphInput> {
         let mut vars = BTreeMap::new();
         for (name, value) in &g.inputs.0 {
-            let pos: Pos = name.referenced.into();
+            let pos: Pos = name.pos;
             if vars.contains_key(&name.value) {
                 self.err(
                     "duplicate-input",
@@ -186,7 +214,7 @@ impl<'a> Validator<'a> {
                 if !["bool", "int", "float", "string", "path", "seed"].contains(&k.as_str()) {
                     self.err(
                         "input-type",
-                        value.referenced.into(),
+                        value.pos,
                         format!("graph input `{}` has unknown type `{k}`", name.value),
                     )
                     .hint = Some("types are bool, int, float, string, path and seed".into());
@@ -291,15 +319,11 @@ impl<'a> Validator<'a> {
         let mut seen: HashMap<&str, Pos> = HashMap::new();
         let mut drafts = Vec::new();
         if g.nodes.value.0.is_empty() {
-            self.err(
-                "empty-graph",
-                g.nodes.referenced.into(),
-                "the graph has no nodes",
-            )
-            .hint = Some("add nodes under `nodes:`".into());
+            self.err("empty-graph", g.nodes.pos, "the graph has no nodes")
+                .hint = Some("add nodes under `nodes:`".into());
         }
         for (id, def) in &g.nodes.value.0 {
-            let pos: Pos = id.referenced.into();
+            let pos: Pos = id.pos;
             if let Some(first) = seen.get(id.value.as_str()) {
                 let d = self.err(
                     "duplicate-id",
@@ -342,7 +366,7 @@ impl<'a> Validator<'a> {
                     });
                 let d = self.err(
                     "unknown-node-type",
-                    t.referenced.into(),
+                    t.pos,
                     format!("unknown node type `{}`", t.value),
                 );
                 d.node = Some(id.value.clone());
@@ -361,9 +385,14 @@ impl<'a> Validator<'a> {
             self.params(draft, vars, seed);
         }
         let ids: Vec<String> = drafts.iter().map(|d| d.id.clone()).collect();
+        let index: HashMap<&str, usize> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.as_str(), i))
+            .collect();
         for i in 0..drafts.len() {
             if drafts[i].ty.is_some() {
-                let inputs = self.inputs(&drafts[i], &drafts, &ids, vars);
+                let inputs = self.inputs(&drafts[i], &drafts, &ids, &index, vars);
                 drafts[i].inputs = inputs;
             }
         }
@@ -381,7 +410,7 @@ impl<'a> Validator<'a> {
         let specs = &ty.desc.params;
         let mut given: HashSet<&str> = HashSet::new();
         for (name, value) in &draft.def.params.0 {
-            let pos: Pos = value.referenced.into();
+            let pos: Pos = value.pos;
             let Some(spec) = specs.iter().find(|s| s.name.as_str() == name.value) else {
                 let hint = did_you_mean(&name.value, specs.iter().map(|s| s.name.as_str()))
                     .or_else(|| {
@@ -394,7 +423,7 @@ impl<'a> Validator<'a> {
                     });
                 let d = self.err(
                     "unknown-param",
-                    name.referenced.into(),
+                    name.pos,
                     format!("unknown parameter `{}`", name.value),
                 );
                 d.node = Some(draft.id.clone());
@@ -404,7 +433,7 @@ impl<'a> Validator<'a> {
             if !given.insert(spec.name.as_str()) {
                 let d = self.err(
                     "duplicate-param",
-                    name.referenced.into(),
+                    name.pos,
                     format!("parameter `{}` is set twice", name.value),
                 );
                 d.node = Some(draft.id.clone());
@@ -477,6 +506,7 @@ impl<'a> Validator<'a> {
         draft: &Draft<'_>,
         all: &[Draft<'_>],
         ids: &[String],
+        index: &HashMap<&str, usize>,
         vars: &mut BTreeMap<String, GraphInput>,
     ) -> Vec<(Source, Pos)> {
         let Some(ty) = &draft.ty else {
@@ -486,7 +516,7 @@ impl<'a> Validator<'a> {
         let mut out: Vec<(Source, Pos)> = vec![(Source::None, draft.pos); ports.len()];
         let mut given = vec![false; ports.len()];
         for (name, value) in &draft.def.inputs.0 {
-            let pos: Pos = value.referenced.into();
+            let pos: Pos = value.pos;
             let Some(idx) = ports.iter().position(|p| p.name.as_str() == name.value) else {
                 let names: Vec<&str> = ports.iter().map(|p| p.name.as_str()).collect();
                 let hint = did_you_mean(&name.value, names.iter().copied()).or_else(|| {
@@ -498,7 +528,7 @@ impl<'a> Validator<'a> {
                 });
                 let d = self.err(
                     "unknown-port",
-                    name.referenced.into(),
+                    name.pos,
                     format!("unknown input port `{}`", name.value),
                 );
                 d.node = Some(draft.id.clone());
@@ -508,7 +538,7 @@ impl<'a> Validator<'a> {
             if given[idx] {
                 let d = self.err(
                     "duplicate-input",
-                    name.referenced.into(),
+                    name.pos,
                     format!("input `{}` is connected twice", name.value),
                 );
                 d.node = Some(draft.id.clone());
@@ -553,7 +583,7 @@ impl<'a> Validator<'a> {
                 Some((n, p)) => (n, Some(p)),
                 None => (text, None),
             };
-            let Some(src) = ids.iter().position(|i| i == src_id) else {
+            let Some(&src) = index.get(src_id) else {
                 let hint = did_you_mean(src_id, ids.iter().map(String::as_str));
                 let d = self.err(
                     "unknown-node",
@@ -646,7 +676,7 @@ impl<'a> Validator<'a> {
             }
         }
         let mut cyclic = false;
-        for scc in tarjan_scc(&g) {
+        for scc in kosaraju_scc(&g) {
             if scc.len() > 1 {
                 cyclic = true;
                 let mut members: Vec<usize> = scc.iter().map(|n| g[*n]).collect();
@@ -678,8 +708,10 @@ impl<'a> Validator<'a> {
     fn outputs(&mut self, g: &GraphFile, drafts: &[Draft<'_>]) -> Vec<usize> {
         if let Some(list) = &g.outputs {
             let mut out = Vec::new();
-            for Spanned {
-                value, referenced, ..
+            for super::file::Loc {
+                value,
+                pos: referenced,
+                ..
             } in list
             {
                 match drafts.iter().position(|d| &d.id == value) {
@@ -688,7 +720,7 @@ impl<'a> Validator<'a> {
                         let hint = did_you_mean(value, drafts.iter().map(|d| d.id.as_str()));
                         self.err(
                             "unknown-node",
-                            (*referenced).into(),
+                            *referenced,
                             format!("`outputs` names unknown node `{value}`"),
                         )
                         .hint = hint;

@@ -11,8 +11,8 @@ use super::loader::{self, LoadError, Plugin};
 /// A node type and the plugin that provides it.
 #[derive(Debug, Clone)]
 pub struct NodeType {
-    /// The descriptor.
-    pub desc: NodeDescriptor,
+    /// The descriptor (shared: plans hold many references to it).
+    pub desc: Arc<NodeDescriptor>,
     /// The plugin.
     pub plugin: Arc<Plugin>,
 }
@@ -178,7 +178,7 @@ impl Registry {
             self.types.insert(
                 d.type_id.to_string(),
                 NodeType {
-                    desc: d.clone(),
+                    desc: Arc::new(d.clone()),
                     plugin: Arc::clone(&plugin),
                 },
             );

@@ -28,6 +28,8 @@ pub struct PluginDef {
     version: String,
     nodes: Vec<NodeDef>,
     index: HashMap<String, usize>,
+    /// Input port names per node, shared by all instances.
+    input_names: Vec<Arc<[String]>>,
 }
 
 impl PluginDef {
@@ -38,6 +40,7 @@ impl PluginDef {
             version: version.into(),
             nodes: Vec::new(),
             index: HashMap::new(),
+            input_names: Vec::new(),
         }
     }
 
@@ -45,6 +48,13 @@ impl PluginDef {
     pub fn node(mut self, node: NodeDef) -> Self {
         self.index
             .insert(node.desc.type_id.to_string(), self.nodes.len());
+        self.input_names.push(
+            node.desc
+                .inputs
+                .iter()
+                .map(|p| p.name.to_string())
+                .collect(),
+        );
         self.nodes.push(node);
         self
     }
@@ -60,21 +70,18 @@ impl PluginDef {
 
     /// Creates an instance of `type_id` with JSON `params`.
     pub fn create(&self, type_id: &str, params: &str) -> Result<NodeBox, NodeError> {
-        let def = self
-            .index
-            .get(type_id)
-            .map(|&i| &self.nodes[i])
-            .ok_or_else(|| {
-                NodeError::invalid(format!(
-                    "plugin `{}` has no node type `{type_id}`",
-                    self.name
-                ))
-            })?;
+        let index = *self.index.get(type_id).ok_or_else(|| {
+            NodeError::invalid(format!(
+                "plugin `{}` has no node type `{type_id}`",
+                self.name
+            ))
+        })?;
+        let def = &self.nodes[index];
         let params = Params::parse(params, &def.desc.params)?;
         let inner = (def.factory)(params)?;
         let adapter = Adapter {
             inner,
-            input_names: def.desc.inputs.iter().map(|p| p.name.to_string()).collect(),
+            input_names: Arc::clone(&self.input_names[index]),
             n_outputs: def.desc.outputs.len(),
         };
         Ok(Node_TO::from_value(adapter, TD_Opaque))
