@@ -107,3 +107,43 @@ impl Cache {
         self.entries.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use latentflow_plugin_api::Tensor;
+
+    fn tensor(bytes: usize) -> Vec<Value> {
+        vec![Value::Tensor(
+            Tensor::from_vec(vec![0u8; bytes], &[bytes]).unwrap(),
+        )]
+    }
+
+    #[test]
+    fn evicts_least_recently_used_over_budget() {
+        let mut c = Cache::new(100);
+        c.insert([1; 32], tensor(40), vec![[0; 32]], "a");
+        c.insert([2; 32], tensor(40), vec![[0; 32]], "a");
+        assert!(c.get(&[1; 32]).is_some()); // 1 is now more recent than 2
+        c.insert([3; 32], tensor(40), vec![[0; 32]], "a");
+        assert!(c.get(&[2; 32]).is_none());
+        assert!(c.get(&[1; 32]).is_some() && c.get(&[3; 32]).is_some());
+    }
+
+    #[test]
+    fn skips_values_larger_than_the_budget() {
+        let mut c = Cache::new(10);
+        c.insert([1; 32], tensor(40), vec![[0; 32]], "a");
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn invalidates_one_plugin_build_only() {
+        let mut c = Cache::new(1000);
+        c.insert([1; 32], tensor(4), vec![[0; 32]], "old");
+        c.insert([2; 32], tensor(4), vec![[0; 32]], "other");
+        assert_eq!(c.invalidate_build("old"), 1);
+        assert_eq!(c.len(), 1);
+        assert!(c.get(&[2; 32]).is_some());
+    }
+}

@@ -5,7 +5,7 @@
 //! of its inputs. When a node re-runs and produces bit-identical output, its consumers' keys do not
 //! change, so they are served from the cache (early cutoff).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -131,7 +131,7 @@ impl RunReport {
 #[derive(Clone)]
 struct Record {
     plugin_build: String,
-    params: Arc<BTreeMap<String, Json>>,
+    params: Arc<serde_json::Map<String, Json>>,
     labels: Arc<[String]>,
     hashes: Vec<Hash>,
     key: Hash,
@@ -140,7 +140,9 @@ struct Record {
 /// Runs plans. Keep one executor across runs to reuse the cache, node instances and history.
 pub struct Executor {
     cache: Option<Mutex<Cache>>,
-    instances: Mutex<HashMap<Hash, Arc<NodeBox>>>,
+    /// Node instances by node id, with the static key they were made for (a node whose type,
+    /// plugin build or params change gets a new instance).
+    instances: Mutex<HashMap<String, (Hash, Arc<NodeBox>)>>,
     history: HashMap<String, Record>,
 }
 
@@ -164,14 +166,8 @@ struct State {
 /// Static facts about a node for this run.
 struct Prepared {
     static_key: Hash,
-    /// Identifies the node instance: node id and static key.
-    instance_key: Hash,
     cacheable: bool,
     params_json: String,
-    sorted_params: Arc<BTreeMap<String, Json>>,
-    seed: u64,
-    /// Per input: `node.port`, `$port` for constants, or the port name when unconnected.
-    labels: Arc<[String]>,
 }
 
 impl Default for Executor {
@@ -208,7 +204,7 @@ impl Executor {
         let prepared: Vec<Prepared> = plan
             .nodes
             .iter()
-            .map(|node| prepare(plan, node, plan.seed))
+            .map(|node| prepare(node, plan.seed))
             .collect();
 
         let mut succ: Vec<Vec<usize>> = vec![Vec::new(); n];
@@ -286,7 +282,8 @@ impl Executor {
                 }
             });
             outcomes.push(o);
-            if let Some(r) = st.records[i].take() {
+            // History explains the next run; only a caching executor runs again.
+            if let (Some(r), Some(_)) = (st.records[i].take(), &self.cache) {
                 self.history.insert(plan.nodes[i].id.clone(), r);
             }
         }
@@ -354,21 +351,16 @@ fn needed_nodes(plan: &Plan) -> Vec<bool> {
     needed
 }
 
-fn prepare(plan: &Plan, node: &PlanNode, run_seed: u64) -> Prepared {
+fn prepare(node: &PlanNode, run_seed: u64) -> Prepared {
     let desc = &node.ty.desc;
-    let sorted_params: BTreeMap<String, Json> = node
-        .params
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let params_json = serde_json::to_string(&sorted_params).unwrap_or_default();
+    let params_json = serde_json::to_string(&*node.params).unwrap_or_default();
     let seeded = desc.params.iter().any(|p| p.kind == ParamKind::Seed);
     let cacheable = desc.caps.deterministic || seeded;
-    let seed = node_seed(run_seed, &node.id);
+    // A non-deterministic node's result depends on its seed, which the run seed changes.
     let seed_bytes = if desc.caps.deterministic {
         [0u8; 8]
     } else {
-        seed.to_le_bytes()
+        node_seed(run_seed, &node.id).to_le_bytes()
     };
     let static_key = combine(&[
         desc.type_id.as_bytes(),
@@ -377,27 +369,10 @@ fn prepare(plan: &Plan, node: &PlanNode, run_seed: u64) -> Prepared {
         params_json.as_bytes(),
         &seed_bytes,
     ]);
-    let labels = node
-        .inputs
-        .iter()
-        .zip(desc.inputs.iter())
-        .map(|(s, port)| match s {
-            Source::Node { node: src, port: p } => {
-                let src = &plan.nodes[*src];
-                format!("{}.{}", src.id, src.ty.desc.outputs[*p].name)
-            }
-            Source::Const(_) => format!("${}", port.name),
-            Source::None => port.name.to_string(),
-        })
-        .collect();
     Prepared {
         static_key,
-        instance_key: combine(&[node.id.as_bytes(), &static_key]),
         cacheable,
         params_json,
-        sorted_params: Arc::new(sorted_params),
-        seed,
-        labels,
     }
 }
 
@@ -535,7 +510,7 @@ impl RunCtx<'_> {
                         hashes,
                         reran: false,
                     };
-                    return Ok((slot, outcome, self.record(prep, node, g.hashes, key)));
+                    return Ok((slot, outcome, self.record(node, g.hashes, key)));
                 }
             }
         }
@@ -551,7 +526,7 @@ impl RunCtx<'_> {
         let instance = self.instance(node, prep).map_err(Status::Failed)?;
         let services = NodeServices {
             node_id: &node.id,
-            seed: prep.seed,
+            run_seed: self.plan.seed,
             cancel: &self.opts.cancel,
             events,
             metadata: &self.opts.metadata,
@@ -602,14 +577,14 @@ impl RunCtx<'_> {
             reason: Some(reason),
             ms,
         };
-        Ok((slot, outcome, self.record(prep, node, g.hashes, key)))
+        Ok((slot, outcome, self.record(node, g.hashes, key)))
     }
 
-    fn record(&self, prep: &Prepared, node: &PlanNode, hashes: Vec<Hash>, key: Hash) -> Record {
+    fn record(&self, node: &PlanNode, hashes: Vec<Hash>, key: Hash) -> Record {
         Record {
             plugin_build: node.ty.plugin.build.clone(),
-            params: Arc::clone(&prep.sorted_params),
-            labels: Arc::clone(&prep.labels),
+            params: Arc::clone(&node.params),
+            labels: Arc::clone(&node.labels),
             hashes,
             key,
         }
@@ -628,8 +603,8 @@ impl RunCtx<'_> {
         if p.plugin_build != node.ty.plugin.build {
             return Reason::PluginReloaded;
         }
-        if p.params != prep.sorted_params {
-            let now = &prep.sorted_params;
+        if p.params != node.params {
+            let now = &node.params;
             let mut changed: Vec<String> = now
                 .iter()
                 .filter(|(k, v)| p.params.get(*k) != Some(v))
@@ -638,7 +613,7 @@ impl RunCtx<'_> {
             changed.extend(p.params.keys().filter(|k| !now.contains_key(*k)).cloned());
             return Reason::ParamsChanged { params: changed };
         }
-        let changed: Vec<String> = prep
+        let changed: Vec<String> = node
             .labels
             .iter()
             .zip(hashes)
@@ -661,8 +636,10 @@ impl RunCtx<'_> {
     }
 
     fn instance(&self, node: &PlanNode, prep: &Prepared) -> Result<Arc<NodeBox>, String> {
-        if let Some(inst) = lock(&self.exec.instances).get(&prep.instance_key) {
-            return Ok(Arc::clone(inst));
+        if let Some((key, inst)) = lock(&self.exec.instances).get(node.id.as_str()) {
+            if *key == prep.static_key {
+                return Ok(Arc::clone(inst));
+            }
         }
         let create = node.ty.plugin.module.create_node();
         let inst = create(
@@ -672,7 +649,7 @@ impl RunCtx<'_> {
         .into_result()
         .map_err(|e| format!("could not create the node: {}", e.message))?;
         let inst = Arc::new(inst);
-        lock(&self.exec.instances).insert(prep.instance_key, Arc::clone(&inst));
+        lock(&self.exec.instances).insert(node.id.clone(), (prep.static_key, Arc::clone(&inst)));
         Ok(inst)
     }
 

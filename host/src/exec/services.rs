@@ -11,8 +11,8 @@ use super::events::{Event, EventSink};
 pub struct NodeServices<'a> {
     /// The node id.
     pub node_id: &'a str,
-    /// The node's seed.
-    pub seed: u64,
+    /// The run seed (the node's seed derives from it and the node id).
+    pub run_seed: u64,
     /// Set when the run is cancelled.
     pub cancel: &'a AtomicBool,
     /// Where progress and logs go.
@@ -60,7 +60,7 @@ impl HostServices for NodeServices<'_> {
     }
 
     fn seed(&self) -> u64 {
-        self.seed
+        crate::graph::node_seed(self.run_seed, self.node_id)
     }
 
     fn node_id(&self) -> RString {

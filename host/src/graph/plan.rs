@@ -1,6 +1,7 @@
 //! A validated graph, ready to execute.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use latentflow_plugin_api::PortType;
 use serde_json::{Map, Value as Json};
@@ -31,10 +32,14 @@ pub struct PlanNode {
     pub id: String,
     /// Type and providing plugin.
     pub ty: NodeType,
-    /// Parameters: validated, variables substituted, defaults filled, paths resolved.
-    pub params: Map<String, Json>,
+    /// Parameters: validated, variables substituted, defaults filled, paths resolved, in the
+    /// order of the node's parameter schema (so equal params serialize equally).
+    pub params: Arc<Map<String, Json>>,
     /// One source per declared input.
     pub inputs: Vec<Source>,
+    /// Per input, where its value comes from: `node.port`, `$port` (a constant) or the port name
+    /// (unconnected). Used to explain re-runs.
+    pub labels: Arc<[String]>,
     /// Output types with parameters and type variables resolved.
     pub output_types: Vec<PortType>,
     /// Where the node is defined.

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
+use std::sync::Arc;
 
 use petgraph::algo::kosaraju_scc;
 use petgraph::graph::DiGraph;
@@ -811,10 +812,34 @@ impl<'a> Validator<'a> {
             new_index[old] = new;
         }
         let mut nodes = Vec::with_capacity(drafts.len());
+        // Node ids and output names by draft index, for input labels.
+        let drafts_ids: Vec<(String, Vec<String>)> = drafts
+            .iter()
+            .map(|d| {
+                let outs =
+                    d.ty.as_ref()
+                        .map(|t| t.desc.outputs.iter().map(|o| o.name.to_string()).collect())
+                        .unwrap_or_default();
+                (d.id.clone(), outs)
+            })
+            .collect();
         let mut drafts: Vec<Option<Draft<'_>>> = drafts.into_iter().map(Some).collect();
         for &old in &order {
             let d = drafts[old].take()?;
             let ty = d.ty?;
+            let labels = d
+                .inputs
+                .iter()
+                .zip(ty.desc.inputs.iter())
+                .map(|((s, _), port)| match s {
+                    Source::Node { node, port: p } => {
+                        let src = &drafts_ids[*node];
+                        format!("{}.{}", src.0, src.1[*p])
+                    }
+                    Source::Const(_) => format!("${}", port.name),
+                    Source::None => port.name.to_string(),
+                })
+                .collect();
             let inputs = d
                 .inputs
                 .into_iter()
@@ -826,12 +851,21 @@ impl<'a> Validator<'a> {
                     other => other,
                 })
                 .collect();
+            // Canonical parameter order: the schema's.
+            let mut params = Map::with_capacity(d.params.len());
+            let mut given = d.params;
+            for spec in ty.desc.params.iter() {
+                if let Some(v) = given.remove(spec.name.as_str()) {
+                    params.insert(spec.name.to_string(), v);
+                }
+            }
             nodes.push(PlanNode {
                 id: d.id,
                 output_types: std::mem::take(&mut out_types[old]),
                 ty,
-                params: d.params,
+                params: Arc::new(params),
                 inputs,
+                labels,
                 pos: d.pos,
             });
         }
