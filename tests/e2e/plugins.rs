@@ -23,6 +23,24 @@ fn abi_mismatch_is_refused_with_one_line_naming_both_versions() {
 }
 
 #[test]
+fn layout_mismatch_is_summarised_in_one_line() {
+    let sb = Sandbox::new();
+    sb.add_plugin("lf_fixture_layout_mismatch");
+    let r = sb.run(&["nodes"]);
+    r.expect_code(0);
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("incompatible plugin-api layout")
+            && r.stderr.contains("expected PluginMod, found OldPluginMod"),
+        "{}",
+        r.stderr
+    );
+    // The full report is there for whoever asks.
+    let r = sb.run(&["nodes", "--verbose"]);
+    assert!(r.stderr.contains("Layout of expected type"), "{}", r.stderr);
+}
+
+#[test]
 fn plugin_panicking_at_init_is_refused_and_host_keeps_running() {
     let sb = Sandbox::new();
     sb.add_plugin("lf_fixture_init_panic");

@@ -186,14 +186,13 @@ impl Executor {
         }
     }
 
-    /// Drops cache entries and instances of a plugin build that was replaced.
+    /// Drops the cache entries of a plugin build that was replaced. (Its node instances are
+    /// replaced on their next use: their static key names the build.)
     pub fn invalidate_build(&mut self, build: &str) -> usize {
-        let n = match &self.cache {
+        match &self.cache {
             Some(c) => lock(c).invalidate_build(build),
             None => 0,
-        };
-        lock(&self.instances).clear();
-        n
+        }
     }
 
     /// Runs `plan`.

@@ -31,10 +31,15 @@ thread_local! {
 /// Runs `f` with [`Loc`] reading plain values (no positions), for deserializers other than
 /// serde-saphyr, which cannot drive `Spanned`.
 pub fn plain<R>(f: impl FnOnce() -> R) -> R {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            PLAIN.with(|p| p.set(false));
+        }
+    }
     PLAIN.with(|p| p.set(true));
-    let r = f();
-    PLAIN.with(|p| p.set(false));
-    r
+    let _reset = Reset;
+    f()
 }
 
 /// A value with the position it was written at (unknown, 0:0, when parsed as plain JSON).

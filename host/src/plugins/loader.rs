@@ -165,20 +165,11 @@ fn summarize(path: &Path, err: LibraryError) -> LoadError {
             API_VERSION
         ),
         LibraryError::ParseVersionError(e) => format!("unreadable plugin-api version: {e}"),
-        LibraryError::AbiInstability(e) => {
-            let report = e.to_string();
-            let last = report
-                .lines()
-                .rev()
-                .map(str::trim)
-                .find(|l| !l.is_empty())
-                .unwrap_or("layout differs");
-            format!(
-                "incompatible plugin-api layout (plugin-api {API_VERSION} on the host): {}; rebuild the \
-                 plugin against this plugin-api",
-                squeeze(last)
-            )
-        }
+        LibraryError::AbiInstability(e) => format!(
+            "incompatible plugin-api layout (plugin-api {API_VERSION} on the host): {}; rebuild the \
+             plugin against this plugin-api",
+            layout_summary(&e.to_string())
+        ),
         LibraryError::InvalidAbiHeader(h) => format!(
             "built with an incompatible abi_stable ({h:?}); rebuild the plugin against plugin-api {API_VERSION}"
         ),
@@ -191,6 +182,46 @@ fn summarize(path: &Path, err: LibraryError) -> LoadError {
         path: path.to_path_buf(),
         message,
         detail: Some(full),
+    }
+}
+
+/// The gist of abi_stable's layout report: its last `Error:` block, as
+/// "mismatched type: expected PluginMod, found OldPluginMod".
+fn layout_summary(report: &str) -> String {
+    let lines: Vec<&str> = report
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let Some(at) = lines.iter().rposition(|l| l.starts_with("Error:")) else {
+        return "the type layouts differ".into();
+    };
+    let error = lines[at].trim_start_matches("Error:").trim();
+    if error.contains("Expected:") {
+        return squeeze(error);
+    }
+    // `Expected:` and `Found:` carry their value on the same line or the next one.
+    let value_after = |label: &str| {
+        lines[at..]
+            .iter()
+            .position(|l| l.starts_with(label))
+            .map(|i| {
+                let same = lines[at + i].trim_start_matches(label).trim();
+                if same.is_empty() {
+                    lines.get(at + i + 1).copied().unwrap_or("").to_string()
+                } else {
+                    same.to_string()
+                }
+            })
+    };
+    match (value_after("Expected:"), value_after("Found:")) {
+        (Some(e), Some(f)) => format!(
+            "{}: expected {}, found {}",
+            squeeze(error),
+            squeeze(&e),
+            squeeze(&f)
+        ),
+        _ => squeeze(error),
     }
 }
 
@@ -207,3 +238,22 @@ fn squeeze(s: &str) -> String {
 
 /// The name abi_stable looks for (kept here so `RootModule` stays in use for docs and checks).
 pub const ROOT_MODULE_NAME: &str = <PluginModRef as RootModule>::NAME;
+
+#[cfg(test)]
+mod tests {
+    use super::layout_summary;
+
+    #[test]
+    fn layout_report_becomes_one_line() {
+        let report = "Compared <this>:\n  --- Type Layout ---\n  type:PluginMod\n\n\nError:mismatched type\nExpected:\n    PluginMod\nFound:\n    OldPluginMod\n";
+        assert_eq!(
+            layout_summary(report),
+            "mismatched type: expected PluginMod, found OldPluginMod"
+        );
+        let report = "...\nError:too many fields Expected: 2 Found: 3\nExpected: 2\nFound: 3\n";
+        assert_eq!(
+            layout_summary(report),
+            "too many fields Expected: 2 Found: 3"
+        );
+    }
+}

@@ -75,6 +75,17 @@ fn numbered(filename: &str, index: usize, count: usize) -> String {
     }
 }
 
+fn encode(encoder: impl ImageEncoder, img: &RgbImage) -> std::io::Result<()> {
+    encoder
+        .write_image(
+            img.as_raw(),
+            img.width(),
+            img.height(),
+            image::ExtendedColorType::Rgb8,
+        )
+        .map_err(std::io::Error::other)
+}
+
 fn write_png(path: &Path, img: &RgbImage, metadata: &str) -> Result<(), NodeError> {
     write_atomic(path, |f| {
         let mut enc = png::Encoder::new(BufWriter::new(f), img.width(), img.height());
@@ -114,24 +125,16 @@ fn save(
         match format.as_str() {
             "png" => write_png(&path, &img, &metadata)?,
             "jpg" | "jpeg" => write_atomic(&path, |f| {
-                image::codecs::jpeg::JpegEncoder::new_with_quality(BufWriter::new(f), quality)
-                    .write_image(
-                        img.as_raw(),
-                        img.width(),
-                        img.height(),
-                        image::ExtendedColorType::Rgb8,
-                    )
-                    .map_err(std::io::Error::other)
+                encode(
+                    image::codecs::jpeg::JpegEncoder::new_with_quality(BufWriter::new(f), quality),
+                    &img,
+                )
             })?,
             "webp" => write_atomic(&path, |f| {
-                image::codecs::webp::WebPEncoder::new_lossless(BufWriter::new(f))
-                    .write_image(
-                        img.as_raw(),
-                        img.width(),
-                        img.height(),
-                        image::ExtendedColorType::Rgb8,
-                    )
-                    .map_err(std::io::Error::other)
+                encode(
+                    image::codecs::webp::WebPEncoder::new_lossless(BufWriter::new(f)),
+                    &img,
+                )
             })?,
             other => {
                 return Err(NodeError::invalid(format!(
