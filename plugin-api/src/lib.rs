@@ -30,7 +30,7 @@ pub use descriptor::{
 pub use error::{ErrorKind, NodeError};
 pub use host::{HostRef, HostServices, HostServices_TO, LogLevel};
 pub use module::{Node, NodeBox, Node_TO, PluginMod, PluginModRef, API_VERSION};
-pub use object::{Object, ObjectHandle, Object_TO};
+pub use object::{Object, ObjectHandle, ObjectImpl, Object_TO};
 pub use tensor::{DLDataType, DLDevice, DLTensor, Element, Tensor, TensorError};
 pub use types::{DType, Dim, PortType};
 pub use value::Value;

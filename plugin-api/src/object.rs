@@ -3,6 +3,9 @@
 //! A model handle (a denoiser, a VAE, a text encoder) is an object. The consumer knows only its
 //! interface name and calls methods by name with [`Value`] arguments; the call runs in the library
 //! that made the object. Typed wrappers for well-known interfaces are built on [`Object::call`].
+//!
+//! Plugin authors implement the plain-Rust [`ObjectImpl`] and wrap it with [`ObjectHandle::new`],
+//! which catches panics at the boundary; [`Object`] is the ABI-level trait behind it.
 
 use std::fmt;
 
@@ -36,6 +39,67 @@ pub trait Object: Send + Sync + 'static {
     fn describe(&self) -> RString;
 }
 
+/// What a plugin author implements to make an object (see [`ObjectHandle::new`]).
+pub trait ObjectImpl: Send + Sync + 'static {
+    /// The interface name, e.g. `Denoiser`.
+    fn interface(&self) -> String;
+
+    /// The model family, e.g. `sd1`; empty when it does not apply.
+    fn family(&self) -> String {
+        String::new()
+    }
+
+    /// Calls `method` with `args`.
+    fn call(
+        &self,
+        host: HostRef<'_>,
+        method: &str,
+        args: Vec<Value>,
+    ) -> Result<Vec<Value>, NodeError>;
+
+    /// A short human-readable description.
+    fn describe(&self) -> String {
+        self.interface()
+    }
+}
+
+/// Adapts an [`ObjectImpl`] to the ABI trait, turning panics into errors.
+struct Guarded<T>(T);
+
+fn text_or(f: impl FnOnce() -> String, fallback: &str) -> RString {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|_| fallback.to_string())
+        .into()
+}
+
+impl<T: ObjectImpl> Object for Guarded<T> {
+    fn interface(&self) -> RString {
+        text_or(|| self.0.interface(), "?")
+    }
+
+    fn family(&self) -> RString {
+        text_or(|| self.0.family(), "")
+    }
+
+    fn call(
+        &self,
+        host: HostRef<'_>,
+        method: RStr<'_>,
+        args: RVec<Value>,
+    ) -> RResult<RVec<Value>, NodeError> {
+        crate::sdk::guard(|| {
+            self.0
+                .call(host, method.as_str(), args.into_vec())
+                .map(|v| v.into_iter().collect())
+        })
+        .into()
+    }
+
+    fn describe(&self) -> RString {
+        text_or(|| self.0.describe(), "object (its describe() panicked)")
+    }
+}
+
 /// A shared, refcounted handle to an object. Cloning is cheap; the object is dropped (in its own
 /// library) when the last handle goes.
 #[repr(transparent)]
@@ -45,10 +109,14 @@ pub struct ObjectHandle {
 }
 
 impl ObjectHandle {
-    /// Wraps a plugin-side value.
-    pub fn new<T: Object + 'static>(object: T) -> Self {
+    /// Wraps a plugin-side object. Its methods run inside `catch_unwind`: a panic becomes an
+    /// error of kind `Panicked` for the caller.
+    pub fn new<T: ObjectImpl>(object: T) -> Self {
         ObjectHandle {
-            inner: Object_TO::from_ptr(RArc::new(object), abi_stable::sabi_trait::TD_Opaque),
+            inner: Object_TO::from_ptr(
+                RArc::new(Guarded(object)),
+                abi_stable::sabi_trait::TD_Opaque,
+            ),
         }
     }
 

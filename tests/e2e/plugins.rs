@@ -113,6 +113,39 @@ nodes:
 }
 
 #[test]
+fn a_panicking_object_method_fails_the_calling_node_only() {
+    let sb = Sandbox::new();
+    sb.add_plugin("lf_fixture_testkit");
+    sb.add_plugin("lf_fixture_consumer");
+    let g = sb.write(
+        "boom.yaml",
+        r#"
+nodes:
+  scaler: {type: test.make_scaler}
+  noise: {type: core.noise_latent, params: {width: 16, height: 16}}
+  apply: {type: consumer.apply, inputs: {scaler: scaler, tensor: noise}, params: {method: explode}}
+  save: {type: core.save_tensor, inputs: {tensor: noise}, params: {filename: ok.safetensors}}
+"#,
+    );
+    let r = sb.run(&["run", g.to_str().unwrap_or_default(), "--events", "json"]);
+    r.expect_code(4);
+    let failed = r
+        .events()
+        .into_iter()
+        .find(|e| e["event"] == "node_failed")
+        .expect("node_failed");
+    assert_eq!(failed["node"], "apply");
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("the Scaler exploded"),
+        "{failed}"
+    );
+    assert!(sb.path().join("output/ok.safetensors").exists());
+}
+
+#[test]
 fn handle_interfaces_are_type_checked() {
     let sb = Sandbox::new();
     sb.add_plugin("lf_fixture_testkit");

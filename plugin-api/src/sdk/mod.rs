@@ -39,7 +39,7 @@ pub use plugin::{guard, PluginDef};
 pub mod prelude {
     pub use super::{Ctx, Inputs, NodeDef, NodeImpl, Param, Params, PluginDef};
     pub use crate::{DType, Dim, NodeError, ObjectHandle, PortType, Tensor, Value};
-    pub use crate::{HostRef, Object};
+    pub use crate::{HostRef, ObjectImpl};
 }
 
 /// Result type of node code.
