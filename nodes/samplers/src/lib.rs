@@ -1,0 +1,67 @@
+//! The LatentFlow samplers plugin: diffusers-exact schedulers.
+//!
+//! The sampling loop nodes, which drive a denoiser from another plugin through the ABI's object
+//! handles, build on [`schedulers`]; so far the plugin exposes the schedule itself.
+
+pub mod schedulers;
+
+use latentflow_plugin_api::sdk::prelude::*;
+use schedulers::{Config, Kind, Prediction, Scheduler, Spacing};
+
+/// Reads the scheduler settings shared by the nodes.
+pub fn config_from(p: &Params) -> Result<Config, NodeError> {
+    let kind = match p.str("kind")? {
+        "ddim" => Kind::Ddim { eta: p.f64("eta")? },
+        "ddpm" => Kind::Ddpm,
+        "euler" => Kind::Euler,
+        "euler_a" => Kind::EulerAncestral,
+        "dpmpp_2m" => Kind::DpmPp2M,
+        "lcm" => Kind::Lcm,
+        other => return Err(NodeError::invalid(format!("unknown scheduler `{other}`"))),
+    };
+    let mut cfg = Config::sd(kind);
+    cfg.prediction = match p.str("prediction")? {
+        "v_prediction" => Prediction::V,
+        _ => Prediction::Epsilon,
+    };
+    cfg.spacing = match p.str("spacing")? {
+        "leading" => Some(Spacing::Leading),
+        "trailing" => Some(Spacing::Trailing),
+        "linspace" => Some(Spacing::Linspace),
+        _ => None,
+    };
+    cfg.karras = p.bool("karras")?;
+    Ok(cfg)
+}
+
+fn schedule(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
+    let sched =
+        Scheduler::new(config_from(p)?, p.usize("steps")?).map_err(|e| NodeError::invalid(e.0))?;
+    let ts: Vec<f32> = sched.timesteps().iter().map(|&t| t as f32).collect();
+    let sig: Vec<f32> = sched.sigmas().iter().map(|&s| s as f32).collect();
+    let (nt, ns) = (ts.len(), sig.len());
+    Ok(vec![
+        Value::Tensor(Tensor::from_vec(ts, &[nt])?),
+        Value::Tensor(Tensor::from_vec(sig, &[ns])?),
+        Value::Float(sched.init_noise_sigma()),
+    ])
+}
+
+/// The plugin's nodes.
+pub fn plugin() -> PluginDef {
+    PluginDef::new("samplers", env!("CARGO_PKG_VERSION")).node(
+        NodeDef::new("samplers.schedule", schedule)
+            .doc("The timesteps and σ of a scheduler for a number of steps (Stable Diffusion's training schedule).")
+            .output("timesteps", PortType::tensor(Some(DType::F32), Dim::Fixed(1)), "timestep per step")
+            .output("sigmas", PortType::tensor(Some(DType::F32), Dim::Fixed(1)), "σ per step and a final 0 (σ-based schedulers; empty otherwise)")
+            .output("init_noise_sigma", PortType::Float, "scale of the initial noise")
+            .param(Param::choice("kind", &["ddim", "ddpm", "euler", "euler_a", "dpmpp_2m", "lcm"]).default("euler"))
+            .param(Param::int("steps").default(20).range(1.0, 1000.0))
+            .param(Param::choice("prediction", &["epsilon", "v_prediction"]).default("epsilon"))
+            .param(Param::choice("spacing", &["default", "leading", "trailing", "linspace"]).default("default").doc("diffusers timestep_spacing; default: the scheduler's own"))
+            .param(Param::bool("karras").default(false).doc("Karras σ (euler, dpmpp_2m)"))
+            .param(Param::float("eta").default(0.0).range(0.0, 1.0).doc("DDIM stochasticity")),
+    )
+}
+
+latentflow_plugin_api::export_plugin!(plugin());

@@ -1,0 +1,103 @@
+//! DPM-Solver++ 2M (diffusers `scheduling_dpmsolver_multistep.py`: algorithm `dpmsolver++`,
+//! order 2, `midpoint`, `lower_order_final`, final σ 0).
+
+use super::table::{interp, karras, sigma_to_t};
+use super::{lincomb, Config, Prediction, Scheduler, Spacing};
+
+/// Integer timesteps, σ per step plus a final 0, and the initial noise σ (1: VP form).
+pub(super) fn grid(cfg: &Config, spacing: Spacing, n: usize) -> (Vec<f64>, Vec<f64>, f64) {
+    let t = cfg.table.len();
+    let table = cfg.table.sigmas();
+    let mut ts: Vec<f64> = match spacing {
+        Spacing::Linspace => (0..=n)
+            .rev()
+            .map(|i| (i as f64 * (t - 1) as f64 / n as f64).round_ties_even())
+            .take(n)
+            .collect(),
+        Spacing::Leading => {
+            let ratio = (t / (n + 1)) as f64;
+            (0..=n)
+                .rev()
+                .map(|i| (i as f64 * ratio).round_ties_even() + cfg.steps_offset as f64)
+                .take(n)
+                .collect()
+        }
+        Spacing::Trailing => {
+            let ratio = t as f64 / n as f64;
+            let mut out = Vec::with_capacity(n);
+            let mut v = t as f64;
+            while v > 0.0 {
+                out.push(v.round_ties_even() - 1.0);
+                v -= ratio;
+            }
+            out
+        }
+    };
+    let mut sigmas: Vec<f64> = if cfg.karras {
+        let log_sigmas: Vec<f32> = table.iter().map(|s| s.ln()).collect();
+        let s = karras(table[0] as f64, table[t - 1] as f64, n);
+        ts = s
+            .iter()
+            .map(|&x| sigma_to_t(x, &log_sigmas).round_ties_even())
+            .collect();
+        s
+    } else {
+        ts.iter().map(|&x| interp(x, &table)).collect()
+    };
+    sigmas.push(0.0);
+    (
+        ts,
+        sigmas.into_iter().map(|s| s as f32 as f64).collect(),
+        1.0,
+    )
+}
+
+/// VP (α, σ) and λ = log α − log σ of a k-diffusion σ.
+fn vp(sigma: f64) -> (f64, f64, f64) {
+    let alpha = 1.0 / (sigma * sigma + 1.0).sqrt();
+    let s = sigma * alpha;
+    (alpha, s, alpha.ln() - s.ln())
+}
+
+pub(super) fn step(s: &mut Scheduler, out: &[f32], x: &[f32]) -> Vec<f32> {
+    let i = s.index;
+    let (a0, s0, l0) = vp(s.sigmas[i]);
+    let x0 = match s.cfg.prediction {
+        Prediction::Epsilon => lincomb(1.0 / a0, x, -s0 / a0, out),
+        Prediction::V => lincomb(a0, x, -s0, out),
+    };
+    s.history.push(x0);
+    if s.history.len() > 2 {
+        s.history.remove(0);
+    }
+    let (at, st, lt) = vp(s.sigmas[i + 1]);
+    let h = lt - l0;
+    // e^{-h} − 1, which is −1 when the next σ is 0 (λ = +∞).
+    let phi = (-h).exp() - 1.0;
+    // σ_t / σ_s, exactly 0 at the end.
+    let ratio = if st == 0.0 { 0.0 } else { st / s0 };
+    let last = i + 1 == s.steps;
+    let first_order = s.lower_order_nums < 1 || last;
+    let d0 = &s.history[s.history.len() - 1];
+    let next = if first_order {
+        lincomb(ratio, x, -at * phi, d0)
+    } else {
+        let (_, _, l1) = vp(s.sigmas[i - 1]);
+        let r0 = (l0 - l1) / h;
+        let m1 = &s.history[s.history.len() - 2];
+        // D1 = (m0 − m1)/r0; x = ratio·x − α_t φ (D0 + ½ D1)
+        let c = -at * phi;
+        x.iter()
+            .zip(d0)
+            .zip(m1)
+            .map(|((x, m0), m1)| {
+                let d1 = (m0 - m1) as f64 / r0;
+                (ratio * *x as f64 + c * (*m0 as f64 + 0.5 * d1)) as f32
+            })
+            .collect()
+    };
+    if s.lower_order_nums < 2 {
+        s.lower_order_nums += 1;
+    }
+    next
+}

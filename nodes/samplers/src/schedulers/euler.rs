@@ -1,0 +1,109 @@
+//! Euler and Euler ancestral on the k-diffusion σ grid (diffusers
+//! `scheduling_euler_discrete.py`, `scheduling_euler_ancestral_discrete.py`).
+
+use super::table::{interp, karras, sigma_to_t};
+use super::{add_scaled, Config, Prediction, Scheduler, Spacing};
+
+/// Timesteps (fractional), σ per step plus a final 0, and the initial noise σ.
+pub(super) fn grid(cfg: &Config, spacing: Spacing, n: usize) -> (Vec<f64>, Vec<f64>, f64) {
+    let t = cfg.table.len();
+    let table = cfg.table.sigmas();
+    let f32r = |v: f64| v as f32 as f64;
+    let mut ts: Vec<f64> = match spacing {
+        Spacing::Linspace => (0..n)
+            .rev()
+            .map(|i| {
+                if n == 1 {
+                    0.0
+                } else {
+                    i as f64 * (t - 1) as f64 / (n - 1) as f64
+                }
+            })
+            .collect(),
+        Spacing::Leading => {
+            let ratio = (t / n) as f64;
+            (0..n)
+                .rev()
+                .map(|i| f32r((i as f64 * ratio).round_ties_even()) + cfg.steps_offset as f64)
+                .collect()
+        }
+        Spacing::Trailing => {
+            let ratio = t as f64 / n as f64;
+            let mut out = Vec::with_capacity(n);
+            let mut v = t as f64;
+            while v > 0.0 {
+                out.push(f32r(v.round_ties_even()) - 1.0);
+                v -= ratio;
+            }
+            out
+        }
+    };
+    let mut sigmas: Vec<f64> = ts.iter().map(|&x| interp(x, &table)).collect();
+    if cfg.karras && !sigmas.is_empty() {
+        let log_sigmas: Vec<f32> = table.iter().map(|s| s.ln()).collect();
+        sigmas = karras(sigmas[sigmas.len() - 1], sigmas[0], n);
+        ts = sigmas.iter().map(|&s| sigma_to_t(s, &log_sigmas)).collect();
+    }
+    sigmas.push(0.0);
+    let sigmas: Vec<f64> = sigmas.into_iter().map(f32r).collect();
+    let ts = ts.into_iter().map(f32r).collect();
+    let max = sigmas.iter().cloned().fold(0.0, f64::max);
+    let init = match spacing {
+        Spacing::Linspace | Spacing::Trailing => max,
+        Spacing::Leading => (max * max + 1.0).sqrt(),
+    };
+    (ts, sigmas, init)
+}
+
+/// x̂0 from the model output at σ.
+fn denoised(pred: Prediction, sigma: f64, out: &[f32], x: &[f32]) -> Vec<f32> {
+    match pred {
+        Prediction::Epsilon => x
+            .iter()
+            .zip(out)
+            .map(|(x, e)| x - sigma as f32 * e)
+            .collect(),
+        Prediction::V => {
+            let c_out = (-sigma / (sigma * sigma + 1.0).sqrt()) as f32;
+            let c_in = (1.0 / (sigma * sigma + 1.0)) as f32;
+            x.iter()
+                .zip(out)
+                .map(|(x, v)| v * c_out + x * c_in)
+                .collect()
+        }
+    }
+}
+
+pub(super) fn step_euler(s: &Scheduler, out: &[f32], x: &[f32]) -> Vec<f32> {
+    let (sigma, next) = (s.sigmas[s.index], s.sigmas[s.index + 1]);
+    let x0 = denoised(s.cfg.prediction, sigma, out, x);
+    let dt = (next - sigma) as f32;
+    let inv = (1.0 / sigma) as f32;
+    x.iter()
+        .zip(&x0)
+        .map(|(x, d)| x + (x - d) * inv * dt)
+        .collect()
+}
+
+pub(super) fn step_ancestral(
+    s: &Scheduler,
+    out: &[f32],
+    x: &[f32],
+    noise: Option<&[f32]>,
+) -> Vec<f32> {
+    let (sigma, to) = (s.sigmas[s.index], s.sigmas[s.index + 1]);
+    let x0 = denoised(s.cfg.prediction, sigma, out, x);
+    let up = (to * to * (sigma * sigma - to * to) / (sigma * sigma)).sqrt();
+    let down = (to * to - up * up).sqrt();
+    let dt = (down - sigma) as f32;
+    let inv = (1.0 / sigma) as f32;
+    let mut next: Vec<f32> = x
+        .iter()
+        .zip(&x0)
+        .map(|(x, d)| x + (x - d) * inv * dt)
+        .collect();
+    if let Some(z) = noise {
+        add_scaled(&mut next, up, z);
+    }
+    next
+}

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Sets up the reference environment (diffusers on PyTorch, pinned) that generates the parity
+# fixtures under tests/fixtures/. Developers run it; CI never needs Python.
+#   tools/reference/setup.sh && tools/reference/.venv/bin/python tools/reference/make_scheduler_fixtures.py
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+python3 -m venv "$here/.venv"
+"$here/.venv/bin/pip" install -q --upgrade pip
+"$here/.venv/bin/pip" install -q -r "$here/requirements.txt"
