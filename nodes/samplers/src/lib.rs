@@ -17,6 +17,7 @@ pub fn config_from(p: &Params) -> Result<Config, NodeError> {
         "euler_a" => Kind::EulerAncestral,
         "dpmpp_2m" => Kind::DpmPp2M,
         "lcm" => Kind::Lcm,
+        "unipc" => Kind::UniPc,
         other => return Err(NodeError::invalid(format!("unknown scheduler `{other}`"))),
     };
     let mut cfg = Config::sd(kind);
@@ -55,7 +56,7 @@ pub fn plugin() -> PluginDef {
             .output("timesteps", PortType::tensor(Some(DType::F32), Dim::Fixed(1)), "timestep per step")
             .output("sigmas", PortType::tensor(Some(DType::F32), Dim::Fixed(1)), "σ per step and a final 0 (σ-based schedulers; empty otherwise)")
             .output("init_noise_sigma", PortType::Float, "scale of the initial noise")
-            .param(Param::choice("kind", &["ddim", "ddpm", "euler", "euler_a", "dpmpp_2m", "lcm"]).default("euler"))
+            .param(Param::choice("kind", &["ddim", "ddpm", "euler", "euler_a", "dpmpp_2m", "unipc", "lcm"]).default("euler"))
             .param(Param::int("steps").default(20).range(1.0, 1000.0))
             .param(Param::choice("prediction", &["epsilon", "v_prediction"]).default("epsilon"))
             .param(Param::choice("spacing", &["default", "leading", "trailing", "linspace"]).default("default").doc("diffusers timestep_spacing; default: the scheduler's own"))

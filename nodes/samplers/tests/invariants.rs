@@ -45,13 +45,14 @@ fn ddim_one_step_returns_the_point() {
 }
 
 #[test]
-fn euler_and_dpmpp_end_at_the_point_for_any_step_count() {
+fn euler_dpmpp_and_unipc_end_at_the_point_for_any_step_count() {
     for steps in [1, 2, 3, 5, 10, 25, 50] {
         assert_lands_on_c(&run(Kind::Euler, steps, None), &format!("euler N={steps}"));
         assert_lands_on_c(
             &run(Kind::DpmPp2M, steps, None),
             &format!("dpmpp_2m N={steps}"),
         );
+        assert_lands_on_c(&run(Kind::UniPc, steps, None), &format!("unipc N={steps}"));
     }
 }
 

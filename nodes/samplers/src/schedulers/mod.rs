@@ -11,6 +11,7 @@ mod ddim;
 mod dpmpp;
 mod euler;
 pub mod table;
+mod unipc;
 
 use std::fmt;
 
@@ -52,6 +53,8 @@ pub enum Kind {
     EulerAncestral,
     /// DPM-Solver++ (2M, midpoint), multistep.
     DpmPp2M,
+    /// UniPC (bh2, order 2) predictor-corrector, multistep.
+    UniPc,
     /// Latent consistency model sampling.
     Lcm,
 }
@@ -60,7 +63,7 @@ impl Kind {
     fn default_spacing(self) -> Spacing {
         match self {
             Kind::Ddim { .. } | Kind::Ddpm | Kind::Lcm => Spacing::Leading,
-            Kind::Euler | Kind::EulerAncestral | Kind::DpmPp2M => Spacing::Linspace,
+            Kind::Euler | Kind::EulerAncestral | Kind::DpmPp2M | Kind::UniPc => Spacing::Linspace,
         }
     }
 
@@ -69,7 +72,7 @@ impl Kind {
         match self {
             Kind::Ddim { eta } => eta > 0.0,
             Kind::Ddpm | Kind::EulerAncestral | Kind::Lcm => true,
-            Kind::Euler | Kind::DpmPp2M => false,
+            Kind::Euler | Kind::DpmPp2M | Kind::UniPc => false,
         }
     }
 }
@@ -130,9 +133,12 @@ pub struct Scheduler {
     sigmas: Vec<f64>,
     init_noise_sigma: f64,
     index: usize,
-    /// DPM-Solver++: data predictions of earlier steps, most recent last.
+    /// Multistep solvers: data predictions of earlier steps, most recent last.
     history: Vec<Vec<f32>>,
     lower_order_nums: usize,
+    /// UniPC: the sample the last predictor started from, and that predictor's order.
+    last_sample: Option<Vec<f32>>,
+    this_order: usize,
 }
 
 /// `a·x + b·y`, element-wise.
@@ -168,7 +174,7 @@ impl Scheduler {
             }
             Kind::Lcm => (ddim::lcm_timesteps(&cfg, steps), Vec::new(), 1.0),
             Kind::Euler | Kind::EulerAncestral => euler::grid(&cfg, spacing, steps),
-            Kind::DpmPp2M => dpmpp::grid(&cfg, spacing, steps),
+            Kind::DpmPp2M | Kind::UniPc => dpmpp::grid(&cfg, spacing, steps),
         };
         Ok(Scheduler {
             cfg,
@@ -179,6 +185,8 @@ impl Scheduler {
             index: 0,
             history: Vec::new(),
             lower_order_nums: 0,
+            last_sample: None,
+            this_order: 0,
         })
     }
 
@@ -277,6 +285,7 @@ impl Scheduler {
             Kind::Euler => euler::step_euler(self, model_output, x),
             Kind::EulerAncestral => euler::step_ancestral(self, model_output, x, noise),
             Kind::DpmPp2M => dpmpp::step(self, model_output, x),
+            Kind::UniPc => unipc::step(self, model_output, x),
         };
         self.index += 1;
         Ok(out)
