@@ -28,6 +28,7 @@ from diffusers import (
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     LCMScheduler,
+    LMSDiscreteScheduler,
     UniPCMultistepScheduler,
 )
 
@@ -85,6 +86,7 @@ def make(kind, **kw):
         "dpmpp_2m": DPMSolverMultistepScheduler,
         "unipc": UniPCMultistepScheduler,
         "lcm": LCMScheduler,
+        "lms": LMSDiscreteScheduler,
     }[kind]
     if kind in ("ddim", "ddpm", "lcm"):
         cfg.setdefault("clip_sample", False)
@@ -151,6 +153,9 @@ def main():
         for n in (1, 2, 4, 10):
             cases.append(run_case(f"unipc_{p}_{n}", "unipc", n, prediction_type=pred))
         cases.append(run_case(f"ddpm_{p}_10", "ddpm", 10, prediction_type=pred))
+        for n in (1, 2, 4, 10):
+            cases.append(run_case(f"lms_{p}_{n}", "lms", n, prediction_type=pred))
+        cases.append(run_case(f"lms_{p}_karras_10", "lms", 10, prediction_type=pred, use_karras_sigmas=True))
     for n in (1, 4):
         cases.append(run_case(f"lcm_eps_{n}", "lcm", n))
     print(f"wrote {len(cases)} fixtures to {OUT}")

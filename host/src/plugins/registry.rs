@@ -1,6 +1,6 @@
 //! The set of loaded plugins and the node types they provide.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -223,8 +223,8 @@ impl Registry {
         &self.plugins
     }
 
-    /// Plugin name → version, for provenance.
-    pub fn versions(&self) -> HashMap<String, String> {
+    /// Plugin name → version, for provenance (sorted, so outputs are reproducible).
+    pub fn versions(&self) -> BTreeMap<String, String> {
         self.plugins
             .iter()
             .map(|p| (p.name.clone(), p.version.clone()))

@@ -18,6 +18,7 @@ pub fn config_from(p: &Params) -> Result<Config, NodeError> {
         "dpmpp_2m" => Kind::DpmPp2M,
         "lcm" => Kind::Lcm,
         "unipc" => Kind::UniPc,
+        "lms" => Kind::Lms,
         other => return Err(NodeError::invalid(format!("unknown scheduler `{other}`"))),
     };
     let mut cfg = Config::sd(kind);
@@ -56,11 +57,11 @@ pub fn plugin() -> PluginDef {
             .output("timesteps", PortType::tensor(Some(DType::F32), Dim::Fixed(1)), "timestep per step")
             .output("sigmas", PortType::tensor(Some(DType::F32), Dim::Fixed(1)), "σ per step and a final 0 (σ-based schedulers; empty otherwise)")
             .output("init_noise_sigma", PortType::Float, "scale of the initial noise")
-            .param(Param::choice("kind", &["ddim", "ddpm", "euler", "euler_a", "dpmpp_2m", "unipc", "lcm"]).default("euler"))
+            .param(Param::choice("kind", &["ddim", "ddpm", "euler", "euler_a", "lms", "dpmpp_2m", "unipc", "lcm"]).default("euler"))
             .param(Param::int("steps").default(20).range(1.0, 1000.0))
             .param(Param::choice("prediction", &["epsilon", "v_prediction"]).default("epsilon"))
             .param(Param::choice("spacing", &["default", "leading", "trailing", "linspace"]).default("default").doc("diffusers timestep_spacing; default: the scheduler's own"))
-            .param(Param::bool("karras").default(false).doc("Karras σ (euler, dpmpp_2m)"))
+            .param(Param::bool("karras").default(false).doc("Karras σ (euler, lms, dpmpp_2m, unipc)"))
             .param(Param::float("eta").default(0.0).range(0.0, 1.0).doc("DDIM stochasticity")),
     )
 }

@@ -71,6 +71,7 @@ fn case(meta: &std::collections::HashMap<String, String>) -> Case {
         "dpmpp_2m" => Kind::DpmPp2M,
         "lcm" => Kind::Lcm,
         "unipc" => Kind::UniPc,
+        "lms" => Kind::Lms,
         other => panic!("fixture of unknown kind `{other}`"),
     };
     let mut cfg = Config::sd(kind);
@@ -208,5 +209,5 @@ fn schedulers_match_diffusers_step_by_step() {
         files.len(),
         failures.join("\n")
     );
-    assert!(checked >= 68, "only {checked} cases checked");
+    assert!(checked >= 78, "only {checked} cases checked");
 }

@@ -10,6 +10,7 @@
 mod ddim;
 mod dpmpp;
 mod euler;
+mod lms;
 pub mod table;
 mod unipc;
 
@@ -57,13 +58,17 @@ pub enum Kind {
     UniPc,
     /// Latent consistency model sampling.
     Lcm,
+    /// Linear multistep, order 4.
+    Lms,
 }
 
 impl Kind {
     fn default_spacing(self) -> Spacing {
         match self {
             Kind::Ddim { .. } | Kind::Ddpm | Kind::Lcm => Spacing::Leading,
-            Kind::Euler | Kind::EulerAncestral | Kind::DpmPp2M | Kind::UniPc => Spacing::Linspace,
+            Kind::Euler | Kind::EulerAncestral | Kind::DpmPp2M | Kind::UniPc | Kind::Lms => {
+                Spacing::Linspace
+            }
         }
     }
 
@@ -72,7 +77,7 @@ impl Kind {
         match self {
             Kind::Ddim { eta } => eta > 0.0,
             Kind::Ddpm | Kind::EulerAncestral | Kind::Lcm => true,
-            Kind::Euler | Kind::DpmPp2M | Kind::UniPc => false,
+            Kind::Euler | Kind::DpmPp2M | Kind::UniPc | Kind::Lms => false,
         }
     }
 }
@@ -173,7 +178,7 @@ impl Scheduler {
                 (ddim::timesteps(&cfg, spacing, steps), Vec::new(), 1.0)
             }
             Kind::Lcm => (ddim::lcm_timesteps(&cfg, steps), Vec::new(), 1.0),
-            Kind::Euler | Kind::EulerAncestral => euler::grid(&cfg, spacing, steps),
+            Kind::Euler | Kind::EulerAncestral | Kind::Lms => euler::grid(&cfg, spacing, steps),
             Kind::DpmPp2M | Kind::UniPc => dpmpp::grid(&cfg, spacing, steps),
         };
         Ok(Scheduler {
@@ -231,7 +236,7 @@ impl Scheduler {
     /// The model input for the next step (σ-based schedulers divide by √(σ²+1)).
     pub fn scale_model_input(&self, x: &[f32]) -> Vec<f32> {
         match self.cfg.kind {
-            Kind::Euler | Kind::EulerAncestral => {
+            Kind::Euler | Kind::EulerAncestral | Kind::Lms => {
                 let s = self.sigmas[self.index];
                 let k = (1.0 / (s * s + 1.0).sqrt()) as f32;
                 x.iter().map(|v| v * k).collect()
@@ -286,6 +291,7 @@ impl Scheduler {
             Kind::EulerAncestral => euler::step_ancestral(self, model_output, x, noise),
             Kind::DpmPp2M => dpmpp::step(self, model_output, x),
             Kind::UniPc => unipc::step(self, model_output, x),
+            Kind::Lms => lms::step(self, model_output, x),
         };
         self.index += 1;
         Ok(out)
