@@ -4,5 +4,6 @@ mod cli;
 mod execution;
 mod graphs;
 mod plugins;
+mod sampling;
 mod validation;
 mod watch;

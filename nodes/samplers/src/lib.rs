@@ -1,8 +1,9 @@
 //! The LatentFlow samplers plugin: diffusers-exact schedulers.
 //!
-//! The sampling loop nodes, which drive a denoiser from another plugin through the ABI's object
-//! handles, build on [`schedulers`]; so far the plugin exposes the schedule itself.
+//! `samplers.sample` drives a denoiser made by another plugin through the ABI's object handles
+//! (see `latentflow_plugin_api::sdk::denoiser`); `samplers.schedule` exposes the schedule itself.
 
+mod sample;
 pub mod schedulers;
 
 use latentflow_plugin_api::sdk::prelude::*;
@@ -22,8 +23,8 @@ pub fn config_from(p: &Params) -> Result<Config, NodeError> {
         other => return Err(NodeError::invalid(format!("unknown scheduler `{other}`"))),
     };
     let mut cfg = Config::sd(kind);
-    cfg.prediction = match p.str("prediction")? {
-        "v_prediction" => Prediction::V,
+    cfg.prediction = match p.str("prediction") {
+        Ok("v_prediction") => Prediction::V,
         _ => Prediction::Epsilon,
     };
     cfg.spacing = match p.str("spacing")? {
@@ -64,6 +65,7 @@ pub fn plugin() -> PluginDef {
             .param(Param::bool("karras").default(false).doc("Karras σ (euler, lms, dpmpp_2m, unipc)"))
             .param(Param::float("eta").default(0.0).range(0.0, 1.0).doc("DDIM stochasticity")),
     )
+    .node(sample::node())
 }
 
 latentflow_plugin_api::export_plugin!(plugin());

@@ -20,6 +20,7 @@
 //! [`export_plugin!`]: crate::export_plugin
 
 mod context;
+pub mod denoiser;
 mod inputs;
 mod node;
 mod params;

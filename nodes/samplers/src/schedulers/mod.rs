@@ -225,6 +225,41 @@ impl Scheduler {
         self.index
     }
 
+    /// Starts sampling at step `index` instead of 0 (img2img: skip the noisiest steps).
+    pub fn start_at(&mut self, index: usize) -> Result<(), ScheduleError> {
+        if index >= self.steps {
+            return Err(ScheduleError(format!(
+                "cannot start at step {index} of {}",
+                self.steps
+            )));
+        }
+        self.index = index;
+        Ok(())
+    }
+
+    /// `x0` noised to the level of step `index` with unit noise `noise` (diffusers' `add_noise`):
+    /// √ᾱ·x0 + √(1−ᾱ)·z for ᾱ-based schedulers, x0 + σ·z on the Euler grid, α·x0 + σ_VP·z for
+    /// the multistep solvers. At the final index (σ = 0) it is `x0`.
+    pub fn add_noise(&self, x0: &[f32], noise: &[f32], index: usize) -> Vec<f32> {
+        match self.cfg.kind {
+            Kind::Ddim { .. } | Kind::Ddpm | Kind::Lcm => {
+                let a = self
+                    .cfg
+                    .table
+                    .alpha_bar(self.timesteps[index.min(self.steps - 1)] as i64);
+                lincomb(a.sqrt(), x0, (1.0 - a).sqrt(), noise)
+            }
+            Kind::Euler | Kind::EulerAncestral | Kind::Lms => {
+                lincomb(1.0, x0, self.sigmas[index], noise)
+            }
+            Kind::DpmPp2M | Kind::UniPc => {
+                let sigma = self.sigmas[index];
+                let alpha = 1.0 / (sigma * sigma + 1.0).sqrt();
+                lincomb(alpha, x0, sigma * alpha, noise)
+            }
+        }
+    }
+
     /// Whether the next [`Scheduler::step`] needs noise.
     pub fn needs_noise(&self) -> bool {
         match self.cfg.kind {

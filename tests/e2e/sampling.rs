@@ -1,0 +1,152 @@
+//! The sampling loop (`samplers.sample`) driving a denoiser from another plugin (testkit's
+//! analytic point-mass denoiser) through the ABI's object handles.
+
+use latentflow_tests::{read_safetensors_f32, Sandbox};
+
+const KINDS: [&str; 8] = [
+    "ddim", "ddpm", "euler", "euler_a", "lms", "dpmpp_2m", "unipc", "lcm",
+];
+
+fn sandbox() -> Sandbox {
+    let sb = Sandbox::new();
+    sb.add_plugin("lf_fixture_testkit");
+    sb
+}
+
+fn values(sb: &Sandbox, file: &str) -> Vec<f32> {
+    read_safetensors_f32(&sb.path().join("output").join(file)).1
+}
+
+#[test]
+fn every_sampler_lands_on_the_point_through_the_abi() {
+    let sb = sandbox();
+    let mut g = String::from(
+        "nodes:\n  model: {type: test.point_denoiser, params: {c: 0.5}}\n  pos: {type: test.conditioning}\n  empty: {type: core.empty_latent, params: {width: 24, height: 16}}\n",
+    );
+    for k in KINDS {
+        let steps = if k == "lcm" { 4 } else { 12 };
+        g.push_str(&format!(
+            "  s_{k}: {{type: samplers.sample, inputs: {{model: model, positive: pos, latent: empty}}, params: {{kind: {k}, steps: {steps}, cfg: 1.0, seed: 3}}}}\n  w_{k}: {{type: core.save_tensor, inputs: {{tensor: s_{k}}}, params: {{filename: {k}.safetensors}}}}\n"
+        ));
+    }
+    let g = sb.write("all.yaml", &g);
+    sb.run(&["run", g.to_str().unwrap_or_default(), "-q"])
+        .expect_code(0);
+    for k in KINDS {
+        let v = values(&sb, &format!("{k}.safetensors"));
+        assert_eq!(v.len(), 4 * 2 * 3);
+        // DDIM with Stable Diffusion's set_alpha_to_one = false ends at ᾱ_0, not 1: a residual
+        // of σ_min ≈ 0.029 times the last noise estimate remains. The others land exactly.
+        let tol = if k == "ddim" { 0.1 } else { 2e-3 };
+        assert!(v.iter().all(|x| (x - 0.5).abs() < tol), "{k}: {v:?}");
+        if k == "ddim" {
+            assert!(
+                v.iter().any(|x| (x - 0.5).abs() > 1e-3),
+                "ddim should keep its σ_min residual"
+            );
+        }
+    }
+}
+
+#[test]
+fn guidance_extrapolates_from_negative_to_positive() {
+    let sb = sandbox();
+    let g = sb.write(
+        "cfg.yaml",
+        r#"
+nodes:
+  model: {type: test.point_denoiser, params: {c: 0.5}}
+  pos: {type: test.conditioning, params: {value: 0.1}}
+  neg: {type: test.conditioning, params: {value: 0.0}}
+  empty: {type: core.empty_latent, params: {width: 16, height: 16}}
+  s: {type: samplers.sample, inputs: {model: model, positive: pos, negative: neg, latent: empty}, params: {kind: dpmpp_2m, steps: 10, cfg: 7.5}}
+  w: {type: core.save_tensor, inputs: {tensor: s}, params: {filename: cfg.safetensors}}
+"#,
+    );
+    sb.run(&["run", g.to_str().unwrap_or_default(), "-q"])
+        .expect_code(0);
+    // The guided point is c_neg + 7.5 (c_pos − c_neg) = 0.5 + 7.5 × 0.1.
+    assert!(values(&sb, "cfg.safetensors")
+        .iter()
+        .all(|x| (x - 1.25).abs() < 2e-3));
+}
+
+#[test]
+fn img2img_runs_the_strength_fraction_of_the_schedule() {
+    let sb = sandbox();
+    let g = sb.write(
+        "i2i.yaml",
+        r#"
+nodes:
+  model: {type: test.point_denoiser, params: {c: -0.25}}
+  pos: {type: test.conditioning}
+  start: {type: core.noise_latent, params: {width: 16, height: 16, seed: 9}}
+  s: {type: samplers.sample, inputs: {model: model, positive: pos, latent: start}, params: {kind: euler, steps: 10, strength: 0.6, cfg: 1.0}}
+  w: {type: core.save_tensor, inputs: {tensor: s}, params: {filename: i2i.safetensors}}
+"#,
+    );
+    let r = sb.run(&["run", g.to_str().unwrap_or_default(), "--events", "json"]);
+    r.expect_code(0);
+    let totals: Vec<u64> = r
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "progress" && e["node"] == "s")
+        .map(|e| e["total"].as_u64().unwrap_or(0))
+        .collect();
+    assert!(
+        !totals.is_empty() && totals.iter().all(|&t| t == 6),
+        "{totals:?}"
+    );
+    assert!(values(&sb, "i2i.safetensors")
+        .iter()
+        .all(|x| (x + 0.25).abs() < 2e-3));
+}
+
+#[test]
+fn inpainting_keeps_the_known_region_and_fills_the_mask() {
+    let sb = sandbox();
+    let g = sb.write(
+        "inpaint.yaml",
+        r#"
+nodes:
+  model: {type: test.point_denoiser, params: {c: 0.75}}
+  pos: {type: test.conditioning}
+  known: {type: core.noise_latent, params: {width: 32, height: 16, seed: 4}}
+  left: {type: core.rect_mask, params: {width: 32, height: 16, x: 0, y: 0, rect_width: 16, rect_height: 16}}
+  s: {type: samplers.sample, inputs: {model: model, positive: pos, latent: known, mask: left}, params: {kind: euler, steps: 10, cfg: 1.0}}
+  w: {type: core.save_tensor, inputs: {tensor: s}, params: {filename: out.safetensors}}
+  wk: {type: core.save_tensor, inputs: {tensor: known}, params: {filename: known.safetensors}}
+"#,
+    );
+    sb.run(&["run", g.to_str().unwrap_or_default(), "-q"])
+        .expect_code(0);
+    let (out, known) = (
+        values(&sb, "out.safetensors"),
+        values(&sb, "known.safetensors"),
+    );
+    // Latent 1×4×2×4: columns 0–1 are masked (repaint), 2–3 known.
+    for (i, (o, k)) in out.iter().zip(&known).enumerate() {
+        if i % 4 < 2 {
+            assert!((o - 0.75).abs() < 2e-3, "masked element {i}: {o}");
+        } else {
+            assert_eq!(o, k, "known element {i} must be kept exactly");
+        }
+    }
+}
+
+#[test]
+fn a_sampler_refuses_a_handle_that_is_not_a_denoiser() {
+    let sb = sandbox();
+    let g = sb.write(
+        "bad.yaml",
+        "nodes:\n  m: {type: test.make_scaler}\n  pos: {type: test.conditioning}\n  e: {type: core.empty_latent}\n  s: {type: samplers.sample, inputs: {model: m, positive: pos, latent: e}}\n",
+    );
+    let r = sb.run(&["validate", g.to_str().unwrap_or_default()]);
+    r.expect_code(3);
+    assert!(
+        r.stderr
+            .contains("expects Denoiser, but `m.scaler` is Scaler"),
+        "{}",
+        r.stderr
+    );
+}
