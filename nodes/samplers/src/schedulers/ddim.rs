@@ -1,6 +1,7 @@
 //! ᾱ-based schedulers: DDIM, DDPM and LCM (diffusers `scheduling_ddim.py`, `scheduling_ddpm.py`,
 //! `scheduling_lcm.py`).
 
+use super::table::{leading, linspace_desc, trailing};
 use super::{add_scaled, lincomb, Config, Prediction, Scheduler, Spacing};
 
 /// `np.round`: halves go to the even neighbour.
@@ -12,33 +13,12 @@ fn round(x: f64) -> f64 {
 pub(super) fn timesteps(cfg: &Config, spacing: Spacing, n: usize) -> Vec<f64> {
     let t = cfg.table.len();
     match spacing {
-        Spacing::Linspace => (0..n)
-            .rev()
-            .map(|i| {
-                round(if n == 1 {
-                    0.0
-                } else {
-                    i as f64 * (t - 1) as f64 / (n - 1) as f64
-                })
-            })
+        Spacing::Linspace => linspace_desc((t - 1) as f64, n)
+            .into_iter()
+            .map(round)
             .collect(),
-        Spacing::Leading => {
-            let ratio = (t / n) as f64;
-            (0..n)
-                .rev()
-                .map(|i| round(i as f64 * ratio) + cfg.steps_offset as f64)
-                .collect()
-        }
-        Spacing::Trailing => {
-            let ratio = t as f64 / n as f64;
-            let mut out = Vec::with_capacity(n);
-            let mut v = t as f64;
-            while v > 0.0 {
-                out.push(round(v) - 1.0);
-                v -= ratio;
-            }
-            out
-        }
+        Spacing::Leading => leading(t / n, 0..=n - 1, cfg.steps_offset),
+        Spacing::Trailing => trailing(t, n),
     }
 }
 

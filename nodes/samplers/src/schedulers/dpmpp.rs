@@ -1,37 +1,22 @@
 //! DPM-Solver++ 2M (diffusers `scheduling_dpmsolver_multistep.py`: algorithm `dpmsolver++`,
 //! order 2, `midpoint`, `lower_order_final`, final σ 0).
 
-use super::table::{interp, karras, sigma_to_t};
+use super::table::{interp, karras, leading, linspace_desc, sigma_to_t, trailing};
 use super::{lincomb, Config, Prediction, Scheduler, Spacing};
 
 /// Integer timesteps, σ per step plus a final 0, and the initial noise σ (1: VP form).
 pub(super) fn grid(cfg: &Config, spacing: Spacing, n: usize) -> (Vec<f64>, Vec<f64>, f64) {
     let t = cfg.table.len();
     let table = cfg.table.sigmas();
+    // n + 1 points from T−1 down to 0, dropping the last (0).
     let mut ts: Vec<f64> = match spacing {
-        Spacing::Linspace => (0..=n)
-            .rev()
-            .map(|i| (i as f64 * (t - 1) as f64 / n as f64).round_ties_even())
+        Spacing::Linspace => linspace_desc((t - 1) as f64, n + 1)
+            .into_iter()
             .take(n)
+            .map(f64::round_ties_even)
             .collect(),
-        Spacing::Leading => {
-            let ratio = (t / (n + 1)) as f64;
-            (0..=n)
-                .rev()
-                .map(|i| (i as f64 * ratio).round_ties_even() + cfg.steps_offset as f64)
-                .take(n)
-                .collect()
-        }
-        Spacing::Trailing => {
-            let ratio = t as f64 / n as f64;
-            let mut out = Vec::with_capacity(n);
-            let mut v = t as f64;
-            while v > 0.0 {
-                out.push(v.round_ties_even() - 1.0);
-                v -= ratio;
-            }
-            out
-        }
+        Spacing::Leading => leading(t / (n + 1), 1..=n, cfg.steps_offset),
+        Spacing::Trailing => trailing(t, n),
     };
     let mut sigmas: Vec<f64> = if cfg.karras {
         let log_sigmas: Vec<f32> = table.iter().map(|s| s.ln()).collect();

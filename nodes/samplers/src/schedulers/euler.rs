@@ -1,7 +1,7 @@
 //! Euler and Euler ancestral on the k-diffusion σ grid (diffusers
 //! `scheduling_euler_discrete.py`, `scheduling_euler_ancestral_discrete.py`).
 
-use super::table::{interp, karras, sigma_to_t};
+use super::table::{interp, karras, leading, linspace_desc, sigma_to_t, trailing};
 use super::{add_scaled, Config, Prediction, Scheduler, Spacing};
 
 /// Timesteps (fractional), σ per step plus a final 0, and the initial noise σ.
@@ -10,33 +10,9 @@ pub(super) fn grid(cfg: &Config, spacing: Spacing, n: usize) -> (Vec<f64>, Vec<f
     let table = cfg.table.sigmas();
     let f32r = |v: f64| v as f32 as f64;
     let mut ts: Vec<f64> = match spacing {
-        Spacing::Linspace => (0..n)
-            .rev()
-            .map(|i| {
-                if n == 1 {
-                    0.0
-                } else {
-                    i as f64 * (t - 1) as f64 / (n - 1) as f64
-                }
-            })
-            .collect(),
-        Spacing::Leading => {
-            let ratio = (t / n) as f64;
-            (0..n)
-                .rev()
-                .map(|i| f32r((i as f64 * ratio).round_ties_even()) + cfg.steps_offset as f64)
-                .collect()
-        }
-        Spacing::Trailing => {
-            let ratio = t as f64 / n as f64;
-            let mut out = Vec::with_capacity(n);
-            let mut v = t as f64;
-            while v > 0.0 {
-                out.push(f32r(v.round_ties_even()) - 1.0);
-                v -= ratio;
-            }
-            out
-        }
+        Spacing::Linspace => linspace_desc((t - 1) as f64, n),
+        Spacing::Leading => leading(t / n, 0..=n - 1, cfg.steps_offset),
+        Spacing::Trailing => trailing(t, n),
     };
     let mut sigmas: Vec<f64> = ts.iter().map(|&x| interp(x, &table)).collect();
     if cfg.karras && !sigmas.is_empty() {

@@ -89,6 +89,39 @@ impl NoiseTable {
     }
 }
 
+/// `np.linspace(0, end, n)`, largest first.
+pub fn linspace_desc(end: f64, n: usize) -> Vec<f64> {
+    (0..n)
+        .rev()
+        .map(|i| {
+            if n == 1 {
+                0.0
+            } else {
+                i as f64 * end / (n - 1) as f64
+            }
+        })
+        .collect()
+}
+
+/// diffusers' "leading" spacing: `k·ratio` (rounded) for k = last..=first, plus `offset`.
+pub fn leading(ratio: usize, ks: std::ops::RangeInclusive<usize>, offset: i64) -> Vec<f64> {
+    ks.rev()
+        .map(|k| (k as f64 * ratio as f64).round_ties_even() + offset as f64)
+        .collect()
+}
+
+/// diffusers' "trailing" spacing: `round(arange(T, 0, −T/n)) − 1`.
+pub fn trailing(train: usize, n: usize) -> Vec<f64> {
+    let ratio = train as f64 / n as f64;
+    let mut out = Vec::with_capacity(n);
+    let mut v = train as f64;
+    while v > 0.0 {
+        out.push(v.round_ties_even() - 1.0);
+        v -= ratio;
+    }
+    out
+}
+
 /// `np.interp(x, 0..n, table)`.
 pub fn interp(x: f64, table: &[f32]) -> f64 {
     if x <= 0.0 {
