@@ -407,7 +407,9 @@ impl<'a> Validator<'a> {
         seed: u64,
     ) {
         let Some(ty) = draft.ty.clone() else { return };
-        let base_dir = self.file.parent().unwrap_or(Path::new(".")).to_path_buf();
+        // Absolute, so that the provenance embedded in outputs re-runs from any folder.
+        let base_dir = std::path::absolute(self.file.parent().unwrap_or(Path::new(".")))
+            .unwrap_or_else(|_| self.file.parent().unwrap_or(Path::new(".")).to_path_buf());
         let specs = &ty.desc.params;
         let mut given: HashSet<&str> = HashSet::new();
         for (name, value) in &draft.def.params.0 {
