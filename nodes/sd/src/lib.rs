@@ -1,131 +1,230 @@
-//! The LatentFlow Stable Diffusion plugin (candle). So far: the AutoencoderKL (VAE), loaded from
-//! a diffusers `vae/` folder, with encode and decode nodes.
+//! The LatentFlow Stable Diffusion plugin (candle): CLIP tokenizer and text encoder, UNet and
+//! AutoencoderKL, loaded from diffusers folders or single-file LDM checkpoints, as graph nodes.
+//!
+//! Models cross the plugin boundary as object handles: the UNet as a `Denoiser` (driven by the
+//! samplers plugin), the text encoder as `Clip`, the VAE as `Vae`.
 
+pub mod attention;
+pub mod checkpoint;
+pub mod clip;
+mod error;
+pub mod models;
+mod objects;
+pub mod prompt;
+pub mod tokenizer;
+pub mod unet;
 pub mod vae;
+pub mod weights;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak};
 
-use candle_core::{DType as CDType, Device};
-use latentflow_plugin_api::sdk::candle::{from_candle, to_candle};
+pub use error::SdError;
+use latentflow_plugin_api::sdk::denoiser::denoiser_handle;
 use latentflow_plugin_api::sdk::prelude::*;
-use vae::Vae;
+use models::Source;
+use objects::{ClipObject, UNetDenoiser, VaeObject};
 
 fn fail(e: impl std::fmt::Display) -> NodeError {
     NodeError::failed(e.to_string())
 }
 
-/// Loaded VAEs by folder: a model referenced by several nodes is loaded once.
-fn load_shared(dir: &Path) -> Result<Arc<Vae>, NodeError> {
-    static CACHE: Mutex<Option<HashMap<PathBuf, Weak<Vae>>>> = Mutex::new(None);
-    let key = dir
-        .canonicalize()
-        .map_err(|e| fail(format!("{}: {e}", dir.display())))?;
-    let mut guard = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    let cache = guard.get_or_insert_with(HashMap::new);
-    if let Some(v) = cache.get(&key).and_then(Weak::upgrade) {
-        return Ok(v);
-    }
-    let v = Arc::new(Vae::load(&key).map_err(fail)?);
-    cache.insert(key, Arc::downgrade(&v));
-    Ok(v)
+fn opt_path(p: &Params, name: &str) -> Result<Option<PathBuf>, NodeError> {
+    let s = p.str(name)?;
+    Ok((!s.is_empty()).then(|| PathBuf::from(s)))
 }
 
-/// The VAE as an object: `decode(latent)` → image, `encode(image)` → latent, with the
-/// pipeline conventions (scaling factor, [-1, 1] ↔ [0, 1], NCHW ↔ NHWC).
-struct VaeObject(Arc<Vae>);
-
-impl VaeObject {
-    fn decode(&self, latent: &Tensor) -> Result<Tensor, NodeError> {
-        let z = to_candle(latent, &Device::Cpu)?
-            .to_dtype(CDType::F32)
-            .map_err(fail)?;
-        let z = (z / self.0.config.scaling_factor).map_err(fail)?;
-        let img = self.0.decode_raw(&z).map_err(fail)?;
-        let img = ((img / 2.0).and_then(|t| t + 0.5))
-            .and_then(|t| t.clamp(0f32, 1f32))
-            .and_then(|t| t.permute((0, 2, 3, 1)))
-            .and_then(|t| t.contiguous())
-            .map_err(fail)?;
-        from_candle(&img)
-    }
-
-    fn encode(&self, image: &Tensor) -> Result<Tensor, NodeError> {
-        let x = to_candle(image, &Device::Cpu)?
-            .to_dtype(CDType::F32)
-            .map_err(fail)?;
-        let x = x
-            .permute((0, 3, 1, 2))
-            .and_then(|t| t.affine(2.0, -1.0))
-            .and_then(|t| t.contiguous())
-            .map_err(fail)?;
-        let mean = self.0.encode_mean_raw(&x).map_err(fail)?;
-        from_candle(&(mean * self.0.config.scaling_factor).map_err(fail)?)
-    }
+fn source(p: &Params) -> Result<Source, NodeError> {
+    let path = PathBuf::from(p.str("path")?);
+    let config = opt_path(p, "config")?;
+    Source::detect(&path, config.as_deref()).map_err(fail)
 }
 
-impl ObjectImpl for VaeObject {
-    fn interface(&self) -> String {
-        "Vae".into()
-    }
-    fn family(&self) -> String {
-        String::new()
-    }
-    fn call(
-        &self,
-        _host: HostRef<'_>,
-        method: &str,
-        args: Vec<Value>,
-    ) -> Result<Vec<Value>, NodeError> {
-        let t = args
-            .first()
-            .and_then(Value::as_tensor)
-            .ok_or_else(|| NodeError::invalid(format!("Vae.{method} takes a tensor")))?;
-        match method {
-            "decode" => Ok(vec![Value::Tensor(self.decode(t)?)]),
-            "encode" => Ok(vec![Value::Tensor(self.encode(t)?)]),
-            other => Err(NodeError::invalid(format!("Vae has no method `{other}`"))),
-        }
-    }
-    fn describe(&self) -> String {
-        format!("Vae({})", self.0.source.display())
-    }
+fn load_checkpoint(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
+    let src = source(p)?;
+    let unet = models::unet(&src).map_err(fail)?;
+    let text = models::text_encoder(&src).map_err(fail)?;
+    let vae = models::vae(&src).map_err(fail)?;
+    let name = models::describe(&src);
+    Ok(vec![
+        Value::Object(denoiser_handle(UNetDenoiser::new(unet, name.clone()))),
+        Value::Object(ObjectHandle::new(ClipObject::new(text, name.clone()))),
+        Value::Object(ObjectHandle::new(VaeObject::new(vae, name))),
+    ])
 }
 
-fn call_vae(ctx: &Ctx, inputs: &Inputs, method: &str, arg: &str) -> Result<Vec<Value>, NodeError> {
-    let vae = inputs.object("vae")?;
-    let out = vae.call(
-        ctx.host(),
-        method,
-        vec![Value::Tensor(inputs.tensor(arg)?.clone())],
-    )?;
-    Ok(out.into_iter().take(1).collect())
+fn is_dir_with(dir: &Path, file: &str) -> bool {
+    dir.join(file).exists()
+}
+
+fn load_unet(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
+    let path = PathBuf::from(p.str("path")?);
+    let prediction = p.str("prediction")?.to_owned();
+    let d = if path.is_dir() && !is_dir_with(&path, "config.json") {
+        // A pipeline folder: its unet/ and scheduler config.
+        models::unet(&Source::detect(&path, None).map_err(fail)?).map_err(fail)?
+    } else if path.is_dir() {
+        let pred = if prediction == "auto" { "epsilon".to_owned() } else { prediction.clone() };
+        models::component(&path, "unet", |dir| {
+            Ok(models::Denoiser {
+                unet: unet::UNet::load(dir, &candle_core::Device::Cpu)?,
+                prediction_type: pred,
+            })
+        })
+        .map_err(fail)?
+    } else {
+        models::unet(&source(p)?).map_err(fail)?
+    };
+    let mut obj = UNetDenoiser::new(d, path.display().to_string());
+    if prediction != "auto" {
+        obj.prediction_override = Some(prediction);
+    }
+    Ok(vec![Value::Object(denoiser_handle(obj))])
+}
+
+fn load_clip(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
+    let path = PathBuf::from(p.str("path")?);
+    let text = if path.is_dir() && path.join("text_encoder").is_dir() {
+        models::text_encoder(&Source::detect(&path, None).map_err(fail)?).map_err(fail)?
+    } else if path.is_dir() {
+        let tok = opt_path(p, "tokenizer")?
+            .unwrap_or_else(|| path.parent().unwrap_or(&path).join("tokenizer"));
+        models::component(&path, "text_encoder", |dir| models::load_text_encoder(dir, &tok))
+            .map_err(fail)?
+    } else {
+        models::text_encoder(&source(p)?).map_err(fail)?
+    };
+    Ok(vec![Value::Object(ObjectHandle::new(ClipObject::new(
+        text,
+        path.display().to_string(),
+    )))])
+}
+
+fn load_vae(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
+    let path = PathBuf::from(p.str("path")?);
+    let vae = if path.is_dir() && path.join("vae/config.json").exists() {
+        models::vae(&Source::detect(&path, None).map_err(fail)?).map_err(fail)?
+    } else if path.is_dir() {
+        models::component(&path, "vae", vae::Vae::load).map_err(fail)?
+    } else {
+        models::vae(&source(p)?).map_err(fail)?
+    };
+    Ok(vec![Value::Object(ObjectHandle::new(VaeObject::new(
+        vae,
+        path.display().to_string(),
+    )))])
+}
+
+fn call(
+    ctx: &Ctx,
+    inputs: &Inputs,
+    object: &str,
+    method: &str,
+    args: Vec<Value>,
+    outputs: usize,
+) -> Result<Vec<Value>, NodeError> {
+    let out = inputs.object(object)?.call(ctx.host(), method, args)?;
+    if out.len() < outputs {
+        return Err(NodeError::failed(format!(
+            "{object}.{method} returned {} values, expected {outputs}",
+            out.len()
+        )));
+    }
+    Ok(out.into_iter().take(outputs).collect())
+}
+
+fn text_encode(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
+    let args = vec![
+        Value::Str(p.str("text")?.into()),
+        Value::Int(p.int("clip_skip")?),
+        Value::Bool(p.bool("weighting")?),
+    ];
+    call(ctx, inputs, "clip", "encode", args, 2)
+}
+
+fn empty_latent(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
+    let args = vec![
+        Value::Int(p.int("width")?),
+        Value::Int(p.int("height")?),
+        Value::Int(p.int("batch")?),
+    ];
+    call(ctx, inputs, "vae", "empty_latent", args, 1)
+}
+
+fn tensor_arg(ctx: &Ctx, inputs: &Inputs, method: &str, arg: &str, extra: Vec<Value>) -> Result<Vec<Value>, NodeError> {
+    let mut args = vec![Value::Tensor(inputs.tensor(arg)?.clone())];
+    args.extend(extra);
+    call(ctx, inputs, "vae", method, args, 1)
 }
 
 /// The plugin's nodes.
 pub fn plugin() -> PluginDef {
+    let model_path = |d: NodeDef, what: &str| {
+        d.param(Param::path("path").doc(what)).param(
+            Param::path("config")
+                .default("")
+                .doc("single-file checkpoints: a diffusers folder whose unet/, vae/, text_encoder/ (and tokenizer/, scheduler/) give the configs; empty: SD 1.5's"),
+        )
+    };
     PluginDef::new("sd", env!("CARGO_PKG_VERSION"))
+        .node(model_path(
+            NodeDef::new("sd.load_checkpoint", load_checkpoint)
+                .doc("Loads a Stable Diffusion 1.x/2.x model: a diffusers folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/) or a single-file .safetensors checkpoint with the original LDM key names. Every architecture parameter comes from the config files; weights are memory-mapped, f32/f16/bf16 load (computed in f32); a model used by several nodes is loaded once.")
+                .output("model", PortType::handle("Denoiser", ""), "the UNet, as a denoiser for samplers")
+                .output("clip", PortType::handle("Clip", ""), "tokenizer and text encoder")
+                .output("vae", PortType::handle("Vae", ""), "the VAE"),
+            "diffusers folder or single-file .safetensors checkpoint",
+        ))
+        .node(model_path(
+            NodeDef::new("sd.load_unet", load_unet)
+                .doc("Loads only a UNet: a diffusers unet/ folder, a pipeline folder, or a single-file checkpoint.")
+                .output("model", PortType::handle("Denoiser", ""), "the UNet, as a denoiser")
+                .param(Param::choice("prediction", &["auto", "epsilon", "v_prediction"]).default("auto").doc("auto: the pipeline's scheduler config, else epsilon")),
+            "unet/ folder, pipeline folder or checkpoint",
+        ))
+        .node(model_path(
+            NodeDef::new("sd.load_clip", load_clip)
+                .doc("Loads only a CLIP text encoder and its tokenizer: a transformers text_encoder/ folder (tokenizer from ../tokenizer or `tokenizer`, else the built-in CLIP vocabulary), a pipeline folder, or a single-file checkpoint.")
+                .output("clip", PortType::handle("Clip", ""), "tokenizer and text encoder")
+                .param(Param::path("tokenizer").default("").doc("tokenizer/ folder (vocab.json + merges.txt) or bpe_simple_vocab_16e6.txt.gz")),
+            "text_encoder/ folder, pipeline folder or checkpoint",
+        ))
+        .node(model_path(
+            NodeDef::new("sd.load_vae", load_vae)
+                .doc("Loads only an AutoencoderKL: a diffusers vae/ folder, a pipeline folder, or a single-file checkpoint.")
+                .output("vae", PortType::handle("Vae", ""), "the VAE"),
+            "vae/ folder, pipeline folder or checkpoint",
+        ))
         .node(
-            NodeDef::new("sd.load_vae", |_, _, p| {
-                let dir = PathBuf::from(p.str("path")?);
-                // A diffusers pipeline folder holds the VAE in vae/.
-                let dir = if dir.join("vae/config.json").exists() { dir.join("vae") } else { dir };
-                Ok(vec![Value::Object(ObjectHandle::new(VaeObject(load_shared(&dir)?)))])
-            })
-            .doc("Loads an AutoencoderKL from a diffusers vae/ folder (or a pipeline folder containing one). Every architecture parameter comes from config.json; weights are memory-mapped; f32, f16 and bf16 load.")
-            .output("vae", PortType::handle("Vae", ""), "the VAE")
-            .param(Param::path("path").doc("vae/ folder or diffusers pipeline folder")),
+            NodeDef::new("sd.text_encode", text_encode)
+                .doc("Prompt → conditioning. Weighting syntax of A1111/ComfyUI: (word) ×1.1, [word] ÷1.1, (word:1.5), nested; \\( \\) are literal. Weighted tokens scale their embeddings and the mean is restored (A1111). Prompts longer than 75 tokens are split into 77-token windows whose encodings are concatenated.")
+                .input("clip", PortType::handle("Clip", ""), "tokenizer and text encoder")
+                .output("conditioning", PortType::conditioning(Dim::Any), "1×(77·windows)×D")
+                .output("pooled", PortType::tensor(Some(DType::F32), Dim::Fixed(2)), "1×D pooled text embedding (of the first window)")
+                .param(Param::string("text").default("").doc("the prompt"))
+                .param(Param::int("clip_skip").default(0).range(0.0, 24.0).doc("final layers to skip: 0 = last layer, 1 = penultimate (A1111 \"Clip skip 2\", diffusers clip_skip=1)"))
+                .param(Param::bool("weighting").default(true).doc("parse (word:1.2) weighting syntax; off: the text is tokenized literally, as diffusers does")),
         )
         .node(
-            NodeDef::new("sd.vae_decode", |ctx, i, _| call_vae(ctx, i, "decode", "latent"))
-                .doc("Latent → image: divides by the VAE's scaling factor, decodes, maps [-1, 1] to [0, 1].")
+            NodeDef::new("sd.empty_latent", empty_latent)
+                .doc("A zero latent for an image size, with the VAE's latent channels and downscale factor.")
                 .input("vae", PortType::handle("Vae", ""), "the VAE")
-                .input("latent", PortType::latent(Dim::Any), "N×C×h×w latent")
-                .output("image", PortType::Image, "N×H×W×3 image"),
+                .output("latent", PortType::latent(Dim::Any), "batch×C×(height/f)×(width/f)")
+                .param(Param::int("width").default(512).range(8.0, 16384.0))
+                .param(Param::int("height").default(512).range(8.0, 16384.0))
+                .param(Param::int("batch").default(1).range(1.0, 64.0)),
         )
         .node(
-            NodeDef::new("sd.vae_encode", |ctx, i, _| call_vae(ctx, i, "encode", "image"))
+            NodeDef::new("sd.vae_decode", |ctx, i, p| {
+                tensor_arg(ctx, i, "decode", "latent", vec![Value::Int(p.int("tile")?)])
+            })
+            .doc("Latent → image: divides by the VAE's scaling factor, decodes, maps [-1, 1] to [0, 1]. Large latents can be decoded in overlapping tiles to bound memory.")
+            .input("vae", PortType::handle("Vae", ""), "the VAE")
+            .input("latent", PortType::latent(Dim::Any), "N×C×h×w latent")
+            .output("image", PortType::Image, "N×H×W×3 image")
+            .param(Param::int("tile").default(0).range(0.0, 4096.0).doc("tile size in latent pixels (0: decode whole; tiles overlap by a quarter and are blended)")),
+        )
+        .node(
+            NodeDef::new("sd.vae_encode", |ctx, i, _| tensor_arg(ctx, i, "encode", "image", vec![]))
                 .doc("Image → latent: the posterior mean (deterministic), times the scaling factor.")
                 .input("vae", PortType::handle("Vae", ""), "the VAE")
                 .input("image", PortType::Image, "N×H×W×3 image in [0, 1]")

@@ -13,20 +13,11 @@ use candle_transformers::models::stable_diffusion::unet_2d_blocks::{
 use candle_transformers::models::stable_diffusion::vae::{AutoEncoderKL, AutoEncoderKLConfig};
 use serde::Deserialize;
 
-/// Why a VAE could not be loaded or run.
-#[derive(Debug)]
-pub struct VaeError(pub String);
+use crate::weights::Weights;
+use crate::SdError;
 
-impl std::fmt::Display for VaeError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for VaeError {}
-
-fn err(e: impl std::fmt::Display) -> VaeError {
-    VaeError(e.to_string())
+fn err(e: impl std::fmt::Display) -> SdError {
+    SdError::new(e.to_string())
 }
 
 /// The fields of diffusers' `AutoencoderKL` config that matter here.
@@ -77,12 +68,12 @@ fn yes() -> bool {
 
 impl VaeConfig {
     /// Reads and checks `config.json`.
-    pub fn from_file(path: &Path) -> Result<Self, VaeError> {
+    pub fn from_file(path: &Path) -> Result<Self, SdError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
         let cfg: VaeConfig =
             serde_json::from_str(&text).map_err(|e| err(format!("{}: {e}", path.display())))?;
-        cfg.check().map_err(|field| {
+        cfg.check_fields().map_err(|field| {
             err(format!(
                 "{}: unsupported VAE configuration: {field}",
                 path.display()
@@ -91,7 +82,8 @@ impl VaeConfig {
         Ok(cfg)
     }
 
-    fn check(&self) -> Result<(), String> {
+    /// Checks the fields this implementation supports; the error names the field.
+    pub fn check_fields(&self) -> Result<(), String> {
         if self.act_fn != "silu" {
             return Err(format!("act_fn = {:?} (only \"silu\")", self.act_fn));
         }
@@ -233,28 +225,16 @@ pub struct Vae {
     pub source: PathBuf,
 }
 
-fn weights_file(dir: &Path) -> Result<PathBuf, VaeError> {
-    for name in ["diffusion_pytorch_model.safetensors", "model.safetensors"] {
-        let p = dir.join(name);
-        if p.exists() {
-            return Ok(p);
-        }
-    }
-    Err(err(format!(
-        "{} has no diffusion_pytorch_model.safetensors",
-        dir.display()
-    )))
-}
-
 impl Vae {
     /// Loads a diffusers `vae/` folder. Weights are memory-mapped and converted to f32.
-    pub fn load(dir: &Path) -> Result<Self, VaeError> {
+    pub fn load(dir: &Path) -> Result<Self, SdError> {
         let config = VaeConfig::from_file(&dir.join("config.json"))?;
-        let weights = weights_file(dir)?;
-        // SAFETY: the file is mapped read-only; modifying it while loaded is not supported.
-        let vb =
-            unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &Device::Cpu) }
-                .map_err(err)?;
+        Self::from_weights(config, &Weights::folder(dir)?, dir)
+    }
+
+    /// Builds the VAE from a config and weights; `source` names it in messages.
+    pub fn from_weights(config: VaeConfig, weights: &Weights, source: &Path) -> Result<Self, SdError> {
+        let vb = weights.var_builder(DType::F32, &Device::Cpu)?;
         let cfg = AutoEncoderKLConfig {
             block_out_channels: config.block_out_channels.clone(),
             layers_per_block: config.layers_per_block,
@@ -265,8 +245,8 @@ impl Vae {
         };
         let mismatch = |e: candle_core::Error| {
             err(format!(
-                "{}: weights do not match config.json: {e}",
-                dir.display()
+                "{}: VAE weights do not match the config: {e}",
+                source.display()
             ))
         };
         let encoder = Encoder::new(&vb, &config).map_err(mismatch)?;
@@ -276,17 +256,86 @@ impl Vae {
             config,
             model,
             encoder,
-            source: dir.to_path_buf(),
+            source: source.to_path_buf(),
         })
     }
 
     /// Decoder output for a raw latent `N×C×h×w` (no scaling factor), image in about [-1, 1].
-    pub fn decode_raw(&self, latent: &Tensor) -> Result<Tensor, VaeError> {
+    pub fn decode_raw(&self, latent: &Tensor) -> Result<Tensor, SdError> {
         self.model.decode(latent).map_err(err)
     }
 
     /// Posterior mean of an image `N×3×H×W` in [-1, 1] (no scaling factor).
-    pub fn encode_mean_raw(&self, image: &Tensor) -> Result<Tensor, VaeError> {
+    pub fn encode_mean_raw(&self, image: &Tensor) -> Result<Tensor, SdError> {
         self.encoder.mean(image).map_err(err)
+    }
+}
+
+impl Vae {
+    /// Image pixels per latent pixel.
+    pub fn downscale(&self) -> usize {
+        1 << self.config.block_out_channels.len().saturating_sub(1)
+    }
+
+    /// Decodes in overlapping `tile`×`tile` latent tiles blended linearly where they overlap
+    /// (bounded memory for large images); `tile` 0 or at least the latent size decodes whole.
+    pub fn decode_tiled(&self, latent: &Tensor, tile: usize) -> Result<Tensor, SdError> {
+        let (n, _, h, w) = latent.dims4()?;
+        if tile == 0 || (tile >= h && tile >= w) {
+            return self.decode_raw(latent);
+        }
+        let tile = tile.max(4);
+        let overlap = (tile / 4).max(1);
+        let starts = |len: usize| -> Vec<usize> {
+            if len <= tile {
+                return vec![0];
+            }
+            let step = tile - overlap;
+            let mut s: Vec<usize> = (0..).map(|i| i * step).take_while(|&p| p + tile < len).collect();
+            s.push(len - tile);
+            s
+        };
+        let f = self.downscale();
+        let (oh, ow) = (h * f, w * f);
+        let mut acc = vec![0f32; n * 3 * oh * ow];
+        let mut wsum = vec![0f32; oh * ow];
+        let ramp = (overlap * f) as f32;
+        for &y0 in &starts(h) {
+            for &x0 in &starts(w) {
+                let (th, tw) = (tile.min(h), tile.min(w));
+                let part = latent.narrow(2, y0, th)?.narrow(3, x0, tw)?;
+                let img = self.decode_raw(&part.contiguous()?)?;
+                let c = img.dim(1)?;
+                let data = img.flatten_all()?.to_vec1::<f32>()?;
+                let (ph, pw) = (th * f, tw * f);
+                // Weight: 1 inside, ramping down towards edges shared with another tile.
+                let edge = |d: usize, at_border: bool| {
+                    if at_border { 1.0 } else { ((d as f32 + 0.5) / ramp).min(1.0) }
+                };
+                for yy in 0..ph {
+                    let wy = edge(yy, y0 == 0).min(edge(ph - 1 - yy, y0 + th == h));
+                    for xx in 0..pw {
+                        let wx = edge(xx, x0 == 0).min(edge(pw - 1 - xx, x0 + tw == w));
+                        let wt = wy * wx;
+                        let (gy, gx) = (y0 * f + yy, x0 * f + xx);
+                        wsum[gy * ow + gx] += wt;
+                        for b in 0..n {
+                            for ch in 0..c.min(3) {
+                                acc[((b * 3 + ch) * oh + gy) * ow + gx] +=
+                                    wt * data[((b * c + ch) * ph + yy) * pw + xx];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for b in 0..n {
+            for ch in 0..3 {
+                for i in 0..oh * ow {
+                    acc[(b * 3 + ch) * oh * ow + i] /= wsum[i].max(1e-6);
+                }
+            }
+        }
+        Ok(Tensor::from_vec(acc, (n, 3, oh, ow), latent.device())?)
     }
 }

@@ -1,0 +1,283 @@
+//! The models as object handles that other plugins call through the ABI.
+
+use std::sync::Arc;
+
+use candle_core::{DType as CDType, Device, Tensor as CTensor};
+use latentflow_plugin_api::sdk::candle::{from_candle, to_candle};
+use latentflow_plugin_api::sdk::denoiser::DenoiserImpl;
+use latentflow_plugin_api::sdk::prelude::*;
+
+use crate::models::{Denoiser, TextEncoder};
+use crate::prompt;
+use crate::unet::Hooks;
+use crate::vae::Vae;
+use crate::SdError;
+
+fn fail(e: impl std::fmt::Display) -> NodeError {
+    NodeError::failed(e.to_string())
+}
+
+fn f32_tensor(t: &Tensor) -> Result<CTensor, NodeError> {
+    to_candle(t, &Device::Cpu)?.to_dtype(CDType::F32).map_err(fail)
+}
+
+fn arg<'a>(args: &'a [Value], i: usize, method: &str) -> Result<&'a Value, NodeError> {
+    args.get(i)
+        .ok_or_else(|| NodeError::invalid(format!("{method}: missing argument {i}")))
+}
+
+fn int_arg(args: &[Value], i: usize, method: &str) -> Result<i64, NodeError> {
+    arg(args, i, method)?
+        .as_int()
+        .ok_or_else(|| NodeError::invalid(format!("{method}: argument {i} must be an integer")))
+}
+
+/// The UNet as a `Denoiser`.
+pub struct UNetDenoiser {
+    model: Arc<Denoiser>,
+    name: String,
+    /// Replaces the prediction type of the model's scheduler config.
+    pub prediction_override: Option<String>,
+}
+
+impl UNetDenoiser {
+    /// Wraps a loaded UNet.
+    pub fn new(model: Arc<Denoiser>, name: String) -> Self {
+        Self {
+            model,
+            name,
+            prediction_override: None,
+        }
+    }
+}
+
+impl DenoiserImpl for UNetDenoiser {
+    fn family(&self) -> String {
+        "sd".into()
+    }
+
+    fn prediction_type(&self) -> String {
+        self.prediction_override
+            .clone()
+            .unwrap_or_else(|| self.model.prediction_type.clone())
+    }
+
+    fn predict(
+        &self,
+        _host: HostRef<'_>,
+        x: &Tensor,
+        timestep: f64,
+        context: Option<&Tensor>,
+    ) -> Result<Tensor, NodeError> {
+        let x = f32_tensor(x)?;
+        let ctx = context
+            .ok_or_else(|| NodeError::invalid("the SD UNet needs a text conditioning"))?;
+        let ctx = f32_tensor(ctx)?;
+        let (b, cb) = (x.dim(0).map_err(fail)?, ctx.dim(0).map_err(fail)?);
+        let ctx = if cb == b {
+            ctx
+        } else if cb == 1 {
+            ctx.repeat((b, 1, 1)).map_err(fail)?
+        } else {
+            return Err(NodeError::invalid(format!(
+                "conditioning batch {cb} for a latent batch {b}"
+            )));
+        };
+        let out = self
+            .model
+            .unet
+            .forward(&x, timestep, &ctx, &Hooks::default())
+            .map_err(fail)?;
+        from_candle(&out)
+    }
+
+    fn describe(&self) -> String {
+        format!("Denoiser(UNet {})", self.name)
+    }
+}
+
+/// Tokenizer + text encoder as a `Clip` object: `encode(text, clip_skip, weighting)` →
+/// `[conditioning 1×L×D, pooled 1×D]`.
+pub struct ClipObject {
+    text: Arc<TextEncoder>,
+    name: String,
+}
+
+impl ClipObject {
+    /// Wraps a loaded text encoder.
+    pub fn new(text: Arc<TextEncoder>, name: String) -> Self {
+        Self { text, name }
+    }
+}
+
+/// Encodes a prompt: weighting, 77-token windows, clip skip. Returns (conditioning, pooled).
+pub fn encode_prompt(
+    text: &TextEncoder,
+    prompt_text: &str,
+    clip_skip: usize,
+    weighting: bool,
+) -> Result<(CTensor, CTensor), SdError> {
+    let tok = &text.tokenizer;
+    let spans = if weighting {
+        prompt::parse(prompt_text)
+    } else {
+        vec![prompt::Span {
+            text: prompt_text.to_owned(),
+            weight: 1.0,
+        }]
+    };
+    let mut tokens = Vec::new();
+    for s in &spans {
+        tokens.extend(tok.encode(&s.text)?.into_iter().map(|id| (id, s.weight)));
+    }
+    let len = text.model.config.max_position_embeddings;
+    let layers = text.model.config.num_hidden_layers;
+    if clip_skip >= layers {
+        return Err(SdError::new(format!(
+            "clip_skip {clip_skip}: the text encoder has {layers} layers"
+        )));
+    }
+    let windows = prompt::windows(&tokens, len, tok.bos, tok.eos, tok.pad);
+    let mut encoded = Vec::with_capacity(windows.len());
+    let mut pooled = None;
+    for (ids, weights) in &windows {
+        let ids = CTensor::from_slice(ids, (1, len), &Device::Cpu)?;
+        let out = text.model.forward(&ids, Some(layers - clip_skip))?;
+        let mut z = out.last;
+        if weights.iter().any(|w| *w != 1.0) {
+            // A1111: scale each token's embedding, then restore the original mean.
+            let before = z.mean_all()?.to_scalar::<f32>()?;
+            let w = CTensor::from_slice(weights, (1, len, 1), &Device::Cpu)?;
+            z = z.broadcast_mul(&w)?;
+            let after = z.mean_all()?.to_scalar::<f32>()?;
+            if after != 0.0 {
+                z = (z * f64::from(before / after))?;
+            }
+        }
+        encoded.push(z);
+        pooled.get_or_insert(out.pooled);
+    }
+    let cond = CTensor::cat(&encoded, 1)?;
+    let pooled = pooled.ok_or_else(|| SdError::new("no token windows"))?;
+    Ok((cond, pooled))
+}
+
+impl ObjectImpl for ClipObject {
+    fn interface(&self) -> String {
+        "Clip".into()
+    }
+    fn family(&self) -> String {
+        String::new()
+    }
+    fn call(&self, _host: HostRef<'_>, method: &str, args: Vec<Value>) -> Result<Vec<Value>, NodeError> {
+        match method {
+            "encode" => {
+                let text = arg(&args, 0, method)?
+                    .as_str()
+                    .ok_or_else(|| NodeError::invalid("Clip.encode: the prompt must be a string"))?;
+                let skip = args.get(1).and_then(Value::as_int).unwrap_or(0).max(0) as usize;
+                let weighting = !matches!(args.get(2), Some(Value::Bool(false)));
+                let (cond, pooled) = encode_prompt(&self.text, text, skip, weighting).map_err(fail)?;
+                Ok(vec![Value::Tensor(from_candle(&cond)?), Value::Tensor(from_candle(&pooled)?)])
+            }
+            "tokenize" => {
+                let text = arg(&args, 0, method)?
+                    .as_str()
+                    .ok_or_else(|| NodeError::invalid("Clip.tokenize: the text must be a string"))?;
+                let ids: Vec<i64> = self
+                    .text
+                    .tokenizer
+                    .encode(text)
+                    .map_err(fail)?
+                    .into_iter()
+                    .map(i64::from)
+                    .collect();
+                Ok(vec![Value::List(ids.into_iter().map(Value::Int).collect())])
+            }
+            other => Err(NodeError::invalid(format!("Clip has no method `{other}`"))),
+        }
+    }
+    fn describe(&self) -> String {
+        format!("Clip({})", self.name)
+    }
+}
+
+/// The VAE as an object: `decode(latent, tile)` → image, `encode(image)` → latent,
+/// `empty_latent(width, height, batch)`, with the pipeline conventions (scaling factor,
+/// [-1, 1] ↔ [0, 1], NCHW ↔ NHWC).
+pub struct VaeObject {
+    vae: Arc<Vae>,
+    name: String,
+}
+
+impl VaeObject {
+    /// Wraps a loaded VAE.
+    pub fn new(vae: Arc<Vae>, name: String) -> Self {
+        Self { vae, name }
+    }
+
+    fn decode(&self, latent: &Tensor, tile: usize) -> Result<Tensor, NodeError> {
+        let z = (f32_tensor(latent)? / self.vae.config.scaling_factor).map_err(fail)?;
+        let img = self.vae.decode_tiled(&z, tile).map_err(fail)?;
+        let img = ((img / 2.0).and_then(|t| t + 0.5))
+            .and_then(|t| t.clamp(0f32, 1f32))
+            .and_then(|t| t.permute((0, 2, 3, 1)))
+            .and_then(|t| t.contiguous())
+            .map_err(fail)?;
+        from_candle(&img)
+    }
+
+    fn encode(&self, image: &Tensor) -> Result<Tensor, NodeError> {
+        let x = f32_tensor(image)?
+            .permute((0, 3, 1, 2))
+            .and_then(|t| t.affine(2.0, -1.0))
+            .and_then(|t| t.contiguous())
+            .map_err(fail)?;
+        let mean = self.vae.encode_mean_raw(&x).map_err(fail)?;
+        from_candle(&(mean * self.vae.config.scaling_factor).map_err(fail)?)
+    }
+
+    fn empty_latent(&self, width: i64, height: i64, batch: i64) -> Result<Tensor, NodeError> {
+        let f = self.vae.downscale() as i64;
+        if width <= 0 || height <= 0 || width % f != 0 || height % f != 0 {
+            return Err(NodeError::invalid(format!(
+                "width {width} and height {height} must be positive multiples of {f} (the VAE's downscale factor)"
+            )));
+        }
+        let c = self.vae.config.latent_channels;
+        let shape = [batch.max(1) as usize, c, (height / f) as usize, (width / f) as usize];
+        Ok(Tensor::from_vec(vec![0f32; shape.iter().product()], &shape)?)
+    }
+}
+
+impl ObjectImpl for VaeObject {
+    fn interface(&self) -> String {
+        "Vae".into()
+    }
+    fn family(&self) -> String {
+        String::new()
+    }
+    fn call(&self, _host: HostRef<'_>, method: &str, args: Vec<Value>) -> Result<Vec<Value>, NodeError> {
+        let tensor = |i| {
+            arg(&args, i, method)?
+                .as_tensor()
+                .ok_or_else(|| NodeError::invalid(format!("Vae.{method} takes a tensor")))
+        };
+        match method {
+            "decode" => {
+                let tile = args.get(1).and_then(Value::as_int).unwrap_or(0).max(0) as usize;
+                Ok(vec![Value::Tensor(self.decode(tensor(0)?, tile)?)])
+            }
+            "encode" => Ok(vec![Value::Tensor(self.encode(tensor(0)?)?)]),
+            "empty_latent" => Ok(vec![Value::Tensor(self.empty_latent(
+                int_arg(&args, 0, method)?,
+                int_arg(&args, 1, method)?,
+                int_arg(&args, 2, method)?,
+            )?)]),
+            other => Err(NodeError::invalid(format!("Vae has no method `{other}`"))),
+        }
+    }
+    fn describe(&self) -> String {
+        format!("Vae({})", self.name)
+    }
+}

@@ -1,0 +1,143 @@
+//! The tiny SD pipeline (tests/fixtures/tiny-sd, random weights, made by
+//! tools/reference/make_sd_fixtures.py) matches transformers/diffusers: tokenizer ids on a
+//! 60-prompt corpus, CLIP hidden states, one UNet forward, and the same from the single-file
+//! checkpoint. Error: max|ours − ref| / max|ref| ≤ 1e-5.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use latentflow_sd::clip::ClipTextModel;
+use latentflow_sd::models::{self, Source};
+use latentflow_sd::tokenizer::ClipTokenizer;
+use latentflow_sd::unet::{Hooks, UNet};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn load(name: &str) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixtures().join("sd-ref").join(name), &Device::Cpu).expect(name)
+}
+
+fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    let a = a.to_dtype(DType::F32).unwrap();
+    let b = b.to_dtype(DType::F32).unwrap();
+    let diff = (&a - &b).unwrap().abs().unwrap().max_all().unwrap();
+    let max = b.abs().unwrap().max_all().unwrap();
+    diff.to_scalar::<f32>().unwrap() / max.to_scalar::<f32>().unwrap()
+}
+
+#[derive(serde::Deserialize)]
+struct Row {
+    prompt: String,
+    ids: Vec<u32>,
+}
+
+fn corpus() -> Vec<Row> {
+    let text = std::fs::read_to_string(fixtures().join("sd-ref/tokenizer.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn check_tokenizer(tok: &ClipTokenizer, what: &str) {
+    let rows = corpus();
+    assert!(rows.len() >= 50);
+    assert!(rows.iter().any(|r| r.ids.len() > 77), "the corpus has a long prompt");
+    let mut bad = Vec::new();
+    for r in &rows {
+        let mut ids = vec![tok.bos];
+        ids.extend(tok.encode(&r.prompt).unwrap());
+        ids.push(tok.eos);
+        if ids != r.ids {
+            bad.push(format!("{:?}\n  ours {:?}\n  ref  {:?}", r.prompt, ids, r.ids));
+        }
+    }
+    assert!(bad.is_empty(), "{what}: {} prompts differ:\n{}", bad.len(), bad.join("\n"));
+}
+
+#[test]
+fn tokenizer_matches_transformers_on_the_corpus() {
+    let tok = ClipTokenizer::load(&fixtures().join("tiny-sd/tokenizer")).unwrap();
+    assert_eq!((tok.bos, tok.eos, tok.pad), (49406, 49407, 49407));
+    check_tokenizer(&tok, "vocab.json + merges.txt");
+}
+
+#[test]
+fn tokenizer_from_the_original_bpe_file_matches_too() {
+    let gz = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/bpe_simple_vocab_16e6.txt.gz");
+    check_tokenizer(&ClipTokenizer::load(&gz).unwrap(), "bpe_simple_vocab_16e6.txt.gz");
+}
+
+fn check_clip(model: &ClipTextModel) {
+    let r = load("clip.safetensors");
+    let ids = r["ids"].to_dtype(DType::U32).unwrap();
+    let out = model.forward(&ids, None).unwrap();
+    let n = out.hidden.len();
+    let e_last = rel_err(&out.last, &r["last"]);
+    let e_pen = rel_err(&out.hidden[n - 2], &r["penultimate"]);
+    let e_pool = rel_err(&out.pooled, &r["pooled"]);
+    eprintln!("CLIP: last {e_last:e}, penultimate {e_pen:e}, pooled {e_pool:e}");
+    assert!(e_last <= 1e-5 && e_pen <= 1e-5 && e_pool <= 1e-5, "last {e_last:e}, penultimate {e_pen:e}, pooled {e_pool:e}");
+}
+
+fn check_unet(unet: &UNet) {
+    let r = load("unet.safetensors");
+    let out = unet.forward(&r["x"], 421.0, &r["context"], &Hooks::default()).unwrap();
+    let e = rel_err(&out, &r["out"]);
+    eprintln!("UNet forward error {e:e}");
+    assert!(e <= 1e-5, "UNet forward error {e:e}");
+}
+
+#[test]
+fn clip_text_encoder_matches_transformers() {
+    let m = ClipTextModel::load(&fixtures().join("tiny-sd/text_encoder"), &Device::Cpu).unwrap();
+    check_clip(&m);
+}
+
+#[test]
+fn unet_forward_matches_diffusers() {
+    let unet = UNet::load(&fixtures().join("tiny-sd/unet"), &Device::Cpu).unwrap();
+    check_unet(&unet);
+}
+
+#[test]
+fn single_file_checkpoint_loads_the_same_model() {
+    let src = Source::detect(
+        &fixtures().join("tiny-sd-single.safetensors"),
+        Some(&fixtures().join("tiny-sd")),
+    )
+    .unwrap();
+    check_unet(&models::unet(&src).unwrap().unet);
+    check_clip(&models::text_encoder(&src).unwrap().model);
+    let vae = models::vae(&src).unwrap();
+    let io = candle_core::safetensors::load(fixtures().join("tiny-sd/vae_io.safetensors"), &Device::Cpu).unwrap();
+    let e = rel_err(&vae.decode_raw(&io["latent"]).unwrap(), &io["decoded"]);
+    assert!(e <= 1e-5, "VAE decode from the checkpoint: {e:e}");
+    let e = rel_err(&vae.encode_mean_raw(&io["image"]).unwrap(), &io["encoded_mean"]);
+    assert!(e <= 1e-5, "VAE encode from the checkpoint: {e:e}");
+}
+
+#[test]
+fn a_model_used_twice_is_loaded_once() {
+    let src = Source::detect(&fixtures().join("tiny-sd"), None).unwrap();
+    let a = models::unet(&src).unwrap();
+    let b = models::unet(&src).unwrap();
+    assert!(std::sync::Arc::ptr_eq(&a, &b));
+}
+
+#[test]
+fn unsupported_configs_name_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("tiny-sd/unet/config.json")).unwrap()).unwrap();
+    cfg["addition_embed_type"] = "text_time".into();
+    std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
+    let err = latentflow_sd::unet::UNetConfig::from_file(&dir.path().join("config.json")).unwrap_err();
+    assert!(err.to_string().contains("addition_embed_type"), "{err}");
+    cfg["addition_embed_type"] = serde_json::Value::Null;
+    cfg["up_block_types"] = serde_json::json!(["UpBlock2D", "AttnUpBlock2D"]);
+    std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
+    let err = latentflow_sd::unet::UNetConfig::from_file(&dir.path().join("config.json")).unwrap_err();
+    assert!(err.to_string().contains("AttnUpBlock2D"), "{err}");
+}
