@@ -5,5 +5,6 @@ mod execution;
 mod graphs;
 mod plugins;
 mod sampling;
+mod sd_pipeline;
 mod validation;
 mod watch;

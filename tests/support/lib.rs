@@ -283,3 +283,40 @@ pub fn read_safetensors_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
         .collect();
     (shape, data)
 }
+
+/// The f32 tensor `name` of a `.safetensors` file: shape and values.
+pub fn read_safetensors_tensor(path: &Path, name: &str) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(path).expect("read safetensors");
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("header length")) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).expect("header json");
+    let info = &header[name];
+    assert_eq!(info["dtype"], "F32", "{name} in {}", path.display());
+    let shape: Vec<usize> = info["shape"]
+        .as_array()
+        .expect("shape")
+        .iter()
+        .map(|v| v.as_u64().unwrap_or(0) as usize)
+        .collect();
+    let off = info["data_offsets"].as_array().expect("offsets");
+    let (a, b) = (
+        off[0].as_u64().unwrap_or(0) as usize,
+        off[1].as_u64().unwrap_or(0) as usize,
+    );
+    let data = bytes[8 + n + a..8 + n + b]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    (shape, data)
+}
+
+/// max|a − b| / max|b|.
+pub fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "lengths differ");
+    let diff = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    let max = b.iter().map(|y| y.abs()).fold(0f32, f32::max);
+    diff / max
+}

@@ -47,6 +47,7 @@ from make_scheduler_fixtures import NoiseQueue, make  # noqa: E402
 ROOT = pathlib.Path(__file__).resolve().parents[2] / "tests" / "fixtures"
 TINY = ROOT / "tiny-sd"
 REF = ROOT / "sd-ref"
+IMAGES = ROOT / "images"
 CACHE = pathlib.Path(__file__).resolve().parent / ".cache"
 
 OPEN_CLIP = "open-clip-torch==3.3.0"
@@ -485,7 +486,13 @@ def main():
         run_pipe(pipe, f"loop_{name}", {}, height=hh, width=ww)
 
     g = torch.Generator().manual_seed(5)
-    image = torch.rand(1, 3, hh, ww, generator=g)
+    # 8-bit values, so the PNG that the graphs load holds exactly this image.
+    image = torch.round(torch.rand(1, 3, hh, ww, generator=g) * 255) / 255
+    from PIL import Image
+
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    pixels = (image[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+    Image.fromarray(pixels, "RGB").save(IMAGES / "img2img-init.png")
     with torch.no_grad():
         init = vae.encode(image * 2 - 1).latent_dist.mode() * vae.config.scaling_factor
     i2i = StableDiffusionImg2ImgPipeline(**pipe.components)
@@ -494,6 +501,7 @@ def main():
 
     mask = torch.zeros(1, 1, hh, ww)
     mask[:, :, 4:18, 10:26] = 1.0
+    Image.fromarray((mask[0, 0].numpy() * 255).astype(np.uint8), "L").convert("RGB").save(IMAGES / "inpaint-mask.png")
     inp = StableDiffusionInpaintPipeline(**pipe.components)
     inp.scheduler = make("ddim")
     run_pipe(

@@ -88,7 +88,8 @@ pub fn check(
         ParamKind::Path => {
             let s = value.as_str().ok_or_else(|| wrong("a path string"))?;
             let p = Path::new(s);
-            let resolved = if p.is_absolute() {
+            let resolved = if s.is_empty() || p.is_absolute() {
+                // Empty means "none"; it stays empty.
                 p.to_path_buf()
             } else {
                 base_dir.join(p)

@@ -233,7 +233,20 @@ impl<'a> Validator<'a> {
         }
         for (name, value) in &overrides.set {
             match vars.get_mut(name) {
-                Some(var) => var.value = value.clone(),
+                Some(var) => {
+                    var.value = value.clone();
+                    // A relative path on the command line means relative to where it was typed.
+                    if var.kind.as_deref() == Some("path") {
+                        if let Some(s) = value.as_str().filter(|s| !s.is_empty()) {
+                            if std::path::Path::new(s).is_relative() {
+                                if let Ok(cwd) = std::env::current_dir() {
+                                    var.value =
+                                        Json::from(cwd.join(s).to_string_lossy().into_owned());
+                                }
+                            }
+                        }
+                    }
+                }
                 None => {
                     let hint = did_you_mean(name, vars.keys().map(String::as_str))
                         .or_else(|| Some("declare it under `inputs:` in the graph file".into()));

@@ -3,7 +3,9 @@
 //! blending the known region back at every step.
 //!
 //! Noise: the initial noise and every stochastic step's noise come, in that order, from one
-//! ChaCha8 stream seeded with the `seed` parameter (standard normal, row-major N×C×H×W).
+//! ChaCha8 stream seeded with the `seed` parameter (standard normal, row-major N×C×H×W), or,
+//! when the `noise` input is connected, from that tensor: K draws of the latent's size, consumed
+//! in the same order (this replays noise recorded from another implementation exactly).
 
 use latentflow_plugin_api::sdk::denoiser::DenoiserClient;
 use latentflow_plugin_api::sdk::prelude::*;
@@ -35,6 +37,70 @@ fn batch_to(t: &Tensor, n: usize, what: &str) -> Result<(Vec<f32>, Vec<usize>), 
     Ok((data.repeat(n), shape))
 }
 
+/// Where the noise comes from.
+enum Noise {
+    Seeded(Box<rand_chacha::ChaCha8Rng>),
+    Recorded { data: Vec<f32>, at: usize },
+}
+
+impl Noise {
+    fn draw(&mut self, n: usize) -> Result<Vec<f32>, NodeError> {
+        match self {
+            Noise::Seeded(rng) => Ok(normal(rng.as_mut(), n)),
+            Noise::Recorded { data, at } => {
+                let out = data.get(*at..*at + n).ok_or_else(|| {
+                    NodeError::invalid(format!(
+                        "the noise input holds {} draws of {n} values; the sampler needs more",
+                        data.len() / n
+                    ))
+                })?;
+                *at += n;
+                Ok(out.to_vec())
+            }
+        }
+    }
+}
+
+/// Values and shape.
+type Flat = (Vec<f32>, Vec<usize>);
+
+/// Conditionings with different token counts (prompts of different lengths in 77-token windows)
+/// are repeated along the tokens to their least common multiple, as ComfyUI does.
+fn match_tokens(a: Flat, b: Flat) -> Result<(Flat, Flat), NodeError> {
+    if a.1.len() != 3 || b.1.len() != 3 || a.1[2] != b.1[2] {
+        if a.1[1..] == b.1[1..] {
+            return Ok((a, b));
+        }
+        return Err(NodeError::invalid(format!(
+            "negative conditioning {:?} and positive {:?} differ",
+            a.1, b.1
+        )));
+    }
+    let (la, lb) = (a.1[1], b.1[1]);
+    if la == lb || la == 0 || lb == 0 {
+        return Ok((a, b));
+    }
+    let gcd = |mut x: usize, mut y: usize| {
+        while y != 0 {
+            (x, y) = (y, x % y);
+        }
+        x
+    };
+    let lcm = la / gcd(la, lb) * lb;
+    let repeat = |(data, shape): Flat| {
+        let (n, l, d) = (shape[0], shape[1], shape[2]);
+        let k = lcm / l;
+        let mut out = Vec::with_capacity(n * lcm * d);
+        for row in data.chunks(l * d) {
+            for _ in 0..k {
+                out.extend_from_slice(row);
+            }
+        }
+        (out, vec![n, lcm, d])
+    };
+    Ok((repeat(a), repeat(b)))
+}
+
 /// The mask at latent resolution, one value per latent element (1 = repaint).
 fn latent_mask(mask: &Tensor, shape: &[usize]) -> Result<Vec<f32>, NodeError> {
     let (n, c, h, w) = (shape[0], shape[1], shape[2], shape[3]);
@@ -52,9 +118,11 @@ fn latent_mask(mask: &Tensor, shape: &[usize]) -> Result<Vec<f32>, NodeError> {
         for _ in 0..c {
             for y in 0..h {
                 for x in 0..w {
-                    // Nearest sample of the (usually pixel-resolution) mask.
+                    // Nearest sample of the (usually pixel-resolution) mask, binarized at 0.5
+                    // as diffusers' mask processor does.
                     let (my, mx) = (y * mh / h, x * mw / w);
-                    out.push(m[plane * mh * mw + my * mw + mx].clamp(0.0, 1.0));
+                    let v = m[plane * mh * mw + my * mw + mx];
+                    out.push(if v >= 0.5 { 1.0 } else { 0.0 });
                 }
             }
         }
@@ -88,17 +156,26 @@ fn sample(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeErro
     let strength = p.f64("strength")?;
     let run_steps = ((steps as f64 * strength) as usize).min(steps);
     if run_steps == 0 {
-        return Ok(vec![Value::Tensor(latent.clone())]);
+        let mut empty = vec![0];
+        empty.extend_from_slice(&shape);
+        return Ok(vec![
+            Value::Tensor(latent.clone()),
+            Value::Tensor(Tensor::from_vec(Vec::<f32>::new(), &empty)?),
+        ]);
     }
     let start = steps - run_steps;
     sched.start_at(start).map_err(|e| NodeError::invalid(e.0))?;
 
-    let (pos, pos_shape) = batch_to(inputs.tensor("positive")?, n, "positive conditioning")?;
+    let positive = batch_to(inputs.tensor("positive")?, n, "positive conditioning")?;
     let guidance = p.f64("cfg")?;
-    let negative = match inputs.opt_tensor("negative")? {
-        Some(t) if guidance != 1.0 => Some(batch_to(t, n, "negative conditioning")?),
-        _ => None,
+    let (positive, negative) = match inputs.opt_tensor("negative")? {
+        Some(t) if guidance != 1.0 => {
+            let (neg, pos) = match_tokens(batch_to(t, n, "negative conditioning")?, positive)?;
+            (pos, Some(neg))
+        }
+        _ => (positive, None),
     };
+    let (pos, pos_shape) = positive;
     // Classifier-free guidance runs one batch: [negative; positive].
     let context = match &negative {
         Some((neg, neg_shape)) => {
@@ -120,8 +197,22 @@ fn sample(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeErro
         .map(|m| latent_mask(m, &shape))
         .transpose()?;
 
-    let mut rng = Ctx::rng_from(p.seed("seed")?);
-    let noise = normal(&mut rng, numel);
+    let mut rng = match inputs.opt_tensor("noise")? {
+        Some(t) => {
+            let data = t.to_f32_vec()?;
+            if data.is_empty() || data.len() % numel != 0 {
+                return Err(NodeError::invalid(format!(
+                    "the noise input has {} values, not a multiple of the latent's {numel}",
+                    data.len()
+                )));
+            }
+            Noise::Recorded { data, at: 0 }
+        }
+        None => Noise::Seeded(Box::new(Ctx::rng_from(p.seed("seed")?))),
+    };
+    let noise = rng.draw(numel)?;
+    let record = p.bool("record_steps")?;
+    let mut history: Vec<f32> = Vec::new();
     let full = strength >= 1.0;
     let mut x: Vec<f32> = if full {
         let s = sched.init_noise_sigma() as f32;
@@ -176,7 +267,7 @@ fn sample(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeErro
             pred
         };
         let z = if sched.needs_noise() {
-            Some(normal(&mut rng, numel))
+            Some(rng.draw(numel)?)
         } else {
             None
         };
@@ -184,7 +275,8 @@ fn sample(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeErro
             .step(&out, &x, z.as_deref())
             .map_err(|e| NodeError::failed(e.0))?;
         if let Some(m) = &mask {
-            // Keep the known region: the original latent, noised to the next step's level.
+            // Keep the known region: the original latent, noised to the next step's level
+            // (after the last step: the original itself), as diffusers does.
             let known_now = if i + 1 < steps {
                 sched.add_noise(&known, &noise, i + 1)
             } else {
@@ -195,9 +287,17 @@ fn sample(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeErro
                 .zip(&known_now)
                 .for_each(|((x, m), k)| *x = m * *x + (1.0 - m) * k);
         }
+        if record {
+            history.extend_from_slice(&x);
+        }
     }
     ctx.progress(run_steps as u64, run_steps as u64, "sampling")?;
-    Ok(vec![Value::Tensor(Tensor::from_vec(x, &shape)?)])
+    let mut hist_shape = vec![if record { run_steps } else { 0 }];
+    hist_shape.extend_from_slice(&shape);
+    Ok(vec![
+        Value::Tensor(Tensor::from_vec(x, &shape)?),
+        Value::Tensor(Tensor::from_vec(history, &hist_shape)?),
+    ])
 }
 
 /// The sampling node.
@@ -233,13 +333,16 @@ pub fn node() -> NodeDef {
     };
     schedule_params(
         NodeDef::new("samplers.sample", sample)
-            .doc("Denoises a latent with any Denoiser: txt2img (strength 1: starts from pure noise), img2img (strength < 1: noises the input latent part-way), inpainting (mask: 1 = repaint; the rest is blended back every step). Classifier-free guidance when a negative conditioning is given and cfg ≠ 1. Noise: one ChaCha8 stream from `seed`.")
+            .doc("Denoises a latent with any Denoiser: txt2img (strength 1: starts from pure noise), img2img (strength < 1: noises the input latent part-way), inpainting (mask: 1 = repaint; the rest is blended back every step). Classifier-free guidance when a negative conditioning is given and cfg ≠ 1. Noise: one ChaCha8 stream from `seed`, or replayed from the `noise` input.")
             .input("model", PortType::handle("Denoiser", ""), "the denoiser")
             .input("positive", PortType::conditioning(Dim::var("D")), "conditioning")
             .optional_input("negative", PortType::conditioning(Dim::var("D")), "unconditional / negative conditioning (enables CFG)")
             .input("latent", PortType::latent(Dim::var("C")), "start latent (an empty latent for txt2img)")
-            .optional_input("mask", PortType::Mask, "inpainting mask, 1 = repaint (any resolution)")
+            .optional_input("mask", PortType::Mask, "inpainting mask, 1 = repaint (any resolution; binarized at 0.5)")
+            .optional_input("noise", PortType::tensor(Some(DType::F32), Dim::Any), "recorded noise to replay instead of the seeded stream: the initial draw, then each stochastic step's")
             .output("latent", PortType::latent(Dim::var("C")), "the denoised latent")
+            .output("steps", PortType::tensor(Some(DType::F32), Dim::Fixed(5)), "the latent after every step (steps×N×C×H×W) when record_steps is on; empty otherwise")
+            .param(Param::bool("record_steps").default(false).doc("keep the latent after every step (the `steps` output)"))
             .param(Param::float("cfg").default(7.5).range(0.0, 100.0).doc("classifier-free guidance scale"))
             .param(Param::seed("seed").default(0).doc("noise seed, or `random`"))
             .param(Param::float("strength").default(1.0).range(0.0, 1.0).doc("img2img: fraction of the schedule to run"))

@@ -21,7 +21,13 @@ pub struct Attention {
 }
 
 impl Attention {
-    fn new(vb: VarBuilder, dim: usize, context_dim: usize, heads: usize, dim_head: usize) -> candle_core::Result<Self> {
+    fn new(
+        vb: VarBuilder,
+        dim: usize,
+        context_dim: usize,
+        heads: usize,
+        dim_head: usize,
+    ) -> candle_core::Result<Self> {
         let inner = heads * dim_head;
         Ok(Self {
             q: linear_no_bias(dim, inner, vb.pp("to_q"))?,
@@ -77,7 +83,13 @@ pub struct BasicTransformerBlock {
 }
 
 impl BasicTransformerBlock {
-    fn new(vb: VarBuilder, dim: usize, heads: usize, dim_head: usize, context_dim: usize) -> candle_core::Result<Self> {
+    fn new(
+        vb: VarBuilder,
+        dim: usize,
+        heads: usize,
+        dim_head: usize,
+        context_dim: usize,
+    ) -> candle_core::Result<Self> {
         let ln = |vb| layer_norm(dim, 1e-5, vb);
         let ff = dim * 4;
         Ok(Self {
@@ -91,9 +103,17 @@ impl BasicTransformerBlock {
         })
     }
 
-    fn forward(&self, x: &Tensor, context: &Tensor, hook: Option<(&str, AttentionHook)>) -> candle_core::Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        context: &Tensor,
+        hook: Option<(&str, AttentionHook)>,
+    ) -> candle_core::Result<Tensor> {
         let x = (self.attn1.forward(&self.norm1.forward(x)?, None, None)? + x)?;
-        let x = (self.attn2.forward(&self.norm2.forward(&x)?, Some(context), hook)? + &x)?;
+        let x = (self
+            .attn2
+            .forward(&self.norm2.forward(&x)?, Some(context), hook)?
+            + &x)?;
         let h = self.ff_in.forward(&self.norm3.forward(&x)?)?;
         let half = h.dim(2)? / 2;
         let gated = (h.narrow(2, 0, half)? * h.narrow(2, half, half)?.gelu_erf()?)?;
@@ -135,7 +155,12 @@ pub struct Transformer2DConfig {
 
 impl Transformer2D {
     /// Builds it for `channels` input channels.
-    pub fn new(vb: VarBuilder, channels: usize, c: &Transformer2DConfig, name: String) -> candle_core::Result<Self> {
+    pub fn new(
+        vb: VarBuilder,
+        channels: usize,
+        c: &Transformer2DConfig,
+        name: String,
+    ) -> candle_core::Result<Self> {
         let inner = c.heads * c.dim_head;
         let proj = |vb: VarBuilder, i: usize, o: usize| -> candle_core::Result<Proj> {
             Ok(if c.linear_projection {
@@ -166,7 +191,12 @@ impl Transformer2D {
     }
 
     /// `x` B×C×H×W with conditioning `context` B×L×D.
-    pub fn forward(&self, x: &Tensor, context: &Tensor, hook: Option<AttentionHook>) -> candle_core::Result<Tensor> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        context: &Tensor,
+        hook: Option<AttentionHook>,
+    ) -> candle_core::Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
         let n = self.norm.forward(x)?;
         let to_seq = |t: Tensor, ch: usize| t.permute((0, 2, 3, 1))?.reshape((b, h * w, ch));
@@ -178,7 +208,11 @@ impl Transformer2D {
             let name = format!("{}.transformer_blocks.{k}.attn2", self.name);
             s = block.forward(&s, context, hook.map(|f| (name.as_str(), f)))?;
         }
-        let from_seq = |t: Tensor, ch: usize| t.reshape((b, h, w, ch))?.permute((0, 3, 1, 2))?.contiguous();
+        let from_seq = |t: Tensor, ch: usize| {
+            t.reshape((b, h, w, ch))?
+                .permute((0, 3, 1, 2))?
+                .contiguous()
+        };
         let out = match &self.proj_out {
             Proj::Conv(p) => p.forward(&from_seq(s, self.inner)?)?,
             Proj::Linear(p) => from_seq(p.forward(&s)?, c)?,

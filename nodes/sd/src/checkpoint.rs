@@ -103,7 +103,11 @@ pub fn unet_key(name: &str, layers: usize, up_cross: &[bool]) -> String {
                     "attentions" => format!("output_blocks.{}.1.{rest}", block + j),
                     _ => {
                         let (_, tail) = head(rest);
-                        let slot = if up_cross.get(i).copied().unwrap_or(false) { 2 } else { 1 };
+                        let slot = if up_cross.get(i).copied().unwrap_or(false) {
+                            2
+                        } else {
+                            1
+                        };
                         format!("output_blocks.{}.{slot}.conv.{tail}", block + n)
                     }
                 }
@@ -185,9 +189,11 @@ pub struct Inspection {
 
 /// Reads the header of a checkpoint and checks that it is an SD 1.x single-file checkpoint.
 pub fn inspect(path: &Path) -> Result<Inspection, SdError> {
-    let file = std::fs::File::open(path).map_err(|e| SdError::new(format!("{}: {e}", path.display())))?;
+    let file =
+        std::fs::File::open(path).map_err(|e| SdError::new(format!("{}: {e}", path.display())))?;
     // SAFETY: read-only mapping for the header.
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| SdError::new(format!("{}: {e}", path.display())))?;
+    let map = unsafe { memmap2::Mmap::map(&file) }
+        .map_err(|e| SdError::new(format!("{}: {e}", path.display())))?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&map)
         .map_err(|e| SdError::new(format!("{}: not a safetensors file ({e})", path.display())))?;
     let tensors = meta.tensors();
@@ -224,8 +230,14 @@ mod tests {
     fn unet_keys_follow_the_ldm_layout() {
         let up = [false, true, true, true];
         let k = |n: &str| unet_key(n, 2, &up);
-        assert_eq!(k("conv_in.weight"), "model.diffusion_model.input_blocks.0.0.weight");
-        assert_eq!(k("time_embedding.linear_2.bias"), "model.diffusion_model.time_embed.2.bias");
+        assert_eq!(
+            k("conv_in.weight"),
+            "model.diffusion_model.input_blocks.0.0.weight"
+        );
+        assert_eq!(
+            k("time_embedding.linear_2.bias"),
+            "model.diffusion_model.time_embed.2.bias"
+        );
         assert_eq!(
             k("down_blocks.1.resnets.0.conv_shortcut.weight"),
             "model.diffusion_model.input_blocks.4.0.skip_connection.weight"
@@ -234,25 +246,67 @@ mod tests {
             k("down_blocks.2.attentions.1.transformer_blocks.0.attn2.to_k.weight"),
             "model.diffusion_model.input_blocks.8.1.transformer_blocks.0.attn2.to_k.weight"
         );
-        assert_eq!(k("down_blocks.0.downsamplers.0.conv.bias"), "model.diffusion_model.input_blocks.3.0.op.bias");
-        assert_eq!(k("mid_block.resnets.1.time_emb_proj.weight"), "model.diffusion_model.middle_block.2.emb_layers.1.weight");
-        assert_eq!(k("mid_block.attentions.0.proj_in.weight"), "model.diffusion_model.middle_block.1.proj_in.weight");
-        assert_eq!(k("up_blocks.0.upsamplers.0.conv.weight"), "model.diffusion_model.output_blocks.2.1.conv.weight");
-        assert_eq!(k("up_blocks.1.upsamplers.0.conv.weight"), "model.diffusion_model.output_blocks.5.2.conv.weight");
-        assert_eq!(k("up_blocks.3.resnets.2.norm2.weight"), "model.diffusion_model.output_blocks.11.0.out_layers.0.weight");
+        assert_eq!(
+            k("down_blocks.0.downsamplers.0.conv.bias"),
+            "model.diffusion_model.input_blocks.3.0.op.bias"
+        );
+        assert_eq!(
+            k("mid_block.resnets.1.time_emb_proj.weight"),
+            "model.diffusion_model.middle_block.2.emb_layers.1.weight"
+        );
+        assert_eq!(
+            k("mid_block.attentions.0.proj_in.weight"),
+            "model.diffusion_model.middle_block.1.proj_in.weight"
+        );
+        assert_eq!(
+            k("up_blocks.0.upsamplers.0.conv.weight"),
+            "model.diffusion_model.output_blocks.2.1.conv.weight"
+        );
+        assert_eq!(
+            k("up_blocks.1.upsamplers.0.conv.weight"),
+            "model.diffusion_model.output_blocks.5.2.conv.weight"
+        );
+        assert_eq!(
+            k("up_blocks.3.resnets.2.norm2.weight"),
+            "model.diffusion_model.output_blocks.11.0.out_layers.0.weight"
+        );
         assert_eq!(k("conv_out.bias"), "model.diffusion_model.out.2.bias");
     }
 
     #[test]
     fn vae_keys_follow_the_ldm_layout() {
         let k = |n: &str| vae_key(n, 4);
-        assert_eq!(k("encoder.down_blocks.1.resnets.0.conv_shortcut.weight"), "first_stage_model.encoder.down.1.block.0.nin_shortcut.weight");
-        assert_eq!(k("encoder.down_blocks.0.downsamplers.0.conv.weight"), "first_stage_model.encoder.down.0.downsample.conv.weight");
-        assert_eq!(k("decoder.up_blocks.0.resnets.2.norm1.bias"), "first_stage_model.decoder.up.3.block.2.norm1.bias");
-        assert_eq!(k("decoder.up_blocks.2.upsamplers.0.conv.bias"), "first_stage_model.decoder.up.1.upsample.conv.bias");
-        assert_eq!(k("decoder.mid_block.attentions.0.to_out.0.weight"), "first_stage_model.decoder.mid.attn_1.proj_out.weight");
-        assert_eq!(k("encoder.mid_block.resnets.1.conv2.weight"), "first_stage_model.encoder.mid.block_2.conv2.weight");
-        assert_eq!(k("decoder.conv_norm_out.weight"), "first_stage_model.decoder.norm_out.weight");
-        assert_eq!(k("post_quant_conv.weight"), "first_stage_model.post_quant_conv.weight");
+        assert_eq!(
+            k("encoder.down_blocks.1.resnets.0.conv_shortcut.weight"),
+            "first_stage_model.encoder.down.1.block.0.nin_shortcut.weight"
+        );
+        assert_eq!(
+            k("encoder.down_blocks.0.downsamplers.0.conv.weight"),
+            "first_stage_model.encoder.down.0.downsample.conv.weight"
+        );
+        assert_eq!(
+            k("decoder.up_blocks.0.resnets.2.norm1.bias"),
+            "first_stage_model.decoder.up.3.block.2.norm1.bias"
+        );
+        assert_eq!(
+            k("decoder.up_blocks.2.upsamplers.0.conv.bias"),
+            "first_stage_model.decoder.up.1.upsample.conv.bias"
+        );
+        assert_eq!(
+            k("decoder.mid_block.attentions.0.to_out.0.weight"),
+            "first_stage_model.decoder.mid.attn_1.proj_out.weight"
+        );
+        assert_eq!(
+            k("encoder.mid_block.resnets.1.conv2.weight"),
+            "first_stage_model.encoder.mid.block_2.conv2.weight"
+        );
+        assert_eq!(
+            k("decoder.conv_norm_out.weight"),
+            "first_stage_model.decoder.norm_out.weight"
+        );
+        assert_eq!(
+            k("post_quant_conv.weight"),
+            "first_stage_model.post_quant_conv.weight"
+        );
     }
 }

@@ -6,7 +6,9 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
-use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, LayerNormConfig, Linear, VarBuilder};
+use candle_nn::{
+    embedding, layer_norm, linear, Embedding, LayerNorm, LayerNormConfig, Linear, VarBuilder,
+};
 use serde::Deserialize;
 
 use crate::weights::{self, Weights};
@@ -59,7 +61,8 @@ impl ClipConfig {
                 cfg.hidden_act
             )));
         }
-        if cfg.num_attention_heads == 0 || cfg.hidden_size % cfg.num_attention_heads != 0 {
+        if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads)
+        {
             return Err(SdError::new(format!(
                 "{}: hidden_size {} is not divisible by num_attention_heads {}",
                 path.display(),
@@ -250,4 +253,3 @@ fn causal_mask(l: usize, device: &Device) -> candle_core::Result<Tensor> {
         .collect();
     Tensor::from_vec(m, (l, l), device)
 }
-

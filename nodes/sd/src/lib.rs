@@ -63,7 +63,11 @@ fn load_unet(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
         // A pipeline folder: its unet/ and scheduler config.
         models::unet(&Source::detect(&path, None).map_err(fail)?).map_err(fail)?
     } else if path.is_dir() {
-        let pred = if prediction == "auto" { "epsilon".to_owned() } else { prediction.clone() };
+        let pred = if prediction == "auto" {
+            "epsilon".to_owned()
+        } else {
+            prediction.clone()
+        };
         models::component(&path, "unet", |dir| {
             Ok(models::Denoiser {
                 unet: unet::UNet::load(dir, &candle_core::Device::Cpu)?,
@@ -88,8 +92,10 @@ fn load_clip(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
     } else if path.is_dir() {
         let tok = opt_path(p, "tokenizer")?
             .unwrap_or_else(|| path.parent().unwrap_or(&path).join("tokenizer"));
-        models::component(&path, "text_encoder", |dir| models::load_text_encoder(dir, &tok))
-            .map_err(fail)?
+        models::component(&path, "text_encoder", |dir| {
+            models::load_text_encoder(dir, &tok)
+        })
+        .map_err(fail)?
     } else {
         models::text_encoder(&source(p)?).map_err(fail)?
     };
@@ -150,7 +156,13 @@ fn empty_latent(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, No
     call(ctx, inputs, "vae", "empty_latent", args, 1)
 }
 
-fn tensor_arg(ctx: &Ctx, inputs: &Inputs, method: &str, arg: &str, extra: Vec<Value>) -> Result<Vec<Value>, NodeError> {
+fn tensor_arg(
+    ctx: &Ctx,
+    inputs: &Inputs,
+    method: &str,
+    arg: &str,
+    extra: Vec<Value>,
+) -> Result<Vec<Value>, NodeError> {
     let mut args = vec![Value::Tensor(inputs.tensor(arg)?.clone())];
     args.extend(extra);
     call(ctx, inputs, "vae", method, args, 1)

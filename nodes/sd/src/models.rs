@@ -97,7 +97,11 @@ fn parse<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T, Sd
     serde_json::from_str(text).map_err(|e| SdError::new(format!("{what}: {e}")))
 }
 
-fn config_text(config_dir: &Option<PathBuf>, component: &str, builtin: &str) -> Result<String, SdError> {
+fn config_text(
+    config_dir: &Option<PathBuf>,
+    component: &str,
+    builtin: &str,
+) -> Result<String, SdError> {
     match config_dir {
         Some(dir) => {
             let p = dir.join(component).join("config.json");
@@ -127,7 +131,8 @@ pub fn unet(src: &Source) -> Result<Arc<Denoiser>, SdError> {
             }),
             Source::Checkpoint(file, cfg_dir) => {
                 let info = checkpoint::inspect(file)?;
-                let mut config: UNetConfig = parse(&config_text(cfg_dir, "unet", sd15::UNET)?, "UNet config")?;
+                let mut config: UNetConfig =
+                    parse(&config_text(cfg_dir, "unet", sd15::UNET)?, "UNet config")?;
                 if cfg_dir.is_none() {
                     if let Some(c) = info.unet_in_channels {
                         config.in_channels = c; // 9 for inpainting checkpoints
@@ -143,7 +148,11 @@ pub fn unet(src: &Source) -> Result<Arc<Denoiser>, SdError> {
                         n
                     }
                 };
-                let up_cross = config.up_block_types.iter().map(|b| b.starts_with("CrossAttn")).collect();
+                let up_cross = config
+                    .up_block_types
+                    .iter()
+                    .map(|b| b.starts_with("CrossAttn"))
+                    .collect();
                 let w = Weights::renamed(file, checkpoint::unet_rename(layers, up_cross));
                 let prediction_type = match cfg_dir {
                     Some(d) => prediction_type(d),
@@ -162,14 +171,23 @@ pub fn unet(src: &Source) -> Result<Arc<Denoiser>, SdError> {
 /// The text encoder and tokenizer of a model.
 pub fn text_encoder(src: &Source) -> Result<Arc<TextEncoder>, SdError> {
     shared((src.clone(), "text_encoder"), || match src {
-        Source::Pipeline(dir) => load_text_encoder(&dir.join("text_encoder"), &dir.join("tokenizer")),
+        Source::Pipeline(dir) => {
+            load_text_encoder(&dir.join("text_encoder"), &dir.join("tokenizer"))
+        }
         Source::Checkpoint(file, cfg_dir) => {
             checkpoint::inspect(file)?;
-            let config: ClipConfig = parse(&config_text(cfg_dir, "text_encoder", sd15::TEXT_ENCODER)?, "text encoder config")?;
+            let config: ClipConfig = parse(
+                &config_text(cfg_dir, "text_encoder", sd15::TEXT_ENCODER)?,
+                "text encoder config",
+            )?;
             let w = Weights::renamed(file, checkpoint::clip_rename());
             let model = ClipTextModel::new(config, w.var_builder(DType::F32, &Device::Cpu)?)
                 .map_err(|e| SdError::new(format!("{}: text encoder: {e}", file.display())))?;
-            let tokenizer = match cfg_dir.as_ref().map(|d| d.join("tokenizer")).filter(|d| d.is_dir()) {
+            let tokenizer = match cfg_dir
+                .as_ref()
+                .map(|d| d.join("tokenizer"))
+                .filter(|d| d.is_dir())
+            {
                 Some(dir) => ClipTokenizer::load(&dir)?,
                 None => ClipTokenizer::from_bpe_gz_bytes(BPE_VOCAB)?,
             };
@@ -197,8 +215,13 @@ pub fn vae(src: &Source) -> Result<Arc<Vae>, SdError> {
         Source::Checkpoint(file, cfg_dir) => {
             checkpoint::inspect(file)?;
             let config: VaeConfig = parse(&config_text(cfg_dir, "vae", sd15::VAE)?, "VAE config")?;
-            config.check_fields().map_err(|f| SdError::new(format!("unsupported VAE configuration: {f}")))?;
-            let w = Weights::renamed(file, checkpoint::vae_rename(config.block_out_channels.len()));
+            config
+                .check_fields()
+                .map_err(|f| SdError::new(format!("unsupported VAE configuration: {f}")))?;
+            let w = Weights::renamed(
+                file,
+                checkpoint::vae_rename(config.block_out_channels.len()),
+            );
             Vae::from_weights(config, &w, file)
         }
     })

@@ -18,7 +18,9 @@ fn fail(e: impl std::fmt::Display) -> NodeError {
 }
 
 fn f32_tensor(t: &Tensor) -> Result<CTensor, NodeError> {
-    to_candle(t, &Device::Cpu)?.to_dtype(CDType::F32).map_err(fail)
+    to_candle(t, &Device::Cpu)?
+        .to_dtype(CDType::F32)
+        .map_err(fail)
 }
 
 fn arg<'a>(args: &'a [Value], i: usize, method: &str) -> Result<&'a Value, NodeError> {
@@ -70,8 +72,8 @@ impl DenoiserImpl for UNetDenoiser {
         context: Option<&Tensor>,
     ) -> Result<Tensor, NodeError> {
         let x = f32_tensor(x)?;
-        let ctx = context
-            .ok_or_else(|| NodeError::invalid("the SD UNet needs a text conditioning"))?;
+        let ctx =
+            context.ok_or_else(|| NodeError::invalid("the SD UNet needs a text conditioning"))?;
         let ctx = f32_tensor(ctx)?;
         let (b, cb) = (x.dim(0).map_err(fail)?, ctx.dim(0).map_err(fail)?);
         let ctx = if cb == b {
@@ -169,21 +171,30 @@ impl ObjectImpl for ClipObject {
     fn family(&self) -> String {
         String::new()
     }
-    fn call(&self, _host: HostRef<'_>, method: &str, args: Vec<Value>) -> Result<Vec<Value>, NodeError> {
+    fn call(
+        &self,
+        _host: HostRef<'_>,
+        method: &str,
+        args: Vec<Value>,
+    ) -> Result<Vec<Value>, NodeError> {
         match method {
             "encode" => {
-                let text = arg(&args, 0, method)?
-                    .as_str()
-                    .ok_or_else(|| NodeError::invalid("Clip.encode: the prompt must be a string"))?;
+                let text = arg(&args, 0, method)?.as_str().ok_or_else(|| {
+                    NodeError::invalid("Clip.encode: the prompt must be a string")
+                })?;
                 let skip = args.get(1).and_then(Value::as_int).unwrap_or(0).max(0) as usize;
                 let weighting = !matches!(args.get(2), Some(Value::Bool(false)));
-                let (cond, pooled) = encode_prompt(&self.text, text, skip, weighting).map_err(fail)?;
-                Ok(vec![Value::Tensor(from_candle(&cond)?), Value::Tensor(from_candle(&pooled)?)])
+                let (cond, pooled) =
+                    encode_prompt(&self.text, text, skip, weighting).map_err(fail)?;
+                Ok(vec![
+                    Value::Tensor(from_candle(&cond)?),
+                    Value::Tensor(from_candle(&pooled)?),
+                ])
             }
             "tokenize" => {
-                let text = arg(&args, 0, method)?
-                    .as_str()
-                    .ok_or_else(|| NodeError::invalid("Clip.tokenize: the text must be a string"))?;
+                let text = arg(&args, 0, method)?.as_str().ok_or_else(|| {
+                    NodeError::invalid("Clip.tokenize: the text must be a string")
+                })?;
                 let ids: Vec<i64> = self
                     .text
                     .tokenizer
@@ -245,8 +256,16 @@ impl VaeObject {
             )));
         }
         let c = self.vae.config.latent_channels;
-        let shape = [batch.max(1) as usize, c, (height / f) as usize, (width / f) as usize];
-        Ok(Tensor::from_vec(vec![0f32; shape.iter().product()], &shape)?)
+        let shape = [
+            batch.max(1) as usize,
+            c,
+            (height / f) as usize,
+            (width / f) as usize,
+        ];
+        Ok(Tensor::from_vec(
+            vec![0f32; shape.iter().product()],
+            &shape,
+        )?)
     }
 }
 
@@ -257,7 +276,12 @@ impl ObjectImpl for VaeObject {
     fn family(&self) -> String {
         String::new()
     }
-    fn call(&self, _host: HostRef<'_>, method: &str, args: Vec<Value>) -> Result<Vec<Value>, NodeError> {
+    fn call(
+        &self,
+        _host: HostRef<'_>,
+        method: &str,
+        args: Vec<Value>,
+    ) -> Result<Vec<Value>, NodeError> {
         let tensor = |i| {
             arg(&args, i, method)?
                 .as_tensor()

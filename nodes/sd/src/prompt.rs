@@ -197,7 +197,10 @@ mod tests {
 
     #[test]
     fn escapes_and_strays_are_text() {
-        assert_eq!(w(r"a \(b\) \[c\] d\\e"), vec![(r"a (b) [c] d\e".into(), 1.0)]);
+        assert_eq!(
+            w(r"a \(b\) \[c\] d\\e"),
+            vec![(r"a (b) [c] d\e".into(), 1.0)]
+        );
         assert_eq!(w("a) b] c: d"), vec![("a) b] c: d".into(), 1.0)]);
         assert_eq!(w("time 10:30"), vec![("time 10:30".into(), 1.0)]);
     }

@@ -19,7 +19,8 @@ use crate::SdError;
 
 const BOS: &str = "<|startoftext|>";
 const EOS: &str = "<|endoftext|>";
-const WORDS: &str = r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
+const WORDS: &str =
+    r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
 
 /// A CLIP tokenizer with its special ids.
 pub struct ClipTokenizer {
@@ -49,8 +50,8 @@ impl ClipTokenizer {
         } else {
             let file = std::fs::File::open(path)
                 .map_err(|e| SdError::new(format!("{}: {e}", path.display())))?;
-            let (vocab, merges) = from_bpe_gz(file)
-                .map_err(|e| SdError::new(format!("{}: {e}", path.display())))?;
+            let (vocab, merges) =
+                from_bpe_gz(file).map_err(|e| SdError::new(format!("{}: {e}", path.display())))?;
             BPE::builder().vocab_and_merges(vocab, merges)
         };
         let bpe = bpe
@@ -58,7 +59,11 @@ impl ClipTokenizer {
             .unk_token(EOS.into())
             .build()
             .map_err(|e| SdError::new(format!("{}: {e}", path.display())))?;
-        let pad = if path.is_dir() { pad_token(path) } else { EOS.into() };
+        let pad = if path.is_dir() {
+            pad_token(path)
+        } else {
+            EOS.into()
+        };
         Self::from_bpe(bpe, &pad)
     }
 
@@ -77,18 +82,26 @@ impl ClipTokenizer {
     fn from_bpe(bpe: BPE, pad: &str) -> Result<Self, SdError> {
         let e = |e: tokenizers::Error| SdError::new(format!("tokenizer: {e}"));
         let mut inner = Tokenizer::new(bpe);
-        inner.with_normalizer(Some(Normalizers::new(vec![
-            NFC.into(),
-            Replace::new(tokenizers::normalizers::replace::ReplacePattern::Regex(r"\s+".into()), " ")
+        inner
+            .with_normalizer(Some(Normalizers::new(vec![
+                NFC.into(),
+                Replace::new(
+                    tokenizers::normalizers::replace::ReplacePattern::Regex(r"\s+".into()),
+                    " ",
+                )
                 .map_err(e)?
                 .into(),
-            Lowercase.into(),
-        ])))
-        .map_err(e)?;
+                Lowercase.into(),
+            ])))
+            .map_err(e)?;
         inner.with_pre_tokenizer(Some(PreTokenizers::new(vec![
-            Split::new(SplitPattern::Regex(WORDS.into()), SplitDelimiterBehavior::Removed, true)
-                .map_err(e)?
-                .into(),
+            Split::new(
+                SplitPattern::Regex(WORDS.into()),
+                SplitDelimiterBehavior::Removed,
+                true,
+            )
+            .map_err(e)?
+            .into(),
             ByteLevel::new(false, true, true).into(),
         ])));
         inner

@@ -193,8 +193,12 @@ impl UNetConfig {
     /// Reads and checks `config.json`.
     pub fn from_file(path: &Path) -> Result<Self, SdError> {
         let cfg: Self = weights::read_config(path)?;
-        cfg.plan()
-            .map_err(|f| SdError::new(format!("{}: unsupported UNet configuration: {f}", path.display())))?;
+        cfg.plan().map_err(|f| {
+            SdError::new(format!(
+                "{}: unsupported UNet configuration: {f}",
+                path.display()
+            ))
+        })?;
         Ok(cfg)
     }
 
@@ -223,7 +227,10 @@ impl UNetConfig {
         if let Some(v) = &self.encoder_hid_dim_type {
             return refuse("encoder_hid_dim_type", v);
         }
-        if !matches!(&self.only_cross_attention, serde_json::Value::Null | serde_json::Value::Bool(false)) {
+        if !matches!(
+            &self.only_cross_attention,
+            serde_json::Value::Null | serde_json::Value::Bool(false)
+        ) {
             return refuse("only_cross_attention", &self.only_cross_attention);
         }
         if self.dual_cross_attention {
@@ -241,12 +248,14 @@ impl UNetConfig {
         if let Some(v) = &self.reverse_transformer_layers_per_block {
             return refuse("reverse_transformer_layers_per_block", v);
         }
-        if self.conv_in_kernel % 2 == 0 || self.conv_out_kernel % 2 == 0 {
+        if self.conv_in_kernel.is_multiple_of(2) || self.conv_out_kernel.is_multiple_of(2) {
             return Err("conv_in_kernel / conv_out_kernel must be odd".into());
         }
         let n = self.block_out_channels.len();
         if n == 0 || self.down_block_types.len() != n || self.up_block_types.len() != n {
-            return Err("block_out_channels, down_block_types and up_block_types differ in length".into());
+            return Err(
+                "block_out_channels, down_block_types and up_block_types differ in length".into(),
+            );
         }
         let mut cross = Vec::with_capacity(n);
         for b in &self.down_block_types {
@@ -273,8 +282,15 @@ impl UNetConfig {
             Some("UNetMidBlock2DCrossAttn") | None => {}
             Some(other) => return Err(format!("mid_block_type = {other:?}")),
         }
-        if let Some(c) = self.block_out_channels.iter().find(|c| *c % self.norm_num_groups != 0) {
-            return Err(format!("norm_num_groups {} does not divide {c}", self.norm_num_groups));
+        if let Some(c) = self
+            .block_out_channels
+            .iter()
+            .find(|c| *c % self.norm_num_groups != 0)
+        {
+            return Err(format!(
+                "norm_num_groups {} does not divide {c}",
+                self.norm_num_groups
+            ));
         }
         let heads_src = self
             .num_attention_heads
@@ -284,7 +300,9 @@ impl UNetConfig {
         let heads = heads_src.expand(n, "attention heads")?;
         for (i, (&h, &c)) in heads.iter().zip(&self.block_out_channels).enumerate() {
             if h == 0 || c % h != 0 {
-                return Err(format!("block {i}: {c} channels do not split into {h} heads"));
+                return Err(format!(
+                    "block {i}: {c} channels do not split into {h} heads"
+                ));
             }
         }
         Ok(Plan {
@@ -319,7 +337,13 @@ pub struct Layer {
 }
 
 impl Layer {
-    fn forward(&self, x: &Tensor, temb: &Tensor, ctx: &Tensor, hooks: &Hooks) -> candle_core::Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        temb: &Tensor,
+        ctx: &Tensor,
+        hooks: &Hooks,
+    ) -> candle_core::Result<Tensor> {
         let x = self.resnet.forward(x, Some(temb))?;
         match &self.attention {
             Some(a) => a.forward(&x, ctx, hooks.attention),
@@ -369,7 +393,14 @@ pub struct UNet {
     conv_out: Conv2d,
 }
 
-fn resnet(vb: VarBuilder, cin: usize, cout: usize, temb: usize, c: &UNetConfig, scale: f64) -> candle_core::Result<ResnetBlock2D> {
+fn resnet(
+    vb: VarBuilder,
+    cin: usize,
+    cout: usize,
+    temb: usize,
+    c: &UNetConfig,
+    scale: f64,
+) -> candle_core::Result<ResnetBlock2D> {
     let cfg = ResnetBlock2DConfig {
         out_channels: Some(cout),
         temb_channels: Some(temb),
@@ -385,10 +416,14 @@ fn resnet(vb: VarBuilder, cin: usize, cout: usize, temb: usize, c: &UNetConfig, 
 impl UNet {
     /// Builds the network from a config and weights.
     pub fn new(config: UNetConfig, vb: VarBuilder) -> Result<Self, SdError> {
-        let plan = config.plan().map_err(|f| SdError::new(format!("unsupported UNet configuration: {f}")))?;
-        Self::build(config, plan, vb).map_err(|e| SdError::new(format!("UNet weights do not match the config: {e}")))
+        let plan = config
+            .plan()
+            .map_err(|f| SdError::new(format!("unsupported UNet configuration: {f}")))?;
+        Self::build(config, plan, vb)
+            .map_err(|e| SdError::new(format!("UNet weights do not match the config: {e}")))
     }
 
+    #[allow(clippy::needless_range_loop)] // levels index several per-block lists at once
     fn build(config: UNetConfig, plan: Plan, vb: VarBuilder) -> candle_core::Result<Self> {
         let c = &config;
         let ch = &c.block_out_channels;
@@ -398,7 +433,13 @@ impl UNet {
             padding: k / 2,
             ..Default::default()
         };
-        let conv_in = conv2d(c.in_channels, ch[0], c.conv_in_kernel, pad(c.conv_in_kernel), vb.pp("conv_in"))?;
+        let conv_in = conv2d(
+            c.in_channels,
+            ch[0],
+            c.conv_in_kernel,
+            pad(c.conv_in_kernel),
+            vb.pp("conv_in"),
+        )?;
         let time_1 = linear(ch[0], temb, vb.pp("time_embedding.linear_1"))?;
         let time_2 = linear(temb, temb, vb.pp("time_embedding.linear_2"))?;
         let tcfg = |i: usize| Transformer2DConfig {
@@ -419,12 +460,24 @@ impl UNet {
             for j in 0..plan.layers[i] {
                 let attention = if plan.cross[i] {
                     let name = format!("down_blocks.{i}.attentions.{j}");
-                    Some(Transformer2D::new(vb.pp(format!("attentions.{j}")), ch[i], &tcfg(i), name)?)
+                    Some(Transformer2D::new(
+                        vb.pp(format!("attentions.{j}")),
+                        ch[i],
+                        &tcfg(i),
+                        name,
+                    )?)
                 } else {
                     None
                 };
                 layers.push(Layer {
-                    resnet: resnet(vb.pp(format!("resnets.{j}")), if j == 0 { cin } else { ch[i] }, ch[i], temb, c, rs)?,
+                    resnet: resnet(
+                        vb.pp(format!("resnets.{j}")),
+                        if j == 0 { cin } else { ch[i] },
+                        ch[i],
+                        temb,
+                        c,
+                        rs,
+                    )?,
                     attention,
                 });
             }
@@ -434,7 +487,10 @@ impl UNet {
                     stride: 2,
                     ..Default::default()
                 };
-                Some((conv2d(ch[i], ch[i], 3, cfg, vb.pp("downsamplers.0.conv"))?, c.downsample_padding))
+                Some((
+                    conv2d(ch[i], ch[i], 3, cfg, vb.pp("downsamplers.0.conv"))?,
+                    c.downsample_padding,
+                ))
             } else {
                 None
             };
@@ -451,8 +507,20 @@ impl UNet {
                 for k in 0..1 {
                     let name = format!("mid_block.attentions.{k}");
                     layers.push((
-                        Transformer2D::new(vb.pp(format!("attentions.{k}")), ch[last], &tcfg(last), name)?,
-                        resnet(vb.pp(format!("resnets.{}", k + 1)), ch[last], ch[last], temb, c, ms)?,
+                        Transformer2D::new(
+                            vb.pp(format!("attentions.{k}")),
+                            ch[last],
+                            &tcfg(last),
+                            name,
+                        )?,
+                        resnet(
+                            vb.pp(format!("resnets.{}", k + 1)),
+                            ch[last],
+                            ch[last],
+                            temb,
+                            c,
+                            ms,
+                        )?,
                     ));
                 }
                 Some(MidBlock {
@@ -477,7 +545,12 @@ impl UNet {
                 let rin = if j == 0 { prev } else { out };
                 let attention = if plan.cross[level] {
                     let name = format!("up_blocks.{i}.attentions.{j}");
-                    Some(Transformer2D::new(vb.pp(format!("attentions.{j}")), out, &tcfg(level), name)?)
+                    Some(Transformer2D::new(
+                        vb.pp(format!("attentions.{j}")),
+                        out,
+                        &tcfg(level),
+                        name,
+                    )?)
                 } else {
                     None
                 };
@@ -496,7 +569,13 @@ impl UNet {
         }
 
         let norm_out = group_norm(c.norm_num_groups, ch[0], c.norm_eps, vb.pp("conv_norm_out"))?;
-        let conv_out = conv2d(ch[0], c.out_channels, c.conv_out_kernel, pad(c.conv_out_kernel), vb.pp("conv_out"))?;
+        let conv_out = conv2d(
+            ch[0],
+            c.out_channels,
+            c.conv_out_kernel,
+            pad(c.conv_out_kernel),
+            vb.pp("conv_out"),
+        )?;
         Ok(Self {
             config,
             conv_in,
@@ -531,17 +610,37 @@ impl UNet {
         let args: Vec<f32> = freqs.iter().map(|f| t as f32 * f).collect();
         let sin: Vec<f32> = args.iter().map(|a| a.sin()).collect();
         let cos: Vec<f32> = args.iter().map(|a| a.cos()).collect();
-        let mut emb = if self.config.flip_sin_to_cos { cos } else { sin.clone() };
-        emb.extend(if self.config.flip_sin_to_cos { sin } else { args.iter().map(|a| a.cos()).collect() });
+        let mut emb = if self.config.flip_sin_to_cos {
+            cos
+        } else {
+            sin.clone()
+        };
+        emb.extend(if self.config.flip_sin_to_cos {
+            sin
+        } else {
+            args.iter().map(|a| a.cos()).collect()
+        });
         emb.resize(dim, 0.0);
         let emb = Tensor::from_vec(emb, (1, dim), device)?;
-        let emb = self.time_2.forward(&candle_nn::ops::silu(&self.time_1.forward(&emb)?)?)?;
+        let emb = self
+            .time_2
+            .forward(&candle_nn::ops::silu(&self.time_1.forward(&emb)?)?)?;
         emb.broadcast_as((b, emb.dim(1)?))?.contiguous()
     }
 
     /// The down path: the output and the skip connections.
-    pub fn forward_down(&self, x: &Tensor, temb: &Tensor, ctx: &Tensor, hooks: &Hooks) -> candle_core::Result<(Tensor, Vec<Tensor>)> {
-        let x = if self.config.center_input_sample { x.affine(2.0, -1.0)? } else { x.clone() };
+    pub fn forward_down(
+        &self,
+        x: &Tensor,
+        temb: &Tensor,
+        ctx: &Tensor,
+        hooks: &Hooks,
+    ) -> candle_core::Result<(Tensor, Vec<Tensor>)> {
+        let x = if self.config.center_input_sample {
+            x.affine(2.0, -1.0)?
+        } else {
+            x.clone()
+        };
         let mut x = self.conv_in.forward(&x)?;
         let mut skips = vec![x.clone()];
         for block in &self.down {
@@ -551,7 +650,9 @@ impl UNet {
             }
             if let Some((conv, pad)) = &block.downsample {
                 if *pad == 0 {
-                    x = x.pad_with_zeros(D::Minus1, 0, 1)?.pad_with_zeros(D::Minus2, 0, 1)?;
+                    x = x
+                        .pad_with_zeros(D::Minus1, 0, 1)?
+                        .pad_with_zeros(D::Minus2, 0, 1)?;
                 }
                 x = conv.forward(&x)?;
                 skips.push(x.clone());
@@ -559,15 +660,29 @@ impl UNet {
         }
         if let Some(res) = hooks.down_residuals {
             if res.len() != skips.len() {
-                candle_core::bail!("{} down residuals for {} skip connections", res.len(), skips.len());
+                candle_core::bail!(
+                    "{} down residuals for {} skip connections",
+                    res.len(),
+                    skips.len()
+                );
             }
-            skips = skips.iter().zip(res).map(|(s, r)| s + r).collect::<candle_core::Result<_>>()?;
+            skips = skips
+                .iter()
+                .zip(res)
+                .map(|(s, r)| s + r)
+                .collect::<candle_core::Result<_>>()?;
         }
         Ok((x, skips))
     }
 
     /// The mid block (plus a ControlNet mid residual).
-    pub fn forward_mid(&self, x: &Tensor, temb: &Tensor, ctx: &Tensor, hooks: &Hooks) -> candle_core::Result<Tensor> {
+    pub fn forward_mid(
+        &self,
+        x: &Tensor,
+        temb: &Tensor,
+        ctx: &Tensor,
+        hooks: &Hooks,
+    ) -> candle_core::Result<Tensor> {
         let mut x = x.clone();
         if let Some(mid) = &self.mid {
             x = mid.first.forward(&x, Some(temb))?;
@@ -584,11 +699,20 @@ impl UNet {
 
     /// Up blocks from `from` on, consuming skips from the end; then the output head when
     /// `from` is 0... every up block has run.
-    pub fn forward_up(&self, x: &Tensor, skips: &mut Vec<Tensor>, temb: &Tensor, ctx: &Tensor, hooks: &Hooks) -> candle_core::Result<Tensor> {
+    pub fn forward_up(
+        &self,
+        x: &Tensor,
+        skips: &mut Vec<Tensor>,
+        temb: &Tensor,
+        ctx: &Tensor,
+        hooks: &Hooks,
+    ) -> candle_core::Result<Tensor> {
         let mut x = x.clone();
         for block in &self.up {
             for layer in &block.layers {
-                let skip = skips.pop().ok_or_else(|| candle_core::Error::Msg("ran out of skip connections".into()))?;
+                let skip = skips
+                    .pop()
+                    .ok_or_else(|| candle_core::Error::Msg("ran out of skip connections".into()))?;
                 x = layer.forward(&Tensor::cat(&[&x, &skip], 1)?, temb, ctx, hooks)?;
             }
             if let Some(conv) = &block.upsample {
@@ -606,7 +730,13 @@ impl UNet {
 
     /// The whole network: noise (or v) prediction for `x` B×C×H×W at timestep `t` with
     /// conditioning `ctx` B×L×D.
-    pub fn forward(&self, x: &Tensor, t: f64, ctx: &Tensor, hooks: &Hooks) -> Result<Tensor, SdError> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        t: f64,
+        ctx: &Tensor,
+        hooks: &Hooks,
+    ) -> Result<Tensor, SdError> {
         let (b, c, _, _) = x.dims4()?;
         if c != self.config.in_channels {
             return Err(SdError::new(format!(

@@ -233,7 +233,11 @@ impl Vae {
     }
 
     /// Builds the VAE from a config and weights; `source` names it in messages.
-    pub fn from_weights(config: VaeConfig, weights: &Weights, source: &Path) -> Result<Self, SdError> {
+    pub fn from_weights(
+        config: VaeConfig,
+        weights: &Weights,
+        source: &Path,
+    ) -> Result<Self, SdError> {
         let vb = weights.var_builder(DType::F32, &Device::Cpu)?;
         let cfg = AutoEncoderKLConfig {
             block_out_channels: config.block_out_channels.clone(),
@@ -291,7 +295,10 @@ impl Vae {
                 return vec![0];
             }
             let step = tile - overlap;
-            let mut s: Vec<usize> = (0..).map(|i| i * step).take_while(|&p| p + tile < len).collect();
+            let mut s: Vec<usize> = (0..)
+                .map(|i| i * step)
+                .take_while(|&p| p + tile < len)
+                .collect();
             s.push(len - tile);
             s
         };
@@ -310,7 +317,11 @@ impl Vae {
                 let (ph, pw) = (th * f, tw * f);
                 // Weight: 1 inside, ramping down towards edges shared with another tile.
                 let edge = |d: usize, at_border: bool| {
-                    if at_border { 1.0 } else { ((d as f32 + 0.5) / ramp).min(1.0) }
+                    if at_border {
+                        1.0
+                    } else {
+                        ((d as f32 + 0.5) / ramp).min(1.0)
+                    }
                 };
                 for yy in 0..ph {
                     let wy = edge(yy, y0 == 0).min(edge(ph - 1 - yy, y0 + th == h));

@@ -24,8 +24,8 @@ impl Weights {
     /// The weights of a diffusers component folder: its `.safetensors` files (a non-variant
     /// file is preferred over `*.fp16.safetensors`; shards are all used).
     pub fn folder(dir: &Path) -> Result<Self, SdError> {
-        let entries = std::fs::read_dir(dir)
-            .map_err(|e| SdError::new(format!("{}: {e}", dir.display())))?;
+        let entries =
+            std::fs::read_dir(dir).map_err(|e| SdError::new(format!("{}: {e}", dir.display())))?;
         let mut files: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
@@ -34,7 +34,10 @@ impl Weights {
         let plain: Vec<PathBuf> = files
             .iter()
             .filter(|p| {
-                let stem = p.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default();
+                let stem = p
+                    .file_stem()
+                    .map(|s| s.to_string_lossy())
+                    .unwrap_or_default();
                 !stem.contains('.')
             })
             .cloned()
@@ -66,7 +69,11 @@ impl Weights {
     }
 
     /// A var builder over the memory-mapped files; tensors are converted to `dtype` on access.
-    pub fn var_builder(&self, dtype: DType, device: &Device) -> Result<VarBuilder<'static>, SdError> {
+    pub fn var_builder(
+        &self,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<VarBuilder<'static>, SdError> {
         // SAFETY: the files are mapped read-only; changing them while mapped is not supported.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&self.files, dtype, device) }
             .map_err(|e| SdError::new(format!("{}: {e}", self.files[0].display())))?;

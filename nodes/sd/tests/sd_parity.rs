@@ -43,17 +43,28 @@ fn corpus() -> Vec<Row> {
 fn check_tokenizer(tok: &ClipTokenizer, what: &str) {
     let rows = corpus();
     assert!(rows.len() >= 50);
-    assert!(rows.iter().any(|r| r.ids.len() > 77), "the corpus has a long prompt");
+    assert!(
+        rows.iter().any(|r| r.ids.len() > 77),
+        "the corpus has a long prompt"
+    );
     let mut bad = Vec::new();
     for r in &rows {
         let mut ids = vec![tok.bos];
         ids.extend(tok.encode(&r.prompt).unwrap());
         ids.push(tok.eos);
         if ids != r.ids {
-            bad.push(format!("{:?}\n  ours {:?}\n  ref  {:?}", r.prompt, ids, r.ids));
+            bad.push(format!(
+                "{:?}\n  ours {:?}\n  ref  {:?}",
+                r.prompt, ids, r.ids
+            ));
         }
     }
-    assert!(bad.is_empty(), "{what}: {} prompts differ:\n{}", bad.len(), bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "{what}: {} prompts differ:\n{}",
+        bad.len(),
+        bad.join("\n")
+    );
 }
 
 #[test]
@@ -66,7 +77,10 @@ fn tokenizer_matches_transformers_on_the_corpus() {
 #[test]
 fn tokenizer_from_the_original_bpe_file_matches_too() {
     let gz = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/bpe_simple_vocab_16e6.txt.gz");
-    check_tokenizer(&ClipTokenizer::load(&gz).unwrap(), "bpe_simple_vocab_16e6.txt.gz");
+    check_tokenizer(
+        &ClipTokenizer::load(&gz).unwrap(),
+        "bpe_simple_vocab_16e6.txt.gz",
+    );
 }
 
 fn check_clip(model: &ClipTextModel) {
@@ -78,12 +92,17 @@ fn check_clip(model: &ClipTextModel) {
     let e_pen = rel_err(&out.hidden[n - 2], &r["penultimate"]);
     let e_pool = rel_err(&out.pooled, &r["pooled"]);
     eprintln!("CLIP: last {e_last:e}, penultimate {e_pen:e}, pooled {e_pool:e}");
-    assert!(e_last <= 1e-5 && e_pen <= 1e-5 && e_pool <= 1e-5, "last {e_last:e}, penultimate {e_pen:e}, pooled {e_pool:e}");
+    assert!(
+        e_last <= 1e-5 && e_pen <= 1e-5 && e_pool <= 1e-5,
+        "last {e_last:e}, penultimate {e_pen:e}, pooled {e_pool:e}"
+    );
 }
 
 fn check_unet(unet: &UNet) {
     let r = load("unet.safetensors");
-    let out = unet.forward(&r["x"], 421.0, &r["context"], &Hooks::default()).unwrap();
+    let out = unet
+        .forward(&r["x"], 421.0, &r["context"], &Hooks::default())
+        .unwrap();
     let e = rel_err(&out, &r["out"]);
     eprintln!("UNet forward error {e:e}");
     assert!(e <= 1e-5, "UNet forward error {e:e}");
@@ -111,10 +130,15 @@ fn single_file_checkpoint_loads_the_same_model() {
     check_unet(&models::unet(&src).unwrap().unet);
     check_clip(&models::text_encoder(&src).unwrap().model);
     let vae = models::vae(&src).unwrap();
-    let io = candle_core::safetensors::load(fixtures().join("tiny-sd/vae_io.safetensors"), &Device::Cpu).unwrap();
+    let io =
+        candle_core::safetensors::load(fixtures().join("tiny-sd/vae_io.safetensors"), &Device::Cpu)
+            .unwrap();
     let e = rel_err(&vae.decode_raw(&io["latent"]).unwrap(), &io["decoded"]);
     assert!(e <= 1e-5, "VAE decode from the checkpoint: {e:e}");
-    let e = rel_err(&vae.encode_mean_raw(&io["image"]).unwrap(), &io["encoded_mean"]);
+    let e = rel_err(
+        &vae.encode_mean_raw(&io["image"]).unwrap(),
+        &io["encoded_mean"],
+    );
     assert!(e <= 1e-5, "VAE encode from the checkpoint: {e:e}");
 }
 
@@ -129,15 +153,19 @@ fn a_model_used_twice_is_loaded_once() {
 #[test]
 fn unsupported_configs_name_the_field() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("tiny-sd/unet/config.json")).unwrap()).unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("tiny-sd/unet/config.json")).unwrap(),
+    )
+    .unwrap();
     cfg["addition_embed_type"] = "text_time".into();
     std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
-    let err = latentflow_sd::unet::UNetConfig::from_file(&dir.path().join("config.json")).unwrap_err();
+    let err =
+        latentflow_sd::unet::UNetConfig::from_file(&dir.path().join("config.json")).unwrap_err();
     assert!(err.to_string().contains("addition_embed_type"), "{err}");
     cfg["addition_embed_type"] = serde_json::Value::Null;
     cfg["up_block_types"] = serde_json::json!(["UpBlock2D", "AttnUpBlock2D"]);
     std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
-    let err = latentflow_sd::unet::UNetConfig::from_file(&dir.path().join("config.json")).unwrap_err();
+    let err =
+        latentflow_sd::unet::UNetConfig::from_file(&dir.path().join("config.json")).unwrap_err();
     assert!(err.to_string().contains("AttnUpBlock2D"), "{err}");
 }

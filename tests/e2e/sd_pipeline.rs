@@ -1,0 +1,146 @@
+//! Stable Diffusion end to end through the real binary and the graphs in `graphs/`, on the
+//! tiny random-weight pipeline: every sampler's 10-step txt2img loop with CFG 7.5, img2img at
+//! strength 0.6 and inpainting match diffusers (tools/reference/make_sd_fixtures.py) at every
+//! step's latent and in the decoded image, error ≤ 1e-4 (stochastic samplers replay the
+//! reference's recorded noise through the sampler's `noise` input).
+
+use std::path::PathBuf;
+
+use latentflow_tests::{graph, read_safetensors_tensor, rel_err, workspace_root, Sandbox};
+
+fn reference(name: &str) -> PathBuf {
+    workspace_root()
+        .join("tests/fixtures/sd-ref")
+        .join(format!("{name}.safetensors"))
+}
+
+/// `graphs/<file>` with the reference's noise wired in and the per-step latents and the float
+/// image saved.
+fn instrumented(sb: &Sandbox, file: &str, fixture: &str) -> PathBuf {
+    let text = std::fs::read_to_string(graph(file)).expect("graph");
+    let wired = text.replacen(
+        "inputs: {model: ckpt.model,",
+        "inputs: {noise: noise, model: ckpt.model,",
+        1,
+    );
+    assert_ne!(
+        wired, text,
+        "{file}: the sample node's inputs moved; update this test"
+    );
+    let wired = wired.replacen(
+        "params: {kind: $sampler,",
+        "params: {record_steps: true, kind: $sampler,",
+        1,
+    );
+    let noise = reference(fixture);
+    let mut g = wired;
+    g.push_str(&format!(
+        "  noise:\n    type: core.load_tensor\n    params: {{path: {}, name: noise}}\n  save_steps:\n    type: core.save_tensor\n    inputs: {{tensor: sample.steps}}\n    params: {{filename: steps.safetensors}}\n  save_float:\n    type: core.save_tensor\n    inputs: {{tensor: decode}}\n    params: {{filename: image.safetensors}}\n",
+        noise.display()
+    ));
+    sb.write(file, &g)
+}
+
+fn run_and_compare(file: &str, fixture: &str, set: &[&str]) {
+    let sb = Sandbox::new();
+    let g = instrumented(&sb, file, fixture);
+    let model = workspace_root().join("tests/fixtures/tiny-sd");
+    let images = workspace_root().join("tests/fixtures/images");
+    let mut args = vec![
+        "run".to_string(),
+        g.display().to_string(),
+        "-q".into(),
+        "--set".into(),
+        format!("model={}", model.display()),
+    ];
+    // The instrumented copy lives in the sandbox: give the default images by absolute path.
+    if file != "txt2img.yaml" {
+        args.extend([
+            "--set".into(),
+            format!("image={}", images.join("img2img-init.png").display()),
+        ]);
+    }
+    if file == "inpaint.yaml" {
+        args.extend([
+            "--set".into(),
+            format!("mask={}", images.join("inpaint-mask.png").display()),
+        ]);
+    }
+    for s in set {
+        args.push("--set".into());
+        args.push((*s).into());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    sb.run(&args).expect_code(0);
+    let out = sb.path().join("output");
+    let (shape, ours) = read_safetensors_tensor(&out.join("steps.safetensors"), "tensor");
+    let (rshape, theirs) = read_safetensors_tensor(&reference(fixture), "latents");
+    assert_eq!(shape, rshape, "{fixture}: steps × latent shape");
+    let per = ours.len() / shape[0];
+    for s in 0..shape[0] {
+        let e = rel_err(
+            &ours[s * per..(s + 1) * per],
+            &theirs[s * per..(s + 1) * per],
+        );
+        assert!(e <= 1e-4, "{fixture}: step {s} latent error {e:e}");
+    }
+    let (ishape, img) = read_safetensors_tensor(&out.join("image.safetensors"), "tensor");
+    let (rishape, rimg) = read_safetensors_tensor(&reference(fixture), "image");
+    assert_eq!(ishape, rishape, "{fixture}: image shape");
+    let e = rel_err(&img, &rimg);
+    assert!(e <= 1e-4, "{fixture}: decoded image error {e:e}");
+    assert!(
+        out.join(file.replace(".yaml", ".png")).exists(),
+        "the graph's own PNG is written"
+    );
+}
+
+const TXT2IMG: [(&str, &str, bool); 9] = [
+    ("loop_ddim", "ddim", false),
+    ("loop_ddpm", "ddpm", false),
+    ("loop_euler", "euler", false),
+    ("loop_euler_a", "euler_a", false),
+    ("loop_dpmpp_2m", "dpmpp_2m", false),
+    ("loop_dpmpp_2m_karras", "dpmpp_2m", true),
+    ("loop_lms", "lms", false),
+    ("loop_unipc", "unipc", false),
+    ("loop_lcm", "lcm", false),
+];
+
+#[test]
+fn txt2img_matches_diffusers_for_every_sampler() {
+    for (fixture, kind, karras) in TXT2IMG {
+        let sampler = format!("sampler={kind}");
+        let karras = format!("karras={karras}");
+        run_and_compare(
+            "txt2img.yaml",
+            fixture,
+            &[
+                &sampler,
+                &karras,
+                "steps=10",
+                "cfg=7.5",
+                "width=32",
+                "height=24",
+            ],
+        );
+    }
+}
+
+#[test]
+fn img2img_matches_diffusers() {
+    run_and_compare(
+        "img2img.yaml",
+        "img2img",
+        &["sampler=euler", "steps=10", "strength=0.6", "cfg=7.5"],
+    );
+}
+
+#[test]
+fn inpaint_matches_diffusers() {
+    run_and_compare(
+        "inpaint.yaml",
+        "inpaint",
+        &["sampler=ddim", "steps=10", "cfg=7.5"],
+    );
+}
