@@ -26,7 +26,7 @@ fn every_sampler_lands_on_the_point_through_the_abi() {
     for k in KINDS {
         let steps = if k == "lcm" { 4 } else { 12 };
         g.push_str(&format!(
-            "  s_{k}: {{type: samplers.sample, inputs: {{model: model, positive: pos, latent: empty}}, params: {{kind: {k}, steps: {steps}, cfg: 1.0, seed: 3}}}}\n  w_{k}: {{type: core.save_tensor, inputs: {{tensor: s_{k}}}, params: {{filename: {k}.safetensors}}}}\n"
+            "  s_{k}: {{type: samplers.sample, inputs: {{model: model, positive: pos, latent: empty}}, params: {{kind: {k}, steps: {steps}, cfg: 1.0, seed: 3}}}}\n  w_{k}: {{type: core.save_tensor, inputs: {{tensor: s_{k}.latent}}, params: {{filename: {k}.safetensors}}}}\n"
         ));
     }
     let g = sb.write("all.yaml", &g);
@@ -60,7 +60,7 @@ nodes:
   neg: {type: test.conditioning, params: {value: 0.0}}
   empty: {type: core.empty_latent, params: {width: 16, height: 16}}
   s: {type: samplers.sample, inputs: {model: model, positive: pos, negative: neg, latent: empty}, params: {kind: dpmpp_2m, steps: 10, cfg: 7.5}}
-  w: {type: core.save_tensor, inputs: {tensor: s}, params: {filename: cfg.safetensors}}
+  w: {type: core.save_tensor, inputs: {tensor: s.latent}, params: {filename: cfg.safetensors}}
 "#,
     );
     sb.run(&["run", g.to_str().unwrap_or_default(), "-q"])
@@ -82,7 +82,7 @@ nodes:
   pos: {type: test.conditioning}
   start: {type: core.noise_latent, params: {width: 16, height: 16, seed: 9}}
   s: {type: samplers.sample, inputs: {model: model, positive: pos, latent: start}, params: {kind: euler, steps: 10, strength: 0.6, cfg: 1.0}}
-  w: {type: core.save_tensor, inputs: {tensor: s}, params: {filename: i2i.safetensors}}
+  w: {type: core.save_tensor, inputs: {tensor: s.latent}, params: {filename: i2i.safetensors}}
 "#,
     );
     let r = sb.run(&["run", g.to_str().unwrap_or_default(), "--events", "json"]);
@@ -114,7 +114,7 @@ nodes:
   known: {type: core.noise_latent, params: {width: 32, height: 16, seed: 4}}
   left: {type: core.rect_mask, params: {width: 32, height: 16, x: 0, y: 0, rect_width: 16, rect_height: 16}}
   s: {type: samplers.sample, inputs: {model: model, positive: pos, latent: known, mask: left}, params: {kind: euler, steps: 10, cfg: 1.0}}
-  w: {type: core.save_tensor, inputs: {tensor: s}, params: {filename: out.safetensors}}
+  w: {type: core.save_tensor, inputs: {tensor: s.latent}, params: {filename: out.safetensors}}
   wk: {type: core.save_tensor, inputs: {tensor: known}, params: {filename: known.safetensors}}
 "#,
     );
