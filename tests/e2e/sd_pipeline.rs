@@ -1,6 +1,6 @@
 //! Stable Diffusion end to end through the real binary and the graphs in `graphs/`, on the
 //! tiny random-weight pipeline: every sampler's 10-step txt2img loop with CFG 7.5, img2img at
-//! strength 0.6 and inpainting match diffusers (tools/reference/make_sd_fixtures.py) at every
+//! strength 0.6, inpainting by blending and with a 9-channel inpainting UNet match diffusers (tools/reference/make_sd_fixtures.py) at every
 //! step's latent and in the decoded image, error ≤ 1e-4 (stochastic samplers replay the
 //! reference's recorded noise through the sampler's `noise` input).
 
@@ -19,8 +19,8 @@ fn reference(name: &str) -> PathBuf {
 fn instrumented(sb: &Sandbox, file: &str, fixture: &str) -> PathBuf {
     let text = std::fs::read_to_string(graph(file)).expect("graph");
     let wired = text.replacen(
-        "inputs: {model: ckpt.model,",
-        "inputs: {noise: noise, model: ckpt.model,",
+        "type: samplers.sample\n    inputs: {",
+        "type: samplers.sample\n    inputs: {noise: noise, ",
         1,
     );
     assert_ne!(
@@ -42,9 +42,13 @@ fn instrumented(sb: &Sandbox, file: &str, fixture: &str) -> PathBuf {
 }
 
 fn run_and_compare(file: &str, fixture: &str, set: &[&str]) {
+    let model = workspace_root().join("tests/fixtures/tiny-sd");
+    run_model_and_compare(file, fixture, &model, set);
+}
+
+fn run_model_and_compare(file: &str, fixture: &str, model: &std::path::Path, set: &[&str]) {
     let sb = Sandbox::new();
     let g = instrumented(&sb, file, fixture);
-    let model = workspace_root().join("tests/fixtures/tiny-sd");
     let images = workspace_root().join("tests/fixtures/images");
     let mut args = vec![
         "run".to_string(),
@@ -60,7 +64,7 @@ fn run_and_compare(file: &str, fixture: &str, set: &[&str]) {
             format!("image={}", images.join("img2img-init.png").display()),
         ]);
     }
-    if file == "inpaint.yaml" {
+    if file.starts_with("inpaint") {
         args.extend([
             "--set".into(),
             format!("mask={}", images.join("inpaint-mask.png").display()),
@@ -137,10 +141,62 @@ fn img2img_matches_diffusers() {
 }
 
 #[test]
+fn inpainting_model_matches_diffusers() {
+    let unet = workspace_root().join("tests/fixtures/tiny-sd-inpaint/unet");
+    let unet = format!("unet={}", unet.display());
+    run_and_compare(
+        "inpaint_model.yaml",
+        "inpaint9",
+        &[&unet, "sampler=euler", "steps=10", "cfg=7.5"],
+    );
+}
+
+#[test]
 fn inpaint_matches_diffusers() {
     run_and_compare(
         "inpaint.yaml",
         "inpaint",
         &["sampler=ddim", "steps=10", "cfg=7.5"],
+    );
+}
+
+#[test]
+fn single_file_checkpoint_runs_txt2img_like_the_folder() {
+    let ckpt = workspace_root().join("tests/fixtures/tiny-sd-single.safetensors");
+    let config = format!(
+        "config={}",
+        workspace_root().join("tests/fixtures/tiny-sd").display()
+    );
+    run_model_and_compare(
+        "txt2img.yaml",
+        "loop_dpmpp_2m",
+        &ckpt,
+        &[
+            &config,
+            "sampler=dpmpp_2m",
+            "steps=10",
+            "cfg=7.5",
+            "width=32",
+            "height=24",
+        ],
+    );
+}
+
+#[test]
+fn a_checkpoint_that_is_not_sd_is_refused_with_one_line() {
+    let sb = Sandbox::new();
+    let bogus = workspace_root().join("tests/fixtures/sd-ref/unet.safetensors");
+    let g = graph("txt2img.yaml");
+    let run = sb.run(&[
+        "run",
+        g.to_str().unwrap_or_default(),
+        "--set",
+        &format!("model={}", bogus.display()),
+    ]);
+    run.expect_code(4);
+    let err = &run.stderr;
+    assert!(
+        err.contains("not a single-file Stable Diffusion checkpoint"),
+        "{err}"
     );
 }

@@ -48,6 +48,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2] / "tests" / "fixtures"
 TINY = ROOT / "tiny-sd"
 REF = ROOT / "sd-ref"
 IMAGES = ROOT / "images"
+INPAINT = ROOT / "tiny-sd-inpaint"
 CACHE = pathlib.Path(__file__).resolve().parent / ".cache"
 
 OPEN_CLIP = "open-clip-torch==3.3.0"
@@ -224,10 +225,10 @@ def make_text_encoder():
     return enc
 
 
-def make_unet():
+def make_unet(in_channels=4):
     unet = UNet2DConditionModel(
         sample_size=16,
-        in_channels=4,
+        in_channels=in_channels,
         out_channels=4,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
@@ -506,6 +507,25 @@ def main():
     inp.scheduler = make("ddim")
     run_pipe(
         inp, "inpaint",
+        {"init_image": image.permute(0, 2, 3, 1).contiguous(), "mask": mask[:, 0].contiguous()},
+        image=image, mask_image=mask, height=hh, width=ww, strength=1.0,
+    )
+
+    # A 9-channel inpainting UNet (latent, mask, masked-image latent), stored in float16.
+    torch.manual_seed(11)
+    unet9 = make_unet(in_channels=9)
+    with torch.no_grad():
+        for p in unet9.parameters():
+            p.copy_(p.half().float())
+    unet9.save_pretrained(INPAINT / "unet", safe_serialization=True)
+    st9 = INPAINT / "unet" / "diffusion_pytorch_model.safetensors"
+    save_file({k: v.half().contiguous() for k, v in load_file(str(st9)).items()}, str(st9), metadata={"format": "pt"})
+    components = dict(pipe.components)
+    components["unet"] = unet9
+    inp9 = StableDiffusionInpaintPipeline(**components)
+    inp9.scheduler = make("euler")
+    run_pipe(
+        inp9, "inpaint9",
         {"init_image": image.permute(0, 2, 3, 1).contiguous(), "mask": mask[:, 0].contiguous()},
         image=image, mask_image=mask, height=hh, width=ww, strength=1.0,
     )
