@@ -349,3 +349,33 @@ pub fn node() -> NodeDef {
             .param(Param::choice("prediction", &["auto", "epsilon", "v_prediction"]).default("auto").doc("auto: ask the model")),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conditionings_of_different_lengths_repeat_to_their_lcm() {
+        let a = (vec![1.0, 2.0], vec![1, 2, 1]); // 2 tokens
+        let b = (vec![3.0, 4.0, 5.0], vec![1, 3, 1]); // 3 tokens
+        let (a, b) = match_tokens(a, b).unwrap();
+        assert_eq!(a.1, vec![1, 6, 1]);
+        assert_eq!(a.0, vec![1.0, 2.0, 1.0, 2.0, 1.0, 2.0]);
+        assert_eq!(b.0, vec![3.0, 4.0, 5.0, 3.0, 4.0, 5.0]);
+        let c = (vec![0.0; 4], vec![1, 2, 2]);
+        let d = (vec![0.0; 3], vec![1, 1, 3]);
+        assert!(match_tokens(c, d).is_err(), "different widths are an error");
+    }
+
+    #[test]
+    fn recorded_noise_is_consumed_in_order_and_runs_out_clearly() {
+        let mut n = Noise::Recorded {
+            data: vec![1.0, 2.0, 3.0, 4.0],
+            at: 0,
+        };
+        assert_eq!(n.draw(2).unwrap(), vec![1.0, 2.0]);
+        assert_eq!(n.draw(2).unwrap(), vec![3.0, 4.0]);
+        let e = n.draw(2).unwrap_err();
+        assert!(e.to_string().contains("needs more"), "{e}");
+    }
+}

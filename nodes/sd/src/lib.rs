@@ -10,7 +10,7 @@ pub mod clip;
 mod error;
 mod inpaint;
 pub mod models;
-mod objects;
+pub mod objects;
 pub mod prompt;
 pub mod tokenizer;
 pub mod unet;
