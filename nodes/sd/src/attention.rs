@@ -2,8 +2,10 @@
 //! `Attention`), with a hook that receives cross-attention probabilities.
 
 use candle_core::{Module, Tensor};
+
+use crate::conv::Conv;
 use candle_nn::{
-    conv2d, group_norm, layer_norm, linear, linear_no_bias, Conv2d, GroupNorm, LayerNorm, Linear,
+    group_norm, layer_norm, linear, linear_no_bias, GroupNorm, LayerNorm, Linear,
     VarBuilder,
 };
 
@@ -59,16 +61,52 @@ impl Attention {
         let q = self.split((self.q.forward(x)? * scale)?)?;
         let k = self.split(self.k.forward(ctx)?)?;
         let v = self.split(self.v.forward(ctx)?)?;
-        let probs = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
-        if let Some((name, hook)) = hook {
-            hook(name, &probs);
-        }
-        let o = probs
-            .matmul(&v)?
+        let o = match hook {
+            Some((name, hook)) => {
+                let probs = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
+                hook(name, &probs);
+                probs.matmul(&v)?
+            }
+            None => attend_chunked(&q, &k, &v)?,
+        };
+        let o = o
             .transpose(1, 2)?
             .reshape((b, l, self.heads * self.dim_head))?;
         self.out.forward(&o)
     }
+}
+
+/// Scores per block stay under this many floats (16 MiB), so long sequences never materialise
+/// the whole B·heads×L×L probability matrix: less memory, fewer page faults, warmer caches.
+const SCORE_BLOCK: usize = 4 << 20;
+
+/// softmax(q·kᵀ)·v for q, k, v of B×heads×L×d, in blocks of queries.
+fn attend_chunked(q: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
+    let (b, h, lq, _) = q.dims4()?;
+    let lk = k.dim(2)?;
+    if b * h * lq * lk <= SCORE_BLOCK {
+        return candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?.matmul(v);
+    }
+    let kt = k.t()?;
+    let rows = (SCORE_BLOCK / lk).max(1);
+    let mut per_head = Vec::with_capacity(b * h);
+    for bi in 0..b {
+        let mut heads = Vec::with_capacity(h);
+        for hi in 0..h {
+            let (qh, kh, vh) = (q.get(bi)?.get(hi)?, kt.get(bi)?.get(hi)?, v.get(bi)?.get(hi)?);
+            let mut parts = Vec::with_capacity(lq.div_ceil(rows));
+            let mut start = 0;
+            while start < lq {
+                let n = rows.min(lq - start);
+                let s = qh.narrow(0, start, n)?.matmul(&kh)?;
+                parts.push(candle_nn::ops::softmax_last_dim(&s)?.matmul(&vh)?);
+                start += n;
+            }
+            heads.push(Tensor::cat(&parts, 0)?);
+        }
+        per_head.push(Tensor::stack(&heads, 0)?);
+    }
+    Tensor::stack(&per_head, 0)
 }
 
 /// Self-attention, cross-attention and a GEGLU feed-forward, each pre-normed and residual.
@@ -122,7 +160,7 @@ impl BasicTransformerBlock {
 }
 
 enum Proj {
-    Conv(Conv2d),
+    Conv(Conv),
     Linear(Linear),
 }
 
@@ -166,7 +204,7 @@ impl Transformer2D {
             Ok(if c.linear_projection {
                 Proj::Linear(linear(i, o, vb)?)
             } else {
-                Proj::Conv(conv2d(i, o, 1, Default::default(), vb)?)
+                Proj::Conv(Conv::new(i, o, 1, Default::default(), vb)?)
             })
         };
         let blocks = (0..c.layers)

@@ -7,11 +7,13 @@
 pub mod attention;
 pub mod checkpoint;
 pub mod clip;
+pub mod conv;
 mod error;
 mod inpaint;
 pub mod models;
 pub mod objects;
 pub mod prompt;
+pub mod resnet;
 pub mod tokenizer;
 pub mod unet;
 pub mod vae;

@@ -7,11 +7,12 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::{conv2d, group_norm, linear, Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
-use candle_transformers::models::stable_diffusion::resnet::{ResnetBlock2D, ResnetBlock2DConfig};
+use candle_nn::{group_norm, linear, Conv2dConfig, GroupNorm, Linear, VarBuilder};
 use serde::Deserialize;
 
 use crate::attention::{AttentionHook, Transformer2D, Transformer2DConfig};
+use crate::conv::Conv;
+use crate::resnet::{ResnetBlock, ResnetConfig};
 use crate::weights::{self, Weights};
 use crate::SdError;
 
@@ -331,7 +332,7 @@ pub struct Hooks<'a> {
 /// One ResNet with an optional transformer after it.
 pub struct Layer {
     /// The ResNet.
-    pub resnet: ResnetBlock2D,
+    pub resnet: ResnetBlock,
     /// The transformer (cross-attention blocks).
     pub attention: Option<Transformer2D>,
 }
@@ -357,7 +358,7 @@ pub struct DownBlock {
     /// Its layers.
     pub layers: Vec<Layer>,
     /// The downsampler and its padding.
-    pub downsample: Option<(Conv2d, usize)>,
+    pub downsample: Option<(Conv, usize)>,
 }
 
 /// An up block: layers fed with skip connections, then an optional upsampler.
@@ -365,22 +366,22 @@ pub struct UpBlock {
     /// Its layers.
     pub layers: Vec<Layer>,
     /// The convolution after nearest-neighbour upsampling.
-    pub upsample: Option<Conv2d>,
+    pub upsample: Option<Conv>,
 }
 
 /// The mid block: a ResNet, then (transformer, ResNet) pairs.
 pub struct MidBlock {
     /// First ResNet.
-    pub first: ResnetBlock2D,
+    pub first: ResnetBlock,
     /// The rest.
-    pub layers: Vec<(Transformer2D, ResnetBlock2D)>,
+    pub layers: Vec<(Transformer2D, ResnetBlock)>,
 }
 
 /// The UNet.
 pub struct UNet {
     /// Its configuration.
     pub config: UNetConfig,
-    conv_in: Conv2d,
+    conv_in: Conv,
     time_1: Linear,
     time_2: Linear,
     /// Down blocks.
@@ -390,7 +391,7 @@ pub struct UNet {
     /// Up blocks.
     pub up: Vec<UpBlock>,
     norm_out: GroupNorm,
-    conv_out: Conv2d,
+    conv_out: Conv,
 }
 
 fn resnet(
@@ -400,17 +401,14 @@ fn resnet(
     temb: usize,
     c: &UNetConfig,
     scale: f64,
-) -> candle_core::Result<ResnetBlock2D> {
-    let cfg = ResnetBlock2DConfig {
-        out_channels: Some(cout),
-        temb_channels: Some(temb),
+) -> candle_core::Result<ResnetBlock> {
+    let cfg = ResnetConfig {
         groups: c.norm_num_groups,
-        groups_out: None,
         eps: c.norm_eps,
-        use_in_shortcut: None,
-        output_scale_factor: scale,
+        temb: Some(temb),
+        output_scale: scale,
     };
-    ResnetBlock2D::new(vb, cin, cfg)
+    ResnetBlock::new(vb, cin, cout, cfg)
 }
 
 impl UNet {
@@ -433,7 +431,7 @@ impl UNet {
             padding: k / 2,
             ..Default::default()
         };
-        let conv_in = conv2d(
+        let conv_in = Conv::new(
             c.in_channels,
             ch[0],
             c.conv_in_kernel,
@@ -488,7 +486,7 @@ impl UNet {
                     ..Default::default()
                 };
                 Some((
-                    conv2d(ch[i], ch[i], 3, cfg, vb.pp("downsamplers.0.conv"))?,
+                    Conv::new(ch[i], ch[i], 3, cfg, vb.pp("downsamplers.0.conv"))?,
                     c.downsample_padding,
                 ))
             } else {
@@ -560,7 +558,7 @@ impl UNet {
                 });
             }
             let upsample = if i + 1 < n {
-                Some(conv2d(out, out, 3, pad(3), vb.pp("upsamplers.0.conv"))?)
+                Some(Conv::new(out, out, 3, pad(3), vb.pp("upsamplers.0.conv"))?)
             } else {
                 None
             };
@@ -569,7 +567,7 @@ impl UNet {
         }
 
         let norm_out = group_norm(c.norm_num_groups, ch[0], c.norm_eps, vb.pp("conv_norm_out"))?;
-        let conv_out = conv2d(
+        let conv_out = Conv::new(
             ch[0],
             c.out_channels,
             c.conv_out_kernel,

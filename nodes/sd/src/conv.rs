@@ -1,0 +1,152 @@
+//! 2-D convolution for the CPU: 3×3, stride 1, padding 1 convolutions (most of the UNet's and
+//! the VAE's compute) run as one matrix product over an im2col buffer built in row bands, and
+//! 1×1 convolutions as a plain matrix product; both are several times faster than candle's
+//! generic conv2d on the CPU. Everything else goes to candle.
+
+use candle_core::{Module, Tensor};
+use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
+
+/// Bytes of im2col buffer per band (bounds memory for large images).
+const BAND_BYTES: usize = 64 << 20;
+
+/// A convolution layer with the same weights and names as `candle_nn::Conv2d`.
+pub struct Conv {
+    inner: Conv2d,
+    /// O×(C·k²) weight matrix for the fast paths (k = 1 or 3).
+    matrix: Option<Tensor>,
+    kernel: usize,
+}
+
+impl Conv {
+    /// Loads `weight` (O×C×k×k) and `bias`.
+    pub fn new(cin: usize, cout: usize, k: usize, cfg: Conv2dConfig, vb: VarBuilder) -> candle_core::Result<Self> {
+        let inner = candle_nn::conv2d(cin, cout, k, cfg, vb)?;
+        let plain = cfg.stride == 1 && cfg.dilation == 1 && cfg.groups == 1;
+        let fast = plain && ((k == 3 && cfg.padding == 1) || (k == 1 && cfg.padding == 0));
+        let matrix = if fast {
+            Some(inner.weight().reshape((cout, cin * k * k))?.contiguous()?)
+        } else {
+            None
+        };
+        Ok(Self {
+            inner,
+            matrix,
+            kernel: k,
+        })
+    }
+
+    fn pointwise_forward(&self, x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, c, h, wd) = x.dims4()?;
+        let o = w.dim(0)?;
+        let out = w
+            .broadcast_left(b)?
+            .matmul(&x.reshape((b, c, h * wd))?)?
+            .reshape((b, o, h, wd))?;
+        match self.inner.bias() {
+            Some(bias) => out.broadcast_add(&bias.reshape((1, o, 1, 1))?),
+            None => Ok(out),
+        }
+    }
+
+    fn im2col_forward(&self, x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, c, h, wd) = x.dims4()?;
+        let o = w.dim(0)?;
+        let x = x.contiguous()?;
+        let (storage, layout) = x.storage_and_layout();
+        let data = match &*storage {
+            candle_core::Storage::Cpu(cpu) => &cpu.as_slice::<f32>()?[layout.start_offset()..],
+            _ => candle_core::bail!("im2col conv needs a CPU tensor"),
+        };
+        let band = (BAND_BYTES / (c * 9 * wd * 4).max(1)).clamp(1, h);
+        let mut outs = Vec::with_capacity(b);
+        for bi in 0..b {
+            let img = &data[bi * c * h * wd..(bi + 1) * c * h * wd];
+            let mut bands = Vec::with_capacity(h.div_ceil(band));
+            let mut y0 = 0;
+            while y0 < h {
+                let n = band.min(h - y0);
+                let cols = im2col_band(img, c, h, wd, y0, n);
+                let cols = Tensor::from_vec(cols, (c * 9, n * wd), x.device())?;
+                bands.push(w.matmul(&cols)?.reshape((o, n, wd))?);
+                y0 += n;
+            }
+            outs.push(if bands.len() == 1 { bands.remove(0) } else { Tensor::cat(&bands, 1)? });
+        }
+        let out = Tensor::stack(&outs, 0)?;
+        match self.inner.bias() {
+            Some(bias) => out.broadcast_add(&bias.reshape((1, o, 1, 1))?),
+            None => Ok(out),
+        }
+    }
+}
+
+/// Rows `y0..y0+n` of the 3×3 / padding-1 im2col matrix of one C×H×W image: (C·9)×(n·W),
+/// row `c·9 + ky·3 + kx` holding input pixel (y + ky − 1, x + kx − 1) or 0 outside.
+fn im2col_band(img: &[f32], c: usize, h: usize, w: usize, y0: usize, n: usize) -> Vec<f32> {
+    use rayon::prelude::*;
+    let plane = n * w;
+    let mut cols = vec![0f32; c * 9 * plane];
+    cols.par_chunks_mut(9 * plane).enumerate().for_each(|(ch, dst)| {
+        let src = &img[ch * h * w..(ch + 1) * h * w];
+        for ky in 0..3 {
+            for kx in 0..3 {
+                let tap = &mut dst[(ky * 3 + kx) * plane..(ky * 3 + kx + 1) * plane];
+                for r in 0..n {
+                    let sy = (y0 + r + ky) as isize - 1;
+                    if sy < 0 || sy >= h as isize {
+                        continue;
+                    }
+                    let row = &src[sy as usize * w..(sy as usize + 1) * w];
+                    let out = &mut tap[r * w..(r + 1) * w];
+                    match kx {
+                        0 => out[1..].copy_from_slice(&row[..w - 1]),
+                        1 => out.copy_from_slice(row),
+                        _ => out[..w - 1].copy_from_slice(&row[1..]),
+                    }
+                }
+            }
+        }
+    });
+    cols
+}
+
+impl Module for Conv {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match (&self.matrix, x.device(), x.dtype()) {
+            (Some(w), candle_core::Device::Cpu, candle_core::DType::F32) if self.kernel == 1 => {
+                self.pointwise_forward(x, w)
+            }
+            (Some(w), candle_core::Device::Cpu, candle_core::DType::F32) if x.dim(3)? > 1 => {
+                self.im2col_forward(x, w)
+            }
+            _ => self.inner.forward(x),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    #[test]
+    fn the_fast_path_equals_candle_conv2d() {
+        let dev = Device::Cpu;
+        let vm = candle_nn::VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
+        let x = Tensor::randn(0f32, 1.0, (2, 5, 9, 13), &dev).unwrap();
+        for (k, padding) in [(3, 1), (1, 0)] {
+            let cfg = Conv2dConfig {
+                padding,
+                ..Default::default()
+            };
+            let conv = Conv::new(5, 7, k, cfg, vb.pp(format!("k{k}"))).unwrap();
+            assert!(conv.matrix.is_some());
+            let fast = conv.forward(&x).unwrap();
+            let slow = conv.inner.forward(&x).unwrap();
+            let d = (fast - slow).unwrap().abs().unwrap().max_all().unwrap();
+            let d = d.to_scalar::<f32>().unwrap();
+            assert!(d < 1e-5, "k={k}: {d}");
+        }
+    }
+}
