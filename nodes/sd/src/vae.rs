@@ -6,13 +6,14 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, VarBuilder};
-use candle_transformers::models::stable_diffusion::unet_2d_blocks::{
-    DownEncoderBlock2D, DownEncoderBlock2DConfig, UNetMidBlock2D, UNetMidBlock2DConfig,
+use candle_nn::{Conv2dConfig, GroupNorm, VarBuilder};
+use candle_transformers::models::stable_diffusion::attention::{
+    AttentionBlock, AttentionBlockConfig,
 };
-use candle_transformers::models::stable_diffusion::vae::{AutoEncoderKL, AutoEncoderKLConfig};
 use serde::Deserialize;
 
+use crate::conv::Conv;
+use crate::resnet::{ResnetBlock, ResnetConfig};
 use crate::weights::Weights;
 use crate::SdError;
 
@@ -127,73 +128,100 @@ impl VaeConfig {
     }
 }
 
-/// The encoder half up to the posterior mean (candle-transformers keeps the mean private).
+fn pad1() -> Conv2dConfig {
+    Conv2dConfig {
+        padding: 1,
+        ..Default::default()
+    }
+}
+
+fn resnet_cfg(c: &VaeConfig) -> ResnetConfig {
+    ResnetConfig {
+        groups: c.norm_num_groups,
+        eps: 1e-6,
+        temb: None,
+        output_scale: 1.0,
+    }
+}
+
+/// ResNet, self-attention, ResNet.
+struct MidBlock {
+    first: ResnetBlock,
+    attention: AttentionBlock,
+    second: ResnetBlock,
+}
+
+impl MidBlock {
+    fn new(vb: VarBuilder, ch: usize, c: &VaeConfig) -> candle_core::Result<Self> {
+        let attn = AttentionBlockConfig {
+            num_head_channels: None,
+            num_groups: c.norm_num_groups,
+            rescale_output_factor: 1.0,
+            eps: 1e-6,
+        };
+        Ok(Self {
+            first: ResnetBlock::new(vb.pp("resnets.0"), ch, ch, resnet_cfg(c))?,
+            attention: AttentionBlock::new(vb.pp("attentions.0"), ch, attn)?,
+            second: ResnetBlock::new(vb.pp("resnets.1"), ch, ch, resnet_cfg(c))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let x = self.first.forward(x, None)?;
+        let x = self.attention.forward(&x)?;
+        self.second.forward(&x, None)
+    }
+}
+
+/// The encoder up to the posterior mean.
 struct Encoder {
-    conv_in: Conv2d,
-    down: Vec<DownEncoderBlock2D>,
-    mid: UNetMidBlock2D,
+    conv_in: Conv,
+    down: Vec<(Vec<ResnetBlock>, Option<Conv>)>,
+    mid: MidBlock,
     norm: GroupNorm,
-    conv_out: Conv2d,
-    quant_conv: Option<Conv2d>,
+    conv_out: Conv,
+    quant_conv: Option<Conv>,
     latent_channels: usize,
 }
 
 impl Encoder {
     fn new(vb: &VarBuilder, c: &VaeConfig) -> candle_core::Result<Self> {
-        let pad1 = Conv2dConfig {
-            padding: 1,
-            ..Default::default()
-        };
         let enc = vb.pp("encoder");
         let chans = &c.block_out_channels;
-        let conv_in = candle_nn::conv2d(c.in_channels, chans[0], 3, pad1, enc.pp("conv_in"))?;
+        let conv_in = Conv::new(c.in_channels, chans[0], 3, pad1(), enc.pp("conv_in"))?;
         let mut down = Vec::with_capacity(chans.len());
         for (i, &out) in chans.iter().enumerate() {
-            let cfg = DownEncoderBlock2DConfig {
-                num_layers: c.layers_per_block,
-                resnet_eps: 1e-6,
-                resnet_groups: c.norm_num_groups,
-                output_scale_factor: 1.0,
-                add_downsample: i + 1 < chans.len(),
-                downsample_padding: 0,
+            let vb = enc.pp(format!("down_blocks.{i}"));
+            let mut cin = if i == 0 { chans[0] } else { chans[i - 1] };
+            let mut resnets = Vec::with_capacity(c.layers_per_block);
+            for j in 0..c.layers_per_block {
+                resnets.push(ResnetBlock::new(vb.pp(format!("resnets.{j}")), cin, out, resnet_cfg(c))?);
+                cin = out;
+            }
+            let downsample = if i + 1 < chans.len() {
+                let cfg = Conv2dConfig {
+                    stride: 2,
+                    ..Default::default()
+                };
+                Some(Conv::new(out, out, 3, cfg, vb.pp("downsamplers.0.conv"))?)
+            } else {
+                None
             };
-            let inp = if i == 0 { chans[0] } else { chans[i - 1] };
-            down.push(DownEncoderBlock2D::new(
-                enc.pp("down_blocks").pp(i.to_string()),
-                inp,
-                out,
-                cfg,
-            )?);
+            down.push((resnets, downsample));
         }
         let last = chans[chans.len() - 1];
-        let mid_cfg = UNetMidBlock2DConfig {
-            num_layers: 1,
-            resnet_eps: 1e-6,
-            resnet_groups: Some(c.norm_num_groups),
-            attn_num_head_channels: None,
-            output_scale_factor: 1.0,
-        };
-        let mid = UNetMidBlock2D::new(enc.pp("mid_block"), last, None, mid_cfg)?;
-        let norm = candle_nn::group_norm(c.norm_num_groups, last, 1e-6, enc.pp("conv_norm_out"))?;
-        let conv_out = candle_nn::conv2d(last, 2 * c.latent_channels, 3, pad1, enc.pp("conv_out"))?;
         let quant_conv = if c.use_quant_conv {
             let m = 2 * c.latent_channels;
-            Some(candle_nn::conv2d(
-                m,
-                m,
-                1,
-                Default::default(),
-                vb.pp("quant_conv"),
-            )?)
+            Some(Conv::new(m, m, 1, Default::default(), vb.pp("quant_conv"))?)
         } else {
             None
         };
         Ok(Encoder {
             conv_in,
             down,
-            mid,
-            norm,
-            conv_out,
+            mid: MidBlock::new(enc.pp("mid_block"), last, c)?,
+            norm: candle_nn::group_norm(c.norm_num_groups, last, 1e-6, enc.pp("conv_norm_out"))?,
+            conv_out: Conv::new(last, 2 * c.latent_channels, 3, pad1(), enc.pp("conv_out"))?,
             quant_conv,
             latent_channels: c.latent_channels,
         })
@@ -202,10 +230,16 @@ impl Encoder {
     /// The posterior mean: the first half of the encoder's moments.
     fn mean(&self, image: &Tensor) -> candle_core::Result<Tensor> {
         let mut xs = self.conv_in.forward(image)?;
-        for block in &self.down {
-            xs = block.forward(&xs)?;
+        for (resnets, downsample) in &self.down {
+            for r in resnets {
+                xs = r.forward(&xs, None)?;
+            }
+            if let Some(d) = downsample {
+                // diffusers pads right and bottom by one, then convolves with stride 2.
+                xs = d.forward(&xs.pad_with_zeros(3, 0, 1)?.pad_with_zeros(2, 0, 1)?)?;
+            }
         }
-        let xs = self.mid.forward(&xs, None)?;
+        let xs = self.mid.forward(&xs)?;
         let xs = candle_nn::ops::silu(&self.norm.forward(&xs)?)?;
         let mut moments = self.conv_out.forward(&xs)?;
         if let Some(q) = &self.quant_conv {
@@ -215,12 +249,80 @@ impl Encoder {
     }
 }
 
+/// The decoder.
+struct Decoder {
+    post_quant_conv: Option<Conv>,
+    conv_in: Conv,
+    mid: MidBlock,
+    up: Vec<(Vec<ResnetBlock>, Option<Conv>)>,
+    norm: GroupNorm,
+    conv_out: Conv,
+}
+
+impl Decoder {
+    fn new(vb: &VarBuilder, c: &VaeConfig) -> candle_core::Result<Self> {
+        let dec = vb.pp("decoder");
+        let rev: Vec<usize> = c.block_out_channels.iter().rev().copied().collect();
+        let post_quant_conv = if c.use_post_quant_conv {
+            let l = c.latent_channels;
+            Some(Conv::new(l, l, 1, Default::default(), vb.pp("post_quant_conv"))?)
+        } else {
+            None
+        };
+        let mut up = Vec::with_capacity(rev.len());
+        let mut prev = rev[0];
+        for (i, &out) in rev.iter().enumerate() {
+            let vb = dec.pp(format!("up_blocks.{i}"));
+            let mut resnets = Vec::with_capacity(c.layers_per_block + 1);
+            for j in 0..=c.layers_per_block {
+                let cin = if j == 0 { prev } else { out };
+                resnets.push(ResnetBlock::new(vb.pp(format!("resnets.{j}")), cin, out, resnet_cfg(c))?);
+            }
+            let upsample = if i + 1 < rev.len() {
+                Some(Conv::new(out, out, 3, pad1(), vb.pp("upsamplers.0.conv"))?)
+            } else {
+                None
+            };
+            up.push((resnets, upsample));
+            prev = out;
+        }
+        let first = *c.block_out_channels.first().unwrap_or(&rev[0]);
+        Ok(Decoder {
+            post_quant_conv,
+            conv_in: Conv::new(c.latent_channels, rev[0], 3, pad1(), dec.pp("conv_in"))?,
+            mid: MidBlock::new(dec.pp("mid_block"), rev[0], c)?,
+            up,
+            norm: candle_nn::group_norm(c.norm_num_groups, first, 1e-6, dec.pp("conv_norm_out"))?,
+            conv_out: Conv::new(first, c.out_channels, 3, pad1(), dec.pp("conv_out"))?,
+        })
+    }
+
+    fn forward(&self, z: &Tensor) -> candle_core::Result<Tensor> {
+        let z = match &self.post_quant_conv {
+            Some(p) => p.forward(z)?,
+            None => z.clone(),
+        };
+        let mut xs = self.mid.forward(&self.conv_in.forward(&z)?)?;
+        for (resnets, upsample) in &self.up {
+            for r in resnets {
+                xs = r.forward(&xs, None)?;
+            }
+            if let Some(u) = upsample {
+                let (_, _, h, w) = xs.dims4()?;
+                xs = u.forward(&xs.upsample_nearest2d(h * 2, w * 2)?)?;
+            }
+        }
+        let xs = candle_nn::ops::silu(&self.norm.forward(&xs)?)?;
+        self.conv_out.forward(&xs)
+    }
+}
+
 /// A loaded AutoencoderKL (f32 on the CPU).
 pub struct Vae {
     /// The configuration.
     pub config: VaeConfig,
-    model: AutoEncoderKL,
     encoder: Encoder,
+    decoder: Decoder,
     /// The folder it came from.
     pub source: PathBuf,
 }
@@ -233,20 +335,8 @@ impl Vae {
     }
 
     /// Builds the VAE from a config and weights; `source` names it in messages.
-    pub fn from_weights(
-        config: VaeConfig,
-        weights: &Weights,
-        source: &Path,
-    ) -> Result<Self, SdError> {
+    pub fn from_weights(config: VaeConfig, weights: &Weights, source: &Path) -> Result<Self, SdError> {
         let vb = weights.var_builder(DType::F32, &Device::Cpu)?;
-        let cfg = AutoEncoderKLConfig {
-            block_out_channels: config.block_out_channels.clone(),
-            layers_per_block: config.layers_per_block,
-            latent_channels: config.latent_channels,
-            norm_num_groups: config.norm_num_groups,
-            use_quant_conv: config.use_quant_conv,
-            use_post_quant_conv: config.use_post_quant_conv,
-        };
         let mismatch = |e: candle_core::Error| {
             err(format!(
                 "{}: VAE weights do not match the config: {e}",
@@ -254,19 +344,18 @@ impl Vae {
             ))
         };
         let encoder = Encoder::new(&vb, &config).map_err(mismatch)?;
-        let model = AutoEncoderKL::new(vb, config.in_channels, config.out_channels, cfg)
-            .map_err(mismatch)?;
+        let decoder = Decoder::new(&vb, &config).map_err(mismatch)?;
         Ok(Vae {
             config,
-            model,
             encoder,
+            decoder,
             source: source.to_path_buf(),
         })
     }
 
     /// Decoder output for a raw latent `N×C×h×w` (no scaling factor), image in about [-1, 1].
     pub fn decode_raw(&self, latent: &Tensor) -> Result<Tensor, SdError> {
-        self.model.decode(latent).map_err(err)
+        self.decoder.forward(latent).map_err(err)
     }
 
     /// Posterior mean of an image `N×3×H×W` in [-1, 1] (no scaling factor).
