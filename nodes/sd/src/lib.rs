@@ -22,6 +22,9 @@ pub mod weights;
 use std::path::{Path, PathBuf};
 
 pub use error::SdError;
+
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use latentflow_plugin_api::sdk::denoiser::denoiser_handle;
 use latentflow_plugin_api::sdk::prelude::*;
 use models::Source;
