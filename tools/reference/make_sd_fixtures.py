@@ -246,6 +246,37 @@ def make_unet(in_channels=4):
     return unet
 
 
+def unet_variant_fixture():
+    """SD 2.x-style options: linear projections, per-block head counts, two transformer layers,
+    per-block layer counts and an odd latent size (the upsampler follows the skip's size)."""
+    torch.manual_seed(21)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(16, 32, 32),
+        layers_per_block=(1, 2, 1),
+        cross_attention_dim=24,
+        attention_head_dim=(2, 4, 4),  # diffusers: head counts, despite the name
+        transformer_layers_per_block=(2, 1, 1),
+        use_linear_projection=True,
+        upcast_attention=True,
+        norm_num_groups=8,
+        flip_sin_to_cos=False,
+        freq_shift=1,
+    ).eval()
+    perturb(unet)
+    unet.save_pretrained(ROOT / "tiny-unet-variant", safe_serialization=True)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(1, 4, 9, 11, generator=g)
+    ctx = torch.randn(1, 5, 24, generator=g)
+    with torch.no_grad():
+        out = unet(x, torch.tensor(77.0), encoder_hidden_states=ctx).sample
+    save_file({"x": x, "context": ctx, "out": out.contiguous()}, str(REF / "unet_variant.safetensors"), metadata={"t": "77"})
+
+
 def clip_fixture(tok, enc):
     ids = tok(PROMPT, padding="max_length", max_length=77, return_tensors="pt")["input_ids"]
     with torch.no_grad():
@@ -465,6 +496,7 @@ def main():
     unet = make_unet()
     unet.save_pretrained(TINY / "unet", safe_serialization=True)
     unet_fixture(unet)
+    unet_variant_fixture()
 
     vae = AutoencoderKL.from_pretrained(TINY / "vae").eval()
     sched = make("ddim")

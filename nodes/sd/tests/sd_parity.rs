@@ -169,3 +169,15 @@ fn unsupported_configs_name_the_field() {
         latentflow_sd::unet::UNetConfig::from_file(&dir.path().join("config.json")).unwrap_err();
     assert!(err.to_string().contains("AttnUpBlock2D"), "{err}");
 }
+
+#[test]
+fn unet_config_variants_match_diffusers() {
+    // Linear projections, explicit head counts, 2 transformer layers, per-block layer counts,
+    // three levels, sin-first embeddings with a frequency shift, and an odd 9×11 latent.
+    let unet = UNet::load(&fixtures().join("tiny-unet-variant"), &Device::Cpu).unwrap();
+    let r = load("unet_variant.safetensors");
+    let out = unet.forward(&r["x"], 77.0, &r["context"], &Hooks::default()).unwrap();
+    let e = rel_err(&out, &r["out"]);
+    eprintln!("UNet variant forward error {e:e}");
+    assert!(e <= 1e-5, "UNet variant forward error {e:e}");
+}
