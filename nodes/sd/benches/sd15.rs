@@ -21,7 +21,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// One warm-up, then `n` timed runs; forces the result each time.
 fn time(n: usize, mut f: impl FnMut() -> Tensor) -> f64 {
-    let force = |t: Tensor| t.to_dtype(DType::F32).and_then(|t| t.sum_all()).and_then(|t| t.to_scalar::<f32>());
+    let force = |t: Tensor| {
+        t.to_dtype(DType::F32)
+            .and_then(|t| t.sum_all())
+            .and_then(|t| t.to_scalar::<f32>())
+    };
     force(f()).ok();
     let runs = (0..n)
         .map(|_| {
@@ -42,17 +46,24 @@ fn main() {
     let want = |name: &str| filter.as_deref().is_none_or(|f| name.contains(f));
     let src = Source::detect(&dir, None).expect("SD 1.5 folder");
     let dev = Device::Cpu;
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     println!("candle {} threads", threads);
 
     if want("conv") {
         use candle_core::Module;
         let vm = candle_nn::VarMap::new();
         let vb = candle_nn::VarBuilder::from_varmap(&vm, DType::F32, &dev);
-        let cfg = candle_nn::Conv2dConfig { padding: 1, ..Default::default() };
+        let cfg = candle_nn::Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
         for (b, c, hw) in [(2usize, 320usize, 64usize), (2, 640, 32), (1, 128, 512)] {
-            let ours = latentflow_sd::conv::Conv::new(c, c, 3, cfg, vb.pp(format!("c{c}_{hw}"))).expect("conv");
-            let theirs = candle_nn::conv2d(c, c, 3, cfg, vb.pp(format!("c{c}_{hw}"))).expect("conv");
+            let ours = latentflow_sd::conv::Conv::new(c, c, 3, cfg, vb.pp(format!("c{c}_{hw}")))
+                .expect("conv");
+            let theirs =
+                candle_nn::conv2d(c, c, 3, cfg, vb.pp(format!("c{c}_{hw}"))).expect("conv");
             let x = Tensor::randn(0f32, 1.0, (b, c, hw, hw), &dev).expect("x");
             let a = time(3, || ours.forward(&x).expect("conv"));
             let t = time(3, || theirs.forward(&x).expect("conv"));
@@ -62,18 +73,37 @@ fn main() {
     if want("text") {
         let t0 = Instant::now();
         let text = models::text_encoder(&src).expect("text encoder");
-        println!("load text encoder      {:8.2} s", t0.elapsed().as_secs_f64());
-        let s = time(5, || encode_prompt(&text, "a photograph of an astronaut riding a horse", 0, true).expect("encode").0);
+        println!(
+            "load text encoder      {:8.2} s",
+            t0.elapsed().as_secs_f64()
+        );
+        let s = time(5, || {
+            encode_prompt(
+                &text,
+                "a photograph of an astronaut riding a horse",
+                0,
+                true,
+            )
+            .expect("encode")
+            .0
+        });
         println!("text encode            {:8.3} s", s);
     }
     if want("unet") {
         let t0 = Instant::now();
         let unet = models::unet(&src).expect("unet");
-        println!("load unet              {:8.2} s", t0.elapsed().as_secs_f64());
+        println!(
+            "load unet              {:8.2} s",
+            t0.elapsed().as_secs_f64()
+        );
         let ctx = Tensor::randn(0f32, 1.0, (2, 77, 768), &dev).expect("ctx");
         for (size, n) in [(32usize, 3usize), (64, 2)] {
             let x = Tensor::randn(0f32, 1.0, (2, 4, size, size), &dev).expect("x");
-            let s = time(n, || unet.unet.forward(&x, 500.0, &ctx, &Hooks::default()).expect("forward"));
+            let s = time(n, || {
+                unet.unet
+                    .forward(&x, 500.0, &ctx, &Hooks::default())
+                    .expect("forward")
+            });
             println!("unet step {size}x{size} b2     {:8.3} s", s);
         }
     }

@@ -5,8 +5,7 @@ use candle_core::{Module, Tensor};
 
 use crate::conv::Conv;
 use candle_nn::{
-    group_norm, layer_norm, linear, linear_no_bias, GroupNorm, LayerNorm, Linear,
-    VarBuilder,
+    group_norm, layer_norm, linear, linear_no_bias, GroupNorm, LayerNorm, Linear, VarBuilder,
 };
 
 /// Receives `(layer name, probabilities B×heads×queries×tokens)` of every cross-attention.
@@ -93,7 +92,11 @@ fn attend_chunked(q: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Result<Ten
     for bi in 0..b {
         let mut heads = Vec::with_capacity(h);
         for hi in 0..h {
-            let (qh, kh, vh) = (q.get(bi)?.get(hi)?, kt.get(bi)?.get(hi)?, v.get(bi)?.get(hi)?);
+            let (qh, kh, vh) = (
+                q.get(bi)?.get(hi)?,
+                kt.get(bi)?.get(hi)?,
+                v.get(bi)?.get(hi)?,
+            );
             let mut parts = Vec::with_capacity(lq.div_ceil(rows));
             let mut start = 0;
             while start < lq {

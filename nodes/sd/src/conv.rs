@@ -19,7 +19,13 @@ pub struct Conv {
 
 impl Conv {
     /// Loads `weight` (O×C×k×k) and `bias`.
-    pub fn new(cin: usize, cout: usize, k: usize, cfg: Conv2dConfig, vb: VarBuilder) -> candle_core::Result<Self> {
+    pub fn new(
+        cin: usize,
+        cout: usize,
+        k: usize,
+        cfg: Conv2dConfig,
+        vb: VarBuilder,
+    ) -> candle_core::Result<Self> {
         let inner = candle_nn::conv2d(cin, cout, k, cfg, vb)?;
         let plain = cfg.stride == 1 && cfg.dilation == 1 && cfg.groups == 1;
         let fast = plain && ((k == 3 && cfg.padding == 1) || (k == 1 && cfg.padding == 0));
@@ -70,7 +76,11 @@ impl Conv {
                 bands.push(w.matmul(&cols)?.reshape((o, n, wd))?);
                 y0 += n;
             }
-            outs.push(if bands.len() == 1 { bands.remove(0) } else { Tensor::cat(&bands, 1)? });
+            outs.push(if bands.len() == 1 {
+                bands.remove(0)
+            } else {
+                Tensor::cat(&bands, 1)?
+            });
         }
         let out = Tensor::stack(&outs, 0)?;
         match self.inner.bias() {
@@ -86,27 +96,29 @@ fn im2col_band(img: &[f32], c: usize, h: usize, w: usize, y0: usize, n: usize) -
     use rayon::prelude::*;
     let plane = n * w;
     let mut cols = vec![0f32; c * 9 * plane];
-    cols.par_chunks_mut(9 * plane).enumerate().for_each(|(ch, dst)| {
-        let src = &img[ch * h * w..(ch + 1) * h * w];
-        for ky in 0..3 {
-            for kx in 0..3 {
-                let tap = &mut dst[(ky * 3 + kx) * plane..(ky * 3 + kx + 1) * plane];
-                for r in 0..n {
-                    let sy = (y0 + r + ky) as isize - 1;
-                    if sy < 0 || sy >= h as isize {
-                        continue;
-                    }
-                    let row = &src[sy as usize * w..(sy as usize + 1) * w];
-                    let out = &mut tap[r * w..(r + 1) * w];
-                    match kx {
-                        0 => out[1..].copy_from_slice(&row[..w - 1]),
-                        1 => out.copy_from_slice(row),
-                        _ => out[..w - 1].copy_from_slice(&row[1..]),
+    cols.par_chunks_mut(9 * plane)
+        .enumerate()
+        .for_each(|(ch, dst)| {
+            let src = &img[ch * h * w..(ch + 1) * h * w];
+            for ky in 0..3 {
+                for kx in 0..3 {
+                    let tap = &mut dst[(ky * 3 + kx) * plane..(ky * 3 + kx + 1) * plane];
+                    for r in 0..n {
+                        let sy = (y0 + r + ky) as isize - 1;
+                        if sy < 0 || sy >= h as isize {
+                            continue;
+                        }
+                        let row = &src[sy as usize * w..(sy as usize + 1) * w];
+                        let out = &mut tap[r * w..(r + 1) * w];
+                        match kx {
+                            0 => out[1..].copy_from_slice(&row[..w - 1]),
+                            1 => out.copy_from_slice(row),
+                            _ => out[..w - 1].copy_from_slice(&row[1..]),
+                        }
                     }
                 }
             }
-        }
-    });
+        });
     cols
 }
 

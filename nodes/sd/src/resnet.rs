@@ -32,13 +32,24 @@ pub struct ResnetConfig {
 
 impl ResnetBlock {
     /// Builds a block from `cin` to `cout` channels.
-    pub fn new(vb: VarBuilder, cin: usize, cout: usize, c: ResnetConfig) -> candle_core::Result<Self> {
+    pub fn new(
+        vb: VarBuilder,
+        cin: usize,
+        cout: usize,
+        c: ResnetConfig,
+    ) -> candle_core::Result<Self> {
         let pad1 = Conv2dConfig {
             padding: 1,
             ..Default::default()
         };
         let shortcut = if cin != cout {
-            Some(Conv::new(cin, cout, 1, Default::default(), vb.pp("conv_shortcut"))?)
+            Some(Conv::new(
+                cin,
+                cout,
+                1,
+                Default::default(),
+                vb.pp("conv_shortcut"),
+            )?)
         } else {
             None
         };
@@ -59,7 +70,9 @@ impl ResnetBlock {
 
     /// `x` B×C×H×W, `temb` B×T (the raw time embedding; SiLU is applied here).
     pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>) -> candle_core::Result<Tensor> {
-        let h = self.conv1.forward(&candle_nn::ops::silu(&self.norm1.forward(x)?)?)?;
+        let h = self
+            .conv1
+            .forward(&candle_nn::ops::silu(&self.norm1.forward(x)?)?)?;
         let h = match (temb, &self.time_emb_proj) {
             (Some(t), Some(p)) => {
                 let t = p.forward(&candle_nn::ops::silu(t)?)?;
@@ -67,7 +80,9 @@ impl ResnetBlock {
             }
             _ => h,
         };
-        let h = self.conv2.forward(&candle_nn::ops::silu(&self.norm2.forward(&h)?)?)?;
+        let h = self
+            .conv2
+            .forward(&candle_nn::ops::silu(&self.norm2.forward(&h)?)?)?;
         let skip = match &self.shortcut {
             Some(s) => s.forward(x)?,
             None => x.clone(),

@@ -195,7 +195,12 @@ impl Encoder {
             let mut cin = if i == 0 { chans[0] } else { chans[i - 1] };
             let mut resnets = Vec::with_capacity(c.layers_per_block);
             for j in 0..c.layers_per_block {
-                resnets.push(ResnetBlock::new(vb.pp(format!("resnets.{j}")), cin, out, resnet_cfg(c))?);
+                resnets.push(ResnetBlock::new(
+                    vb.pp(format!("resnets.{j}")),
+                    cin,
+                    out,
+                    resnet_cfg(c),
+                )?);
                 cin = out;
             }
             let downsample = if i + 1 < chans.len() {
@@ -265,7 +270,13 @@ impl Decoder {
         let rev: Vec<usize> = c.block_out_channels.iter().rev().copied().collect();
         let post_quant_conv = if c.use_post_quant_conv {
             let l = c.latent_channels;
-            Some(Conv::new(l, l, 1, Default::default(), vb.pp("post_quant_conv"))?)
+            Some(Conv::new(
+                l,
+                l,
+                1,
+                Default::default(),
+                vb.pp("post_quant_conv"),
+            )?)
         } else {
             None
         };
@@ -276,7 +287,12 @@ impl Decoder {
             let mut resnets = Vec::with_capacity(c.layers_per_block + 1);
             for j in 0..=c.layers_per_block {
                 let cin = if j == 0 { prev } else { out };
-                resnets.push(ResnetBlock::new(vb.pp(format!("resnets.{j}")), cin, out, resnet_cfg(c))?);
+                resnets.push(ResnetBlock::new(
+                    vb.pp(format!("resnets.{j}")),
+                    cin,
+                    out,
+                    resnet_cfg(c),
+                )?);
             }
             let upsample = if i + 1 < rev.len() {
                 Some(Conv::new(out, out, 3, pad1(), vb.pp("upsamplers.0.conv"))?)
@@ -335,7 +351,11 @@ impl Vae {
     }
 
     /// Builds the VAE from a config and weights; `source` names it in messages.
-    pub fn from_weights(config: VaeConfig, weights: &Weights, source: &Path) -> Result<Self, SdError> {
+    pub fn from_weights(
+        config: VaeConfig,
+        weights: &Weights,
+        source: &Path,
+    ) -> Result<Self, SdError> {
         let vb = weights.var_builder(DType::F32, &Device::Cpu)?;
         let mismatch = |e: candle_core::Error| {
             err(format!(

@@ -176,7 +176,9 @@ fn unet_config_variants_match_diffusers() {
     // three levels, sin-first embeddings with a frequency shift, and an odd 9×11 latent.
     let unet = UNet::load(&fixtures().join("tiny-unet-variant"), &Device::Cpu).unwrap();
     let r = load("unet_variant.safetensors");
-    let out = unet.forward(&r["x"], 77.0, &r["context"], &Hooks::default()).unwrap();
+    let out = unet
+        .forward(&r["x"], 77.0, &r["context"], &Hooks::default())
+        .unwrap();
     let e = rel_err(&out, &r["out"]);
     eprintln!("UNet variant forward error {e:e}");
     assert!(e <= 1e-5, "UNet variant forward error {e:e}");
