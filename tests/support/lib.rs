@@ -259,29 +259,14 @@ pub fn read_safetensors_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
     let bytes = std::fs::read(path).expect("read safetensors");
     let n = u64::from_le_bytes(bytes[..8].try_into().expect("header length")) as usize;
     let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).expect("header json");
-    let (_, info) = header
+    let name = header
         .as_object()
         .expect("header object")
-        .iter()
-        .find(|(k, _)| *k != "__metadata__")
-        .expect("a tensor");
-    assert_eq!(info["dtype"], "F32");
-    let shape: Vec<usize> = info["shape"]
-        .as_array()
-        .expect("shape")
-        .iter()
-        .map(|v| v.as_u64().unwrap_or(0) as usize)
-        .collect();
-    let off = info["data_offsets"].as_array().expect("offsets");
-    let (a, b) = (
-        off[0].as_u64().unwrap_or(0) as usize,
-        off[1].as_u64().unwrap_or(0) as usize,
-    );
-    let data = bytes[8 + n + a..8 + n + b]
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    (shape, data)
+        .keys()
+        .find(|k| *k != "__metadata__")
+        .expect("a tensor")
+        .clone();
+    read_safetensors_tensor(path, &name)
 }
 
 /// The f32 tensor `name` of a `.safetensors` file: shape and values.

@@ -313,7 +313,7 @@ RESNET = {
 }
 
 
-def unet_to_ldm(sd, cfg):
+def unet_to_ldm(sd, cfg, dtype=torch.bfloat16):
     n = cfg["layers_per_block"]
     out = {}
 
@@ -358,7 +358,7 @@ def unet_to_ldm(sd, cfg):
                 new = f"output_blocks.{i * (n + 1) + n}.{2 if has_attn else 1}.conv.{p[-1]}"
         else:
             raise KeyError(k)
-        out["model.diffusion_model." + new] = v.to(torch.bfloat16)
+        out["model.diffusion_model." + new] = v.to(dtype)
     return out
 
 
