@@ -58,7 +58,7 @@ fn run_model_and_compare(file: &str, fixture: &str, model: &std::path::Path, set
         format!("model={}", model.display()),
     ];
     // The instrumented copy lives in the sandbox: give the default images by absolute path.
-    if file != "txt2img.yaml" {
+    if file.starts_with("img2img") || file.starts_with("inpaint") {
         args.extend([
             "--set".into(),
             format!("image={}", images.join("img2img-init.png").display()),
@@ -198,5 +198,45 @@ fn a_checkpoint_that_is_not_sd_is_refused_with_one_line() {
     assert!(
         err.contains("not a single-file Stable Diffusion checkpoint"),
         "{err}"
+    );
+}
+
+#[test]
+fn deepcache_matches_the_deepcache_package() {
+    for branch in [0, 1] {
+        let b = format!("cache_branch_id={branch}");
+        run_and_compare(
+            "deepcache.yaml",
+            &format!("deepcache_b{branch}"),
+            &[
+                "sampler=ddim",
+                "steps=10",
+                "cfg=7.5",
+                "width=32",
+                "height=24",
+                "cache_interval=3",
+                &b,
+            ],
+        );
+    }
+    // The reference really cached: its steps differ from the plain loop's.
+    let (_, cached) = read_safetensors_tensor(&reference("deepcache_b0"), "latents");
+    let (_, plain) = read_safetensors_tensor(&reference("loop_ddim"), "latents");
+    assert!(rel_err(&cached, &plain) > 1e-3);
+}
+
+#[test]
+fn deepcache_with_interval_one_is_the_plain_model() {
+    run_and_compare(
+        "deepcache.yaml",
+        "loop_ddim",
+        &[
+            "sampler=ddim",
+            "steps=10",
+            "cfg=7.5",
+            "width=32",
+            "height=24",
+            "cache_interval=1",
+        ],
     );
 }

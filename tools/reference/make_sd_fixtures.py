@@ -543,6 +543,17 @@ def main():
         image=image, mask_image=mask, height=hh, width=ww, strength=1.0,
     )
 
+    # DeepCache (the DeepCache package's plug-in helper) on the txt2img loop.
+    from DeepCache import DeepCacheSDHelper
+
+    for branch in (0, 1):
+        pipe.scheduler = make("ddim")
+        helper = DeepCacheSDHelper(pipe=pipe)
+        helper.set_params(cache_interval=3, cache_branch_id=branch)
+        helper.enable()
+        run_pipe(pipe, f"deepcache_b{branch}", {}, height=hh, width=ww)
+        helper.disable()
+
     # A 9-channel inpainting UNet (latent, mask, masked-image latent), stored in float16.
     torch.manual_seed(11)
     unet9 = make_unet(in_channels=9)

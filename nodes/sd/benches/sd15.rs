@@ -107,6 +107,40 @@ fn main() {
             println!("unet step {size}x{size} b2     {:8.3} s", s);
         }
     }
+    if want("deepcache") {
+        // 12 steps at 32×32, batch 2: plain, and DeepCache interval 3 (4 full + 8 shallow).
+        let unet = models::unet(&src).expect("unet");
+        let ctx = Tensor::randn(0f32, 1.0, (2, 77, 768), &dev).expect("ctx");
+        let x = Tensor::randn(0f32, 1.0, (2, 4, 32, 32), &dev).expect("x");
+        let t0 = Instant::now();
+        for i in 0..12 {
+            unet.unet
+                .forward(&x, 900.0 - 75.0 * i as f64, &ctx, &Hooks::default())
+                .expect("forward");
+        }
+        let plain = t0.elapsed().as_secs_f64();
+        for branch in [0usize, 1] {
+            let mut cache = None;
+            let t0 = Instant::now();
+            for i in 0..12 {
+                unet.unet
+                    .forward_deepcache(
+                        &x,
+                        900.0 - 75.0 * i as f64,
+                        &ctx,
+                        branch,
+                        &mut cache,
+                        i % 3 == 0,
+                    )
+                    .expect("deepcache");
+            }
+            let cached = t0.elapsed().as_secs_f64();
+            println!(
+                "deepcache N=3 b={branch}: 12 steps {cached:.2} s vs {plain:.2} s plain: {:.2}x",
+                plain / cached
+            );
+        }
+    }
     if want("vae") {
         let vae = models::vae(&src).expect("vae");
         let z = Tensor::randn(0f32, 1.0, (1, 4, 64, 64), &dev).expect("z");

@@ -8,6 +8,7 @@ pub mod attention;
 pub mod checkpoint;
 pub mod clip;
 pub mod conv;
+mod deepcache;
 mod error;
 mod inpaint;
 pub mod models;
@@ -222,6 +223,7 @@ pub fn plugin() -> PluginDef {
                 .param(Param::int("clip_skip").default(0).range(0.0, 24.0).doc("final layers to skip: 0 = last layer, 1 = penultimate (A1111 \"Clip skip 2\", diffusers clip_skip=1)"))
                 .param(Param::bool("weighting").default(true).doc("parse (word:1.2) weighting syntax; off: the text is tokenized literally, as diffusers does")),
         )
+        .node(deepcache::node())
         .node(
             NodeDef::new("sd.inpaint_model", inpaint::inpaint_model)
                 .doc("For inpainting models (UNet with 9 input channels, e.g. sd-v1-5-inpainting): wraps the model so every call gets the latent-resolution mask and the VAE latent of the masked image appended to its input, as diffusers does. Sample from an empty latent with the wrapped model and no sampler mask.")

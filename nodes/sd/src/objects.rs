@@ -40,6 +40,8 @@ pub struct UNetDenoiser {
     name: String,
     /// Replaces the prediction type of the model's scheduler config.
     pub prediction_override: Option<String>,
+    /// DeepCache features by the caller's cache key.
+    deep_cache: std::sync::Mutex<std::collections::HashMap<i64, CTensor>>,
 }
 
 impl UNetDenoiser {
@@ -49,6 +51,7 @@ impl UNetDenoiser {
             model,
             name,
             prediction_override: None,
+            deep_cache: Default::default(),
         }
     }
 }
@@ -95,6 +98,48 @@ impl DenoiserImpl for UNetDenoiser {
 
     fn describe(&self) -> String {
         format!("Denoiser(UNet {})", self.name)
+    }
+
+    /// `predict_deepcache(x, t, context, cache_branch_id, refresh, key)`: one DeepCache step
+    /// (see [`crate::unet::UNet::forward_deepcache`]); the deep feature is kept under `key`.
+    fn call_extra(
+        &self,
+        _host: HostRef<'_>,
+        method: &str,
+        args: Vec<Value>,
+    ) -> Option<Result<Vec<Value>, NodeError>> {
+        if method != "predict_deepcache" {
+            return None;
+        }
+        Some((|| {
+            let x = f32_tensor(
+                arg(&args, 0, method)?
+                    .as_tensor()
+                    .ok_or_else(|| NodeError::invalid("predict_deepcache: x must be a tensor"))?,
+            )?;
+            let t = arg(&args, 1, method)?
+                .as_float()
+                .ok_or_else(|| NodeError::invalid("predict_deepcache: t must be a number"))?;
+            let ctx = f32_tensor(
+                arg(&args, 2, method)?
+                    .as_tensor()
+                    .ok_or_else(|| NodeError::invalid("the SD UNet needs a text conditioning"))?,
+            )?;
+            let branch = int_arg(&args, 3, method)?.max(0) as usize;
+            let refresh = matches!(args.get(4), Some(Value::Bool(true)));
+            let key = int_arg(&args, 5, method)?;
+            let mut caches = self.deep_cache.lock().unwrap_or_else(|e| e.into_inner());
+            let mut cache = caches.remove(&key);
+            let out = self
+                .model
+                .unet
+                .forward_deepcache(&x, t, &ctx, branch, &mut cache, refresh)
+                .map_err(fail)?;
+            if let Some(c) = cache {
+                caches.insert(key, c);
+            }
+            Ok(vec![Value::Tensor(from_candle(&out)?)])
+        })())
     }
 }
 

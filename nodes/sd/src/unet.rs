@@ -695,8 +695,7 @@ impl UNet {
         }
     }
 
-    /// Up blocks from `from` on, consuming skips from the end; then the output head when
-    /// `from` is 0... every up block has run.
+    /// All up blocks, consuming skips from the end, then the output head.
     pub fn forward_up(
         &self,
         x: &Tensor,
@@ -705,9 +704,30 @@ impl UNet {
         ctx: &Tensor,
         hooks: &Hooks,
     ) -> candle_core::Result<Tensor> {
+        Ok(self.up_from(x, skips, temb, ctx, hooks, (0, 0), None)?.0)
+    }
+
+    /// Up path from layer `start` = (block, layer) on; also returns the main-path input of the
+    /// layer `tap` when it is passed.
+    #[allow(clippy::too_many_arguments)]
+    fn up_from(
+        &self,
+        x: &Tensor,
+        skips: &mut Vec<Tensor>,
+        temb: &Tensor,
+        ctx: &Tensor,
+        hooks: &Hooks,
+        start: (usize, usize),
+        tap: Option<(usize, usize)>,
+    ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
         let mut x = x.clone();
-        for block in &self.up {
-            for layer in &block.layers {
+        let mut tapped = None;
+        for (u, block) in self.up.iter().enumerate().skip(start.0) {
+            let first = if u == start.0 { start.1 } else { 0 };
+            for (j, layer) in block.layers.iter().enumerate().skip(first) {
+                if tap == Some((u, j)) {
+                    tapped = Some(x.clone());
+                }
                 let skip = skips
                     .pop()
                     .ok_or_else(|| candle_core::Error::Msg("ran out of skip connections".into()))?;
@@ -723,7 +743,94 @@ impl UNet {
             }
         }
         let x = candle_nn::ops::silu(&self.norm_out.forward(&x)?)?;
-        self.conv_out.forward(&x)
+        Ok((self.conv_out.forward(&x)?, tapped))
+    }
+
+    /// Where a DeepCache branch re-enters the up path: (up block, layer) for `cache_branch_id`
+    /// `branch` (block `branch / 3`, layer `branch % 3`, as the DeepCache package numbers them).
+    pub fn deepcache_entry(&self, branch: usize) -> Result<(usize, usize), SdError> {
+        let (block, layer) = (branch / 3, branch % 3);
+        let n = self.down.len();
+        if block >= n || layer > self.down[block].layers.len() {
+            return Err(SdError::new(format!(
+                "cache_branch_id {branch}: this UNet has {n} blocks of up to {} layers",
+                self.down.iter().map(|d| d.layers.len()).max().unwrap_or(0)
+            )));
+        }
+        let u = n - 1 - block;
+        let layers = self.up[u].layers.len();
+        Ok((u, layers.saturating_sub(1 + layer)))
+    }
+
+    /// DeepCache (Ma et al. 2024, as the `DeepCache` package's `DeepCacheSDHelper` runs it).
+    /// On a refresh step (`cache` empty or `refresh`) the whole network runs and the main-path
+    /// input of the branch's up layer is stored in `cache`; otherwise only the shallow part
+    /// runs: the down path up to the branch, then the up path from that layer on, fed with the
+    /// cached deep feature. Returns the prediction.
+    pub fn forward_deepcache(
+        &self,
+        x: &Tensor,
+        t: f64,
+        ctx: &Tensor,
+        branch: usize,
+        cache: &mut Option<Tensor>,
+        refresh: bool,
+    ) -> Result<Tensor, SdError> {
+        let entry = self.deepcache_entry(branch)?;
+        let (block, layer) = (branch / 3, branch % 3);
+        let hooks = Hooks::default();
+        let b = x.dim(0)?;
+        let temb = self.time_embedding(t, b, x.device())?;
+        let cached = cache
+            .as_ref()
+            .filter(|c| !refresh && c.dim(0).ok() == Some(b));
+        match cached {
+            None => {
+                let (h, mut skips) = self.forward_down(x, &temb, ctx, &hooks)?;
+                let h = self.forward_mid(&h, &temb, ctx, &hooks)?;
+                let (out, tapped) =
+                    self.up_from(&h, &mut skips, &temb, ctx, &hooks, (0, 0), Some(entry))?;
+                *cache = tapped;
+                Ok(out)
+            }
+            Some(feature) => {
+                // The shallow down path: blocks before the branch's, and its first `layer` layers.
+                let x = if self.config.center_input_sample {
+                    x.affine(2.0, -1.0)?
+                } else {
+                    x.clone()
+                };
+                let mut h = self.conv_in.forward(&x)?;
+                let mut skips = vec![h.clone()];
+                for (k, down) in self.down.iter().enumerate().take(block + 1) {
+                    let n = if k < block {
+                        down.layers.len()
+                    } else {
+                        layer.min(down.layers.len())
+                    };
+                    for l in &down.layers[..n] {
+                        h = l.forward(&h, &temb, ctx, &hooks)?;
+                        skips.push(h.clone());
+                    }
+                    if k < block {
+                        if let Some((conv, pad)) = &down.downsample {
+                            if *pad == 0 {
+                                h = h.pad_with_zeros(D::Minus1, 0, 1)?.pad_with_zeros(
+                                    D::Minus2,
+                                    0,
+                                    1,
+                                )?;
+                            }
+                            h = conv.forward(&h)?;
+                            skips.push(h.clone());
+                        }
+                    }
+                }
+                Ok(self
+                    .up_from(feature, &mut skips, &temb, ctx, &hooks, entry, None)?
+                    .0)
+            }
+        }
     }
 
     /// The whole network: noise (or v) prediction for `x` B×C×H×W at timestep `t` with

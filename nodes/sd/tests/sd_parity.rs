@@ -183,3 +183,45 @@ fn unet_config_variants_match_diffusers() {
     eprintln!("UNet variant forward error {e:e}");
     assert!(e <= 1e-5, "UNet variant forward error {e:e}");
 }
+
+#[test]
+fn deepcache_refresh_steps_are_the_plain_unet_bit_for_bit() {
+    let unet = UNet::load(&fixtures().join("tiny-sd/unet"), &Device::Cpu).unwrap();
+    let r = load("unet.safetensors");
+    let plain = unet
+        .forward(&r["x"], 421.0, &r["context"], &Hooks::default())
+        .unwrap();
+    for branch in [0, 1, 2] {
+        let mut cache = None;
+        let full = unet
+            .forward_deepcache(&r["x"], 421.0, &r["context"], branch, &mut cache, true)
+            .unwrap();
+        let d = (&full - &plain)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(d, 0.0, "branch {branch}");
+        assert!(cache.is_some());
+        // A retrieval step at the same input and timestep reuses the feature it would compute.
+        let again = unet
+            .forward_deepcache(&r["x"], 421.0, &r["context"], branch, &mut cache, false)
+            .unwrap();
+        let d = (&again - &plain)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-5, "branch {branch}: {d}");
+    }
+    assert!(
+        unet.deepcache_entry(6).is_err(),
+        "the tiny UNet has two blocks"
+    );
+}

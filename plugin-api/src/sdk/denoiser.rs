@@ -41,6 +41,17 @@ pub trait DenoiserImpl: Send + Sync + 'static {
     fn describe(&self) -> String {
         format!("{DENOISER}({})", self.family())
     }
+
+    /// Methods beyond `predict` and `prediction_type` that this denoiser offers (for example
+    /// `predict_deepcache` of the SD UNet); `None` when it has no method of that name.
+    fn call_extra(
+        &self,
+        _host: HostRef<'_>,
+        _method: &str,
+        _args: Vec<Value>,
+    ) -> Option<Result<Vec<Value>, NodeError>> {
+        None
+    }
 }
 
 struct AsObject<T>(T);
@@ -72,9 +83,11 @@ impl<T: DenoiserImpl> ObjectImpl for AsObject<T> {
                 Ok(vec![Value::Tensor(self.0.predict(host, x, t, context)?)])
             }
             "prediction_type" => Ok(vec![Value::from(self.0.prediction_type())]),
-            other => Err(NodeError::invalid(format!(
-                "{DENOISER} has no method `{other}`"
-            ))),
+            other => self.0.call_extra(host, other, args).unwrap_or_else(|| {
+                Err(NodeError::invalid(format!(
+                    "this {DENOISER} has no method `{other}`"
+                )))
+            }),
         }
     }
 

@@ -1,0 +1,112 @@
+//! `sd.deepcache`: DeepCache (Ma et al., 2024) as a denoiser wrapper. Every `cache_interval`-th
+//! step runs the full UNet and keeps the deep feature entering the up path at
+//! `cache_branch_id`; the steps between run only the shallow layers around that branch. Any
+//! sampler works with it; the wrapped model must offer `predict_deepcache` (the SD UNet does).
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Mutex;
+
+use latentflow_plugin_api::sdk::denoiser::{denoiser_handle, DenoiserClient, DenoiserImpl};
+use latentflow_plugin_api::sdk::prelude::*;
+
+static KEYS: AtomicI64 = AtomicI64::new(1);
+
+/// Where the wrapper is within a sampling run.
+struct Progress {
+    step: usize,
+    last_t: f64,
+}
+
+struct DeepCache {
+    inner: ObjectHandle,
+    interval: usize,
+    branch: usize,
+    key: i64,
+    prediction: String,
+    progress: Mutex<Progress>,
+}
+
+impl DenoiserImpl for DeepCache {
+    fn family(&self) -> String {
+        "sd-deepcache".into()
+    }
+
+    fn prediction_type(&self) -> String {
+        self.prediction.clone()
+    }
+
+    fn predict(
+        &self,
+        host: HostRef<'_>,
+        x: &Tensor,
+        timestep: f64,
+        context: Option<&Tensor>,
+    ) -> Result<Tensor, NodeError> {
+        let refresh = {
+            let mut p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+            // Timesteps fall within a run: one that does not starts a new run.
+            if timestep >= p.last_t {
+                p.step = 0;
+            }
+            p.last_t = timestep;
+            let refresh = p.step.is_multiple_of(self.interval);
+            p.step += 1;
+            refresh
+        };
+        let ctx = context.ok_or_else(|| NodeError::invalid("DeepCache needs a conditioning"))?;
+        let out = self.inner.call(
+            host,
+            "predict_deepcache",
+            vec![
+                Value::Tensor(x.clone()),
+                Value::Float(timestep),
+                Value::Tensor(ctx.clone()),
+                Value::Int(self.branch as i64),
+                Value::Bool(refresh),
+                Value::Int(self.key),
+            ],
+        )?;
+        match out.into_iter().next() {
+            Some(Value::Tensor(t)) => Ok(t),
+            _ => Err(NodeError::failed("predict_deepcache returned no tensor")),
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "Denoiser(DeepCache interval {} branch {} over {})",
+            self.interval,
+            self.branch,
+            self.inner.describe()
+        )
+    }
+}
+
+/// The node.
+pub fn deepcache(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
+    let inner = inputs.object("model")?.clone();
+    let prediction = DenoiserClient::new(&inner)?.prediction_type(ctx.host())?;
+    let interval = p.usize("cache_interval")?.max(1);
+    let wrapped = DeepCache {
+        inner,
+        interval,
+        branch: p.usize("cache_branch_id")?,
+        key: KEYS.fetch_add(1, Ordering::Relaxed),
+        prediction,
+        progress: Mutex::new(Progress {
+            step: 0,
+            last_t: f64::INFINITY,
+        }),
+    };
+    Ok(vec![Value::Object(denoiser_handle(wrapped))])
+}
+
+/// The node's definition.
+pub fn node() -> NodeDef {
+    NodeDef::new("sd.deepcache", deepcache)
+        .doc("DeepCache: every cache_interval-th sampling step runs the whole UNet and caches the deep feature at cache_branch_id (block = id / 3, layer = id % 3, numbered as the DeepCache package does); the steps in between recompute only the shallow layers. interval 1 is the plain model. Use one wrapped model per sampler at a time.")
+        .input("model", PortType::handle("Denoiser", ""), "an SD UNet denoiser")
+        .output("model", PortType::handle("Denoiser", ""), "the cached denoiser")
+        .param(Param::int("cache_interval").default(3).range(1.0, 1000.0).doc("full UNet every N steps"))
+        .param(Param::int("cache_branch_id").default(0).range(0.0, 64.0).doc("skip branch whose deep feature is reused (0: shallowest)"))
+}
