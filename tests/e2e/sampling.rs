@@ -150,3 +150,26 @@ fn a_sampler_refuses_a_handle_that_is_not_a_denoiser() {
         r.stderr
     );
 }
+
+#[test]
+fn every_sampler_predicts_the_point_as_x0_so_its_hallucination_score_is_zero() {
+    let sb = sandbox();
+    let mut g = String::from(
+        "nodes:\n  model: {type: test.point_denoiser, params: {c: 0.5}}\n  pos: {type: test.conditioning}\n  empty: {type: core.empty_latent, params: {width: 24, height: 16}}\n",
+    );
+    for k in KINDS {
+        g.push_str(&format!(
+            "  s_{k}: {{type: samplers.sample, inputs: {{model: model, positive: pos, latent: empty}}, params: {{kind: {k}, steps: 12, cfg: 1.0, seed: 3, record_steps: true}}}}\n  h_{k}: {{type: samplers.hallucination_score, inputs: {{x0: s_{k}.x0}}, params: {{last_k: 5}}}}\n  w_{k}: {{type: core.save_tensor, inputs: {{tensor: h_{k}}}, params: {{filename: {k}.safetensors}}}}\n  x_{k}: {{type: core.save_tensor, inputs: {{tensor: s_{k}.x0}}, params: {{filename: x0_{k}.safetensors}}}}\n"
+        ));
+    }
+    let g = sb.write("x0.yaml", &g);
+    sb.run(&["run", g.to_str().unwrap_or_default(), "-q"])
+        .expect_code(0);
+    for k in KINDS {
+        let x0 = values(&sb, &format!("x0_{k}.safetensors"));
+        assert_eq!(x0.len(), 12 * 4 * 2 * 3, "{k}");
+        assert!(x0.iter().all(|v| (v - 0.5).abs() < 1e-3), "{k}: x̂0 {x0:?}");
+        let s = values(&sb, &format!("{k}.safetensors"));
+        assert!(s.iter().all(|v| *v < 1e-7), "{k}: scores {s:?}");
+    }
+}

@@ -3,6 +3,7 @@
 //! `samplers.sample` drives a denoiser made by another plugin through the ABI's object handles
 //! (see `latentflow_plugin_api::sdk::denoiser`); `samplers.schedule` exposes the schedule itself.
 
+pub mod hallucination;
 mod sample;
 pub mod schedulers;
 
@@ -52,7 +53,7 @@ fn schedule(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
 
 /// The plugin's nodes.
 pub fn plugin() -> PluginDef {
-    PluginDef::new("samplers", env!("CARGO_PKG_VERSION")).node(
+    let def = PluginDef::new("samplers", env!("CARGO_PKG_VERSION")).node(
         NodeDef::new("samplers.schedule", schedule)
             .doc("The timesteps and σ of a scheduler for a number of steps (Stable Diffusion's training schedule).")
             .output("timesteps", PortType::tensor(Some(DType::F32), Dim::Fixed(1)), "timestep per step")
@@ -65,7 +66,10 @@ pub fn plugin() -> PluginDef {
             .param(Param::bool("karras").default(false).doc("Karras σ (euler, lms, dpmpp_2m, unipc)"))
             .param(Param::float("eta").default(0.0).range(0.0, 1.0).doc("DDIM stochasticity")),
     )
-    .node(sample::node())
+    .node(sample::node());
+    hallucination::nodes()
+        .into_iter()
+        .fold(def, PluginDef::node)
 }
 
 latentflow_plugin_api::export_plugin!(plugin());

@@ -161,6 +161,7 @@ fn sample(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeErro
         return Ok(vec![
             Value::Tensor(latent.clone()),
             Value::Tensor(Tensor::from_vec(Vec::<f32>::new(), &empty)?),
+            Value::Tensor(Tensor::from_vec(Vec::<f32>::new(), &empty)?),
         ]);
     }
     let start = steps - run_steps;
@@ -213,6 +214,7 @@ fn sample(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeErro
     let noise = rng.draw(numel)?;
     let record = p.bool("record_steps")?;
     let mut history: Vec<f32> = Vec::new();
+    let mut x0_history: Vec<f32> = Vec::new();
     let full = strength >= 1.0;
     let mut x: Vec<f32> = if full {
         let s = sched.init_noise_sigma() as f32;
@@ -266,6 +268,9 @@ fn sample(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeErro
             }
             pred
         };
+        if record {
+            x0_history.extend(sched.predict_x0(&out, &x));
+        }
         let z = if sched.needs_noise() {
             Some(rng.draw(numel)?)
         } else {
@@ -297,6 +302,7 @@ fn sample(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeErro
     Ok(vec![
         Value::Tensor(Tensor::from_vec(x, &shape)?),
         Value::Tensor(Tensor::from_vec(history, &hist_shape)?),
+        Value::Tensor(Tensor::from_vec(x0_history, &hist_shape)?),
     ])
 }
 
@@ -342,7 +348,8 @@ pub fn node() -> NodeDef {
             .optional_input("noise", PortType::tensor(Some(DType::F32), Dim::Any), "recorded noise to replay instead of the seeded stream: the initial draw, then each stochastic step's")
             .output("latent", PortType::latent(Dim::var("C")), "the denoised latent")
             .output("steps", PortType::tensor(Some(DType::F32), Dim::Fixed(5)), "the latent after every step (steps×N×C×H×W) when record_steps is on; empty otherwise")
-            .param(Param::bool("record_steps").default(false).doc("keep the latent after every step (the `steps` output)"))
+            .output("x0", PortType::tensor(Some(DType::F32), Dim::Fixed(5)), "the model's predicted clean latent x̂0 at every step (steps×N×C×H×W) when record_steps is on; empty otherwise")
+            .param(Param::bool("record_steps").default(false).doc("keep the latent and the predicted x̂0 of every step (the `steps` and `x0` outputs)"))
             .param(Param::float("cfg").default(7.5).range(0.0, 100.0).doc("classifier-free guidance scale"))
             .param(Param::seed("seed").default(0).doc("noise seed, or `random`"))
             .param(Param::float("strength").default(1.0).range(0.0, 1.0).doc("img2img: fraction of the schedule to run"))

@@ -70,3 +70,30 @@ fn bad_step_counts_are_errors() {
     assert!(Scheduler::new(Config::sd(Kind::Euler), 0).is_err());
     assert!(Scheduler::new(Config::sd(Kind::Euler), 1001).is_err());
 }
+
+#[test]
+fn hallucination_score_equals_numpy_population_variance() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/hallucination.safetensors");
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let f32s = |name: &str| -> (Vec<usize>, Vec<f32>) {
+        let v = st.tensor(name).unwrap();
+        let d = v
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        (v.shape().to_vec(), d)
+    };
+    let (shape, traj) = f32s("x0");
+    let (_, want) = f32s("scores");
+    let got = latentflow_samplers::hallucination::trajectory_variance(&traj, &shape, 10).unwrap();
+    for (g, w) in got.iter().zip(&want) {
+        assert!(
+            (g - w).abs() <= 1e-6 * w.abs().max(1e-3),
+            "{got:?} vs {want:?}"
+        );
+    }
+    assert!(got[1] < got[0] / 1000.0, "the settled sample scores lowest");
+}

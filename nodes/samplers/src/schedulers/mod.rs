@@ -237,6 +237,48 @@ impl Scheduler {
         Ok(())
     }
 
+    /// The clean sample x̂0 that `model_output` implies for the current latent `x`, before
+    /// [`Scheduler::step`] (each scheduler's own parameterisation: ᾱ for DDIM/DDPM/LCM, the
+    /// σ grid for Euler/LMS, VP α/σ for the multistep solvers).
+    pub fn predict_x0(&self, model_output: &[f32], x: &[f32]) -> Vec<f32> {
+        let v = self.cfg.prediction == Prediction::V;
+        let i = self.index.min(self.steps.saturating_sub(1));
+        match self.cfg.kind {
+            Kind::Ddim { .. } | Kind::Ddpm | Kind::Lcm => {
+                let a = self.cfg.table.alpha_bar(self.timesteps[i] as i64);
+                let (sa, sb) = (a.sqrt(), (1.0 - a).sqrt());
+                if v {
+                    lincomb(sa, x, -sb, model_output)
+                } else {
+                    lincomb(1.0 / sa, x, -sb / sa, model_output)
+                }
+            }
+            Kind::Euler | Kind::EulerAncestral | Kind::Lms => {
+                let s = self.sigmas[i];
+                if v {
+                    lincomb(
+                        1.0 / (s * s + 1.0),
+                        x,
+                        -s / (s * s + 1.0).sqrt(),
+                        model_output,
+                    )
+                } else {
+                    lincomb(1.0, x, -s, model_output)
+                }
+            }
+            Kind::DpmPp2M | Kind::UniPc => {
+                let s = self.sigmas[i];
+                let alpha = 1.0 / (s * s + 1.0).sqrt();
+                let sigma = s * alpha;
+                if v {
+                    lincomb(alpha, x, -sigma, model_output)
+                } else {
+                    lincomb(1.0 / alpha, x, -sigma / alpha, model_output)
+                }
+            }
+        }
+    }
+
     /// `x0` noised to the level of step `index` with unit noise `noise` (diffusers' `add_noise`):
     /// √ᾱ·x0 + √(1−ᾱ)·z for ᾱ-based schedulers, x0 + σ·z on the Euler grid, α·x0 + σ_VP·z for
     /// the multistep solvers. At the final index (σ = 0) it is `x0`.
