@@ -440,8 +440,10 @@ def patch_noise(queue):
     import diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_inpaint as p3
     from make_scheduler_fixtures import patch_randn
 
+    import diffusers.pipelines.controlnet.pipeline_controlnet as p4
+
     patch_randn(queue)
-    for m in (p1, p2, p3):
+    for m in (p1, p2, p3, p4):
         m.randn_tensor = queue
 
     def mode(encoder_output, generator=None, sample_mode="sample"):
@@ -553,6 +555,43 @@ def main():
         helper.enable()
         run_pipe(pipe, f"deepcache_b{branch}", {}, height=hh, width=ww)
         helper.disable()
+
+    # ControlNet: residuals of one forward, and the pipeline loop (with guidance window and
+    # guess mode).
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+
+    torch.manual_seed(31)
+    cn = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16)).eval()
+    perturb(cn)
+    cn.save_pretrained(ROOT / "tiny-controlnet", safe_serialization=True)
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 4, H, W, generator=g)
+    ctx = torch.randn(2, 77, 32, generator=g)
+    cond = image.repeat(2, 1, 1, 1)
+    out = {"x": x, "context": ctx, "cond": cond}
+    with torch.no_grad():
+        down, mid = cn(x, torch.tensor(421.0), encoder_hidden_states=ctx, controlnet_cond=cond,
+                       conditioning_scale=0.8, return_dict=False)
+        out["unet_out"] = unet(x, torch.tensor(421.0), encoder_hidden_states=ctx,
+                               down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
+        for i, d in enumerate(down):
+            out[f"down_{i}"] = d.contiguous()
+        out["mid"] = mid.contiguous()
+        gdown, gmid = cn(x, torch.tensor(421.0), encoder_hidden_states=ctx, controlnet_cond=cond,
+                         conditioning_scale=0.8, guess_mode=True, return_dict=False)
+        for i, d in enumerate(gdown):
+            out[f"guess_down_{i}"] = d.contiguous()
+        out["guess_mid"] = gmid.contiguous()
+    save_file({k: v.contiguous() for k, v in out.items()}, str(REF / "controlnet.safetensors"),
+              metadata={"t": "421", "scale": "0.8", "residuals": str(len(down))})
+    cpipe = StableDiffusionControlNetPipeline(
+        vae=vae, text_encoder=enc, tokenizer=tok, unet=unet, scheduler=make("ddim"), controlnet=cn,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    for name, guess in (("controlnet_loop", False), ("controlnet_guess", True)):
+        cpipe.scheduler = make("ddim")
+        run_pipe(cpipe, name, {}, image=image, height=hh, width=ww, controlnet_conditioning_scale=0.8,
+                 control_guidance_start=0.1, control_guidance_end=0.8, guess_mode=guess)
 
     # A 9-channel inpainting UNet (latent, mask, masked-image latent), stored in float16.
     torch.manual_seed(11)

@@ -7,6 +7,7 @@
 pub mod attention;
 pub mod checkpoint;
 pub mod clip;
+pub mod controlnet;
 pub mod conv;
 mod deepcache;
 mod error;

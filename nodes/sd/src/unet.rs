@@ -381,7 +381,8 @@ pub struct MidBlock {
 pub struct UNet {
     /// Its configuration.
     pub config: UNetConfig,
-    conv_in: Conv,
+    /// The input convolution.
+    pub conv_in: Conv,
     time_1: Linear,
     time_2: Linear,
     /// Down blocks.
@@ -390,8 +391,8 @@ pub struct UNet {
     pub mid: Option<MidBlock>,
     /// Up blocks.
     pub up: Vec<UpBlock>,
-    norm_out: GroupNorm,
-    conv_out: Conv,
+    /// The output norm and convolution (none in a ControlNet trunk).
+    head: Option<(GroupNorm, Conv)>,
 }
 
 fn resnet(
@@ -423,6 +424,24 @@ impl UNet {
 
     #[allow(clippy::needless_range_loop)] // levels index several per-block lists at once
     fn build(config: UNetConfig, plan: Plan, vb: VarBuilder) -> candle_core::Result<Self> {
+        Self::build_parts(config, plan, vb, true)
+    }
+
+    /// The down path and mid block only (a ControlNet's trunk): no up blocks, no output head.
+    pub fn new_encoder(config: UNetConfig, vb: VarBuilder) -> Result<Self, SdError> {
+        let plan = config
+            .plan()
+            .map_err(|f| SdError::new(format!("unsupported configuration: {f}")))?;
+        Self::build_parts(config, plan, vb, false)
+            .map_err(|e| SdError::new(format!("weights do not match the config: {e}")))
+    }
+
+    fn build_parts(
+        config: UNetConfig,
+        plan: Plan,
+        vb: VarBuilder,
+        with_up: bool,
+    ) -> candle_core::Result<Self> {
         let c = &config;
         let ch = &c.block_out_channels;
         let n = ch.len();
@@ -531,7 +550,7 @@ impl UNet {
 
         let mut up = Vec::with_capacity(n);
         let mut prev = ch[last];
-        for i in 0..n {
+        for i in 0..if with_up { n } else { 0 } {
             let level = n - 1 - i; // the down level this block mirrors
             let out = ch[level];
             let skip_in = ch[level.saturating_sub(1)];
@@ -566,14 +585,20 @@ impl UNet {
             prev = out;
         }
 
-        let norm_out = group_norm(c.norm_num_groups, ch[0], c.norm_eps, vb.pp("conv_norm_out"))?;
-        let conv_out = Conv::new(
-            ch[0],
-            c.out_channels,
-            c.conv_out_kernel,
-            pad(c.conv_out_kernel),
-            vb.pp("conv_out"),
-        )?;
+        let head = if with_up {
+            Some((
+                group_norm(c.norm_num_groups, ch[0], c.norm_eps, vb.pp("conv_norm_out"))?,
+                Conv::new(
+                    ch[0],
+                    c.out_channels,
+                    c.conv_out_kernel,
+                    pad(c.conv_out_kernel),
+                    vb.pp("conv_out"),
+                )?,
+            ))
+        } else {
+            None
+        };
         Ok(Self {
             config,
             conv_in,
@@ -582,8 +607,7 @@ impl UNet {
             down,
             mid,
             up,
-            norm_out,
-            conv_out,
+            head,
         })
     }
 
@@ -639,7 +663,19 @@ impl UNet {
         } else {
             x.clone()
         };
-        let mut x = self.conv_in.forward(&x)?;
+        let x = self.conv_in.forward(&x)?;
+        self.forward_down_from(&x, temb, ctx, hooks)
+    }
+
+    /// The down path after `conv_in` (a ControlNet adds its conditioning there first).
+    pub fn forward_down_from(
+        &self,
+        x: &Tensor,
+        temb: &Tensor,
+        ctx: &Tensor,
+        hooks: &Hooks,
+    ) -> candle_core::Result<(Tensor, Vec<Tensor>)> {
+        let mut x = x.clone();
         let mut skips = vec![x.clone()];
         for block in &self.down {
             for layer in &block.layers {
@@ -742,8 +778,12 @@ impl UNet {
                 x = conv.forward(&x.upsample_nearest2d(h, w)?)?;
             }
         }
-        let x = candle_nn::ops::silu(&self.norm_out.forward(&x)?)?;
-        Ok((self.conv_out.forward(&x)?, tapped))
+        let (norm_out, conv_out) = self
+            .head
+            .as_ref()
+            .ok_or_else(|| candle_core::Error::Msg("this network has no output head".into()))?;
+        let x = candle_nn::ops::silu(&norm_out.forward(&x)?)?;
+        Ok((conv_out.forward(&x)?, tapped))
     }
 
     /// Where a DeepCache branch re-enters the up path: (up block, layer) for `cache_branch_id`

@@ -225,3 +225,33 @@ fn deepcache_refresh_steps_are_the_plain_unet_bit_for_bit() {
         "the tiny UNet has two blocks"
     );
 }
+
+#[test]
+fn controlnet_residuals_and_the_unet_with_them_match_diffusers() {
+    let cn =
+        latentflow_sd::controlnet::ControlNet::load(&fixtures().join("tiny-controlnet")).unwrap();
+    let unet = UNet::load(&fixtures().join("tiny-sd/unet"), &Device::Cpu).unwrap();
+    let r = load("controlnet.safetensors");
+    for (guess, prefix) in [(false, ""), (true, "guess_")] {
+        let res = cn
+            .forward(&r["x"], 421.0, &r["context"], &r["cond"], 0.8, guess)
+            .unwrap();
+        for (i, d) in res.down.iter().enumerate() {
+            let e = rel_err(d, &r[&format!("{prefix}down_{i}")]);
+            assert!(e <= 1e-5, "{prefix}down residual {i}: {e:e}");
+        }
+        let e = rel_err(&res.mid, &r[&format!("{prefix}mid")]);
+        assert!(e <= 1e-5, "{prefix}mid residual: {e:e}");
+        if !guess {
+            let hooks = Hooks {
+                down_residuals: Some(&res.down),
+                mid_residual: Some(&res.mid),
+                attention: None,
+            };
+            let out = unet.forward(&r["x"], 421.0, &r["context"], &hooks).unwrap();
+            let e = rel_err(&out, &r["unet_out"]);
+            eprintln!("UNet with ControlNet residuals: {e:e}");
+            assert!(e <= 1e-5, "UNet with residuals: {e:e}");
+        }
+    }
+}
