@@ -58,11 +58,16 @@ fn run_model_and_compare(file: &str, fixture: &str, model: &std::path::Path, set
         format!("model={}", model.display()),
     ];
     // The instrumented copy lives in the sandbox: give the default images by absolute path.
-    if file.starts_with("img2img") || file.starts_with("inpaint") {
+    if file.starts_with("img2img") || file.starts_with("inpaint") || file.starts_with("controlnet")
+    {
         args.extend([
             "--set".into(),
             format!("image={}", images.join("img2img-init.png").display()),
         ]);
+    }
+    if file.starts_with("controlnet") {
+        let cn = workspace_root().join("tests/fixtures/tiny-controlnet");
+        args.extend(["--set".into(), format!("controlnet={}", cn.display())]);
     }
     if file.starts_with("inpaint") {
         args.extend([
@@ -239,4 +244,75 @@ fn deepcache_with_interval_one_is_the_plain_model() {
             "cache_interval=1",
         ],
     );
+}
+
+#[test]
+fn controlnet_matches_diffusers_with_a_guidance_window_and_in_guess_mode() {
+    for (fixture, guess) in [("controlnet_loop", false), ("controlnet_guess", true)] {
+        let g = format!("guess_mode={guess}");
+        run_and_compare(
+            "controlnet.yaml",
+            fixture,
+            &[
+                "sampler=ddim",
+                "steps=10",
+                "cfg=7.5",
+                "strength=0.8",
+                "start=0.1",
+                "end=0.8",
+                &g,
+            ],
+        );
+    }
+}
+
+#[test]
+fn two_controlnets_sum_their_residuals() {
+    // Residuals are linear in the strength: two wrappers at 0.4 equal one at 0.8.
+    let sb = Sandbox::new();
+    let text = std::fs::read_to_string(graph("controlnet.yaml")).expect("graph");
+    let twice = text.replacen(
+        "inputs: {model: controlled, positive:",
+        "inputs: {model: controlled2, positive:",
+        1,
+    ) + "  controlled2:\n    type: sd.apply_controlnet\n    inputs: {model: controlled, controlnet: control_net, image: control_image.image}\n    params: {strength: $strength}\n  save_latent:\n    type: core.save_tensor\n    inputs: {tensor: sample.latent}\n    params: {filename: latent.safetensors}\n";
+    let single = text + "  save_latent:\n    type: core.save_tensor\n    inputs: {tensor: sample.latent}\n    params: {filename: latent.safetensors}\n";
+    let root = workspace_root();
+    let sets = [
+        format!("model={}", root.join("tests/fixtures/tiny-sd").display()),
+        format!(
+            "controlnet={}",
+            root.join("tests/fixtures/tiny-controlnet").display()
+        ),
+        format!(
+            "image={}",
+            root.join("tests/fixtures/images/img2img-init.png")
+                .display()
+        ),
+        "steps=6".to_string(),
+    ];
+    let run = |name: &str, g: &str, strength: &str| {
+        let path = sb.write(name, g);
+        let out = sb.path().join(name.replace(".yaml", ""));
+        let mut args = vec![
+            "run".to_string(),
+            path.display().to_string(),
+            "-q".into(),
+            "--output-dir".into(),
+            out.display().to_string(),
+        ];
+        for s in sets.iter().map(String::as_str).chain([strength]) {
+            args.push("--set".into());
+            args.push(s.into());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        sb.run(&args).expect_code(0);
+        read_safetensors_tensor(&out.join("latent.safetensors"), "tensor").1
+    };
+    let one = run("one.yaml", &single, "strength=0.8");
+    let two = run("two.yaml", &twice, "strength=0.4");
+    let none = run("none.yaml", &single, "strength=0.0");
+    let e = rel_err(&two, &one);
+    assert!(e <= 1e-4, "two at 0.4 vs one at 0.8: {e:e}");
+    assert!(rel_err(&none, &one) > 1e-3, "the ControlNet has an effect");
 }

@@ -7,7 +7,7 @@
 //! when the `noise` input is connected, from that tensor: K draws of the latent's size, consumed
 //! in the same order (this replays noise recorded from another implementation exactly).
 
-use latentflow_plugin_api::sdk::denoiser::DenoiserClient;
+use latentflow_plugin_api::sdk::denoiser::{DenoiserClient, Step};
 use latentflow_plugin_api::sdk::prelude::*;
 use rand::Rng;
 use rand_distr::StandardNormal;
@@ -232,11 +232,16 @@ fn sample(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeErro
             doubled.extend_from_slice(&x_in);
             let mut s2 = shape.clone();
             s2[0] *= 2;
-            let pred = model.predict(
+            let pred = model.predict_step(
                 ctx.host(),
                 Tensor::from_vec(doubled, &s2)?,
                 t,
                 Some(context.clone()),
+                Some(Step {
+                    index: i - start,
+                    total: run_steps,
+                    cfg: true,
+                }),
             )?;
             let pred = pred.to_f32_vec()?;
             if pred.len() != 2 * numel {
@@ -253,11 +258,16 @@ fn sample(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeErro
                 .map(|(u, c)| u + g * (c - u))
                 .collect::<Vec<f32>>()
         } else {
-            let pred = model.predict(
+            let pred = model.predict_step(
                 ctx.host(),
                 Tensor::from_vec(x_in, &shape)?,
                 t,
                 Some(context.clone()),
+                Some(Step {
+                    index: i - start,
+                    total: run_steps,
+                    cfg: false,
+                }),
             )?;
             let pred = pred.to_f32_vec()?;
             if pred.len() != numel {

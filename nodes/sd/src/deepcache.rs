@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
 
-use latentflow_plugin_api::sdk::denoiser::{denoiser_handle, DenoiserClient, DenoiserImpl};
+use latentflow_plugin_api::sdk::denoiser::{denoiser_handle, DenoiserClient, DenoiserImpl, Step};
 use latentflow_plugin_api::sdk::prelude::*;
 
 static KEYS: AtomicI64 = AtomicI64::new(1);
@@ -42,11 +42,25 @@ impl DenoiserImpl for DeepCache {
         timestep: f64,
         context: Option<&Tensor>,
     ) -> Result<Tensor, NodeError> {
+        self.predict_step(host, x, timestep, context, None)
+    }
+
+    fn predict_step(
+        &self,
+        host: HostRef<'_>,
+        x: &Tensor,
+        timestep: f64,
+        context: Option<&Tensor>,
+        step: Option<Step>,
+    ) -> Result<Tensor, NodeError> {
         let refresh = {
             let mut p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
-            // Timesteps fall within a run: one that does not starts a new run.
-            if timestep >= p.last_t {
-                p.step = 0;
+            match step {
+                // The sampler says where it is.
+                Some(s) => p.step = s.index,
+                // Otherwise: timesteps fall within a run; one that does not starts a new run.
+                None if timestep >= p.last_t => p.step = 0,
+                None => {}
             }
             p.last_t = timestep;
             let refresh = p.step.is_multiple_of(self.interval);

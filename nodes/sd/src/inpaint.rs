@@ -4,7 +4,7 @@
 
 use candle_core::{Device, Tensor as CTensor};
 use latentflow_plugin_api::sdk::candle::{from_candle, to_candle};
-use latentflow_plugin_api::sdk::denoiser::{DenoiserClient, DenoiserImpl};
+use latentflow_plugin_api::sdk::denoiser::{DenoiserClient, DenoiserImpl, Step};
 use latentflow_plugin_api::sdk::prelude::*;
 
 fn fail(e: impl std::fmt::Display) -> NodeError {
@@ -36,15 +36,27 @@ impl DenoiserImpl for InpaintDenoiser {
         timestep: f64,
         context: Option<&Tensor>,
     ) -> Result<Tensor, NodeError> {
+        self.predict_step(host, x, timestep, context, None)
+    }
+
+    fn predict_step(
+        &self,
+        host: HostRef<'_>,
+        x: &Tensor,
+        timestep: f64,
+        context: Option<&Tensor>,
+        step: Option<Step>,
+    ) -> Result<Tensor, NodeError> {
         let xs = to_candle(x, &Device::Cpu)?;
         let b = xs.dim(0).map_err(fail)?;
         let extra = self.extra.repeat((b, 1, 1, 1)).map_err(fail)?;
         let full = CTensor::cat(&[&xs, &extra], 1).map_err(fail)?;
-        DenoiserClient::new(&self.inner)?.predict(
+        DenoiserClient::new(&self.inner)?.predict_step(
             host,
             from_candle(&full)?,
             timestep,
             context.cloned(),
+            step,
         )
     }
 

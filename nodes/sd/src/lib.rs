@@ -7,6 +7,7 @@
 pub mod attention;
 pub mod checkpoint;
 pub mod clip;
+mod control;
 pub mod controlnet;
 pub mod conv;
 mod deepcache;
@@ -178,6 +179,12 @@ fn tensor_arg(
 
 /// The plugin's nodes.
 pub fn plugin() -> PluginDef {
+    control::nodes()
+        .into_iter()
+        .fold(base_plugin(), PluginDef::node)
+}
+
+fn base_plugin() -> PluginDef {
     let model_path = |d: NodeDef, what: &str| {
         d.param(Param::path("path").doc(what)).param(
             Param::path("config")

@@ -56,6 +56,50 @@ impl UNetDenoiser {
     }
 }
 
+impl UNetDenoiser {
+    /// `predict_with_residuals(x, t, context, [down residuals], mid residual)` (ControlNet).
+    fn predict_with_residuals(&self, args: &[Value]) -> Result<Vec<Value>, NodeError> {
+        let m = "predict_with_residuals";
+        let tensor = |i: usize, what: &str| -> Result<CTensor, NodeError> {
+            f32_tensor(
+                arg(args, i, m)?
+                    .as_tensor()
+                    .ok_or_else(|| NodeError::invalid(format!("{m}: {what} must be a tensor")))?,
+            )
+        };
+        let x = tensor(0, "x")?;
+        let t = arg(args, 1, m)?
+            .as_float()
+            .ok_or_else(|| NodeError::invalid(format!("{m}: t must be a number")))?;
+        let ctx = tensor(2, "the conditioning")?;
+        let down = match arg(args, 3, m)? {
+            Value::List(items) => items
+                .iter()
+                .map(|v| {
+                    v.as_tensor()
+                        .ok_or_else(|| {
+                            NodeError::invalid(format!("{m}: residuals must be tensors"))
+                        })
+                        .and_then(f32_tensor)
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            _ => {
+                return Err(NodeError::invalid(format!(
+                    "{m}: argument 3 must be a list"
+                )))
+            }
+        };
+        let mid = tensor(4, "the mid residual")?;
+        let hooks = Hooks {
+            down_residuals: Some(&down),
+            mid_residual: Some(&mid),
+            attention: None,
+        };
+        let out = self.model.unet.forward(&x, t, &ctx, &hooks).map_err(fail)?;
+        Ok(vec![Value::Tensor(from_candle(&out)?)])
+    }
+}
+
 impl DenoiserImpl for UNetDenoiser {
     fn family(&self) -> String {
         "sd".into()
@@ -108,6 +152,9 @@ impl DenoiserImpl for UNetDenoiser {
         method: &str,
         args: Vec<Value>,
     ) -> Option<Result<Vec<Value>, NodeError>> {
+        if method == "predict_with_residuals" {
+            return Some(self.predict_with_residuals(&args));
+        }
         if method != "predict_deepcache" {
             return None;
         }

@@ -422,7 +422,6 @@ impl UNet {
             .map_err(|e| SdError::new(format!("UNet weights do not match the config: {e}")))
     }
 
-    #[allow(clippy::needless_range_loop)] // levels index several per-block lists at once
     fn build(config: UNetConfig, plan: Plan, vb: VarBuilder) -> candle_core::Result<Self> {
         Self::build_parts(config, plan, vb, true)
     }
@@ -436,6 +435,7 @@ impl UNet {
             .map_err(|e| SdError::new(format!("weights do not match the config: {e}")))
     }
 
+    #[allow(clippy::needless_range_loop)] // levels index several per-block lists at once
     fn build_parts(
         config: UNetConfig,
         plan: Plan,

@@ -42,6 +42,20 @@ pub trait DenoiserImpl: Send + Sync + 'static {
         format!("{DENOISER}({})", self.family())
     }
 
+    /// [`DenoiserImpl::predict`] with the sampler's position: wrappers that act on part of the
+    /// schedule (ControlNet's guidance window, DeepCache) override this; the default ignores it.
+    fn predict_step(
+        &self,
+        host: HostRef<'_>,
+        x: &Tensor,
+        timestep: f64,
+        context: Option<&Tensor>,
+        step: Option<Step>,
+    ) -> Result<Tensor, NodeError> {
+        let _ = step;
+        self.predict(host, x, timestep, context)
+    }
+
     /// Methods beyond `predict` and `prediction_type` that this denoiser offers (for example
     /// `predict_deepcache` of the SD UNet); `None` when it has no method of that name.
     fn call_extra(
@@ -51,6 +65,40 @@ pub trait DenoiserImpl: Send + Sync + 'static {
         _args: Vec<Value>,
     ) -> Option<Result<Vec<Value>, NodeError>> {
         None
+    }
+}
+
+/// Where a sampler is when it calls the denoiser.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    /// This step's index within the run (0-based; img2img counts from its first step).
+    pub index: usize,
+    /// The number of steps in the run.
+    pub total: usize,
+    /// Whether the batch is `[negative; positive]` for classifier-free guidance.
+    pub cfg: bool,
+}
+
+impl Step {
+    /// As trailing `predict` arguments.
+    pub fn to_args(self) -> [Value; 3] {
+        [
+            Value::Int(self.index as i64),
+            Value::Int(self.total as i64),
+            Value::Bool(self.cfg),
+        ]
+    }
+
+    /// From `predict` arguments starting at `at` (absent or malformed: `None`).
+    pub fn from_args(args: &[Value], at: usize) -> Option<Self> {
+        let index = args.get(at)?.as_int()?;
+        let total = args.get(at + 1)?.as_int()?;
+        let cfg = matches!(args.get(at + 2), Some(Value::Bool(true)));
+        (index >= 0 && total > 0).then_some(Step {
+            index: index as usize,
+            total: total as usize,
+            cfg,
+        })
     }
 }
 
@@ -80,7 +128,10 @@ impl<T: DenoiserImpl> ObjectImpl for AsObject<T> {
                     NodeError::invalid("predict: argument 2 must be the timestep")
                 })?;
                 let context = args.get(2).and_then(Value::as_tensor);
-                Ok(vec![Value::Tensor(self.0.predict(host, x, t, context)?)])
+                let step = Step::from_args(&args, 3);
+                Ok(vec![Value::Tensor(
+                    self.0.predict_step(host, x, t, context, step)?,
+                )])
             }
             "prediction_type" => Ok(vec![Value::from(self.0.prediction_type())]),
             other => self.0.call_extra(host, other, args).unwrap_or_else(|| {
@@ -135,11 +186,26 @@ impl<'a> DenoiserClient<'a> {
         timestep: f64,
         context: Option<Tensor>,
     ) -> Result<Tensor, NodeError> {
-        let args = vec![
+        self.predict_step(host, x, timestep, context, None)
+    }
+
+    /// The model output for `x` at `timestep`, telling the model where the sampler is.
+    pub fn predict_step(
+        &self,
+        host: HostRef<'_>,
+        x: Tensor,
+        timestep: f64,
+        context: Option<Tensor>,
+        step: Option<Step>,
+    ) -> Result<Tensor, NodeError> {
+        let mut args = vec![
             Value::Tensor(x),
             Value::Float(timestep),
             context.map(Value::Tensor).unwrap_or(Value::None),
         ];
+        if let Some(s) = step {
+            args.extend(s.to_args());
+        }
         let out = self.handle.call(host, "predict", args)?;
         match out.into_iter().next() {
             Some(Value::Tensor(t)) => Ok(t),
