@@ -10,6 +10,7 @@ pub mod clip;
 mod control;
 pub mod controlnet;
 pub mod conv;
+pub mod daam;
 mod deepcache;
 mod error;
 mod inpaint;

@@ -255,3 +255,34 @@ fn controlnet_residuals_and_the_unet_with_them_match_diffusers() {
         }
     }
 }
+
+#[test]
+fn daam_aggregation_matches_the_reference() {
+    use latentflow_sd::daam::Accumulator;
+    let r = load("../daam.safetensors");
+    let (lh, lw, tokens, heads) = (32, 48, 7, 2);
+    let mut acc = Accumulator::new(lh, lw, 8);
+    for step in 0..2 {
+        for (layer, f) in [2usize, 4, 8].iter().enumerate() {
+            let probs = r[&format!("probs_{step}_{layer}")]
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            acc.add(
+                &format!("layer{layer}"),
+                heads,
+                (lh / f) * (lw / f),
+                tokens,
+                &probs,
+            );
+        }
+    }
+    assert_eq!(acc.len(), 2, "the factor-8 layer is skipped");
+    let (t, maps) = acc.global_maps();
+    assert_eq!(t, tokens);
+    let ours = Tensor::from_vec(maps, (tokens, lh, lw), &Device::Cpu).unwrap();
+    let e = rel_err(&ours, &r["global"]);
+    eprintln!("DAAM global maps: {e:e}");
+    assert!(e <= 1e-5, "DAAM global maps: {e:e}");
+}
