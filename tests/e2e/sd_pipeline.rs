@@ -316,3 +316,61 @@ fn two_controlnets_sum_their_residuals() {
     assert!(e <= 1e-4, "two at 0.4 vs one at 0.8: {e:e}");
     assert!(rel_err(&none, &one) > 1e-3, "the ControlNet has an effect");
 }
+
+#[test]
+fn attention_heatmap_masks_a_word_and_capturing_changes_nothing() {
+    let sb = Sandbox::new();
+    let root = workspace_root();
+    let text = std::fs::read_to_string(graph("attention_segment.yaml")).expect("graph");
+    let plain = text.replacen(
+        "inputs: {model: capture, positive:",
+        "inputs: {model: ckpt.model, positive:",
+        1,
+    );
+    assert_ne!(plain, text);
+    let model = format!("model={}", root.join("tests/fixtures/tiny-sd").display());
+    let run = |name: &str, g: &str| {
+        let path = sb.write(name, g);
+        let out = sb.path().join(name.replace(".yaml", ""));
+        sb.run(&[
+            "run",
+            path.to_str().unwrap_or_default(),
+            "-q",
+            "--output-dir",
+            out.to_str().unwrap_or_default(),
+            "--set",
+            &model,
+        ])
+        .expect_code(0);
+        out
+    };
+    let captured = run("captured.yaml", &text);
+    let (shape, heat) = read_safetensors_tensor(&captured.join("heatmap.safetensors"), "tensor");
+    assert_eq!(shape, vec![1, 24, 32], "heat map at the image size");
+    assert!(heat.iter().all(|v| (0.0..=1.0).contains(v)));
+    assert!(
+        heat.iter().any(|v| *v == 0.0) && heat.iter().any(|v| *v == 1.0),
+        "min-max normalised"
+    );
+    let (_, mask) = read_safetensors_tensor(&captured.join("mask.safetensors"), "tensor");
+    for (h, m) in heat.iter().zip(&mask) {
+        assert_eq!(*m, if *h >= 0.4 { 1.0 } else { 0.0 });
+    }
+    assert!(captured.join("repainted.png").exists());
+    // The sink only observes: the sampled latent is bit-identical without it.
+    let with = read_safetensors_tensor(&captured.join("latent.safetensors"), "tensor").1;
+    let uncaptured = sb.path().join("plain");
+    let path = sb.write("plain.yaml", &plain);
+    sb.run(&[
+        "run",
+        path.to_str().unwrap_or_default(),
+        "-q",
+        "--output-dir",
+        uncaptured.to_str().unwrap_or_default(),
+        "--set",
+        &model,
+    ])
+    .expect_code(4); // the heat map has nothing to show when sampling did not capture
+    let without = read_safetensors_tensor(&uncaptured.join("latent.safetensors"), "tensor").1;
+    assert_eq!(with, without);
+}

@@ -141,6 +141,36 @@ fn main() {
             );
         }
     }
+    if want("capture") {
+        // Cross-attention capture: a UNet step at 32×32, batch 2, with and without the hook.
+        let unet = models::unet(&src).expect("unet");
+        let ctx = Tensor::randn(0f32, 1.0, (2, 77, 768), &dev).expect("ctx");
+        let x = Tensor::randn(0f32, 1.0, (2, 4, 32, 32), &dev).expect("x");
+        let off = time(3, || {
+            unet.unet
+                .forward(&x, 500.0, &ctx, &Hooks::default())
+                .expect("forward")
+        });
+        let seen = std::sync::atomic::AtomicUsize::new(0);
+        let hook = |_: &str, p: &Tensor| {
+            // What the capture does: copy the positive half's probabilities out.
+            if let Ok(v) = p
+                .get(1)
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.to_vec1::<f32>())
+            {
+                seen.fetch_add(v.len(), std::sync::atomic::Ordering::Relaxed);
+            }
+        };
+        let hooks = Hooks {
+            attention: Some(&hook),
+            ..Hooks::default()
+        };
+        let on = time(3, || {
+            unet.unet.forward(&x, 500.0, &ctx, &hooks).expect("forward")
+        });
+        println!("attention capture: off {off:.3} s, on {on:.3} s per step");
+    }
     if want("vae") {
         let vae = models::vae(&src).expect("vae");
         let z = Tensor::randn(0f32, 1.0, (1, 4, 64, 64), &dev).expect("z");

@@ -5,6 +5,7 @@
 //! samplers plugin), the text encoder as `Clip`, the VAE as `Vae`.
 
 pub mod attention;
+mod attention_nodes;
 pub mod checkpoint;
 pub mod clip;
 mod control;
@@ -182,6 +183,7 @@ fn tensor_arg(
 pub fn plugin() -> PluginDef {
     control::nodes()
         .into_iter()
+        .chain(attention_nodes::nodes())
         .fold(base_plugin(), PluginDef::node)
 }
 

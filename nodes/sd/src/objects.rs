@@ -42,6 +42,8 @@ pub struct UNetDenoiser {
     pub prediction_override: Option<String>,
     /// DeepCache features by the caller's cache key.
     deep_cache: std::sync::Mutex<std::collections::HashMap<i64, CTensor>>,
+    /// Cross-attention accumulators by the caller's key.
+    attention: std::sync::Mutex<std::collections::HashMap<i64, crate::daam::Accumulator>>,
 }
 
 impl UNetDenoiser {
@@ -52,11 +54,94 @@ impl UNetDenoiser {
             name,
             prediction_override: None,
             deep_cache: Default::default(),
+            attention: Default::default(),
         }
     }
 }
 
 impl UNetDenoiser {
+    /// `predict_capture(x, t, context, key, reset, cfg, skip_factor)`: a prediction that also
+    /// adds every cross-attention's probabilities (the positive half of a CFG batch) to the
+    /// accumulator `key` (started afresh when `reset`).
+    fn predict_capture(&self, args: &[Value]) -> Result<Vec<Value>, NodeError> {
+        let m = "predict_capture";
+        let tensor =
+            |i: usize| -> Result<CTensor, NodeError> {
+                f32_tensor(arg(args, i, m)?.as_tensor().ok_or_else(|| {
+                    NodeError::invalid(format!("{m}: argument {i} must be a tensor"))
+                })?)
+            };
+        let x = tensor(0)?;
+        let t = arg(args, 1, m)?
+            .as_float()
+            .ok_or_else(|| NodeError::invalid(format!("{m}: t must be a number")))?;
+        let ctx = tensor(2)?;
+        let key = int_arg(args, 3, m)?;
+        let reset = matches!(args.get(4), Some(Value::Bool(true)));
+        let cfg = matches!(args.get(5), Some(Value::Bool(true)));
+        let skip = args.get(6).and_then(Value::as_int).unwrap_or(8).max(0) as usize;
+        let (_, _, h, w) = x.dims4().map_err(fail)?;
+        let records: std::sync::Mutex<Vec<(String, usize, usize, usize, Vec<f32>)>> =
+            Default::default();
+        let hook = |name: &str, probs: &CTensor| {
+            // B×heads×queries×tokens; keep the positive half under CFG (one sample: the first).
+            let Ok((pb, heads, q, k)) = probs.dims4() else {
+                return;
+            };
+            let row = if cfg && pb % 2 == 0 { pb / 2 } else { 0 };
+            if let Ok(v) = probs
+                .get(row)
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.to_vec1::<f32>())
+            {
+                records.lock().unwrap_or_else(|e| e.into_inner()).push((
+                    name.to_owned(),
+                    heads,
+                    q,
+                    k,
+                    v,
+                ));
+            }
+        };
+        let hooks = Hooks {
+            down_residuals: None,
+            mid_residual: None,
+            attention: Some(&hook),
+        };
+        let out = self.model.unet.forward(&x, t, &ctx, &hooks).map_err(fail)?;
+        let mut stores = self.attention.lock().unwrap_or_else(|e| e.into_inner());
+        let acc = stores
+            .entry(key)
+            .or_insert_with(|| crate::daam::Accumulator::new(h, w, skip));
+        if reset || acc.latent != (h, w) {
+            *acc = crate::daam::Accumulator::new(h, w, skip);
+        }
+        // DAAM uses the down and up blocks' cross-attention, not the mid block's.
+        for (name, heads, q, k, v) in records.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            if !name.starts_with("mid_block") {
+                acc.add(&name, heads, q, k, &v);
+            }
+        }
+        Ok(vec![Value::Tensor(from_candle(&out)?)])
+    }
+
+    /// `attention_maps(key)` → tokens × h × w global maps of the last capture.
+    fn attention_maps(&self, args: &[Value]) -> Result<Vec<Value>, NodeError> {
+        let key = int_arg(args, 0, "attention_maps")?;
+        let stores = self.attention.lock().unwrap_or_else(|e| e.into_inner());
+        let acc = stores.get(&key).filter(|a| !a.is_empty()).ok_or_else(|| {
+            NodeError::invalid(
+                "no cross-attention was captured: sample with the capturing model first",
+            )
+        })?;
+        let (tokens, maps) = acc.global_maps();
+        let (h, w) = acc.latent;
+        Ok(vec![Value::Tensor(Tensor::from_vec(
+            maps,
+            &[tokens, h, w],
+        )?)])
+    }
+
     /// `predict_with_residuals(x, t, context, [down residuals], mid residual)` (ControlNet).
     fn predict_with_residuals(&self, args: &[Value]) -> Result<Vec<Value>, NodeError> {
         let m = "predict_with_residuals";
@@ -154,6 +239,12 @@ impl DenoiserImpl for UNetDenoiser {
     ) -> Option<Result<Vec<Value>, NodeError>> {
         if method == "predict_with_residuals" {
             return Some(self.predict_with_residuals(&args));
+        }
+        if method == "predict_capture" {
+            return Some(self.predict_capture(&args));
+        }
+        if method == "attention_maps" {
+            return Some(self.attention_maps(&args));
         }
         if method != "predict_deepcache" {
             return None;
