@@ -349,7 +349,7 @@ fn attention_heatmap_masks_a_word_and_capturing_changes_nothing() {
     assert_eq!(shape, vec![1, 24, 32], "heat map at the image size");
     assert!(heat.iter().all(|v| (0.0..=1.0).contains(v)));
     assert!(
-        heat.iter().any(|v| *v == 0.0) && heat.iter().any(|v| *v == 1.0),
+        heat.contains(&0.0) && heat.contains(&1.0),
         "min-max normalised"
     );
     let (_, mask) = read_safetensors_tensor(&captured.join("mask.safetensors"), "tensor");

@@ -59,6 +59,9 @@ impl UNetDenoiser {
     }
 }
 
+/// One layer's probabilities: name, heads, queries, tokens, values.
+type AttentionRecord = (String, usize, usize, usize, Vec<f32>);
+
 impl UNetDenoiser {
     /// `predict_capture(x, t, context, key, reset, cfg, skip_factor)`: a prediction that also
     /// adds every cross-attention's probabilities (the positive half of a CFG batch) to the
@@ -81,8 +84,7 @@ impl UNetDenoiser {
         let cfg = matches!(args.get(5), Some(Value::Bool(true)));
         let skip = args.get(6).and_then(Value::as_int).unwrap_or(8).max(0) as usize;
         let (_, _, h, w) = x.dims4().map_err(fail)?;
-        let records: std::sync::Mutex<Vec<(String, usize, usize, usize, Vec<f32>)>> =
-            Default::default();
+        let records: std::sync::Mutex<Vec<AttentionRecord>> = Default::default();
         let hook = |name: &str, probs: &CTensor| {
             // B×heads×queries×tokens; keep the positive half under CFG (one sample: the first).
             let Ok((pb, heads, q, k)) = probs.dims4() else {
