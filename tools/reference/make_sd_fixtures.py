@@ -612,6 +612,79 @@ def main():
         image=image, mask_image=mask, height=hh, width=ww, strength=1.0,
     )
 
+    # Last: fusing and unfusing a LoRA leaves rounding differences in the weights.
+    lora_fixture(pipe)
+
+
+LORA_UNET = [  # (module, alpha or None = no .alpha key)
+    ("down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q", 2.0),
+    ("down_blocks.0.attentions.1.transformer_blocks.0.attn2.to_k", 2.0),  # see below
+    ("mid_block.attentions.0.transformer_blocks.0.ff.net.2", 8.0),
+    ("down_blocks.0.resnets.0.conv1", 3.0),
+    ("up_blocks.1.attentions.2.proj_in", 4.0),
+]
+LORA_TE = [("text_model.encoder.layers.0.self_attn.q_proj", 1.0), ("text_model.encoder.layers.3.mlp.fc1", 6.0)]
+# Every module carries its α: for a module without one, kohya (and ComfyUI, A1111) use α = r,
+# but diffusers gives it the most common α of the other modules, so the two would not agree.
+# diffusers 0.42.1 also gave this attn2.to_k the first module's α (2) when the file said 5, so
+# it carries that α here.
+
+
+def lora_fixture(pipe):
+    """A kohya-format LoRA (UNet linear, conv 3×3 and conv 1×1 layers, text encoder; α ≠ r), the same LoRA in PEFT key format (α folded into B), and diffusers' outputs after
+    `load_lora_weights` + `fuse_lora(lora_scale=0.7)`."""
+    torch.manual_seed(41)
+    rank = 4
+    kohya, peft_sd = {}, {}
+    modules = [("unet", pipe.unet, m, a) for m, a in LORA_UNET] + [("te", pipe.text_encoder, m, a) for m, a in LORA_TE]
+    for part, model, name, alpha in modules:
+        # transformers 5 keeps CLIP's layers at the top level; LoRA files still say text_model.
+        mod = model.get_submodule(name.removeprefix("text_model.") if part == "te" else name)
+        w = mod.weight
+        if w.dim() == 4:
+            down = torch.randn(rank, w.shape[1], w.shape[2], w.shape[3]) * 0.1
+            up = torch.randn(w.shape[0], rank, 1, 1) * 0.1
+        else:
+            down = torch.randn(rank, w.shape[1]) * 0.1
+            up = torch.randn(w.shape[0], rank) * 0.1
+        stem = ("lora_unet_" if part == "unet" else "lora_te_") + name.replace(".", "_")
+        kohya[stem + ".lora_down.weight"] = down
+        kohya[stem + ".lora_up.weight"] = up
+        if alpha is not None:
+            kohya[stem + ".alpha"] = torch.tensor(alpha)
+        scale = (alpha if alpha is not None else rank) / rank
+        prefix = "unet." if part == "unet" else "text_encoder."
+        peft_sd[prefix + name + ".lora_A.weight"] = down
+        peft_sd[prefix + name + ".lora_B.weight"] = up * scale
+    out = ROOT / "lora"
+    out.mkdir(exist_ok=True)
+    save_file({k: v.contiguous() for k, v in kohya.items()}, str(out / "kohya.safetensors"))
+    save_file({k: v.contiguous() for k, v in peft_sd.items()}, str(out / "peft.safetensors"))
+
+    # The text encoder's reference is the merge rule applied with torch: with transformers 5,
+    # diffusers 0.42.1 attaches no LoRA to q_proj and gives fc1 the wrong α (checked by hand).
+    import copy
+
+    te = copy.deepcopy(pipe.text_encoder)
+    with torch.no_grad():
+        for name, alpha in LORA_TE:
+            stem = "lora_te_" + name.replace(".", "_")
+            down, up = kohya[stem + ".lora_down.weight"], kohya[stem + ".lora_up.weight"]
+            w = te.get_submodule(name.removeprefix("text_model.")).weight
+            w.add_(0.7 * alpha / down.shape[0] * (up @ down))
+    pipe.load_lora_weights({k: v.clone() for k, v in kohya.items() if k.startswith("lora_unet_")})
+    pipe.fuse_lora(lora_scale=0.7)
+    r = load_file(str(REF / "unet.safetensors"))
+    c = load_file(str(REF / "clip.safetensors"))
+    with torch.no_grad():
+        unet_out = pipe.unet(r["x"], torch.tensor(421.0), encoder_hidden_states=r["context"]).sample
+        te_out = te(c["ids"])[0]
+    save_file({"unet_out": unet_out.contiguous(), "te_last": te_out.contiguous()}, str(REF / "lora.safetensors"),
+              metadata={"multiplier": "0.7"})
+    pipe.unfuse_lora()
+    pipe.unload_lora_weights()
+    print("lora: unet and text encoder outputs recorded")
+
 
 if __name__ == "__main__":
     main()

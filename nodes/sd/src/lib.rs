@@ -15,6 +15,7 @@ pub mod daam;
 mod deepcache;
 mod error;
 mod inpaint;
+pub mod lora;
 pub mod models;
 pub mod objects;
 pub mod prompt;
@@ -79,13 +80,7 @@ fn load_unet(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
         } else {
             prediction.clone()
         };
-        models::component(&path, "unet", |dir| {
-            Ok(models::Denoiser {
-                unet: unet::UNet::load(dir, &candle_core::Device::Cpu)?,
-                prediction_type: pred,
-            })
-        })
-        .map_err(fail)?
+        models::component(&path, "unet", |dir| models::unet_folder(dir, pred)).map_err(fail)?
     } else {
         models::unet(&source(p)?).map_err(fail)?
     };
@@ -156,6 +151,55 @@ fn text_encode(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, Nod
         Value::Bool(p.bool("weighting")?),
     ];
     call(ctx, inputs, "clip", "encode", args, 2)
+}
+
+fn load_lora(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
+    let path = p.str("path")?.to_owned();
+    let mut out = Vec::with_capacity(2);
+    let mut patched = 0;
+    let mut tried = false;
+    for (input, strength) in [
+        ("model", p.f64("strength_model")?),
+        ("clip", p.f64("strength_clip")?),
+    ] {
+        let handle = inputs.object(input)?;
+        if strength == 0.0 {
+            out.push(Value::Object(handle.clone()));
+            continue;
+        }
+        tried = true;
+        let res = handle.call(
+            ctx.host(),
+            "with_lora",
+            vec![Value::Str(path.as_str().into()), Value::Float(strength)],
+        )?;
+        let mut it = res.into_iter();
+        match it.next() {
+            Some(v @ Value::Object(_)) => out.push(v),
+            _ => {
+                return Err(NodeError::failed(format!(
+                    "{input}.with_lora returned no model"
+                )))
+            }
+        }
+        patched += it.next().and_then(|v| v.as_int()).unwrap_or(0);
+        if let Some(Value::List(unmatched)) = it.next() {
+            if !unmatched.is_empty() {
+                let names: Vec<&str> = unmatched.iter().filter_map(Value::as_str).collect();
+                ctx.warn(&format!(
+                    "{input}: {} LoRA modules match nothing: {}",
+                    names.len(),
+                    names.join(", ")
+                ));
+            }
+        }
+    }
+    if tried && patched == 0 {
+        return Err(NodeError::invalid(format!(
+            "{path}: no module of this LoRA matches the model"
+        )));
+    }
+    Ok(out)
 }
 
 fn empty_latent(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
@@ -235,6 +279,17 @@ fn base_plugin() -> PluginDef {
                 .param(Param::bool("weighting").default(true).doc("parse (word:1.2) weighting syntax; off: the text is tokenized literally, as diffusers does")),
         )
         .node(deepcache::node())
+        .node(
+            NodeDef::new("sd.load_lora", load_lora)
+                .doc("Applies a LoRA file to a UNet and a text encoder: kohya (lora_unet_*/lora_te_*, diffusers or LDM module names, LoCon convolutions) or diffusers/PEFT (lora_A/lora_B) .safetensors. W' = W + strength·(α/r)·B·A, α from the file (absent: α = r). The touched weights are copied; the rest stay shared with the base model. Chain nodes to stack LoRAs. Modules that match nothing are reported.")
+                .input("model", PortType::handle("Denoiser", ""), "an SD UNet denoiser")
+                .input("clip", PortType::handle("Clip", ""), "the text encoder")
+                .output("model", PortType::handle("Denoiser", ""), "the LoRA'd UNet")
+                .output("clip", PortType::handle("Clip", ""), "the LoRA'd text encoder")
+                .param(Param::path("path").doc("LoRA .safetensors"))
+                .param(Param::float("strength_model").default(1.0).range(-10.0, 10.0))
+                .param(Param::float("strength_clip").default(1.0).range(-10.0, 10.0)),
+        )
         .node(
             NodeDef::new("sd.inpaint_model", inpaint::inpaint_model)
                 .doc("For inpainting models (UNet with 9 input channels, e.g. sd-v1-5-inpainting): wraps the model so every call gets the latent-resolution mask and the VAE latent of the masked image appended to its input, as diffusers does. Sample from an empty latent with the wrapped model and no sampler mask.")

@@ -6,14 +6,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 
-use candle_core::{DType, Device};
-
 use crate::checkpoint::{self, sd15};
 use crate::clip::{ClipConfig, ClipTextModel};
 use crate::tokenizer::ClipTokenizer;
 use crate::unet::{UNet, UNetConfig};
 use crate::vae::{Vae, VaeConfig};
-use crate::weights::Weights;
+use crate::weights::{Store, Weights};
 use crate::SdError;
 
 /// The original CLIP vocabulary, for checkpoints that come without a tokenizer folder.
@@ -25,6 +23,8 @@ pub struct TextEncoder {
     pub tokenizer: ClipTokenizer,
     /// The model.
     pub model: ClipTextModel,
+    /// Its weights (shared with LoRA'd variants).
+    pub store: Store,
 }
 
 /// A UNet with the prediction type of its scheduler config.
@@ -33,6 +33,21 @@ pub struct Denoiser {
     pub unet: UNet,
     /// `epsilon` or `v_prediction`.
     pub prediction_type: String,
+    /// Its weights (shared with LoRA'd variants).
+    pub store: Store,
+}
+
+/// A UNet from a diffusers `unet/` folder.
+pub fn unet_folder(dir: &Path, prediction_type: String) -> Result<Denoiser, SdError> {
+    let config = UNetConfig::from_file(&dir.join("config.json"))?;
+    let store = Store::load(&Weights::folder(dir)?, |_| true)?;
+    let unet = UNet::new(config, store.var_builder())
+        .map_err(|e| SdError::new(format!("{}: {e}", dir.display())))?;
+    Ok(Denoiser {
+        unet,
+        prediction_type,
+        store,
+    })
 }
 
 /// Where a model comes from.
@@ -123,12 +138,8 @@ fn prediction_type(dir: &Path) -> String {
 /// The UNet of a model.
 pub fn unet(src: &Source) -> Result<Arc<Denoiser>, SdError> {
     shared((src.clone(), "unet"), || {
-        let dev = Device::Cpu;
         match src {
-            Source::Pipeline(dir) => Ok(Denoiser {
-                unet: UNet::load(&dir.join("unet"), &dev)?,
-                prediction_type: prediction_type(dir),
-            }),
+            Source::Pipeline(dir) => unet_folder(&dir.join("unet"), prediction_type(dir)),
             Source::Checkpoint(file, cfg_dir) => {
                 let info = checkpoint::inspect(file)?;
                 let mut config: UNetConfig =
@@ -154,14 +165,16 @@ pub fn unet(src: &Source) -> Result<Arc<Denoiser>, SdError> {
                     .map(|b| b.starts_with("CrossAttn"))
                     .collect();
                 let w = Weights::renamed(file, checkpoint::unet_rename(layers, up_cross));
+                let store = Store::load(&w, |n| n.starts_with(checkpoint::UNET_PREFIX))?;
                 let prediction_type = match cfg_dir {
                     Some(d) => prediction_type(d),
                     None => "epsilon".into(),
                 };
                 Ok(Denoiser {
-                    unet: UNet::new(config, w.var_builder(DType::F32, &dev)?)
+                    unet: UNet::new(config, store.var_builder())
                         .map_err(|e| SdError::new(format!("{}: {e}", file.display())))?,
                     prediction_type,
+                    store,
                 })
             }
         }
@@ -181,7 +194,8 @@ pub fn text_encoder(src: &Source) -> Result<Arc<TextEncoder>, SdError> {
                 "text encoder config",
             )?;
             let w = Weights::renamed(file, checkpoint::clip_rename());
-            let model = ClipTextModel::new(config, w.var_builder(DType::F32, &Device::Cpu)?)
+            let store = Store::load(&w, |n| n.starts_with(checkpoint::CLIP_PREFIX))?;
+            let model = ClipTextModel::new(config, store.var_builder())
                 .map_err(|e| SdError::new(format!("{}: text encoder: {e}", file.display())))?;
             let tokenizer = match cfg_dir
                 .as_ref()
@@ -191,21 +205,31 @@ pub fn text_encoder(src: &Source) -> Result<Arc<TextEncoder>, SdError> {
                 Some(dir) => ClipTokenizer::load(&dir)?,
                 None => ClipTokenizer::from_bpe_gz_bytes(BPE_VOCAB)?,
             };
-            Ok(TextEncoder { tokenizer, model })
+            Ok(TextEncoder {
+                tokenizer,
+                model,
+                store,
+            })
         }
     })
 }
 
 /// A text encoder from its folder and a tokenizer folder (or none: the built-in CLIP vocabulary).
 pub fn load_text_encoder(model_dir: &Path, tokenizer_dir: &Path) -> Result<TextEncoder, SdError> {
-    let model = ClipTextModel::load(model_dir, &Device::Cpu)
+    let config = ClipConfig::from_file(&model_dir.join("config.json"))?;
+    let store = Store::load(&Weights::folder(model_dir)?, |_| true)?;
+    let model = ClipTextModel::new(config, store.var_builder())
         .map_err(|e| SdError::new(format!("{}: {e}", model_dir.display())))?;
     let tokenizer = if tokenizer_dir.is_dir() {
         ClipTokenizer::load(tokenizer_dir)?
     } else {
         ClipTokenizer::from_bpe_gz_bytes(BPE_VOCAB)?
     };
-    Ok(TextEncoder { tokenizer, model })
+    Ok(TextEncoder {
+        tokenizer,
+        model,
+        store,
+    })
 }
 
 /// The VAE of a model.

@@ -62,7 +62,47 @@ impl UNetDenoiser {
 /// One layer's probabilities: name, heads, queries, tokens, values.
 type AttentionRecord = (String, usize, usize, usize, Vec<f32>);
 
+/// `with_lora(path, multiplier)` arguments, read.
+fn lora_args(
+    args: &[Value],
+    what: &str,
+) -> Result<(Vec<crate::lora::Update>, f64, String), NodeError> {
+    let path = arg(args, 0, what)?
+        .as_str()
+        .ok_or_else(|| NodeError::invalid(format!("{what}: the path must be a string")))?;
+    let m = args.get(1).and_then(Value::as_float).unwrap_or(1.0);
+    let updates = crate::lora::read(std::path::Path::new(path)).map_err(fail)?;
+    Ok((updates, m, path.to_owned()))
+}
+
+/// The result of `with_lora`: the new object, modules patched, the unmatched module names.
+fn lora_result(object: ObjectHandle, applied: &crate::lora::Applied) -> Vec<Value> {
+    vec![
+        Value::Object(object),
+        Value::Int(applied.patched as i64),
+        Value::List(
+            applied
+                .unmatched
+                .iter()
+                .map(|m| Value::Str(m.as_str().into()))
+                .collect(),
+        ),
+    ]
+}
+
 impl UNetDenoiser {
+    /// `with_lora(path, multiplier)` → `[LoRA'd denoiser, modules patched, unmatched names]`.
+    fn with_lora(&self, args: &[Value]) -> Result<Vec<Value>, NodeError> {
+        let (updates, m, path) = lora_args(args, "with_lora")?;
+        let (model, applied) = crate::lora::unet_with(&self.model, &updates, m).map_err(fail)?;
+        let mut obj = UNetDenoiser::new(Arc::new(model), format!("{} + LoRA {path}", self.name));
+        obj.prediction_override = self.prediction_override.clone();
+        Ok(lora_result(
+            latentflow_plugin_api::sdk::denoiser::denoiser_handle(obj),
+            &applied,
+        ))
+    }
+
     /// `predict_capture(x, t, context, key, reset, cfg, skip_factor)`: a prediction that also
     /// adds every cross-attention's probabilities (the positive half of a CFG batch) to the
     /// accumulator `key` (started afresh when `reset`).
@@ -245,6 +285,9 @@ impl DenoiserImpl for UNetDenoiser {
         if method == "predict_capture" {
             return Some(self.predict_capture(&args));
         }
+        if method == "with_lora" {
+            return Some(self.with_lora(&args));
+        }
         if method == "attention_maps" {
             return Some(self.attention_maps(&args));
         }
@@ -375,6 +418,13 @@ impl ObjectImpl for ClipObject {
                     Value::Tensor(from_candle(&cond)?),
                     Value::Tensor(from_candle(&pooled)?),
                 ])
+            }
+            "with_lora" => {
+                let (updates, m, path) = lora_args(&args, "Clip.with_lora")?;
+                let (text, applied) =
+                    crate::lora::text_encoder_with(&self.text, &updates, m).map_err(fail)?;
+                let obj = ClipObject::new(Arc::new(text), format!("{} + LoRA {path}", self.name));
+                Ok(lora_result(ObjectHandle::new(obj), &applied))
             }
             "tokenize" => {
                 let text = arg(&args, 0, method)?.as_str().ok_or_else(|| {

@@ -23,6 +23,7 @@ const WORDS: &str =
     r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
 
 /// A CLIP tokenizer with its special ids.
+#[derive(Clone)]
 pub struct ClipTokenizer {
     inner: Tokenizer,
     /// `<|startoftext|>`.

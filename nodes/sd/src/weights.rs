@@ -93,3 +93,85 @@ pub fn read_config<T: DeserializeOwned>(path: &Path) -> Result<T, SdError> {
         .map_err(|e| SdError::new(format!("cannot read {}: {e}", path.display())))?;
     serde_json::from_str(&text).map_err(|e| SdError::new(format!("{}: {e}", path.display())))
 }
+
+/// A component's tensors loaded once (converted to f32) and shared: a model and the variants
+/// made from it (LoRA) hold the same untouched tensors, not copies.
+#[derive(Clone)]
+pub struct Store {
+    tensors: Arc<std::collections::HashMap<String, candle_core::Tensor>>,
+    rename: Option<Rename>,
+    /// Parameter names (diffusers / transformers) the model asked for when it was built.
+    names: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Store {
+    /// Loads the tensors of `weights` whose stored name passes `keep`.
+    pub fn load(weights: &Weights, keep: impl Fn(&str) -> bool) -> Result<Self, SdError> {
+        let mut tensors = std::collections::HashMap::new();
+        for file in &weights.files {
+            let err = |e: candle_core::Error| SdError::new(format!("{}: {e}", file.display()));
+            // SAFETY: the file is mapped read-only while its tensors are copied out.
+            let st =
+                unsafe { candle_core::safetensors::MmapedSafetensors::new(file) }.map_err(err)?;
+            for (name, _) in st.tensors() {
+                if keep(&name) {
+                    let t = st.load(&name, &Device::Cpu).map_err(err)?;
+                    let t = t.to_dtype(DType::F32).map_err(err)?;
+                    tensors.insert(name, t);
+                }
+            }
+        }
+        Ok(Self {
+            tensors: Arc::new(tensors),
+            rename: weights.rename.clone(),
+            names: Default::default(),
+        })
+    }
+
+    /// The stored name of a model parameter.
+    pub fn stored_name(&self, name: &str) -> String {
+        match &self.rename {
+            Some(r) => r(name),
+            None => name.to_owned(),
+        }
+    }
+
+    /// A tensor by stored name.
+    pub fn get(&self, stored: &str) -> Option<&candle_core::Tensor> {
+        self.tensors.get(stored)
+    }
+
+    /// The parameter names the model built from this store asked for.
+    pub fn names(&self) -> Vec<String> {
+        self.names.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A var builder over the tensors (no copies); records the names asked for.
+    pub fn var_builder(&self) -> VarBuilder<'static> {
+        let map: std::collections::HashMap<String, candle_core::Tensor> = (*self.tensors).clone();
+        let vb = VarBuilder::from_tensors(map, DType::F32, &Device::Cpu);
+        let rename = self.rename.clone();
+        let names = self.names.clone();
+        vb.rename_f(move |name| {
+            names
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(name.to_owned());
+            match &rename {
+                Some(r) => r(name),
+                None => name.to_owned(),
+            }
+        })
+    }
+
+    /// The same store with some tensors (by stored name) replaced; the others are shared.
+    pub fn with(&self, replaced: std::collections::HashMap<String, candle_core::Tensor>) -> Self {
+        let mut map = (*self.tensors).clone();
+        map.extend(replaced);
+        Self {
+            tensors: Arc::new(map),
+            rename: self.rename.clone(),
+            names: Default::default(),
+        }
+    }
+}

@@ -286,3 +286,53 @@ fn daam_aggregation_matches_the_reference() {
     eprintln!("DAAM global maps: {e:e}");
     assert!(e <= 1e-5, "DAAM global maps: {e:e}");
 }
+
+#[test]
+fn lora_merges_like_diffusers_fuse_lora_and_shares_untouched_weights() {
+    use latentflow_sd::lora;
+    let src = Source::detect(&fixtures().join("tiny-sd"), None).unwrap();
+    let base_unet = models::unet(&src).unwrap();
+    let base_te = models::text_encoder(&src).unwrap();
+    let r = load("lora.safetensors");
+    let u = load("unet.safetensors");
+    let c = load("clip.safetensors");
+    for file in ["kohya.safetensors", "peft.safetensors"] {
+        let updates = lora::read(&fixtures().join("lora").join(file)).unwrap();
+        let (unet, applied) = lora::unet_with(&base_unet, &updates, 0.7).unwrap();
+        assert_eq!(applied.patched, 5, "{file}: UNet modules");
+        assert!(
+            applied.unmatched.is_empty(),
+            "{file}: {:?}",
+            applied.unmatched
+        );
+        let out = unet
+            .unet
+            .forward(&u["x"], 421.0, &u["context"], &Hooks::default())
+            .unwrap();
+        let e = rel_err(&out, &r["unet_out"]);
+        eprintln!("{file}: LoRA UNet {e:e}");
+        assert!(e <= 1e-5, "{file}: LoRA UNet {e:e}");
+        let (te, applied) = lora::text_encoder_with(&base_te, &updates, 0.7).unwrap();
+        assert_eq!(applied.patched, 2, "{file}: text encoder modules");
+        let ids = c["ids"].to_dtype(DType::U32).unwrap();
+        let e = rel_err(&te.model.forward(&ids, None).unwrap().last, &r["te_last"]);
+        assert!(e <= 1e-5, "{file}: LoRA text encoder {e:e}");
+        // Untouched weights are the base model's tensors, not copies.
+        let name = "conv_in.weight";
+        assert_eq!(
+            unet.store.get(name).unwrap().id(),
+            base_unet.store.get(name).unwrap().id()
+        );
+        let touched = "down_blocks.0.resnets.0.conv1.weight";
+        assert_ne!(
+            unet.store.get(touched).unwrap().id(),
+            base_unet.store.get(touched).unwrap().id()
+        );
+    }
+    // The LoRA changes the output (the fixture would not catch a no-op otherwise).
+    let plain = base_unet
+        .unet
+        .forward(&u["x"], 421.0, &u["context"], &Hooks::default())
+        .unwrap();
+    assert!(rel_err(&plain, &r["unet_out"]) > 1e-4);
+}
