@@ -357,6 +357,17 @@ fn attention_heatmap_masks_a_word_and_capturing_changes_nothing() {
         assert_eq!(*m, if *h >= 0.4 { 1.0 } else { 0.0 });
     }
     assert!(captured.join("repainted.png").exists());
+    let (shape, seg) = read_safetensors_tensor(&captured.join("segments.safetensors"), "tensor");
+    assert_eq!(shape, vec![2, 24, 32], "one mask per word");
+    let px = 24 * 32;
+    for p in 0..px {
+        let (a, b) = (seg[p], seg[px + p]);
+        assert!(
+            (a == 0.0 || a == 1.0) && (b == 0.0 || b == 1.0) && a + b <= 1.0,
+            "masks are binary and disjoint"
+        );
+    }
+    assert!(seg.contains(&1.0), "some pixel belongs to a word");
     // The sink only observes: the sampled latent is bit-identical without it.
     let with = read_safetensors_tensor(&captured.join("latent.safetensors"), "tensor").1;
     let uncaptured = sb.path().join("plain");

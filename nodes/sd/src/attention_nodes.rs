@@ -101,8 +101,11 @@ fn ids(ctx: &Ctx, clip: &ObjectHandle, text: &str) -> Result<Vec<u32>, NodeError
     }
 }
 
-fn heatmap(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
-    let model = inputs.object("model")?;
+/// The captured global maps (tokens × h × w) of a capturing denoiser.
+fn global_maps(
+    ctx: &Ctx,
+    model: &ObjectHandle,
+) -> Result<(usize, usize, usize, Vec<f32>), NodeError> {
     let maps = match model
         .call(ctx.host(), "attention_maps", Vec::new())?
         .into_iter()
@@ -112,31 +115,38 @@ fn heatmap(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeErr
         _ => return Err(NodeError::failed("attention_maps returned no tensor")),
     };
     let shape = maps.shape();
-    let (tokens, h, w) = (shape[0], shape[1], shape[2]);
-    let data = maps.to_f32_vec()?;
-    let clip = inputs.object("clip")?;
-    let word = p.str("word")?;
-    let positions: Vec<usize> =
-        word_positions(&ids(ctx, clip, p.str("prompt")?)?, &ids(ctx, clip, word)?)
-            .into_iter()
-            .filter(|&i| i < tokens)
-            .collect();
+    Ok((shape[0], shape[1], shape[2], maps.to_f32_vec()?))
+}
+
+/// One word's heat map at `ih`×`iw`, min-max normalised.
+#[allow(clippy::too_many_arguments)]
+fn word_map(
+    ctx: &Ctx,
+    clip: &ObjectHandle,
+    prompt: &str,
+    word: &str,
+    maps: &(usize, usize, usize, Vec<f32>),
+    ih: usize,
+    iw: usize,
+) -> Result<Vec<f32>, NodeError> {
+    let (tokens, h, w, data) = maps;
+    let positions: Vec<usize> = word_positions(&ids(ctx, clip, prompt)?, &ids(ctx, clip, word)?)
+        .into_iter()
+        .filter(|&i| i < *tokens)
+        .collect();
     if positions.is_empty() {
         return Err(NodeError::invalid(format!(
             "`{word}` is not in the prompt (within its first {} tokens)",
             tokens.saturating_sub(2)
         )));
     }
-    let mut word_map = vec![0f32; h * w];
+    let mut map = vec![0f32; h * w];
     for &k in &positions {
-        word_map
-            .iter_mut()
+        map.iter_mut()
             .zip(&data[k * h * w..(k + 1) * h * w])
             .for_each(|(a, b)| *a += b / positions.len() as f32);
     }
-    let image = inputs.tensor("image")?.shape();
-    let (ih, iw) = (image[1], image[2]);
-    let mut up = bicubic(&word_map, h, w, ih, iw);
+    let mut up = bicubic(&map, *h, *w, ih, iw);
     let (lo, hi) = up
         .iter()
         .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), v| {
@@ -144,6 +154,26 @@ fn heatmap(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeErr
         });
     let span = (hi - lo).max(1e-12);
     up.iter_mut().for_each(|v| *v = (*v - lo) / span);
+    Ok(up)
+}
+
+fn image_size(inputs: &Inputs) -> Result<(usize, usize), NodeError> {
+    let image = inputs.tensor("image")?.shape();
+    Ok((image[1], image[2]))
+}
+
+fn heatmap(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
+    let maps = global_maps(ctx, inputs.object("model")?)?;
+    let (ih, iw) = image_size(inputs)?;
+    let up = word_map(
+        ctx,
+        inputs.object("clip")?,
+        p.str("prompt")?,
+        p.str("word")?,
+        &maps,
+        ih,
+        iw,
+    )?;
     let tau = p.f64("threshold")? as f32;
     let mask: Vec<f32> = up
         .iter()
@@ -153,6 +183,54 @@ fn heatmap(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeErr
         Value::Tensor(Tensor::from_vec(up, &[1, ih, iw])?),
         Value::Tensor(Tensor::from_vec(mask, &[1, ih, iw])?),
     ])
+}
+
+/// Per pixel: the word with the highest normalised heat, or background below the threshold.
+pub fn segment_labels(maps: &[Vec<f32>], threshold: f32) -> Vec<Option<usize>> {
+    let n = maps.first().map_or(0, Vec::len);
+    (0..n)
+        .map(|p| {
+            let (best, value) = maps
+                .iter()
+                .enumerate()
+                .map(|(k, m)| (k, m[p]))
+                .fold((0, f32::NEG_INFINITY), |a, b| if b.1 > a.1 { b } else { a });
+            (value >= threshold).then_some(best)
+        })
+        .collect()
+}
+
+fn segment(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
+    let maps = global_maps(ctx, inputs.object("model")?)?;
+    let (ih, iw) = image_size(inputs)?;
+    let words: Vec<&str> = p
+        .str("words")?
+        .split(',')
+        .map(str::trim)
+        .filter(|w| !w.is_empty())
+        .collect();
+    if words.is_empty() {
+        return Err(NodeError::invalid(
+            "`words` is empty: list words of the prompt, comma-separated",
+        ));
+    }
+    let clip = inputs.object("clip")?;
+    let prompt = p.str("prompt")?;
+    let word_maps = words
+        .iter()
+        .map(|w| word_map(ctx, clip, prompt, w, &maps, ih, iw))
+        .collect::<Result<Vec<_>, _>>()?;
+    let labels = segment_labels(&word_maps, p.f64("threshold")? as f32);
+    let mut masks = vec![0f32; words.len() * ih * iw];
+    for (px, l) in labels.iter().enumerate() {
+        if let Some(k) = l {
+            masks[k * ih * iw + px] = 1.0;
+        }
+    }
+    Ok(vec![Value::Tensor(Tensor::from_vec(
+        masks,
+        &[words.len(), ih, iw],
+    )?)])
 }
 
 /// The nodes.
@@ -173,5 +251,28 @@ pub fn nodes() -> Vec<NodeDef> {
             .param(Param::string("prompt").doc("the prompt"))
             .param(Param::string("word").doc("a word of the prompt"))
             .param(Param::float("threshold").default(0.4).range(0.0, 1.0)),
+        NodeDef::new("sd.attention_segment", segment)
+            .doc("Segments the image by words of the prompt: each pixel goes to the word whose normalised DAAM heat map is highest there, or to none when that is below the threshold. One mask per word, in the order given.")
+            .input("model", PortType::handle("Denoiser", ""), "the capturing denoiser, after sampling")
+            .input("clip", PortType::handle("Clip", ""), "the tokenizer")
+            .input("image", PortType::Image, "the generated image")
+            .output("masks", PortType::Mask, "words×H×W masks")
+            .param(Param::string("prompt").doc("the prompt"))
+            .param(Param::string("words").doc("comma-separated words of the prompt"))
+            .param(Param::float("threshold").default(0.4).range(0.0, 1.0).doc("below it a pixel is background")),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_pixel_goes_to_its_hottest_word_or_to_the_background() {
+        let maps = vec![vec![0.9, 0.2, 0.5, 0.1], vec![0.1, 0.8, 0.6, 0.3]];
+        assert_eq!(
+            segment_labels(&maps, 0.4),
+            vec![Some(0), Some(1), Some(1), None]
+        );
+    }
 }
