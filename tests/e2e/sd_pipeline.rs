@@ -462,3 +462,46 @@ fn lora_formats_agree_stack_linearly_and_change_the_image() {
         rel_err(&two, &kohya)
     );
 }
+
+#[test]
+fn deepcache_quad_schedule_refreshes_on_its_steps() {
+    // 10 steps at interval 3: full steps 0, 3, 6, 8 (the package's quadratic schedule) against
+    // uniform's 0, 3, 6, 9: the runs agree until step 8, which only the quadratic one refreshes.
+    let sb = Sandbox::new();
+    let root = workspace_root();
+    let text = std::fs::read_to_string(graph("deepcache.yaml")).expect("graph");
+    let g = format!("{text}  save_steps:\n    type: core.save_tensor\n    inputs: {{tensor: sample.steps}}\n    params: {{filename: steps.safetensors}}\n")
+        .replacen("params: {kind: $sampler,", "params: {record_steps: true, kind: $sampler,", 1);
+    let path = sb.write("dc.yaml", &g);
+    let run = |schedule: &str| {
+        let out = sb.path().join(schedule);
+        let model = format!("model={}", root.join("tests/fixtures/tiny-sd").display());
+        let sched = format!("schedule={schedule}");
+        sb.run(&[
+            "run",
+            path.to_str().unwrap_or_default(),
+            "-q",
+            "--output-dir",
+            out.to_str().unwrap_or_default(),
+            "--set",
+            &model,
+            "--set",
+            "steps=10",
+            "--set",
+            "width=32",
+            "--set",
+            "height=24",
+            "--set",
+            &sched,
+        ])
+        .expect_code(0);
+        read_safetensors_tensor(&out.join("steps.safetensors"), "tensor").1
+    };
+    let (uniform, quad) = (run("uniform"), run("quad"));
+    let per = uniform.len() / 10;
+    assert!(uniform[..8 * per] == quad[..8 * per], "steps 0-7 agree");
+    assert!(
+        uniform[8 * per..9 * per] != quad[8 * per..9 * per],
+        "step 8 differs"
+    );
+}

@@ -20,6 +20,8 @@ struct Progress {
 struct DeepCache {
     inner: ObjectHandle,
     interval: usize,
+    /// Quadratic refresh schedule around this step (`None`: uniform).
+    quad_center: Option<f64>,
     branch: usize,
     key: i64,
     prediction: String,
@@ -63,7 +65,17 @@ impl DenoiserImpl for DeepCache {
                 None => {}
             }
             p.last_t = timestep;
-            let refresh = p.step.is_multiple_of(self.interval);
+            let refresh = match (self.quad_center, step) {
+                (Some(center), Some(s)) => quad_center_schedule(s.total, self.interval, center, 1.4)
+                    .ok_or_else(|| {
+                        NodeError::invalid(format!(
+                            "no quadratic DeepCache schedule fits {} steps at interval {}: use schedule uniform",
+                            s.total, self.interval
+                        ))
+                    })?
+                    .contains(&p.step),
+                _ => p.step.is_multiple_of(self.interval),
+            };
             p.step += 1;
             refresh
         };
@@ -101,9 +113,14 @@ pub fn deepcache(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, N
     let inner = inputs.object("model")?.clone();
     let prediction = DenoiserClient::new(&inner)?.prediction_type(ctx.host())?;
     let interval = p.usize("cache_interval")?.max(1);
+    let quad_center = match p.str("schedule")? {
+        "quad" => Some(p.f64("center")?),
+        _ => None,
+    };
     let wrapped = DeepCache {
         inner,
         interval,
+        quad_center,
         branch: p.usize("cache_branch_id")?,
         key: KEYS.fetch_add(1, Ordering::Relaxed),
         prediction,
@@ -123,4 +140,68 @@ pub fn node() -> NodeDef {
         .output("model", PortType::handle("Denoiser", ""), "the cached denoiser")
         .param(Param::int("cache_interval").default(3).range(1.0, 1000.0).doc("full UNet every N steps"))
         .param(Param::int("cache_branch_id").default(0).range(0.0, 64.0).doc("skip branch whose deep feature is reused (0: shallowest)"))
+        .param(Param::choice("schedule", &["uniform", "quad"]).default("uniform").doc("uniform: every cache_interval-th step is full; quad: ⌈steps/interval⌉ full steps packed around `center` (the DeepCache pipelines' non-uniform schedule, exponent 1.4)"))
+        .param(Param::float("center").default(15.0).range(0.0, 1000.0).doc("quad: the step the full steps cluster around"))
+}
+
+/// DeepCache's non-uniform refresh steps (`sample_from_quad_center` of the DeepCache
+/// pipelines): n = ⌈steps / interval⌉ full steps, denser around step `center`. The reference
+/// evaluates x^p on a linspace that starts at the complex (−center)^(1/p) and truncates the
+/// real parts; this reproduces that arithmetic. Starting from `pow`, the exponent drops by 0.02
+/// until the set has n steps; `None` when no exponent above 1 works.
+pub fn quad_center_schedule(
+    steps: usize,
+    interval: usize,
+    center: f64,
+    pow: f64,
+) -> Option<Vec<usize>> {
+    let n = steps.div_ceil(interval.max(1));
+    let mut p = pow;
+    while p > 1.0 {
+        // Endpoints: (−c)^(1/p) is complex (principal value); (steps − c)^(1/p) is real.
+        let (r0, t0) = (center.powf(1.0 / p), std::f64::consts::PI / p);
+        let start = (r0 * t0.cos(), r0 * t0.sin());
+        let end_base = steps as f64 - center;
+        let end = if end_base >= 0.0 {
+            (end_base.powf(1.0 / p), 0.0)
+        } else {
+            let r = (-end_base).powf(1.0 / p);
+            (r * t0.cos(), r * t0.sin())
+        };
+        let count = n + 1;
+        let step = (
+            (end.0 - start.0) / (count - 1) as f64,
+            (end.1 - start.1) / (count - 1) as f64,
+        );
+        let mut values: Vec<i64> = (0..count)
+            .map(|k| {
+                let z = if k == count - 1 {
+                    end
+                } else {
+                    (start.0 + k as f64 * step.0, start.1 + k as f64 * step.1)
+                };
+                // z^p = exp(p·log z), then numpy's int32 cast of the real part.
+                let (re, im) = z;
+                let (r, theta) = ((re * re + im * im).sqrt(), im.atan2(re));
+                let w = r.powf(p) * (p * theta).cos();
+                w.trunc() as i64
+            })
+            .collect();
+        values.sort_unstable();
+        values.dedup();
+        let mut out = vec![0usize];
+        if values.len() > 2 {
+            out.extend(
+                values[1..values.len() - 1]
+                    .iter()
+                    .map(|v| (*v as f64 + center) as usize),
+            );
+        }
+        if out.len() == n {
+            out.sort_unstable();
+            return Some(out);
+        }
+        p -= 0.02;
+    }
+    None
 }

@@ -12,7 +12,7 @@ mod control;
 pub mod controlnet;
 pub mod conv;
 pub mod daam;
-mod deepcache;
+pub mod deepcache;
 mod error;
 mod inpaint;
 pub mod lora;

@@ -336,3 +336,32 @@ fn lora_merges_like_diffusers_fuse_lora_and_shares_untouched_weights() {
         .unwrap();
     assert!(rel_err(&plain, &r["unet_out"]) > 1e-4);
 }
+
+#[test]
+fn deepcache_quad_schedule_matches_the_package() {
+    #[derive(serde::Deserialize)]
+    struct Case {
+        steps: usize,
+        interval: usize,
+        refresh: Option<Vec<usize>>,
+    }
+    let text = std::fs::read_to_string(fixtures().join("deepcache_quad.json")).unwrap();
+    let cases: Vec<Case> = serde_json::from_str(&text).unwrap();
+    let mut bad = Vec::new();
+    for c in &cases {
+        let ours = latentflow_sd::deepcache::quad_center_schedule(c.steps, c.interval, 15.0, 1.4);
+        if ours != c.refresh {
+            bad.push(format!(
+                "steps {} interval {}: ours {:?}, ref {:?}",
+                c.steps, c.interval, ours, c.refresh
+            ));
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "{} of {} differ:\n{}",
+        bad.len(),
+        cases.len(),
+        bad.join("\n")
+    );
+}
