@@ -505,3 +505,31 @@ fn deepcache_quad_schedule_refreshes_on_its_steps() {
         "step 8 differs"
     );
 }
+
+#[test]
+fn segmentation_head_labels_every_pixel() {
+    let sb = Sandbox::new();
+    let g = graph("segment_head.yaml");
+    let out = sb.path().join("seg");
+    sb.run(&[
+        "run",
+        g.to_str().unwrap_or_default(),
+        "-q",
+        "--output-dir",
+        out.to_str().unwrap_or_default(),
+    ])
+    .expect_code(0);
+    let (shape, labels) = read_safetensors_tensor(&out.join("labels.safetensors"), "tensor");
+    assert_eq!(shape, vec![1, 24, 32], "labels at the image size");
+    assert!(labels.iter().all(|v| [0.0, 1.0, 2.0].contains(v)));
+    let (lshape, logits) = read_safetensors_tensor(&out.join("logits.safetensors"), "tensor");
+    assert_eq!(lshape, vec![1, 3, 12, 16]);
+    // The label is the argmax of the logits (checked at latent resolution, upscaled ×2).
+    for y in 0..12 {
+        for x in 0..16 {
+            let l: Vec<f32> = (0..3).map(|k| logits[(k * 12 + y) * 16 + x]).collect();
+            let best = (0..3).max_by(|&a, &b| l[a].total_cmp(&l[b])).unwrap_or(0) as f32;
+            assert_eq!(labels[(2 * y) * 32 + 2 * x], best);
+        }
+    }
+}

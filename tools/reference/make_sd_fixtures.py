@@ -277,6 +277,52 @@ def unet_variant_fixture():
     save_file({"x": x, "context": ctx, "out": out.contiguous()}, str(REF / "unet_variant.safetensors"), metadata={"t": "77"})
 
 
+def seghead_fixture(unet):
+    """VPD-style features of the tiny UNet taken with forward hooks (finest first: the last up
+    block's output; coarser up blocks after their second layer), and a random
+    `latentflow-seghead-v1` head applied with torch."""
+    feats = {}
+    hooks = []
+    n = len(unet.up_blocks)
+    for u, block in enumerate(unet.up_blocks):
+        if u + 1 < n:
+            layer = block.attentions[1] if getattr(block, "attentions", None) else block.resnets[1]
+            key = n - 1 - u
+            hooks.append(layer.register_forward_hook(lambda m, i, o, key=key: feats.__setitem__(key, o[0] if isinstance(o, tuple) else getattr(o, "sample", o))))
+        else:
+            hooks.append(block.register_forward_hook(lambda m, i, o: feats.__setitem__(0, o)))
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(1, 4, H, W, generator=g)
+    ctx = torch.randn(1, 77, 32, generator=g)
+    with torch.no_grad():
+        unet(x, torch.tensor(1.0), encoder_hidden_states=ctx)
+    for h in hooks:
+        h.remove()
+    levels = [feats[k] for k in range(n)]
+    torch.manual_seed(9)
+    d, classes = 16, 3
+    head = {}
+    for k, f in enumerate(levels):
+        head[f"lateral.{k}.weight"] = torch.randn(d, f.shape[1], 1, 1) * 0.1
+        head[f"lateral.{k}.bias"] = torch.randn(d) * 0.1
+    head["classifier.weight"] = torch.randn(classes, d, 1, 1) * 0.3
+    head["classifier.bias"] = torch.randn(classes) * 0.1
+    (ROOT / "seghead").mkdir(exist_ok=True)
+    save_file(head, str(ROOT / "seghead" / "head.safetensors"),
+              metadata={"format": "latentflow-seghead-v1", "classes": "sky,cat,sofa"})
+    import torch.nn.functional as F
+
+    size = levels[0].shape[2:]
+    total = sum(
+        F.interpolate(F.conv2d(f, head[f"lateral.{k}.weight"], head[f"lateral.{k}.bias"]), size=size, mode="nearest")
+        for k, f in enumerate(levels)
+    )
+    logits = F.conv2d(total.relu(), head["classifier.weight"], head["classifier.bias"])
+    out = {"x": x, "context": ctx, "logits": logits.contiguous()}
+    out.update({f"feature_{k}": f.contiguous() for k, f in enumerate(levels)})
+    save_file(out, str(REF / "seghead.safetensors"), metadata={"t": "1"})
+
+
 def clip_fixture(tok, enc):
     ids = tok(PROMPT, padding="max_length", max_length=77, return_tensors="pt")["input_ids"]
     with torch.no_grad():
@@ -499,6 +545,7 @@ def main():
     unet.save_pretrained(TINY / "unet", safe_serialization=True)
     unet_fixture(unet)
     unet_variant_fixture()
+    seghead_fixture(unet)
 
     vae = AutoencoderKL.from_pretrained(TINY / "vae").eval()
     sched = make("ddim")

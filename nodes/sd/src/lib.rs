@@ -20,6 +20,7 @@ pub mod models;
 pub mod objects;
 pub mod prompt;
 pub mod resnet;
+pub mod seghead;
 pub mod tokenizer;
 pub mod unet;
 pub mod vae;
@@ -202,6 +203,49 @@ fn load_lora(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeE
     Ok(out)
 }
 
+fn segment_head(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
+    use candle_core::Device;
+    use latentflow_plugin_api::sdk::candle::{from_candle, to_candle};
+    let head = seghead::SegHead::load(std::path::Path::new(p.str("head")?)).map_err(fail)?;
+    let args = vec![
+        Value::Tensor(inputs.tensor("latent")?.clone()),
+        Value::Float(p.f64("t")?),
+        Value::Tensor(inputs.tensor("conditioning")?.clone()),
+    ];
+    let feats = match inputs
+        .object("model")?
+        .call(ctx.host(), "features", args)?
+        .into_iter()
+        .next()
+    {
+        Some(Value::List(items)) => items
+            .iter()
+            .map(|v| {
+                v.as_tensor()
+                    .ok_or_else(|| NodeError::failed("features returned a non-tensor"))
+                    .and_then(|t| to_candle(t, &Device::Cpu))
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        _ => {
+            return Err(NodeError::failed(
+                "the model gave no features (an SD UNet denoiser is needed)",
+            ))
+        }
+    };
+    let logits = head.forward(&feats).map_err(fail)?;
+    let (_, _, h, w) = logits.dims4().map_err(fail)?;
+    let f = p.usize("upscale")?.max(1);
+    let up = logits.upsample_nearest2d(h * f, w * f).map_err(fail)?;
+    let labels = up
+        .argmax(1)
+        .and_then(|t| t.to_dtype(candle_core::DType::F32))
+        .map_err(fail)?;
+    Ok(vec![
+        Value::Tensor(from_candle(&logits)?),
+        Value::Tensor(from_candle(&labels)?),
+    ])
+}
+
 fn empty_latent(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
     let args = vec![
         Value::Int(p.int("width")?),
@@ -279,6 +323,18 @@ fn base_plugin() -> PluginDef {
                 .param(Param::bool("weighting").default(true).doc("parse (word:1.2) weighting syntax; off: the text is tokenized literally, as diffusers does")),
         )
         .node(deepcache::node())
+        .node(
+            NodeDef::new("sd.segment_head", segment_head)
+                .doc("Dense prediction from UNet features (VPD-style): runs the UNet once at timestep t on a clean latent (no noise), takes its multi-scale features (finest first: the last up block's output, coarser up blocks after their second layer) and applies a head in LatentFlow's `latentflow-seghead-v1` .safetensors format (per level a 1×1 lateral conv, nearest upsampling to the finest level, sum, ReLU, 1×1 classifier; see nodes/sd/src/seghead.rs). Outputs class logits and the argmax label map.")
+                .input("model", PortType::handle("Denoiser", ""), "an SD UNet denoiser")
+                .input("latent", PortType::latent(Dim::Any), "a clean latent (sd.vae_encode)")
+                .input("conditioning", PortType::conditioning(Dim::Any), "text conditioning (e.g. class names or an empty prompt)")
+                .output("logits", PortType::tensor(Some(DType::F32), Dim::Fixed(4)), "N×K×h×w class logits at latent resolution")
+                .output("labels", PortType::Mask, "N×H×W class index per pixel (as a float), upscaled")
+                .param(Param::path("head").doc("latentflow-seghead-v1 .safetensors"))
+                .param(Param::float("t").default(1.0).range(0.0, 1000.0).doc("timestep of the feature pass"))
+                .param(Param::int("upscale").default(8).range(1.0, 64.0).doc("label map size over the latent's (the VAE factor)")),
+        )
         .node(
             NodeDef::new("sd.load_lora", load_lora)
                 .doc("Applies a LoRA file to a UNet and a text encoder: kohya (lora_unet_*/lora_te_*, diffusers or LDM module names, LoCon convolutions) or diffusers/PEFT (lora_A/lora_B) .safetensors. W' = W + strength·(α/r)·B·A, α from the file (absent: α = r). The touched weights are copied; the rest stay shared with the base model. Chain nodes to stack LoRAs. Modules that match nothing are reported.")

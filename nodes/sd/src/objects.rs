@@ -91,6 +91,35 @@ fn lora_result(object: ObjectHandle, applied: &crate::lora::Applied) -> Vec<Valu
 }
 
 impl UNetDenoiser {
+    /// `features(x, t, context)` → list of multi-scale UNet features, finest first.
+    fn features(&self, args: &[Value]) -> Result<Vec<Value>, NodeError> {
+        let m = "features";
+        let x = f32_tensor(
+            arg(args, 0, m)?
+                .as_tensor()
+                .ok_or_else(|| NodeError::invalid("features: x must be a tensor"))?,
+        )?;
+        let t = arg(args, 1, m)?.as_float().unwrap_or(1.0);
+        let ctx =
+            f32_tensor(arg(args, 2, m)?.as_tensor().ok_or_else(|| {
+                NodeError::invalid("features: the conditioning must be a tensor")
+            })?)?;
+        let (b, cb) = (x.dim(0).map_err(fail)?, ctx.dim(0).map_err(fail)?);
+        let ctx = if cb == 1 && b > 1 {
+            ctx.repeat((b, 1, 1)).map_err(fail)?
+        } else {
+            ctx
+        };
+        let feats = self.model.unet.features(&x, t, &ctx).map_err(fail)?;
+        let feats = feats
+            .iter()
+            .map(from_candle)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(vec![Value::List(
+            feats.into_iter().map(Value::Tensor).collect(),
+        )])
+    }
+
     /// `with_lora(path, multiplier)` → `[LoRA'd denoiser, modules patched, unmatched names]`.
     fn with_lora(&self, args: &[Value]) -> Result<Vec<Value>, NodeError> {
         let (updates, m, path) = lora_args(args, "with_lora")?;
@@ -287,6 +316,9 @@ impl DenoiserImpl for UNetDenoiser {
         }
         if method == "with_lora" {
             return Some(self.with_lora(&args));
+        }
+        if method == "features" {
+            return Some(self.features(&args));
         }
         if method == "attention_maps" {
             return Some(self.attention_maps(&args));

@@ -786,6 +786,41 @@ impl UNet {
         Ok((conv_out.forward(&x)?, tapped))
     }
 
+    /// Multi-scale features for dense prediction heads (VPD's taps): for level 0 (finest) the
+    /// last up block's output; for coarser levels the up block's state after its second layer
+    /// (or its last layer, when it has fewer), before the upsampler. Finest first.
+    pub fn features(&self, x: &Tensor, t: f64, ctx: &Tensor) -> Result<Vec<Tensor>, SdError> {
+        let hooks = Hooks::default();
+        let b = x.dim(0)?;
+        let temb = self.time_embedding(t, b, x.device())?;
+        let (h, mut skips) = self.forward_down(x, &temb, ctx, &hooks)?;
+        let mut h = self.forward_mid(&h, &temb, ctx, &hooks)?;
+        let n = self.up.len();
+        let mut feats = Vec::with_capacity(n);
+        for (u, block) in self.up.iter().enumerate() {
+            let tap_after = block.layers.len().min(2);
+            for (j, layer) in block.layers.iter().enumerate() {
+                let skip = skips
+                    .pop()
+                    .ok_or_else(|| SdError::new("ran out of skip connections"))?;
+                h = layer.forward(&Tensor::cat(&[&h, &skip], 1)?, &temb, ctx, &hooks)?;
+                if u + 1 < n && j + 1 == tap_after {
+                    feats.push(h.clone());
+                }
+            }
+            if let Some(conv) = &block.upsample {
+                let (hh, ww) = match skips.last() {
+                    Some(s) => (s.dim(2)?, s.dim(3)?),
+                    None => (h.dim(2)? * 2, h.dim(3)? * 2),
+                };
+                h = conv.forward(&h.upsample_nearest2d(hh, ww)?)?;
+            }
+        }
+        feats.push(h);
+        feats.reverse();
+        Ok(feats)
+    }
+
     /// Where a DeepCache branch re-enters the up path: (up block, layer) for `cache_branch_id`
     /// `branch` (block `branch / 3`, layer `branch % 3`, as the DeepCache package numbers them).
     pub fn deepcache_entry(&self, branch: usize) -> Result<(usize, usize), SdError> {

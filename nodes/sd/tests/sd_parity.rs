@@ -365,3 +365,21 @@ fn deepcache_quad_schedule_matches_the_package() {
         bad.join("\n")
     );
 }
+
+#[test]
+fn unet_features_and_the_segmentation_head_match_torch() {
+    let unet = UNet::load(&fixtures().join("tiny-sd/unet"), &Device::Cpu).unwrap();
+    let r = load("seghead.safetensors");
+    let feats = unet.features(&r["x"], 1.0, &r["context"]).unwrap();
+    assert_eq!(feats.len(), 2);
+    for (k, f) in feats.iter().enumerate() {
+        let e = rel_err(f, &r[&format!("feature_{k}")]);
+        assert!(e <= 1e-5, "feature level {k}: {e:e}");
+    }
+    let head = latentflow_sd::seghead::SegHead::load(&fixtures().join("seghead/head.safetensors"))
+        .unwrap();
+    assert_eq!(head.classes, vec!["sky", "cat", "sofa"]);
+    let e = rel_err(&head.forward(&feats).unwrap(), &r["logits"]);
+    eprintln!("segmentation head logits: {e:e}");
+    assert!(e <= 1e-5, "logits: {e:e}");
+}
