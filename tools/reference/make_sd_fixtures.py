@@ -439,6 +439,50 @@ def vae_to_ldm(sd, levels):
     return out
 
 
+def controlnet_to_ldm(cn):
+    """A ControlNet state dict in the original single-file layout (`control_model.*`)."""
+    sd = cn.state_dict()
+    hint = len(cn.config.conditioning_embedding_out_channels)
+    trunk = {k: v for k, v in sd.items() if not k.startswith("controlnet_")}
+    cfg = dict(cn.config)
+    cfg["up_block_types"] = []
+    out = {k.replace("model.diffusion_model.", "control_model."): v for k, v in unet_to_ldm(trunk, cfg, dtype=torch.float32).items()}
+    for k, v in sd.items():
+        p = k.split(".")
+        if k.startswith("controlnet_down_blocks."):
+            out[f"control_model.zero_convs.{p[1]}.0.{p[2]}"] = v
+        elif k.startswith("controlnet_mid_block."):
+            out[f"control_model.middle_block_out.0.{p[1]}"] = v
+        elif k.startswith("controlnet_cond_embedding."):
+            if p[1] == "conv_in":
+                idx = 0
+            elif p[1] == "conv_out":
+                idx = 2 * (2 * hint - 1)
+            else:
+                idx = 2 * (int(p[2]) + 1)
+            out[f"control_model.input_hint_block.{idx}.{p[-1]}"] = v
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def write_controlnet_single_file(cn, unet):
+    """The tiny ControlNet as a single file. diffusers' single-file loader only knows the
+    standard four-stage hint encoder, so the key mapping is checked on a throwaway ControlNet
+    with that encoder: diffusers' `from_single_file` must reload it exactly."""
+    from diffusers import ControlNetModel
+
+    save_file(controlnet_to_ldm(cn), str(ROOT / "tiny-controlnet-single.safetensors"))
+    probe = ControlNetModel.from_unet(unet).eval()
+    perturb(probe)
+    with tempfile.TemporaryDirectory() as tmp:
+        probe.save_pretrained(tmp, safe_serialization=True)
+        save_file(controlnet_to_ldm(probe), f"{tmp}/single.safetensors")
+        back = ControlNetModel.from_single_file(f"{tmp}/single.safetensors", config=tmp, torch_dtype=torch.float32)
+        ref = probe.state_dict()
+        diffs = {k: (back.state_dict()[k] - ref[k]).abs().max().item() for k in ref}
+        worst = max(diffs.values())
+    print("single-file ControlNet layout reloaded by diffusers, max weight difference", worst)
+
+
 def write_single_file(unet, enc, vae):
     sd = unet_to_ldm(unet.state_dict(), dict(unet.config))
     sd.update(vae_to_ldm(vae.state_dict(), len(vae.config.block_out_channels)))
@@ -631,6 +675,9 @@ def main():
         out["guess_mid"] = gmid.contiguous()
     save_file({k: v.contiguous() for k, v in out.items()}, str(REF / "controlnet.safetensors"),
               metadata={"t": "421", "scale": "0.8", "residuals": str(len(down))})
+    rng_state = torch.get_rng_state()
+    write_controlnet_single_file(cn, unet)
+    torch.set_rng_state(rng_state)
     cpipe = StableDiffusionControlNetPipeline(
         vae=vae, text_encoder=enc, tokenizer=tok, unet=unet, scheduler=make("ddim"), controlnet=cn,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,

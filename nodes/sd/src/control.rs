@@ -369,13 +369,17 @@ pub fn apply(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeE
 pub fn nodes() -> Vec<NodeDef> {
     vec![
         NodeDef::new("sd.load_controlnet", |_, _, p| {
-            let dir = std::path::PathBuf::from(p.str("path")?);
-            let model = crate::models::component(&dir, "controlnet", ControlNet::load).map_err(fail)?;
-            Ok(vec![Value::Object(ObjectHandle::new(ControlNetObject::new(model, dir.display().to_string())))])
+            let path = std::path::PathBuf::from(p.str("path")?);
+            let config = p.str("config")?;
+            let config = (!config.is_empty()).then(|| std::path::PathBuf::from(config));
+            let model = crate::models::component(&path, "controlnet", |p| ControlNet::load_with(p, config.as_deref()))
+                .map_err(fail)?;
+            Ok(vec![Value::Object(ObjectHandle::new(ControlNetObject::new(model, path.display().to_string())))])
         })
-        .doc("Loads a diffusers ControlNetModel folder (config.json + weights); loaded once however many nodes use it.")
+        .doc("Loads a ControlNet: a diffusers ControlNetModel folder, or a single-file .safetensors in the original layout (control_model.* / zero_convs.* keys, e.g. lllyasviel's v1.1 files) whose architecture is SD 1.5's unless `config` names a diffusers ControlNet folder. Loaded once however many nodes use it.")
         .output("controlnet", PortType::handle("ControlNet", ""), "the ControlNet")
-        .param(Param::path("path").doc("ControlNet folder")),
+        .param(Param::path("path").doc("ControlNet folder or single file"))
+        .param(Param::path("config").default("").doc("single files: a diffusers ControlNet folder with the config")),
         NodeDef::new("sd.apply_controlnet", apply)
             .doc("Wraps a denoiser so every step adds a ControlNet's residuals, computed from the control image, as diffusers' ControlNet pipeline does: scaled by strength, only for steps i with start ≤ i/n and (i+1)/n ≤ end, guess mode (residuals 0.1→1 on a log scale; the negative half of a CFG batch gets none). Chain several to sum them.")
             .input("model", PortType::handle("Denoiser", ""), "the UNet (or another ControlNet wrapper)")

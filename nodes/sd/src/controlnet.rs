@@ -36,6 +36,73 @@ fn rgb() -> String {
     "rgb".into()
 }
 
+/// SD 1.5's ControlNet configuration (lllyasviel's v1.1 ControlNets).
+const SD15_CONTROLNET: &str = r#"{
+  "attention_head_dim": 8,
+  "block_out_channels": [320, 640, 1280, 1280],
+  "conditioning_embedding_out_channels": [16, 32, 96, 256],
+  "cross_attention_dim": 768,
+  "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+  "in_channels": 4,
+  "layers_per_block": 2
+}"#;
+
+/// `control_model.` when the file's keys carry it, else nothing.
+fn single_file_prefix(path: &Path) -> Result<String, SdError> {
+    let file =
+        std::fs::File::open(path).map_err(|e| SdError::new(format!("{}: {e}", path.display())))?;
+    // SAFETY: read-only mapping for the header.
+    let map = unsafe { memmap2::Mmap::map(&file) }
+        .map_err(|e| SdError::new(format!("{}: {e}", path.display())))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&map)
+        .map_err(|e| SdError::new(format!("{}: not a safetensors file ({e})", path.display())))?;
+    let names = meta.tensors();
+    if names
+        .keys()
+        .any(|k| k.starts_with("control_model.zero_convs."))
+    {
+        Ok("control_model.".into())
+    } else if names.keys().any(|k| k.starts_with("zero_convs.")) {
+        Ok(String::new())
+    } else {
+        Err(SdError::new(format!(
+            "{}: no `zero_convs` keys: not a single-file ControlNet (or load its diffusers folder)",
+            path.display()
+        )))
+    }
+}
+
+/// The original-layout name of a diffusers ControlNet parameter. `hint` is the number of
+/// conditioning-embedding channel stages.
+pub fn ldm_controlnet_key(name: &str, layers: usize, hint: usize) -> String {
+    if let Some(rest) = name.strip_prefix("controlnet_down_blocks.") {
+        let (i, tail) = rest.split_once('.').unwrap_or((rest, ""));
+        return format!("zero_convs.{i}.0.{tail}");
+    }
+    if let Some(tail) = name.strip_prefix("controlnet_mid_block.") {
+        return format!("middle_block_out.0.{tail}");
+    }
+    if let Some(rest) = name.strip_prefix("controlnet_cond_embedding.") {
+        // input_hint_block: conv, SiLU, conv, SiLU, …: convolutions at even indices.
+        let convs = 2 * hint; // conv_in, 2 per stage transition, conv_out
+        let (part, tail) = rest.split_once('.').unwrap_or((rest, ""));
+        let idx = match part {
+            "conv_in" => 0,
+            "conv_out" => convs - 1,
+            "blocks" => {
+                let (b, t) = tail.split_once('.').unwrap_or((tail, ""));
+                let b: usize = b.parse().unwrap_or(0);
+                return format!("input_hint_block.{}.{t}", 2 * (b + 1));
+            }
+            _ => 0,
+        };
+        return format!("input_hint_block.{}.{tail}", 2 * idx);
+    }
+    crate::checkpoint::unet_key(name, layers, &[])
+        .trim_start_matches(crate::checkpoint::UNET_PREFIX)
+        .to_owned()
+}
+
 /// Residuals for the UNet: one per skip connection, and one for the mid block.
 pub struct Residuals {
     /// Down residuals, in skip order.
@@ -57,10 +124,40 @@ pub struct ControlNet {
 }
 
 impl ControlNet {
-    /// Loads a diffusers `ControlNetModel` folder.
-    pub fn load(dir: &Path) -> Result<Self, SdError> {
-        let cfg_path = dir.join("config.json");
-        let mut raw: serde_json::Value = weights::read_config(&cfg_path)?;
+    /// Loads a diffusers `ControlNetModel` folder, or a single-file `.safetensors` ControlNet in
+    /// the original layout (`control_model.*` or bare `input_blocks.*`, `zero_convs.*`,
+    /// `input_hint_block.*`, `middle_block_out.*`) with the config of `config_dir` (a diffusers
+    /// ControlNet folder) or, without one, SD 1.5's ControlNet config.
+    pub fn load(path: &Path) -> Result<Self, SdError> {
+        Self::load_with(path, None)
+    }
+
+    /// [`ControlNet::load`] with an explicit config folder for single files.
+    pub fn load_with(path: &Path, config_dir: Option<&Path>) -> Result<Self, SdError> {
+        let (raw, weights) = if path.is_dir() {
+            let raw: serde_json::Value = weights::read_config(&path.join("config.json"))?;
+            (raw, Weights::folder(path)?)
+        } else {
+            let raw: serde_json::Value = match config_dir {
+                Some(d) => weights::read_config(&d.join("config.json"))?,
+                None => serde_json::from_str(SD15_CONTROLNET)
+                    .map_err(|e| SdError::new(format!("built-in ControlNet config: {e}")))?,
+            };
+            let prefix = single_file_prefix(path)?;
+            let layers = raw
+                .get("layers_per_block")
+                .and_then(|v| v.as_u64())
+                .unwrap_or(2) as usize;
+            let hint = raw
+                .get("conditioning_embedding_out_channels")
+                .and_then(|v| v.as_array().map(Vec::len))
+                .unwrap_or(4);
+            let rename: crate::weights::Rename = std::sync::Arc::new(move |name| {
+                format!("{prefix}{}", ldm_controlnet_key(name, layers, hint))
+            });
+            (raw, Weights::renamed(path, rename))
+        };
+        let mut raw = raw;
         // A ControlNet config is a UNet config without the up half: mirror it for the checks.
         if let Some(obj) = raw.as_object_mut() {
             let down: Vec<String> = obj
@@ -72,11 +169,11 @@ impl ControlNet {
             let cin = obj.get("in_channels").cloned().unwrap_or(4.into());
             obj.entry("out_channels").or_insert(cin);
         }
-        let bad = |e: serde_json::Error| SdError::new(format!("{}: {e}", cfg_path.display()));
+        let bad = |e: serde_json::Error| SdError::new(format!("{}: config: {e}", path.display()));
         let config: UNetConfig = serde_json::from_value(raw.clone()).map_err(bad)?;
         let extra: Extra = serde_json::from_value(raw).map_err(bad)?;
-        let vb = Weights::folder(dir)?.var_builder(DType::F32, &Device::Cpu)?;
-        Self::new(config, extra, vb).map_err(|e| SdError::new(format!("{}: {e}", dir.display())))
+        let vb = weights.var_builder(DType::F32, &Device::Cpu)?;
+        Self::new(config, extra, vb).map_err(|e| SdError::new(format!("{}: {e}", path.display())))
     }
 
     fn new(config: UNetConfig, extra: Extra, vb: VarBuilder) -> Result<Self, SdError> {

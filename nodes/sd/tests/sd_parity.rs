@@ -383,3 +383,27 @@ fn unet_features_and_the_segmentation_head_match_torch() {
     eprintln!("segmentation head logits: {e:e}");
     assert!(e <= 1e-5, "logits: {e:e}");
 }
+
+#[test]
+fn single_file_controlnet_loads_like_its_folder() {
+    use latentflow_sd::controlnet::ControlNet;
+    let folder = ControlNet::load(&fixtures().join("tiny-controlnet")).unwrap();
+    let single = ControlNet::load_with(
+        &fixtures().join("tiny-controlnet-single.safetensors"),
+        Some(&fixtures().join("tiny-controlnet")),
+    )
+    .unwrap();
+    let r = load("controlnet.safetensors");
+    let a = folder
+        .forward(&r["x"], 421.0, &r["context"], &r["cond"], 0.8, false)
+        .unwrap();
+    let b = single
+        .forward(&r["x"], 421.0, &r["context"], &r["cond"], 0.8, false)
+        .unwrap();
+    for (x, y) in a.down.iter().zip(&b.down) {
+        assert_eq!(rel_err(y, x), 0.0);
+    }
+    assert_eq!(rel_err(&b.mid, &a.mid), 0.0);
+    let bad = ControlNet::load(&fixtures().join("tiny-sd-single.safetensors"));
+    assert!(bad.is_err_and(|e| e.to_string().contains("not a single-file ControlNet")));
+}
