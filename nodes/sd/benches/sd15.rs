@@ -135,8 +135,9 @@ fn main() {
                     .expect("deepcache");
             }
             let cached = t0.elapsed().as_secs_f64();
+            let (run, total) = unet.unet.deepcache_modules(branch).expect("branch");
             println!(
-                "deepcache N=3 b={branch}: 12 steps {cached:.2} s vs {plain:.2} s plain: {:.2}x",
+                "deepcache N=3 b={branch}: 12 steps {cached:.2} s vs {plain:.2} s plain: {:.2}x; a shallow step runs {run} of {total} ResNet/transformer modules",
                 plain / cached
             );
         }

@@ -837,6 +837,36 @@ impl UNet {
         Ok((u, layers.saturating_sub(1 + layer)))
     }
 
+    /// ResNet and transformer modules a DeepCache retrieval step runs for `branch`, and how many
+    /// the full network has (the skip rule of the DeepCache package).
+    pub fn deepcache_modules(&self, branch: usize) -> Result<(usize, usize), SdError> {
+        let (entry_u, entry_j) = self.deepcache_entry(branch)?;
+        let (block, layer) = (branch / 3, branch % 3);
+        let count = |l: &Layer| 1 + usize::from(l.attention.is_some());
+        let mut total = 0;
+        let mut run = 0;
+        for (k, d) in self.down.iter().enumerate() {
+            for (j, l) in d.layers.iter().enumerate() {
+                total += count(l);
+                if k < block || (k == block && j < layer) {
+                    run += count(l);
+                }
+            }
+        }
+        if let Some(m) = &self.mid {
+            total += 1 + 2 * m.layers.len();
+        }
+        for (u, b) in self.up.iter().enumerate() {
+            for (j, l) in b.layers.iter().enumerate() {
+                total += count(l);
+                if u > entry_u || (u == entry_u && j >= entry_j) {
+                    run += count(l);
+                }
+            }
+        }
+        Ok((run, total))
+    }
+
     /// DeepCache (Ma et al. 2024, as the `DeepCache` package's `DeepCacheSDHelper` runs it).
     /// On a refresh step (`cache` empty or `refresh`) the whole network runs and the main-path
     /// input of the branch's up layer is stored in `cache`; otherwise only the shallow part

@@ -407,3 +407,14 @@ fn single_file_controlnet_loads_like_its_folder() {
     let bad = ControlNet::load(&fixtures().join("tiny-sd-single.safetensors"));
     assert!(bad.is_err_and(|e| e.to_string().contains("not a single-file ControlNet")));
 }
+
+#[test]
+fn deepcache_retrieval_steps_run_the_modules_of_the_skip_rule() {
+    // Tiny UNet: down 0 = 2×(resnet+attn), down 1 = 2 resnets, mid = resnet+attn+resnet,
+    // up 0 = 3 resnets, up 1 = 3×(resnet+attn): 4 + 2 + 3 + 3 + 6 = 18 modules.
+    let unet = UNet::load(&fixtures().join("tiny-sd/unet"), &Device::Cpu).unwrap();
+    // Branch 0: only up_blocks[1]'s last layer (resnet + attention).
+    assert_eq!(unet.deepcache_modules(0).unwrap(), (2, 18));
+    // Branch 1: plus down_blocks[0] layer 0 and up_blocks[1] layer 1.
+    assert_eq!(unet.deepcache_modules(1).unwrap(), (6, 18));
+}
