@@ -275,6 +275,61 @@ def unet_variant_fixture():
     with torch.no_grad():
         out = unet(x, torch.tensor(77.0), encoder_hidden_states=ctx).sample
     save_file({"x": x, "context": ctx, "out": out.contiguous()}, str(REF / "unet_variant.safetensors"), metadata={"t": "77"})
+    vpd_attention_fixture(unet, x, ctx)
+
+
+class CaptureCrossAttention:
+    """An attention processor that also keeps each cross-attention's probabilities, averaged
+    over heads (B × queries × tokens)."""
+
+    def __init__(self, store, keep):
+        self.store, self.keep = store, keep
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        cross = encoder_hidden_states is not None
+        context = encoder_hidden_states if cross else hidden_states
+        b = hidden_states.shape[0]
+        q = attn.head_to_batch_dim(attn.to_q(hidden_states))
+        k = attn.head_to_batch_dim(attn.to_k(context))
+        v = attn.head_to_batch_dim(attn.to_v(context))
+        probs = attn.get_attention_scores(q, k, None)
+        if cross and self.keep:
+            self.store.append(probs.reshape(b, attn.heads, probs.shape[1], probs.shape[2]).mean(1))
+        out = attn.batch_to_head_dim(torch.bmm(probs, v))
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+def vpd_attention_fixture(unet, x, ctx):
+    """VPD features with cross-attention maps on the 3-level variant UNet: per coarser level,
+    the down/up blocks' cross-attention maps of that size averaged over layers and heads,
+    concatenated to the level's feature."""
+    store = []
+    processors = {name: CaptureCrossAttention(store, not name.startswith("mid_block")) for name in unet.attn_processors}
+    unet.set_attn_processor(processors)
+    feats, hooks = {}, []
+    n = len(unet.up_blocks)
+    for u, block in enumerate(unet.up_blocks):
+        if u + 1 < n:
+            layer = block.attentions[1] if getattr(block, "attentions", None) else block.resnets[1]
+            key = n - 1 - u
+            hooks.append(layer.register_forward_hook(lambda m, i, o, key=key: feats.__setitem__(key, o[0] if isinstance(o, tuple) else o)))
+        else:
+            hooks.append(block.register_forward_hook(lambda m, i, o: feats.__setitem__(0, o)))
+    with torch.no_grad():
+        unet(x, torch.tensor(1.0), encoder_hidden_states=ctx)
+    for h in hooks:
+        h.remove()
+    out = {}
+    for k in range(n):
+        f = feats[k]
+        hw = f.shape[2] * f.shape[3]
+        same = [m for m in store if m.shape[1] == hw]
+        if k > 0 and same:
+            mean = torch.stack(same).mean(0)  # B × hw × tokens
+            f = torch.cat([f, mean.transpose(1, 2).reshape(f.shape[0], -1, f.shape[2], f.shape[3])], 1)
+        out[f"feature_{k}"] = f.contiguous()
+    save_file(out, str(REF / "vpd_variant.safetensors"), metadata={"t": "1"})
+    print("vpd features", [tuple(v.shape) for v in out.values()])
 
 
 def seghead_fixture(unet):

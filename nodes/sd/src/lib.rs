@@ -211,6 +211,7 @@ fn segment_head(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, No
         Value::Tensor(inputs.tensor("latent")?.clone()),
         Value::Float(p.f64("t")?),
         Value::Tensor(inputs.tensor("conditioning")?.clone()),
+        Value::Bool(p.bool("attention")?),
     ];
     let feats = match inputs
         .object("model")?
@@ -333,6 +334,7 @@ fn base_plugin() -> PluginDef {
                 .output("labels", PortType::Mask, "N×H×W class index per pixel (as a float), upscaled")
                 .param(Param::path("head").doc("latentflow-seghead-v1 .safetensors"))
                 .param(Param::float("t").default(1.0).range(0.0, 1000.0).doc("timestep of the feature pass"))
+                .param(Param::bool("attention").default(false).doc("append the down/up blocks' cross-attention maps (averaged over layers and heads, one channel per token) to the coarser levels, as VPD does; the head's laterals must expect them"))
                 .param(Param::int("upscale").default(8).range(1.0, 64.0).doc("label map size over the latent's (the VAE factor)")),
         )
         .node(

@@ -91,7 +91,8 @@ fn lora_result(object: ObjectHandle, applied: &crate::lora::Applied) -> Vec<Valu
 }
 
 impl UNetDenoiser {
-    /// `features(x, t, context)` → list of multi-scale UNet features, finest first.
+    /// `features(x, t, context, attention)` → list of multi-scale UNet features, finest first
+    /// (with `attention`, cross-attention maps appended to the coarser levels).
     fn features(&self, args: &[Value]) -> Result<Vec<Value>, NodeError> {
         let m = "features";
         let x = f32_tensor(
@@ -110,7 +111,12 @@ impl UNetDenoiser {
         } else {
             ctx
         };
-        let feats = self.model.unet.features(&x, t, &ctx).map_err(fail)?;
+        let attention = matches!(args.get(3), Some(Value::Bool(true)));
+        let feats = self
+            .model
+            .unet
+            .features_with(&x, t, &ctx, attention)
+            .map_err(fail)?;
         let feats = feats
             .iter()
             .map(from_candle)

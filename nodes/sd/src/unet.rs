@@ -790,7 +790,32 @@ impl UNet {
     /// last up block's output; for coarser levels the up block's state after its second layer
     /// (or its last layer, when it has fewer), before the upsampler. Finest first.
     pub fn features(&self, x: &Tensor, t: f64, ctx: &Tensor) -> Result<Vec<Tensor>, SdError> {
-        let hooks = Hooks::default();
+        self.features_with(x, t, ctx, false)
+    }
+
+    /// [`UNet::features`], and with `attention` the cross-attention maps of the down and up
+    /// blocks appended to the coarser levels (VPD): per level, the probabilities of every layer
+    /// whose map has that level's size, averaged over layers and heads (B×tokens×h×w),
+    /// concatenated to the level's channels. The finest level gets none.
+    pub fn features_with(
+        &self,
+        x: &Tensor,
+        t: f64,
+        ctx: &Tensor,
+        attention: bool,
+    ) -> Result<Vec<Tensor>, SdError> {
+        let maps: std::sync::Mutex<Vec<Tensor>> = Default::default();
+        let hook = |name: &str, probs: &Tensor| {
+            if !name.starts_with("mid_block") {
+                if let Ok(avg) = probs.mean(1) {
+                    maps.lock().unwrap_or_else(|e| e.into_inner()).push(avg);
+                }
+            }
+        };
+        let hooks = Hooks {
+            attention: if attention { Some(&hook) } else { None },
+            ..Hooks::default()
+        };
         let b = x.dim(0)?;
         let temb = self.time_embedding(t, b, x.device())?;
         let (h, mut skips) = self.forward_down(x, &temb, ctx, &hooks)?;
@@ -818,6 +843,24 @@ impl UNet {
         }
         feats.push(h);
         feats.reverse();
+        if attention {
+            let maps = maps.into_inner().unwrap_or_else(|e| e.into_inner());
+            for f in feats.iter_mut().skip(1) {
+                let (fh, fw) = (f.dim(2)?, f.dim(3)?);
+                // B×queries×tokens maps of this level's size.
+                let same: Vec<&Tensor> = maps
+                    .iter()
+                    .filter(|m| m.dim(1).ok() == Some(fh * fw))
+                    .collect();
+                if same.is_empty() {
+                    continue;
+                }
+                let mean = (Tensor::stack(&same, 0)?.sum(0)? / same.len() as f64)?;
+                let tokens = mean.dim(2)?;
+                let mean = mean.transpose(1, 2)?.reshape((b, tokens, fh, fw))?;
+                *f = Tensor::cat(&[&*f, &mean], 1)?;
+            }
+        }
         Ok(feats)
     }
 

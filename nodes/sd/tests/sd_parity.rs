@@ -418,3 +418,23 @@ fn deepcache_retrieval_steps_run_the_modules_of_the_skip_rule() {
     // Branch 1: plus down_blocks[0] layer 0 and up_blocks[1] layer 1.
     assert_eq!(unet.deepcache_modules(1).unwrap(), (6, 18));
 }
+
+#[test]
+fn vpd_features_with_cross_attention_maps_match_diffusers() {
+    let unet = UNet::load(&fixtures().join("tiny-unet-variant"), &Device::Cpu).unwrap();
+    let inputs = load("unet_variant.safetensors");
+    let r = load("vpd_variant.safetensors");
+    let feats = unet
+        .features_with(&inputs["x"], 1.0, &inputs["context"], true)
+        .unwrap();
+    assert_eq!(feats.len(), 3);
+    assert_eq!(
+        feats[1].dims(),
+        &[1, 37, 5, 6],
+        "32 channels + 5 token maps"
+    );
+    for (k, f) in feats.iter().enumerate() {
+        let e = rel_err(f, &r[&format!("feature_{k}")]);
+        assert!(e <= 1e-5, "level {k}: {e:e}");
+    }
+}
