@@ -18,6 +18,12 @@ fn reference(name: &str) -> PathBuf {
 /// image saved.
 fn instrumented(sb: &Sandbox, file: &str, fixture: &str) -> PathBuf {
     let text = std::fs::read_to_string(graph(file)).expect("graph");
+    instrumented_text(sb, file, &text, fixture)
+}
+
+/// [`instrumented`] for graph text (a variant of a file in `graphs/`).
+fn instrumented_text(sb: &Sandbox, file: &str, text: &str, fixture: &str) -> PathBuf {
+    let text = text.to_string();
     let wired = text.replacen(
         "type: samplers.sample\n    inputs: {",
         "type: samplers.sample\n    inputs: {noise: noise, ",
@@ -47,8 +53,19 @@ fn run_and_compare(file: &str, fixture: &str, set: &[&str]) {
 }
 
 fn run_model_and_compare(file: &str, fixture: &str, model: &std::path::Path, set: &[&str]) {
+    let text = std::fs::read_to_string(graph(file)).expect("graph");
+    run_text_and_compare(file, &text, fixture, model, set);
+}
+
+fn run_text_and_compare(
+    file: &str,
+    text: &str,
+    fixture: &str,
+    model: &std::path::Path,
+    set: &[&str],
+) {
     let sb = Sandbox::new();
-    let g = instrumented(&sb, file, fixture);
+    let g = instrumented_text(&sb, file, text, fixture);
     let images = workspace_root().join("tests/fixtures/images");
     let mut args = vec![
         "run".to_string(),
@@ -532,4 +549,49 @@ fn segmentation_head_labels_every_pixel() {
             assert_eq!(labels[(2 * y) * 32 + 2 * x], best);
         }
     }
+}
+
+#[test]
+fn deepcache_composes_with_controlnet() {
+    // LoRA → ControlNet → DeepCache → sampler: DeepCache at interval 1 over a ControlNet is the
+    // ControlNet pipeline itself (diffusers' numbers); at interval 3 it still runs.
+    let text = std::fs::read_to_string(graph("controlnet.yaml")).expect("graph");
+    let cached = text.replacen("inputs: {model: controlled, positive:", "inputs: {model: cached, positive:", 1)
+        + "  cached:\n    type: sd.deepcache\n    inputs: {model: controlled}\n    params: {cache_interval: 1}\n";
+    let model = workspace_root().join("tests/fixtures/tiny-sd");
+    let set = [
+        "sampler=ddim",
+        "steps=10",
+        "cfg=7.5",
+        "strength=0.8",
+        "start=0.1",
+        "end=0.8",
+    ];
+    run_text_and_compare("controlnet.yaml", &cached, "controlnet_loop", &model, &set);
+    let every3 = cached.replace("params: {cache_interval: 1}", "params: {cache_interval: 3}");
+    let sb = Sandbox::new();
+    let g = sb.write("cn_dc.yaml", &every3);
+    let root = workspace_root();
+    let m = format!("model={}", model.display());
+    let cn = format!(
+        "controlnet={}",
+        root.join("tests/fixtures/tiny-controlnet").display()
+    );
+    let img = format!(
+        "image={}",
+        root.join("tests/fixtures/images/img2img-init.png")
+            .display()
+    );
+    sb.run(&[
+        "run",
+        g.to_str().unwrap_or_default(),
+        "-q",
+        "--set",
+        &m,
+        "--set",
+        &cn,
+        "--set",
+        &img,
+    ])
+    .expect_code(0);
 }

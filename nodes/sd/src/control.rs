@@ -253,6 +253,75 @@ impl Controlled {
     }
 }
 
+impl Controlled {
+    /// DeepCache over a ControlNet: add this ControlNet's residuals (to any passed in, at
+    /// arguments 9 and 10) and pass the DeepCache step on to the wrapped model.
+    fn deepcache(&self, host: HostRef<'_>, mut args: Vec<Value>) -> Result<Vec<Value>, NodeError> {
+        let x = args
+            .first()
+            .and_then(Value::as_tensor)
+            .cloned()
+            .ok_or_else(|| NodeError::invalid("x must be a tensor"))?;
+        let t = args
+            .get(1)
+            .and_then(Value::as_float)
+            .ok_or_else(|| NodeError::invalid("t must be a number"))?;
+        let ctx = args
+            .get(2)
+            .and_then(Value::as_tensor)
+            .cloned()
+            .ok_or_else(|| NodeError::invalid("ControlNet needs a conditioning"))?;
+        let step = Step::from_args(&args, 6);
+        let own = if self.active(step) && self.strength != 0.0 {
+            Some(self.residuals(host.sabi_reborrow(), &x, t, &ctx, step)?)
+        } else {
+            None
+        };
+        let incoming = match (args.get(9), args.get(10).and_then(Value::as_tensor)) {
+            (Some(Value::List(items)), Some(mid)) => Some((
+                items
+                    .iter()
+                    .map(|v| {
+                        v.as_tensor()
+                            .ok_or_else(|| NodeError::invalid("residuals must be tensors"))
+                            .and_then(|t| to_candle(t, &Device::Cpu))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+                to_candle(mid, &Device::Cpu)?,
+            )),
+            _ => None,
+        };
+        let total = match (own, incoming) {
+            (Some((d, m)), Some((ed, em))) => {
+                let d = d
+                    .iter()
+                    .zip(&ed)
+                    .map(|(a, b)| a + b)
+                    .collect::<candle_core::Result<Vec<_>>>()
+                    .map_err(fail)?;
+                Some((d, (m + em).map_err(fail)?))
+            }
+            (a, b) => a.or(b),
+        };
+        args.truncate(9);
+        while args.len() < 9 {
+            args.push(Value::None);
+        }
+        if let Some((down, mid)) = total {
+            args.push(Value::List(
+                down.iter()
+                    .map(from_candle)
+                    .collect::<Result<Vec<_>, _>>()?
+                    .into_iter()
+                    .map(Value::Tensor)
+                    .collect(),
+            ));
+            args.push(Value::Tensor(from_candle(&mid)?));
+        }
+        self.inner.call(host, "predict_deepcache", args)
+    }
+}
+
 impl DenoiserImpl for Controlled {
     fn family(&self) -> String {
         "sd-controlnet".into()
@@ -285,6 +354,9 @@ impl DenoiserImpl for Controlled {
         method: &str,
         args: Vec<Value>,
     ) -> Option<Result<Vec<Value>, NodeError>> {
+        if method == "predict_deepcache" {
+            return Some(self.deepcache(host, args));
+        }
         if method != "predict_with_residuals" {
             return None;
         }

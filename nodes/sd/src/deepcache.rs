@@ -80,18 +80,20 @@ impl DenoiserImpl for DeepCache {
             refresh
         };
         let ctx = context.ok_or_else(|| NodeError::invalid("DeepCache needs a conditioning"))?;
-        let out = self.inner.call(
-            host,
-            "predict_deepcache",
-            vec![
-                Value::Tensor(x.clone()),
-                Value::Float(timestep),
-                Value::Tensor(ctx.clone()),
-                Value::Int(self.branch as i64),
-                Value::Bool(refresh),
-                Value::Int(self.key),
-            ],
-        )?;
+        let mut args = vec![
+            Value::Tensor(x.clone()),
+            Value::Float(timestep),
+            Value::Tensor(ctx.clone()),
+            Value::Int(self.branch as i64),
+            Value::Bool(refresh),
+            Value::Int(self.key),
+        ];
+        // The step, for wrappers in between (a ControlNet's guidance window).
+        args.extend(
+            step.map(Step::to_args)
+                .unwrap_or([Value::None, Value::None, Value::None]),
+        );
+        let out = self.inner.call(host, "predict_deepcache", args)?;
         match out.into_iter().next() {
             Some(Value::Tensor(t)) => Ok(t),
             _ => Err(NodeError::failed("predict_deepcache returned no tensor")),

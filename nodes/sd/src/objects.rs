@@ -351,10 +351,32 @@ impl DenoiserImpl for UNetDenoiser {
             let key = int_arg(&args, 5, method)?;
             let mut caches = self.deep_cache.lock().unwrap_or_else(|e| e.into_inner());
             let mut cache = caches.remove(&key);
+            // Optional ControlNet residuals after the step arguments (6–8).
+            let down = match args.get(9) {
+                Some(Value::List(items)) => Some(
+                    items
+                        .iter()
+                        .map(|v| {
+                            v.as_tensor()
+                                .ok_or_else(|| NodeError::invalid("residuals must be tensors"))
+                                .and_then(f32_tensor)
+                        })
+                        .collect::<Result<Vec<_>, _>>()?,
+                ),
+                _ => None,
+            };
+            let mid = match args.get(10).and_then(Value::as_tensor) {
+                Some(t) => Some(f32_tensor(t)?),
+                None => None,
+            };
+            let residuals = match (&down, &mid) {
+                (Some(d), Some(m)) => Some((d.as_slice(), m)),
+                _ => None,
+            };
             let out = self
                 .model
                 .unet
-                .forward_deepcache(&x, t, &ctx, branch, &mut cache, refresh)
+                .forward_deepcache_with(&x, t, &ctx, branch, &mut cache, refresh, residuals)
                 .map_err(fail)?;
             if let Some(c) = cache {
                 caches.insert(key, c);

@@ -924,9 +924,29 @@ impl UNet {
         cache: &mut Option<Tensor>,
         refresh: bool,
     ) -> Result<Tensor, SdError> {
+        self.forward_deepcache_with(x, t, ctx, branch, cache, refresh, None)
+    }
+
+    /// [`UNet::forward_deepcache`] with ControlNet residuals: a full step adds them as usual; a
+    /// shallow step adds the down residuals of the skips it computes (the mid block is cached).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_deepcache_with(
+        &self,
+        x: &Tensor,
+        t: f64,
+        ctx: &Tensor,
+        branch: usize,
+        cache: &mut Option<Tensor>,
+        refresh: bool,
+        residuals: Option<(&[Tensor], &Tensor)>,
+    ) -> Result<Tensor, SdError> {
         let entry = self.deepcache_entry(branch)?;
         let (block, layer) = (branch / 3, branch % 3);
-        let hooks = Hooks::default();
+        let hooks = Hooks {
+            down_residuals: residuals.map(|r| r.0),
+            mid_residual: residuals.map(|r| r.1),
+            attention: None,
+        };
         let b = x.dim(0)?;
         let temb = self.time_embedding(t, b, x.device())?;
         let cached = cache
