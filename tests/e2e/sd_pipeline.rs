@@ -16,12 +16,8 @@ fn reference(name: &str) -> PathBuf {
 
 /// `graphs/<file>` with the reference's noise wired in and the per-step latents and the float
 /// image saved.
-fn instrumented(sb: &Sandbox, file: &str, fixture: &str) -> PathBuf {
-    let text = std::fs::read_to_string(graph(file)).expect("graph");
-    instrumented_text(sb, file, &text, fixture)
-}
-
-/// [`instrumented`] for graph text (a variant of a file in `graphs/`).
+/// A graph (the text of a file in `graphs/`, or a variant) with the reference's noise wired in
+/// and the per-step latents and the float image saved.
 fn instrumented_text(sb: &Sandbox, file: &str, text: &str, fixture: &str) -> PathBuf {
     let text = text.to_string();
     let wired = text.replacen(
