@@ -14,8 +14,6 @@ fn reference(name: &str) -> PathBuf {
         .join(format!("{name}.safetensors"))
 }
 
-/// `graphs/<file>` with the reference's noise wired in and the per-step latents and the float
-/// image saved.
 /// A graph (the text of a file in `graphs/`, or a variant) with the reference's noise wired in
 /// and the per-step latents and the float image saved.
 fn instrumented_text(sb: &Sandbox, file: &str, text: &str, fixture: &str) -> PathBuf {
