@@ -1,0 +1,126 @@
+//! Scaled dot-product attention: one entry point, [`attention`], for every model.
+//!
+//! `softmax(q·kᵀ + mask)·v` over tensors of B×heads×L×d. The caller scales `q` (models keep the
+//! reference implementation's order of operations, which parity tests pin down). Without a mask
+//! or a probability sink, long sequences are computed in blocks of queries so the whole
+//! B·heads×Lq×Lk score matrix never exists at once: less memory, fewer page faults, warmer
+//! caches.
+
+use candle_core::Tensor;
+
+/// Receives the attention probabilities (B×heads×Lq×Lk) of one call, for analysis such as DAAM.
+pub type ProbabilitySink<'a> = &'a (dyn Fn(&Tensor) + Sync);
+
+/// What one attention call needs besides q, k and v.
+#[derive(Default, Clone, Copy)]
+pub struct Attend<'a> {
+    /// Added to the scores before the softmax (broadcast to B×heads×Lq×Lk), e.g. a causal or
+    /// padding mask with −∞ where attention is not allowed.
+    pub mask: Option<&'a Tensor>,
+    /// Receives the probabilities; the computation then materialises them whole.
+    pub probabilities: Option<ProbabilitySink<'a>>,
+}
+
+/// Scores per block stay under this many floats (16 MiB).
+const SCORE_BLOCK: usize = 4 << 20;
+
+/// `softmax(q·kᵀ + mask)·v` for q B×heads×Lq×d, k and v B×heads×Lk×d.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, opts: Attend) -> candle_core::Result<Tensor> {
+    if opts.mask.is_some() || opts.probabilities.is_some() {
+        let mut scores = q.matmul(&k.t()?)?;
+        if let Some(m) = opts.mask {
+            scores = scores.broadcast_add(m)?;
+        }
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        if let Some(sink) = opts.probabilities {
+            sink(&probs);
+        }
+        return probs.matmul(v);
+    }
+    blocked(q, k, v)
+}
+
+fn blocked(q: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
+    let (b, h, lq, _) = q.dims4()?;
+    let lk = k.dim(2)?;
+    if b * h * lq * lk <= SCORE_BLOCK {
+        return candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?.matmul(v);
+    }
+    let kt = k.t()?;
+    let rows = (SCORE_BLOCK / lk).max(1);
+    let mut per_batch = Vec::with_capacity(b);
+    for bi in 0..b {
+        let mut heads = Vec::with_capacity(h);
+        for hi in 0..h {
+            let (qh, kh, vh) = (
+                q.get(bi)?.get(hi)?,
+                kt.get(bi)?.get(hi)?,
+                v.get(bi)?.get(hi)?,
+            );
+            let mut parts = Vec::with_capacity(lq.div_ceil(rows));
+            let mut start = 0;
+            while start < lq {
+                let n = rows.min(lq - start);
+                let s = qh.narrow(0, start, n)?.matmul(&kh)?;
+                parts.push(candle_nn::ops::softmax_last_dim(&s)?.matmul(&vh)?);
+                start += n;
+            }
+            heads.push(Tensor::cat(&parts, 0)?);
+        }
+        per_batch.push(Tensor::stack(&heads, 0)?);
+    }
+    Tensor::stack(&per_batch, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, D};
+
+    fn naive(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+        let s = q.matmul(&k.t().unwrap()).unwrap();
+        candle_nn::ops::softmax(&s, D::Minus1)
+            .unwrap()
+            .matmul(v)
+            .unwrap()
+    }
+
+    #[test]
+    fn blocked_attention_equals_the_whole_matrix() {
+        let dev = Device::Cpu;
+        // 1×2×2100×8 queries against 2100 keys: more than one block of scores.
+        let q = Tensor::randn(0f32, 1.0, (1, 2, 2100, 8), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (1, 2, 2100, 8), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (1, 2, 2100, 8), &dev).unwrap();
+        let a = attention(&q, &k, &v, Attend::default()).unwrap();
+        let b = naive(&q, &k, &v);
+        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(d.to_scalar::<f32>().unwrap() < 1e-5);
+    }
+
+    #[test]
+    fn a_mask_removes_keys_and_the_sink_sees_probabilities() {
+        let dev = Device::Cpu;
+        let q = Tensor::randn(0f32, 1.0, (1, 1, 3, 4), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (1, 1, 2, 4), &dev).unwrap();
+        let v = Tensor::new(&[[[[1f32, 0.0], [0.0, 1.0]]]], &dev).unwrap();
+        let mask = Tensor::new(&[0f32, f32::NEG_INFINITY], &dev).unwrap();
+        let seen = std::sync::Mutex::new(None);
+        let sink = |p: &Tensor| *seen.lock().unwrap() = Some(p.clone());
+        let out = attention(
+            &q,
+            &k,
+            &v,
+            Attend {
+                mask: Some(&mask),
+                probabilities: Some(&sink),
+            },
+        )
+        .unwrap();
+        // Only the first key is visible: every output row is v[0].
+        let rows = out.flatten_to(2).unwrap().to_vec2::<f32>().unwrap();
+        assert!(rows.iter().all(|r| r == &[1.0, 0.0]), "{rows:?}");
+        let p = seen.lock().unwrap().clone().unwrap();
+        assert_eq!(p.dims(), &[1, 1, 3, 2]);
+    }
+}

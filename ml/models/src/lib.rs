@@ -1,0 +1,14 @@
+//! LatentFlow's model families, on candle, with the numbers of their reference
+//! implementations (diffusers and transformers): today Stable Diffusion 1.x/2.x — the CLIP
+//! tokenizer and text encoder, the UNet, the AutoencoderKL and ControlNet — loaded from
+//! diffusers folders or single-file checkpoints.
+//!
+//! Models know nothing of graphs or plugins: they are built from configs and weights
+//! (`latentflow-weights`), run on kernels (`latentflow-kernels`) and blocks (`latentflow-nn`),
+//! and offer seams (stage functions, observers) that callers such as DeepCache or feature
+//! extraction use instead of patching the forward pass.
+
+mod error;
+pub mod sd;
+
+pub use error::{ModelError, Result};

@@ -1,0 +1,281 @@
+//! Loading the components of a Stable Diffusion model from a diffusers folder, a component
+//! folder or a single-file checkpoint, each loaded once however many nodes refer to it.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+
+use latentflow_weights::{ConfigSource, Store, Weights};
+
+use super::checkpoint::{self, sd15};
+use super::clip::{ClipConfig, ClipTextModel};
+use super::text::TextEncoder;
+use super::tokenizer::ClipTokenizer;
+use super::unet::{UNet, UNetConfig};
+use super::vae::{Vae, VaeConfig};
+use crate::{ModelError, Result};
+
+/// The original CLIP vocabulary, for checkpoints that come without a tokenizer folder.
+const BPE_VOCAB: &[u8] = include_bytes!("../../assets/bpe_simple_vocab_16e6.txt.gz");
+
+/// What a model predicts, from its scheduler config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PredictionType {
+    /// The noise ε.
+    Epsilon,
+    /// The velocity v.
+    V,
+    /// The clean sample x0.
+    Sample,
+}
+
+impl PredictionType {
+    /// diffusers' spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            PredictionType::Epsilon => "epsilon",
+            PredictionType::V => "v_prediction",
+            PredictionType::Sample => "sample",
+        }
+    }
+
+    /// From diffusers' spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "epsilon" => PredictionType::Epsilon,
+            "v_prediction" => PredictionType::V,
+            "sample" => PredictionType::Sample,
+            _ => return None,
+        })
+    }
+}
+
+/// A UNet with the prediction type of its scheduler config.
+pub struct LoadedUNet {
+    /// The network.
+    pub unet: UNet,
+    /// What it predicts.
+    pub prediction: PredictionType,
+    /// Its weights (shared with LoRA'd variants).
+    pub store: Store,
+    /// Where it came from.
+    pub source: PathBuf,
+}
+
+/// A UNet from a diffusers `unet/` folder.
+pub fn unet_folder(dir: &Path, prediction: PredictionType) -> Result<LoadedUNet> {
+    let config = UNetConfig::from_file(&dir.join("config.json"))?;
+    let store = Store::load(&Weights::folder(dir)?, |_| true)?;
+    let unet = UNet::new(config, store.var_builder(), dir)?;
+    Ok(LoadedUNet {
+        unet,
+        prediction,
+        store,
+        source: dir.to_path_buf(),
+    })
+}
+
+/// Where a model comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// A diffusers pipeline folder (`model_index.json`).
+    Pipeline(PathBuf),
+    /// A single-file checkpoint and an optional diffusers folder with the configs.
+    Checkpoint(PathBuf, Option<PathBuf>),
+}
+
+fn canonical(p: &Path) -> Result<PathBuf> {
+    p.canonicalize()
+        .map_err(|e| ModelError::format(p, e.to_string()))
+}
+
+impl Source {
+    /// Classifies a path given by the user.
+    pub fn detect(path: &Path, config: Option<&Path>) -> Result<Self> {
+        let p = canonical(path)?;
+        if p.is_dir() {
+            if !p.join("unet").is_dir() {
+                return Err(ModelError::format(
+                    &p,
+                    "not a diffusers pipeline folder (no unet/); load single components with sd.load_unet / sd.load_clip / sd.load_vae",
+                ));
+            }
+            return Ok(Source::Pipeline(p));
+        }
+        let config = config.map(canonical).transpose()?;
+        Ok(Source::Checkpoint(p, config))
+    }
+
+    /// The path, for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Source::Pipeline(p) | Source::Checkpoint(p, _) => p.display().to_string(),
+        }
+    }
+
+    /// A component's config: the pipeline's or config folder's file, else the built-in one.
+    fn config(&self, component: &str, builtin: &'static str) -> ConfigSource {
+        match self {
+            Source::Pipeline(dir) | Source::Checkpoint(_, Some(dir)) => {
+                ConfigSource::File(dir.join(component).join("config.json"))
+            }
+            Source::Checkpoint(_, None) => ConfigSource::Builtin(
+                builtin,
+                format!("the built-in SD 1.5 {component} config"),
+            ),
+        }
+    }
+}
+
+/// Returns the loaded value for `key`, loading it at most once while anyone holds it.
+fn shared<T: Send + Sync + 'static>(
+    key: (Source, &'static str),
+    load: impl FnOnce() -> Result<T>,
+) -> Result<Arc<T>> {
+    type Cache = HashMap<(Source, &'static str), Weak<dyn Any + Send + Sync>>;
+    static CACHE: Mutex<Option<Cache>> = Mutex::new(None);
+    // Holding the lock while loading keeps two nodes from loading the same model twice.
+    let mut guard = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    let cache = guard.get_or_insert_with(HashMap::new);
+    if let Some(v) = cache.get(&key).and_then(Weak::upgrade) {
+        if let Ok(v) = v.downcast::<T>() {
+            return Ok(v);
+        }
+    }
+    let v = Arc::new(load()?);
+    let any: Arc<dyn Any + Send + Sync> = v.clone();
+    cache.insert(key, Arc::downgrade(&any));
+    Ok(v)
+}
+
+/// The prediction type named by a pipeline's `scheduler/scheduler_config.json`. No file means
+/// ε; a file that cannot be read or names an unknown type is an error naming it.
+pub fn prediction_type(dir: &Path) -> Result<PredictionType> {
+    let file = dir.join("scheduler/scheduler_config.json");
+    if !file.exists() {
+        return Ok(PredictionType::Epsilon);
+    }
+    let json: serde_json::Value = latentflow_weights::read_config(&file)?;
+    match json.get("prediction_type") {
+        None | Some(serde_json::Value::Null) => Ok(PredictionType::Epsilon),
+        Some(serde_json::Value::String(s)) => PredictionType::parse(s).ok_or_else(|| {
+            ModelError::Config(latentflow_weights::ConfigError::Field {
+                source_name: file.display().to_string(),
+                field: "prediction_type".into(),
+                reason: format!("{s:?} is not one of epsilon, v_prediction, sample"),
+            })
+        }),
+        Some(other) => Err(ModelError::Config(latentflow_weights::ConfigError::Field {
+            source_name: file.display().to_string(),
+            field: "prediction_type".into(),
+            reason: format!("{other} is not a string"),
+        })),
+    }
+}
+
+/// The UNet of a model.
+pub fn unet(src: &Source) -> Result<Arc<LoadedUNet>> {
+    shared((src.clone(), "unet"), || match src {
+        Source::Pipeline(dir) => unet_folder(&dir.join("unet"), prediction_type(dir)?),
+        Source::Checkpoint(file, cfg_dir) => {
+            let info = checkpoint::inspect(file)?;
+            let mut config = UNetConfig::load(&src.config("unet", sd15::UNET))?;
+            if cfg_dir.is_none() {
+                if let Some(c) = info.unet_in_channels {
+                    config.in_channels = c; // 9 for inpainting checkpoints
+                }
+            }
+            let layers = config.uniform_layers().ok_or_else(|| {
+                ModelError::format(
+                    file,
+                    "single-file checkpoints need the same layers_per_block for every block",
+                )
+            })?;
+            let w = Weights::renamed(file, checkpoint::unet_rename(layers, config.up_cross()));
+            let store = Store::load(&w, |n| n.starts_with(checkpoint::UNET_PREFIX))?;
+            let prediction = match cfg_dir {
+                Some(d) => prediction_type(d)?,
+                None => PredictionType::Epsilon,
+            };
+            Ok(LoadedUNet {
+                unet: UNet::new(config, store.var_builder(), file)?,
+                prediction,
+                store,
+                source: file.clone(),
+            })
+        }
+    })
+}
+
+/// The text encoder and tokenizer of a model.
+pub fn text_encoder(src: &Source) -> Result<Arc<TextEncoder>> {
+    shared((src.clone(), "text_encoder"), || match src {
+        Source::Pipeline(dir) => {
+            load_text_encoder(&dir.join("text_encoder"), &dir.join("tokenizer"))
+        }
+        Source::Checkpoint(file, cfg_dir) => {
+            checkpoint::inspect(file)?;
+            let config = ClipConfig::load(&src.config("text_encoder", sd15::TEXT_ENCODER))?;
+            let w = Weights::renamed(file, checkpoint::clip_rename());
+            let store = Store::load(&w, |n| n.starts_with(checkpoint::CLIP_PREFIX))?;
+            let model = ClipTextModel::new(config, store.var_builder(), file)?;
+            let tokenizer = match cfg_dir
+                .as_ref()
+                .map(|d| d.join("tokenizer"))
+                .filter(|d| d.is_dir())
+            {
+                Some(dir) => ClipTokenizer::load(&dir)?,
+                None => ClipTokenizer::from_bpe_gz_bytes(BPE_VOCAB)?,
+            };
+            Ok(TextEncoder {
+                tokenizer,
+                model,
+                store,
+            })
+        }
+    })
+}
+
+/// A text encoder from its folder and a tokenizer folder (or none: the built-in CLIP vocabulary).
+pub fn load_text_encoder(model_dir: &Path, tokenizer_dir: &Path) -> Result<TextEncoder> {
+    let config = ClipConfig::from_file(&model_dir.join("config.json"))?;
+    let store = Store::load(&Weights::folder(model_dir)?, |_| true)?;
+    let model = ClipTextModel::new(config, store.var_builder(), model_dir)?;
+    let tokenizer = if tokenizer_dir.is_dir() {
+        ClipTokenizer::load(tokenizer_dir)?
+    } else {
+        ClipTokenizer::from_bpe_gz_bytes(BPE_VOCAB)?
+    };
+    Ok(TextEncoder {
+        tokenizer,
+        model,
+        store,
+    })
+}
+
+/// The VAE of a model.
+pub fn vae(src: &Source) -> Result<Arc<Vae>> {
+    shared((src.clone(), "vae"), || match src {
+        Source::Pipeline(dir) => Vae::load(&dir.join("vae")),
+        Source::Checkpoint(file, _) => {
+            checkpoint::inspect(file)?;
+            let config = VaeConfig::load(&src.config("vae", sd15::VAE))?;
+            let w = Weights::renamed(
+                file,
+                checkpoint::vae_rename(config.block_out_channels.len()),
+            );
+            Vae::from_weights(config, &w, file)
+        }
+    })
+}
+
+/// A component folder loaded on its own (`unet/`, `vae/`), shared like whole models.
+pub fn component<T: Send + Sync + 'static>(
+    dir: &Path,
+    kind: &'static str,
+    load: impl FnOnce(&Path) -> Result<T>,
+) -> Result<Arc<T>> {
+    let dir = canonical(dir)?;
+    shared((Source::Pipeline(dir.clone()), kind), || load(&dir))
+}

@@ -1,0 +1,265 @@
+//! The UNet as stages — time embedding, down path, mid block, up path, head — and the whole
+//! forward pass built from them. Callers that run the network differently (DeepCache, feature
+//! extraction, ControlNet's trunk) compose the same stages; [`Extras`] carries what a caller adds
+//! to one pass (ControlNet residuals, hooks that see attention and up-path states).
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::VarBuilder;
+use latentflow_nn::{timestep_features, AttentionHook};
+use latentflow_weights::Weights;
+
+use super::blocks::{build, DownBlock, MidBlock, Parts, UpBlock};
+use super::config::UNetConfig;
+use crate::{ModelError, Result};
+
+/// Receives the main-path state after layer `layer` of up block `block`.
+pub type UpLayerHook<'a> = &'a (dyn Fn(usize, usize, &Tensor) + Sync);
+
+/// What a caller adds to one pass.
+#[derive(Default, Clone, Copy)]
+pub struct Extras<'a> {
+    /// Added to the skip connections, one per skip in order (ControlNet). A partial down path
+    /// adds the first ones, for the skips it computes.
+    pub down_residuals: Option<&'a [Tensor]>,
+    /// Added to the mid-block output (ControlNet).
+    pub mid_residual: Option<&'a Tensor>,
+    /// Receives every cross-attention's probabilities (B×heads×queries×tokens) with the layer's
+    /// name (`down_blocks.0.attentions.1.transformer_blocks.0.attn2`, ...); they are then
+    /// materialised whole, which costs memory.
+    pub attention: Option<AttentionHook<'a>>,
+    /// Receives the up path's states (feature extraction).
+    pub up_layer: Option<UpLayerHook<'a>>,
+}
+
+/// Where the down path stops: after `layer` layers of block `block` (before its downsampler).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stop {
+    /// The down block.
+    pub block: usize,
+    /// Layers of that block to run.
+    pub layer: usize,
+}
+
+/// diffusers' `UNet2DConditionModel`.
+pub struct UNet {
+    /// Its configuration.
+    pub config: UNetConfig,
+    parts: Parts,
+}
+
+impl UNet {
+    /// Builds the network from a config and weights; `source` names the weights in errors.
+    pub fn new(config: UNetConfig, vb: VarBuilder, source: &Path) -> Result<Self> {
+        Self::build(config, vb, source, true)
+    }
+
+    /// The down path and mid block only (a ControlNet's trunk): no up blocks, no output head.
+    pub fn new_encoder(config: UNetConfig, vb: VarBuilder, source: &Path) -> Result<Self> {
+        Self::build(config, vb, source, false)
+    }
+
+    fn build(config: UNetConfig, vb: VarBuilder, source: &Path, with_up: bool) -> Result<Self> {
+        let plan = config.plan().map_err(|f| {
+            ModelError::Config(latentflow_weights::ConfigError::Field {
+                source_name: source.display().to_string(),
+                field: f.field,
+                reason: f.reason,
+            })
+        })?;
+        let parts = build(&config, &plan, vb, with_up).map_err(|e| ModelError::Mismatch {
+            path: source.to_path_buf(),
+            component: "UNet",
+            source: e,
+        })?;
+        Ok(Self { config, parts })
+    }
+
+    /// Loads a diffusers `unet/` folder (computing in f32).
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        let config = UNetConfig::from_file(&dir.join("config.json"))?;
+        let w = Weights::folder(dir)?;
+        Self::new(config, w.var_builder(DType::F32, device)?, dir)
+    }
+
+    /// The down blocks.
+    pub fn down(&self) -> &[DownBlock] {
+        &self.parts.down
+    }
+
+    /// The up blocks.
+    pub fn up(&self) -> &[UpBlock] {
+        &self.parts.up
+    }
+
+    /// The mid block, if the config has one.
+    pub fn mid(&self) -> Option<&MidBlock> {
+        self.parts.mid.as_ref()
+    }
+
+    /// The time embedding for timestep `t`, for a batch of `b`.
+    pub fn time_embedding(&self, t: f64, b: usize, device: &Device) -> candle_core::Result<Tensor> {
+        let c = &self.config;
+        let dim = c.block_out_channels[0];
+        let f = timestep_features(&[t], dim, c.flip_sin_to_cos, c.freq_shift, device)?;
+        let (l1, l2) = &self.parts.time;
+        let emb = l2.forward(&candle_nn::ops::silu(&l1.forward(&f)?)?)?;
+        emb.broadcast_as((b, emb.dim(1)?))?.contiguous()
+    }
+
+    /// `conv_in` (after mapping [0, 1] to [-1, 1] when the config centres its input).
+    pub fn conv_in(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let x = if self.config.center_input_sample {
+            x.affine(2.0, -1.0)?
+        } else {
+            x.clone()
+        };
+        self.parts.conv_in.forward(&x)
+    }
+
+    /// The down path from the output of `conv_in`: the main-path state and the skip
+    /// connections (residuals added). With `stop` it ends early, as DeepCache's shallow steps do.
+    pub fn down_path(
+        &self,
+        h: &Tensor,
+        temb: &Tensor,
+        ctx: &Tensor,
+        extras: &Extras,
+        stop: Option<Stop>,
+    ) -> candle_core::Result<(Tensor, Vec<Tensor>)> {
+        let mut x = h.clone();
+        let mut skips = vec![x.clone()];
+        'blocks: for (k, block) in self.parts.down.iter().enumerate() {
+            for (j, layer) in block.layers.iter().enumerate() {
+                if stop.is_some_and(|s| s.block == k && j >= s.layer) {
+                    break 'blocks;
+                }
+                x = layer.forward(&x, temb, ctx, extras)?;
+                skips.push(x.clone());
+            }
+            if stop.is_some_and(|s| s.block == k) {
+                break;
+            }
+            if let Some(d) = block.downsample(&x)? {
+                x = d;
+                skips.push(x.clone());
+            }
+        }
+        if let Some(res) = extras.down_residuals {
+            let full = stop.is_none();
+            if (full && res.len() != skips.len()) || res.len() < skips.len() {
+                candle_core::bail!(
+                    "{} down residuals for {} skip connections",
+                    res.len(),
+                    skips.len()
+                );
+            }
+            skips = skips
+                .iter()
+                .zip(res)
+                .map(|(s, r)| s + r)
+                .collect::<candle_core::Result<_>>()?;
+        }
+        Ok((x, skips))
+    }
+
+    /// The mid block (plus a ControlNet mid residual).
+    pub fn mid_block(
+        &self,
+        x: &Tensor,
+        temb: &Tensor,
+        ctx: &Tensor,
+        extras: &Extras,
+    ) -> candle_core::Result<Tensor> {
+        let mut x = x.clone();
+        if let Some(mid) = &self.parts.mid {
+            x = mid.first.forward(&x, Some(temb))?;
+            for (attn, res) in &mid.layers {
+                x = attn.forward(&x, ctx, extras.attention)?;
+                x = res.forward(&x, Some(temb))?;
+            }
+        }
+        match extras.mid_residual {
+            Some(r) => x + r,
+            None => Ok(x),
+        }
+    }
+
+    /// The up path from layer `start` = (block, layer) on, consuming skips from the end; also
+    /// returns the main-path input of layer `tap` when one is named. The result is the state
+    /// before the output head.
+    #[allow(clippy::too_many_arguments)]
+    pub fn up_path(
+        &self,
+        x: &Tensor,
+        skips: &mut Vec<Tensor>,
+        temb: &Tensor,
+        ctx: &Tensor,
+        extras: &Extras,
+        start: (usize, usize),
+        tap: Option<(usize, usize)>,
+    ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+        let mut x = x.clone();
+        let mut tapped = None;
+        for (u, block) in self.parts.up.iter().enumerate().skip(start.0) {
+            let first = if u == start.0 { start.1 } else { 0 };
+            for (j, layer) in block.layers.iter().enumerate().skip(first) {
+                if tap == Some((u, j)) {
+                    tapped = Some(x.clone());
+                }
+                let skip = skips
+                    .pop()
+                    .ok_or_else(|| candle_core::Error::Msg("ran out of skip connections".into()))?;
+                x = layer.forward(&Tensor::cat(&[&x, &skip], 1)?, temb, ctx, extras)?;
+                if let Some(hook) = extras.up_layer {
+                    hook(u, j, &x);
+                }
+            }
+            if let Some(conv) = &block.upsample {
+                // Upsample to the next skip's size (×2 unless the input size was odd).
+                let (h, w) = match skips.last() {
+                    Some(s) => (s.dim(2)?, s.dim(3)?),
+                    None => (x.dim(2)? * 2, x.dim(3)? * 2),
+                };
+                x = conv.forward(&x.upsample_nearest2d(h, w)?)?;
+            }
+        }
+        Ok((x, tapped))
+    }
+
+    /// The output head: GroupNorm, SiLU, `conv_out`.
+    pub fn head(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (norm_out, conv_out) = self
+            .parts
+            .head
+            .as_ref()
+            .ok_or_else(|| candle_core::Error::Msg("this network has no output head".into()))?;
+        conv_out.forward(&norm_out.forward_silu(x)?)
+    }
+
+    /// Checks the input's channels against the config.
+    pub fn check_input(&self, x: &Tensor) -> Result<()> {
+        let dims = x.dims();
+        if dims.len() != 4 || dims[1] != self.config.in_channels {
+            return Err(ModelError::Shape {
+                what: "UNet input".into(),
+                expected: format!("B×{}×H×W", self.config.in_channels),
+                found: dims.to_vec(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The whole network: noise (or v) prediction for `x` B×C×H×W at timestep `t` with
+    /// conditioning `ctx` B×L×D.
+    pub fn forward(&self, x: &Tensor, t: f64, ctx: &Tensor, extras: &Extras) -> Result<Tensor> {
+        self.check_input(x)?;
+        let temb = self.time_embedding(t, x.dim(0)?, x.device())?;
+        let h = self.conv_in(x)?;
+        let (h, mut skips) = self.down_path(&h, &temb, ctx, extras, None)?;
+        let h = self.mid_block(&h, &temb, ctx, extras)?;
+        let (h, _) = self.up_path(&h, &mut skips, &temb, ctx, extras, (0, 0), None)?;
+        Ok(self.head(&h)?)
+    }
+}

@@ -1,0 +1,86 @@
+//! Classifier-free guidance: the batch layout `[negative; positive]`, the combination of the
+//! two halves, and conditionings of different token counts.
+
+use candle_core::Tensor;
+
+use crate::SampleError;
+
+/// `u + g·(c − u)` for a prediction of the doubled batch `[u; c]`.
+pub fn combine(pred: &Tensor, scale: f64) -> Result<Tensor, SampleError> {
+    let n = pred.dim(0)? / 2;
+    let u = pred.narrow(0, 0, n)?;
+    let c = pred.narrow(0, n, n)?;
+    Ok((&u + (c - &u)?.affine(scale, 0.0)?)?)
+}
+
+/// Conditionings with different token counts (prompts of different lengths in 77-token
+/// windows) are repeated along the tokens to their least common multiple, as ComfyUI does.
+/// Widths must agree.
+pub fn match_tokens(a: &Tensor, b: &Tensor) -> Result<(Tensor, Tensor), SampleError> {
+    let (da, db) = (a.dims(), b.dims());
+    if da.len() != 3 || db.len() != 3 || da[2] != db[2] {
+        if da.len() == db.len() && da[1..] == db[1..] {
+            return Ok((a.clone(), b.clone()));
+        }
+        return Err(SampleError::Invalid(format!(
+            "negative conditioning {da:?} and positive {db:?} differ"
+        )));
+    }
+    let (la, lb) = (da[1], db[1]);
+    if la == lb || la == 0 || lb == 0 {
+        return Ok((a.clone(), b.clone()));
+    }
+    let gcd = |mut x: usize, mut y: usize| {
+        while y != 0 {
+            (x, y) = (y, x % y);
+        }
+        x
+    };
+    let lcm = la / gcd(la, lb) * lb;
+    Ok((a.repeat((1, lcm / la, 1))?, b.repeat((1, lcm / lb, 1))?))
+}
+
+/// `t` repeated along the batch until it has `n` items (a batch of 1 broadcasts).
+pub fn batch_to(t: &Tensor, n: usize, what: &str) -> Result<Tensor, SampleError> {
+    let have = t.dims().first().copied().unwrap_or(0);
+    if have == n {
+        return Ok(t.clone());
+    }
+    if have != 1 {
+        return Err(SampleError::Invalid(format!(
+            "{what} has batch {have}, the latent {n}"
+        )));
+    }
+    let mut reps = vec![1usize; t.rank()];
+    reps[0] = n;
+    Ok(t.repeat(reps.as_slice())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn conditionings_of_different_lengths_repeat_to_their_lcm() {
+        let dev = Device::Cpu;
+        let a = Tensor::new(&[[[1f32], [2.0]]], &dev).unwrap(); // 2 tokens
+        let b = Tensor::new(&[[[3f32], [4.0], [5.0]]], &dev).unwrap(); // 3 tokens
+        let (a, b) = match_tokens(&a, &b).unwrap();
+        assert_eq!(a.dims(), &[1, 6, 1]);
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(flat(&a), vec![1.0, 2.0, 1.0, 2.0, 1.0, 2.0]);
+        assert_eq!(flat(&b), vec![3.0, 4.0, 5.0, 3.0, 4.0, 5.0]);
+        let c = Tensor::zeros((1, 2, 2), candle_core::DType::F32, &dev).unwrap();
+        let d = Tensor::zeros((1, 1, 3), candle_core::DType::F32, &dev).unwrap();
+        assert!(match_tokens(&c, &d).is_err(), "different widths are an error");
+    }
+
+    #[test]
+    fn guidance_combines_the_halves() {
+        let dev = Device::Cpu;
+        let p = Tensor::new(&[[1f32, 2.0], [3.0, 6.0]], &dev).unwrap();
+        let g = combine(&p, 2.0).unwrap();
+        assert_eq!(g.to_vec2::<f32>().unwrap(), vec![vec![5.0, 10.0]]);
+    }
+}

@@ -1,0 +1,116 @@
+//! Per-step hooks: code that sees, and may replace, the predicted clean sample x̂0 of each step
+//! and the latent after it. The inpainting blend is one; guidance that steers x̂0 (TPM
+//! inpainting) and noise re-initialisation (FreeInit) are others. Every method has a default
+//! that leaves things as they are.
+
+use candle_core::Tensor;
+
+use crate::SampleError;
+
+/// Where the sampler is, for a hook.
+pub struct StepContext<'a> {
+    /// This step's index within the run (0-based).
+    pub index: usize,
+    /// Steps in the run.
+    pub total: usize,
+    /// The timestep given to the model.
+    pub timestep: f64,
+    /// The coefficients (a, b) that noise a clean sample to the level the latent has after this
+    /// step (a·x0 + b·noise); `None` after the last step.
+    pub next_level: Option<(f64, f64)>,
+    /// The unit noise the run started from.
+    pub initial_noise: &'a Tensor,
+}
+
+/// A per-step hook.
+pub trait StepHook {
+    /// Whether [`StepHook::on_x0`] should be called (x̂0 is then computed each step).
+    fn wants_x0(&self) -> bool {
+        false
+    }
+
+    /// The predicted clean sample of this step; a returned tensor replaces it, and the step is
+    /// taken from the replacement.
+    fn on_x0(&mut self, ctx: &StepContext, x0: &Tensor) -> Result<Option<Tensor>, SampleError> {
+        let _ = (ctx, x0);
+        Ok(None)
+    }
+
+    /// The latent after this step; a returned tensor replaces it.
+    fn on_step(&mut self, ctx: &StepContext, x: &Tensor) -> Result<Option<Tensor>, SampleError> {
+        let _ = (ctx, x);
+        Ok(None)
+    }
+}
+
+/// Inpainting by blending: after every step the known region is put back, noised to the
+/// latent's new level (after the last step: the original itself), as diffusers'
+/// `StableDiffusionInpaintPipeline` does for 4-channel models.
+pub struct InpaintBlend {
+    /// The original latent.
+    pub known: Tensor,
+    /// 1 where to repaint, 0 where to keep, the latent's shape.
+    pub mask: Tensor,
+}
+
+impl InpaintBlend {
+    /// A blend of `known` under `mask` (1 = repaint), both of the latent's shape.
+    pub fn new(known: Tensor, mask: Tensor) -> Result<Self, SampleError> {
+        if known.dims() != mask.dims() {
+            return Err(SampleError::Invalid(format!(
+                "the inpainting mask {:?} does not match the latent {:?}",
+                mask.dims(),
+                known.dims()
+            )));
+        }
+        Ok(Self { known, mask })
+    }
+}
+
+impl StepHook for InpaintBlend {
+    fn on_step(&mut self, ctx: &StepContext, x: &Tensor) -> Result<Option<Tensor>, SampleError> {
+        let known_now = match ctx.next_level {
+            Some((a, b)) => crate::schedulers::ops::lincomb(a, &self.known, b, ctx.initial_noise)?,
+            None => self.known.clone(),
+        };
+        let keep = self.mask.affine(-1.0, 1.0)?;
+        Ok(Some(((x * &self.mask)? + (known_now * keep)?)?))
+    }
+}
+
+/// A pixel-space mask (1×H×W or N×H×W, any resolution), binarized at 0.5 as diffusers' mask
+/// processor does and sampled (nearest) to the latent's last two dimensions, then broadcast over
+/// the latent's shape (channels, frames).
+pub fn latent_mask(mask: &Tensor, latent_shape: &[usize]) -> Result<Tensor, SampleError> {
+    let ms = mask.dims();
+    let r = latent_shape.len();
+    if r < 3 {
+        return Err(SampleError::Invalid(format!(
+            "a latent of shape {latent_shape:?} cannot take a mask"
+        )));
+    }
+    let n = latent_shape[0];
+    if ms.len() != 3 || (ms[0] != 1 && ms[0] != n) {
+        return Err(SampleError::Invalid(format!(
+            "mask must be 1×H×W or {n}×H×W, got {ms:?}"
+        )));
+    }
+    let (h, w) = (latent_shape[r - 2], latent_shape[r - 1]);
+    let (mb, mh, mw) = (ms[0], ms[1], ms[2]);
+    let m = mask.flatten_all()?.to_vec1::<f32>()?;
+    let mut out = Vec::with_capacity(mb * h * w);
+    for b in 0..mb {
+        for y in 0..h {
+            for x in 0..w {
+                let v = m[b * mh * mw + (y * mh / h) * mw + x * mw / w];
+                out.push(if v >= 0.5 { 1.0 } else { 0.0 });
+            }
+        }
+    }
+    let mut shape = vec![1usize; r];
+    shape[0] = mb;
+    shape[r - 2] = h;
+    shape[r - 1] = w;
+    let small = Tensor::from_vec(out, shape, mask.device())?;
+    Ok(small.broadcast_as(latent_shape)?.contiguous()?)
+}

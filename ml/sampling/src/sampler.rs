@@ -1,0 +1,180 @@
+//! The sampling loop: from an initial latent and a scheduler, call the model each step (one
+//! batch `[negative; positive]` under classifier-free guidance), let hooks see x̂0 and the new
+//! latent, and return the result with, optionally, every step's latent and x̂0.
+
+use candle_core::Tensor;
+
+use crate::guidance;
+use crate::hooks::{StepContext, StepHook};
+use crate::noise::Noise;
+use crate::schedulers::{Prediction, Scheduler};
+use crate::SampleError;
+
+/// Where the sampler is when it calls the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    /// This step's index within the run (0-based; img2img counts from its first step).
+    pub index: usize,
+    /// The number of steps in the run.
+    pub total: usize,
+    /// Whether the batch is `[negative; positive]` for classifier-free guidance.
+    pub cfg: bool,
+}
+
+/// The model, as the loop sees it.
+pub trait Model {
+    /// The prediction for the scaled input `x` (the doubled batch under guidance) at timestep
+    /// `t`, and what kind of prediction it is.
+    fn predict(
+        &mut self,
+        x: &Tensor,
+        t: f64,
+        step: Step,
+    ) -> Result<(Tensor, Prediction), SampleError>;
+
+    /// Called before each step; an error (cancellation) ends the run.
+    fn progress(&mut self, done: usize, total: usize) -> Result<(), SampleError> {
+        let _ = (done, total);
+        Ok(())
+    }
+}
+
+/// How the run starts.
+pub enum Start {
+    /// From pure noise (txt2img).
+    Noise,
+    /// From `latent` noised to the level of step `at` (img2img: the first `at` steps are
+    /// skipped).
+    Partial {
+        /// The clean latent.
+        latent: Tensor,
+        /// The first step to run.
+        at: usize,
+    },
+}
+
+/// One run's settings.
+pub struct Run<'a> {
+    /// The schedule (fresh: at step 0).
+    pub scheduler: Scheduler,
+    /// The latent's shape.
+    pub shape: Vec<usize>,
+    /// How it starts.
+    pub start: Start,
+    /// Classifier-free guidance scale, when the model gets the doubled batch.
+    pub guidance: Option<f64>,
+    /// Hooks, in order.
+    pub hooks: Vec<&'a mut dyn StepHook>,
+    /// Keep every step's latent and x̂0.
+    pub record: bool,
+}
+
+/// What a run produced.
+pub struct Sampled {
+    /// The final latent.
+    pub latent: Tensor,
+    /// The latent after every step (when recording).
+    pub steps: Vec<Tensor>,
+    /// The predicted x̂0 of every step (when recording).
+    pub x0: Vec<Tensor>,
+}
+
+/// Runs the loop.
+pub fn sample(
+    mut run: Run<'_>,
+    model: &mut dyn Model,
+    noise: &mut Noise,
+) -> Result<Sampled, SampleError> {
+    let sched = &mut run.scheduler;
+    let steps = sched.len();
+    let device = candle_core::Device::Cpu;
+    let initial = noise.draw(&run.shape, &device)?;
+    let (mut x, first) = match &run.start {
+        Start::Noise => (initial.affine(sched.init_noise_sigma(), 0.0)?, 0),
+        Start::Partial { latent, at } => {
+            sched.start_at(*at)?;
+            (sched.add_noise(latent, &initial, *at)?, *at)
+        }
+    };
+    let total = steps - first;
+    let wants_x0 = run.record || run.hooks.iter().any(|h| h.wants_x0());
+    let mut out = Sampled {
+        latent: x.clone(),
+        steps: Vec::new(),
+        x0: Vec::new(),
+    };
+    for i in first..steps {
+        model.progress(i - first, total)?;
+        let t = sched.timesteps()[i];
+        let x_in = sched.scale_model_input(&x)?;
+        let step = Step {
+            index: i - first,
+            total,
+            cfg: run.guidance.is_some(),
+        };
+        let (mut pred, mut kind) = match run.guidance {
+            Some(g) => {
+                let doubled = Tensor::cat(&[&x_in, &x_in], 0)?;
+                let (p, kind) = model.predict(&doubled, t, step)?;
+                check_shape(&p, doubled.dims())?;
+                (guidance::combine(&p, g)?, kind)
+            }
+            None => {
+                let (p, kind) = model.predict(&x_in, t, step)?;
+                check_shape(&p, x_in.dims())?;
+                (p, kind)
+            }
+        };
+        let ctx = StepContext {
+            index: i - first,
+            total,
+            timestep: t,
+            next_level: (i + 1 < steps).then(|| sched.noise_coefficients(i + 1)),
+            initial_noise: &initial,
+        };
+        if wants_x0 {
+            let mut x0 = sched.predict_x0(&pred, kind, &x)?;
+            let mut replaced = false;
+            for h in run.hooks.iter_mut().filter(|h| h.wants_x0()) {
+                if let Some(new) = h.on_x0(&ctx, &x0)? {
+                    x0 = new;
+                    replaced = true;
+                }
+            }
+            if replaced {
+                pred = x0.clone();
+                kind = Prediction::Sample;
+            }
+            if run.record {
+                out.x0.push(x0);
+            }
+        }
+        let z = if sched.needs_noise() {
+            Some(noise.draw(&run.shape, &device)?)
+        } else {
+            None
+        };
+        x = sched.step_as(kind, &pred, &x, z.as_ref())?;
+        for h in run.hooks.iter_mut() {
+            if let Some(new) = h.on_step(&ctx, &x)? {
+                x = new;
+            }
+        }
+        if run.record {
+            out.steps.push(x.clone());
+        }
+    }
+    model.progress(total, total)?;
+    out.latent = x;
+    Ok(out)
+}
+
+fn check_shape(pred: &Tensor, want: &[usize]) -> Result<(), SampleError> {
+    if pred.dims() != want {
+        return Err(SampleError::Invalid(format!(
+            "the denoiser returned shape {:?} for an input of {want:?}",
+            pred.dims()
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,108 @@
+//! Model-free invariants from `shared/reference/seed-algorithms.md` §7: with the exact denoiser
+//! of a point mass `c`, deterministic samplers land on `c`.
+
+use candle_core::{Device, Tensor};
+use latentflow_sampling::schedulers::{Config, Kind, Scheduler};
+
+fn tensor(v: &[f32]) -> Tensor {
+    Tensor::from_slice(v, v.len(), &Device::Cpu).expect("tensor")
+}
+
+fn values(t: &Tensor) -> Vec<f32> {
+    t.to_vec1::<f32>().expect("values")
+}
+
+const C: [f32; 6] = [0.5, -1.25, 2.0, 0.0, -0.3, 1.7];
+
+/// ε̂ of the point mass `c` for a VP input with ᾱ.
+fn exact_eps(x_in: &[f32], alpha_bar: f64) -> Vec<f32> {
+    let (a, b) = (alpha_bar.sqrt() as f32, (1.0 - alpha_bar).sqrt() as f32);
+    x_in.iter().zip(C).map(|(x, c)| (x - a * c) / b).collect()
+}
+
+fn run(kind: Kind, steps: usize, alpha_to_one: Option<bool>) -> Vec<f32> {
+    let mut cfg = Config::sd(kind);
+    cfg.set_alpha_to_one = alpha_to_one;
+    let table = cfg.table.clone();
+    let mut s = Scheduler::new(cfg, steps).expect("scheduler");
+    let mut x: Vec<f32> = [1.0f32, -0.5, 0.25, 2.0, -1.0, 0.75]
+        .iter()
+        .map(|v| v * s.init_noise_sigma() as f32)
+        .collect();
+    for i in 0..steps {
+        let x_in = values(&s.scale_model_input(&tensor(&x)).expect("scale"));
+        // σ-based schedulers: ᾱ = 1/(σ²+1) at the step's σ; the others: the table at t.
+        let alpha_bar = match s.sigmas().get(i) {
+            Some(sigma) => 1.0 / (sigma * sigma + 1.0),
+            None => table.alpha_bar(s.timesteps()[i] as i64),
+        };
+        let eps = exact_eps(&x_in, alpha_bar);
+        x = values(&s.step(&tensor(&eps), &tensor(&x), None).expect("step"));
+    }
+    x
+}
+
+fn assert_lands_on_c(x: &[f32], what: &str) {
+    for (got, want) in x.iter().zip(C) {
+        assert!((got - want).abs() < 2e-4, "{what}: {x:?} != {C:?}");
+    }
+}
+
+#[test]
+fn ddim_one_step_returns_the_point() {
+    assert_lands_on_c(&run(Kind::Ddim { eta: 0.0 }, 1, Some(true)), "ddim N=1");
+}
+
+#[test]
+fn euler_dpmpp_and_unipc_end_at_the_point_for_any_step_count() {
+    for steps in [1, 2, 3, 5, 10, 25, 50] {
+        assert_lands_on_c(&run(Kind::Euler, steps, None), &format!("euler N={steps}"));
+        assert_lands_on_c(
+            &run(Kind::DpmPp2M, steps, None),
+            &format!("dpmpp_2m N={steps}"),
+        );
+        assert_lands_on_c(&run(Kind::UniPc, steps, None), &format!("unipc N={steps}"));
+    }
+}
+
+#[test]
+fn stochastic_samplers_refuse_to_step_without_noise() {
+    let mut s = Scheduler::new(Config::sd(Kind::EulerAncestral), 4).expect("scheduler");
+    let x = tensor(&[0.0f32; 6]);
+    assert!(s.step(&x, &x, None).is_err());
+    assert!(s.step(&x, &x, Some(&tensor(&[0.0; 5]))).is_err());
+    assert!(s.step(&x, &x, Some(&tensor(&[0.0; 6]))).is_ok());
+}
+
+#[test]
+fn bad_step_counts_are_errors() {
+    assert!(Scheduler::new(Config::sd(Kind::Euler), 0).is_err());
+    assert!(Scheduler::new(Config::sd(Kind::Euler), 1001).is_err());
+}
+
+#[test]
+fn hallucination_score_equals_numpy_population_variance() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/hallucination.safetensors");
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let f32s = |name: &str| -> (Vec<usize>, Vec<f32>) {
+        let v = st.tensor(name).unwrap();
+        let d = v
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        (v.shape().to_vec(), d)
+    };
+    let (shape, traj) = f32s("x0");
+    let (_, want) = f32s("scores");
+    let got = latentflow_sampling::hallucination::trajectory_variance(&traj, &shape, 10).unwrap();
+    for (g, w) in got.iter().zip(&want) {
+        assert!(
+            (g - w).abs() <= 1e-6 * w.abs().max(1e-3),
+            "{got:?} vs {want:?}"
+        );
+    }
+    assert!(got[1] < got[0] / 1000.0, "the settled sample scores lowest");
+}

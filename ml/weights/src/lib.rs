@@ -1,0 +1,19 @@
+//! Where a model's numbers come from: `.safetensors` files (single, in a folder, or sharded
+//! with an index), memory-mapped, optionally under renamed keys; their headers, read without
+//! loading anything; JSON configurations; and low-rank (LoRA) updates merged into them.
+//!
+//! Models are built from a [`candle_nn::VarBuilder`] made here and never see a path.
+
+mod config;
+mod error;
+mod files;
+pub mod inspect;
+pub mod lora;
+mod store;
+
+pub use config::{read_config, ConfigSource, FieldError};
+pub use error::{ConfigError, WeightsError};
+pub use files::{Rename, Weights};
+pub use inspect::Header;
+pub use lora::MergeError;
+pub use store::Store;

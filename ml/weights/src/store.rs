@@ -1,0 +1,103 @@
+//! A component's tensors loaded once and shared: a model and the variants made from it (LoRA)
+//! hold the same untouched tensors, not copies.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::files::{Rename, Weights};
+use crate::inspect::regular_file;
+use crate::WeightsError;
+
+/// Tensors by stored name, plus the renaming that maps model names onto them.
+#[derive(Clone)]
+pub struct Store {
+    tensors: Arc<HashMap<String, Tensor>>,
+    rename: Option<Rename>,
+    /// Parameter names (model spelling) that the model built from this store asked for.
+    names: Arc<Mutex<Vec<String>>>,
+}
+
+impl Store {
+    /// Loads (as f32) the tensors of `weights` whose stored name passes `keep`.
+    pub fn load(weights: &Weights, keep: impl Fn(&str) -> bool) -> Result<Self, WeightsError> {
+        let mut tensors = HashMap::new();
+        for file in weights.files() {
+            regular_file(file)?;
+            let err = |source: candle_core::Error| WeightsError::Candle {
+                path: file.clone(),
+                source,
+            };
+            // SAFETY: the file is mapped read-only while its tensors are copied out.
+            let st =
+                unsafe { candle_core::safetensors::MmapedSafetensors::new(file) }.map_err(err)?;
+            for (name, _) in st.tensors() {
+                if keep(&name) {
+                    let t = st
+                        .load(&name, &Device::Cpu)
+                        .and_then(|t| t.to_dtype(DType::F32))
+                        .map_err(|e| WeightsError::Tensor {
+                            path: file.clone(),
+                            name: name.clone(),
+                            reason: e.to_string(),
+                        })?;
+                    tensors.insert(name, t);
+                }
+            }
+        }
+        Ok(Self {
+            tensors: Arc::new(tensors),
+            rename: weights.rename().cloned(),
+            names: Default::default(),
+        })
+    }
+
+    /// The stored name of a model parameter.
+    pub fn stored_name(&self, name: &str) -> String {
+        match &self.rename {
+            Some(r) => r(name),
+            None => name.to_owned(),
+        }
+    }
+
+    /// A tensor by stored name.
+    pub fn get(&self, stored: &str) -> Option<&Tensor> {
+        self.tensors.get(stored)
+    }
+
+    /// The parameter names the model built from this store asked for.
+    pub fn names(&self) -> Vec<String> {
+        self.names.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A var builder over the tensors (no copies); records the names asked for.
+    pub fn var_builder(&self) -> VarBuilder<'static> {
+        let map: HashMap<String, Tensor> = (*self.tensors).clone();
+        let vb = VarBuilder::from_tensors(map, DType::F32, &Device::Cpu);
+        let rename = self.rename.clone();
+        let names = self.names.clone();
+        vb.rename_f(move |name| {
+            names
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(name.to_owned());
+            match &rename {
+                Some(r) => r(name),
+                None => name.to_owned(),
+            }
+        })
+    }
+
+    /// The same store with some tensors (by stored name) replaced; the others are shared.
+    pub fn with(&self, replaced: HashMap<String, Tensor>) -> Self {
+        let mut map = (*self.tensors).clone();
+        map.extend(replaced);
+        Self {
+            tensors: Arc::new(map),
+            rename: self.rename.clone(),
+            names: Default::default(),
+        }
+    }
+}
