@@ -386,8 +386,8 @@ fn print_nodes(registry: &Registry, json: bool) -> Result<()> {
                     "outputs": d.outputs.iter().map(|p| serde_json::json!({"name": p.name.as_str(), "type": p.ty.to_string(), "doc": p.doc.as_str()})).collect::<Vec<_>>(),
                     "params": d.params.iter().map(|p| serde_json::json!({
                         "name": p.name.as_str(), "kind": p.kind.name(),
-                        "default": p.default.clone().into_option().and_then(|s| serde_json::from_str::<serde_json::Value>(s.as_str()).ok()),
-                        "min": p.min.into_option(), "max": p.max.into_option(),
+                        "default": p.default.clone().and_then(|s| serde_json::from_str::<serde_json::Value>(s.as_str()).ok()),
+                        "min": p.min, "max": p.max,
                         "choices": p.choices.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
                         "doc": p.doc.as_str(),
                     })).collect::<Vec<_>>(),
@@ -421,7 +421,7 @@ fn print_nodes(registry: &Registry, json: bool) -> Result<()> {
             let default = p
                 .default
                 .clone()
-                .into_option()
+                
                 .map(|d| format!(" = {d}"))
                 .unwrap_or_default();
             let _ = writeln!(

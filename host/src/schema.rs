@@ -3,7 +3,6 @@
 //! The schema describes the file structure and, for every node type the loaded plugins provide,
 //! its parameters (types, ranges, choices, docs) and port names.
 
-use latentflow_plugin_api::abi_stable::std_types::ROption;
 use latentflow_plugin_api::{NodeDescriptor, ParamKind, ParamSpec};
 use serde_json::{json, Map, Value as Json};
 
@@ -27,17 +26,17 @@ fn param_schema(p: &ParamSpec) -> Json {
     };
     if let Json::Object(m) = &mut s {
         if matches!(p.kind, ParamKind::Int | ParamKind::Float) {
-            if let ROption::RSome(v) = p.min {
+            if let Some(v) = p.min {
                 m.insert("minimum".into(), json!(v));
             }
-            if let ROption::RSome(v) = p.max {
+            if let Some(v) = p.max {
                 m.insert("maximum".into(), json!(v));
             }
         }
         if !p.doc.is_empty() {
             m.insert("description".into(), json!(p.doc.as_str()));
         }
-        if let ROption::RSome(d) = &p.default {
+        if let Some(d) = &p.default {
             if let Ok(v) = serde_json::from_str::<Json>(d.as_str()) {
                 m.insert("default".into(), v);
             }
@@ -72,7 +71,7 @@ fn node_rule(d: &NodeDescriptor) -> Json {
     let required_params: Vec<&str> = d
         .params
         .iter()
-        .filter(|p| matches!(p.default, ROption::RNone))
+        .filter(|p| p.default.is_none())
         .map(|p| p.name.as_str())
         .collect();
     let mut then = json!({

@@ -1,27 +1,33 @@
 //! What a plugin declares about each node type: ports, parameters, capabilities.
+//!
+//! Descriptors cross the boundary as JSON (the manifest), so fields and kinds can be added in
+//! later versions without breaking plugins already built: a field a host does not know is
+//! ignored, a missing one takes its default, and a node that uses a kind the host does not know
+//! is refused alone.
 
-use abi_stable::std_types::{ROption, RString, RVec};
 use abi_stable::StableAbi;
+use serde::{Deserialize, Serialize};
 
 use crate::types::PortType;
 
 /// One input or output port of a node type.
-#[repr(C)]
-#[derive(StableAbi, Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PortDesc {
     /// Port name, unique among the node's inputs (or outputs).
-    pub name: RString,
+    pub name: String,
     /// The port's type.
     pub ty: PortType,
     /// Whether an input may be left unconnected (ignored for outputs).
+    #[serde(default)]
     pub optional: bool,
     /// One-line documentation.
-    pub doc: RString,
+    #[serde(default)]
+    pub doc: String,
 }
 
 /// The kind of value a parameter takes.
-#[repr(u8)]
-#[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ParamKind {
     /// `true` or `false`.
     Bool,
@@ -58,28 +64,32 @@ impl ParamKind {
 }
 
 /// The schema of one parameter.
-#[repr(C)]
-#[derive(StableAbi, Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ParamSpec {
     /// Parameter name.
-    pub name: RString,
+    pub name: String,
     /// Value kind.
     pub kind: ParamKind,
-    /// Default value as JSON; `None` makes the parameter required.
-    pub default: ROption<RString>,
+    /// Default value as JSON text; `None` makes the parameter required.
+    #[serde(default)]
+    pub default: Option<String>,
     /// Inclusive lower bound for `Int`, `Float` and `Seed`.
-    pub min: ROption<f64>,
+    #[serde(default)]
+    pub min: Option<f64>,
     /// Inclusive upper bound for `Int`, `Float` and `Seed`.
-    pub max: ROption<f64>,
+    #[serde(default)]
+    pub max: Option<f64>,
     /// Allowed values for `Enum`.
-    pub choices: RVec<RString>,
+    #[serde(default)]
+    pub choices: Vec<String>,
     /// One-line documentation.
-    pub doc: RString,
+    #[serde(default)]
+    pub doc: String,
 }
 
 /// Behavioural facts the executor relies on.
-#[repr(C)]
-#[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Capabilities {
     /// Same inputs and params always give bit-identical outputs. Non-deterministic nodes are never
     /// served from the cache unless they take a `Seed` parameter.
@@ -91,6 +101,9 @@ pub struct Capabilities {
     pub side_effects: bool,
     /// Devices the node can run on: a bit set of [`Capabilities::CPU`] and [`Capabilities::CUDA`].
     pub devices: u32,
+    /// The plugin refines the node's output types from its parameters before anything runs
+    /// (`PluginMod::infer`): a model loader says which family the file holds.
+    pub infers_types: bool,
 }
 
 impl Capabilities {
@@ -107,42 +120,51 @@ impl Default for Capabilities {
             stateful: false,
             side_effects: false,
             devices: Capabilities::CPU,
+            infers_types: false,
         }
     }
 }
 
 /// Everything the host knows about a node type before creating one.
-#[repr(C)]
-#[derive(StableAbi, Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NodeDescriptor {
     /// `family.name`, e.g. `core.save_image`.
-    pub type_id: RString,
+    pub type_id: String,
     /// Semantic version of this node type's behaviour.
-    pub version: RString,
+    pub version: String,
     /// Human-readable name.
-    pub display_name: RString,
+    #[serde(default)]
+    pub display_name: String,
     /// Documentation (Markdown).
-    pub doc: RString,
+    #[serde(default)]
+    pub doc: String,
     /// Input ports, in call order.
-    pub inputs: RVec<PortDesc>,
+    #[serde(default)]
+    pub inputs: Vec<PortDesc>,
     /// Output ports, in return order.
-    pub outputs: RVec<PortDesc>,
+    #[serde(default)]
+    pub outputs: Vec<PortDesc>,
     /// Parameter schema.
-    pub params: RVec<ParamSpec>,
+    #[serde(default)]
+    pub params: Vec<ParamSpec>,
     /// Capabilities.
+    #[serde(default)]
     pub caps: Capabilities,
 }
 
-/// A plugin's self-description, returned by its root module.
-#[repr(C)]
-#[derive(StableAbi, Clone, Debug)]
+/// A plugin's self-description, returned by its root module as JSON.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PluginManifest {
     /// Plugin name, e.g. `core`.
-    pub name: RString,
+    pub name: String,
     /// Plugin version (semver).
-    pub version: RString,
-    /// Node types it provides.
-    pub nodes: RVec<NodeDescriptor>,
+    pub version: String,
+    /// The plugin-api version the plugin was built against.
+    #[serde(default)]
+    pub api_version: String,
+    /// Node types it provides (JSON objects; each is parsed on its own, so one node of a kind
+    /// this host does not know does not hide the others).
+    pub nodes: Vec<serde_json::Value>,
 }
 
 /// Counters a plugin keeps about its own work, shown by the host under `--verbose`.
@@ -153,4 +175,6 @@ pub struct PluginStats {
     pub bytes_copied_in: u64,
     /// Tensors exported without copying.
     pub tensors_exported: u64,
+    /// Tensors imported without copying (the plugin's own tensors handed back).
+    pub tensors_reused: u64,
 }

@@ -1,4 +1,5 @@
-//! Services the host gives every node call: logging, progress, cancellation, seeds, run facts.
+//! Services the host gives every node call: logging, progress, cancellation, seeds, run facts,
+//! allocation limits. Later minor versions may append methods (the vtable is a prefix type).
 
 use abi_stable::sabi_trait;
 use abi_stable::sabi_types::RRef;
@@ -46,8 +47,13 @@ pub trait HostServices: Send + Sync {
     fn run_metadata(&self) -> RString;
 
     /// The folder where nodes write their files; nodes must not write outside it.
-    #[sabi(last_prefix_field)]
     fn output_dir(&self) -> RString;
+
+    /// The most bytes one node may allocate for one result (a share of physical memory unless
+    /// the user set it). Nodes that allocate from parameters or input shapes check against it
+    /// before allocating.
+    #[sabi(last_prefix_field)]
+    fn alloc_limit(&self) -> u64;
 }
 
 /// How a node receives the host services.

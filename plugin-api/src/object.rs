@@ -1,8 +1,9 @@
 //! Opaque objects: values made by one plugin and called by another.
 //!
 //! A model handle (a denoiser, a VAE, a text encoder) is an object. The consumer knows only its
-//! interface name and calls methods by name with [`Value`] arguments; the call runs in the library
-//! that made the object. Typed wrappers for well-known interfaces are built on [`Object::call`].
+//! interface name and calls methods by name with [`Value`] arguments (typed protocols pass one
+//! [`crate::value::Record`]); the call runs in the library that made the object. Typed clients
+//! for well-known interfaces (`sdk::denoiser`, `sdk::hooks`) are built on [`ObjectHandle::call`].
 //!
 //! Plugin authors implement the plain-Rust [`ObjectImpl`] and wrap it with [`ObjectHandle::new`],
 //! which catches panics at the boundary; [`Object`] is the ABI-level trait behind it.
@@ -13,6 +14,7 @@ use abi_stable::sabi_trait;
 use abi_stable::std_types::{RArc, RResult, RStr, RString, RVec};
 use abi_stable::StableAbi;
 
+use crate::abi_value::{from_abi_vec, to_abi_vec, AbiValue};
 use crate::error::NodeError;
 use crate::host::HostRef;
 use crate::value::Value;
@@ -31,8 +33,8 @@ pub trait Object: Send + Sync + 'static {
         &self,
         host: HostRef<'_>,
         method: RStr<'_>,
-        args: RVec<Value>,
-    ) -> RResult<RVec<Value>, NodeError>;
+        args: RVec<AbiValue>,
+    ) -> RResult<RVec<AbiValue>, NodeError>;
 
     /// A short human-readable description (for logs and `--explain`).
     #[sabi(last_prefix_field)]
@@ -85,12 +87,11 @@ impl<T: ObjectImpl> Object for Guarded<T> {
         &self,
         host: HostRef<'_>,
         method: RStr<'_>,
-        args: RVec<Value>,
-    ) -> RResult<RVec<Value>, NodeError> {
+        args: RVec<AbiValue>,
+    ) -> RResult<RVec<AbiValue>, NodeError> {
         crate::sdk::guard(|| {
-            self.0
-                .call(host, method.as_str(), args.into_vec())
-                .map(|v| v.into_iter().collect())
+            let args = from_abi_vec(args)?;
+            self.0.call(host, method.as_str(), args).map(to_abi_vec)
         })
         .into()
     }
@@ -142,10 +143,11 @@ impl ObjectHandle {
         method: &str,
         args: Vec<Value>,
     ) -> Result<Vec<Value>, NodeError> {
-        self.inner
-            .call(host, method.into(), args.into_iter().collect())
-            .into_result()
-            .map(|v| v.into_iter().collect())
+        let out = self
+            .inner
+            .call(host, method.into(), to_abi_vec(args))
+            .into_result()?;
+        from_abi_vec(out)
     }
 
     /// A stable identity for the object while it lives (its address), used for hashing.

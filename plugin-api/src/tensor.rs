@@ -6,6 +6,22 @@
 //! memory is always freed by the allocator that made it. The host can hand one tensor to many
 //! consumers without copying. Tensors are immutable once shared: consumers must not write
 //! through `data`.
+//!
+//! # Device tensors and synchronisation
+//!
+//! A tensor on a device (DLPack device type 2 = CUDA, 7 = Vulkan, 15 = WebGPU) carries a
+//! [`SyncPoint`]: the producer records it (a CUDA event, a timeline value) after its last write
+//! and before it returns the tensor. The rules:
+//!
+//! 1. **A consumer may read** only after waiting on the sync point on the stream or queue it
+//!    reads from (`cuStreamWaitEvent` for [`SyncKind::CUDA_EVENT`]). [`SyncKind::NONE`] means the
+//!    data is ready now (CPU tensors, or a producer that synchronised).
+//! 2. **A consumer that keeps reading asynchronously** records its own sync point after its
+//!    last read and keeps its clone of the tensor until that point has completed; only then does
+//!    it drop the clone.
+//! 3. **The producer frees** the memory when the last reference is released, and never earlier:
+//!    the reference count, not stream order, decides. Because of rule 2 the release happens after
+//!    every consumer's reads.
 
 use std::ffi::c_void;
 use std::fmt;
@@ -66,6 +82,53 @@ pub struct DLTensor {
     pub byte_offset: u64,
 }
 
+/// What kind of synchronisation a [`SyncPoint`] holds. An open set: values this crate does not
+/// know are treated as "not ready, cannot wait" by consumers.
+#[repr(transparent)]
+#[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SyncKind(pub u32);
+
+impl SyncKind {
+    /// The data is ready now.
+    pub const NONE: SyncKind = SyncKind(0);
+    /// `handle` is a `CUevent` recorded after the producer's last write.
+    pub const CUDA_EVENT: SyncKind = SyncKind(1);
+    /// `handle` is a `CUstream`; the data is ready once the work queued on it so far completes.
+    pub const CUDA_STREAM: SyncKind = SyncKind(2);
+    /// `handle` is a Vulkan timeline semaphore owned by the host's device service; ready once it
+    /// reaches `value`.
+    pub const VK_TIMELINE: SyncKind = SyncKind(3);
+}
+
+/// When a tensor's data may be read: see the module documentation for the rules.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyncPoint {
+    /// What `handle` and `value` mean.
+    pub kind: SyncKind,
+    /// The device the handle belongs to.
+    pub device: DLDevice,
+    /// An event, stream or semaphore handle (kind-specific).
+    pub handle: u64,
+    /// A timeline value (kind-specific; 0 otherwise).
+    pub value: u64,
+}
+
+impl SyncPoint {
+    /// Ready now.
+    pub const READY: SyncPoint = SyncPoint {
+        kind: SyncKind::NONE,
+        device: DLDevice::CPU,
+        handle: 0,
+        value: 0,
+    };
+}
+
+/// DLPack's flag: consumers must not write.
+pub const FLAG_READ_ONLY: u64 = 1;
+/// DLPack's flag: the producer made a copy for this consumer.
+pub const FLAG_IS_COPIED: u64 = 1 << 1;
+
 /// Reference-count operations of a tensor, implemented by the library that created it.
 #[repr(C)]
 #[derive(StableAbi)]
@@ -84,6 +147,10 @@ pub struct TensorVTable {
 #[derive(StableAbi)]
 pub struct Tensor {
     dl: DLTensor,
+    /// DLPack flags ([`FLAG_READ_ONLY`], ...).
+    flags: u64,
+    /// When the data may be read.
+    sync: SyncPoint,
     manager: *mut c_void,
     vtable: &'static TensorVTable,
 }
@@ -100,6 +167,8 @@ impl Clone for Tensor {
         unsafe { (self.vtable.retain)(self.manager) };
         Tensor {
             dl: DLTensor { ..self.dl },
+            flags: self.flags,
+            sync: self.sync,
             manager: self.manager,
             vtable: self.vtable,
         }
@@ -130,7 +199,7 @@ struct Manager {
     refs: AtomicUsize,
     _shape: Box<[i64]>,
     _strides: Box<[i64]>,
-    _keep: Box<dyn Send + Sync>,
+    keep: Box<dyn std::any::Any + Send + Sync>,
 }
 
 unsafe extern "C" fn manager_retain(manager: *mut c_void) {
@@ -191,7 +260,7 @@ impl Tensor {
         strides: Option<&[i64]>,
         byte_offset: u64,
         device: DLDevice,
-        keep: Box<dyn Send + Sync>,
+        keep: Box<dyn std::any::Any + Send + Sync>,
     ) -> Tensor {
         let mut shape: Box<[i64]> = shape.iter().map(|&d| d as i64).collect();
         let mut strides: Box<[i64]> = match strides {
@@ -216,10 +285,12 @@ impl Tensor {
             refs: AtomicUsize::new(1),
             _shape: shape,
             _strides: strides,
-            _keep: keep,
+            keep,
         });
         Tensor {
             dl,
+            flags: FLAG_READ_ONLY,
+            sync: SyncPoint::READY,
             manager: Box::into_raw(manager) as *mut c_void,
             vtable: &MANAGER_VTABLE,
         }
@@ -282,6 +353,34 @@ impl Tensor {
     /// The raw DLPack descriptor.
     pub fn dl(&self) -> &DLTensor {
         &self.dl
+    }
+
+    /// DLPack flags.
+    pub fn flags(&self) -> u64 {
+        self.flags
+    }
+
+    /// When the data may be read.
+    pub fn sync(&self) -> SyncPoint {
+        self.sync
+    }
+
+    /// The same tensor with a sync point the producer recorded after its last write.
+    pub fn with_sync(mut self, sync: SyncPoint) -> Tensor {
+        self.sync = sync;
+        self
+    }
+
+    /// What keeps the data alive, when this tensor was made by this very library (its manager
+    /// is this copy of the crate's) and the keeper is a `T`. Lets a library take back its own
+    /// tensors without copying them (a candle tensor exported and handed back by the host).
+    pub fn local_owner<T: 'static>(&self) -> Option<&T> {
+        if !std::ptr::eq(self.vtable, &MANAGER_VTABLE) {
+            return None;
+        }
+        // SAFETY: the vtable is this library's, so `manager` is a live `Manager` made here.
+        let m = unsafe { &*(self.manager as *const Manager) };
+        m.keep.downcast_ref::<T>()
     }
 
     /// Sizes of each dimension.

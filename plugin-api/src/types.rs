@@ -4,25 +4,30 @@
 //! types, and the host refuses an edge between them before anything runs. Dimensions may be fixed,
 //! free (`Any`), taken from one of the node's parameters (`Param`), or a type variable shared by
 //! several ports of one node (`Var`), so that a generic node such as "add two latents" states that
-//! its output has the channel count of its inputs.
+//! its output has the channel count of its inputs. Model families work the same way: a denoiser
+//! wrapper takes `Denoiser{family=F}` and gives `Denoiser{family=F}`, and a sampler wants its
+//! model and its conditioning to be of one family `F`.
+//!
+//! Port types cross the plugin boundary inside the JSON manifest, so new kinds can be added in
+//! later versions: a host that meets a kind it does not know refuses that one node, not the
+//! plugin.
 
 use std::fmt;
 
-use abi_stable::std_types::{RBox, ROption, RString};
-use abi_stable::StableAbi;
+use serde::{Deserialize, Serialize};
 
 /// A dimension inside a port type (a channel count, a rank, an embedding width).
-#[repr(u8)]
-#[derive(StableAbi, Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Dim {
     /// Any value is accepted.
     Any,
     /// Exactly this value.
     Fixed(i64),
     /// The value of the node's integer parameter with this name.
-    Param(RString),
+    Param(String),
     /// A type variable: every port of the node that names the same variable has the same value.
-    Var(RString),
+    Var(String),
 }
 
 impl Dim {
@@ -56,9 +61,43 @@ impl fmt::Display for Dim {
     }
 }
 
+/// A model family inside a port type (`sd1`, `sdxl`, ...).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Family {
+    /// Any family.
+    Any,
+    /// Exactly this family.
+    Named(String),
+    /// A type variable shared by the node's ports.
+    Var(String),
+}
+
+impl Family {
+    /// A named family.
+    pub fn named(name: &str) -> Self {
+        Family::Named(name.into())
+    }
+
+    /// A family variable.
+    pub fn var(name: &str) -> Self {
+        Family::Var(name.into())
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Family::Any => f.write_str("any"),
+            Family::Named(n) => f.write_str(n),
+            Family::Var(v) => f.write_str(v),
+        }
+    }
+}
+
 /// Element types a tensor port can require.
-#[repr(u8)]
-#[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DType {
     /// 32-bit float.
     F32,
@@ -77,6 +116,17 @@ pub enum DType {
 }
 
 impl DType {
+    /// Every element type, in a fixed order.
+    pub const ALL: [DType; 7] = [
+        DType::F32,
+        DType::F16,
+        DType::BF16,
+        DType::F64,
+        DType::U8,
+        DType::U32,
+        DType::I64,
+    ];
+
     /// The DLPack `(code, bits)` pair of this element type.
     pub fn dlpack(self) -> (u8, u8) {
         match self {
@@ -92,17 +142,7 @@ impl DType {
 
     /// The element type of a DLPack `(code, bits)` pair, if it is one we support.
     pub fn from_dlpack(code: u8, bits: u8) -> Option<Self> {
-        [
-            DType::F32,
-            DType::F16,
-            DType::BF16,
-            DType::F64,
-            DType::U8,
-            DType::U32,
-            DType::I64,
-        ]
-        .into_iter()
-        .find(|d| d.dlpack() == (code, bits))
+        Self::ALL.into_iter().find(|d| d.dlpack() == (code, bits))
     }
 
     /// Size of one element in bytes.
@@ -135,8 +175,8 @@ impl fmt::Display for DType {
 /// Images are `N×H×W×C` float tensors in `[0, 1]`; latents are `N×C×H×W` float tensors; masks are
 /// `N×H×W` float tensors in `[0, 1]`; conditioning is `N×T×dim`. Handles are opaque objects made by
 /// one plugin and called by another (a sampler driving a denoiser).
-#[repr(u8)]
-#[derive(StableAbi, Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum PortType {
     /// Accepts anything; outputs of this type connect anywhere.
     Any,
@@ -149,11 +189,14 @@ pub enum PortType {
     /// A UTF-8 string.
     String,
     /// A list whose items have the given type.
-    List(RBox<PortType>),
+    List {
+        /// The items' type.
+        item: Box<PortType>,
+    },
     /// A raw tensor with an optional element type and a rank.
     Tensor {
         /// Required element type; `None` accepts any.
-        dtype: ROption<DType>,
+        dtype: Option<DType>,
         /// Required rank.
         rank: Dim,
     },
@@ -166,28 +209,37 @@ pub enum PortType {
         /// Channel count `C`.
         channels: Dim,
     },
-    /// Text conditioning, `N×T×dim`.
+    /// Text conditioning, `N×T×dim`, of a model family.
     Conditioning {
         /// Embedding width.
         dim: Dim,
+        /// The family whose models take it.
+        #[serde(default = "any_family")]
+        family: Family,
     },
-    /// An opaque object implementing `interface` (e.g. `Denoiser`) for a model `family`
-    /// (e.g. `sd1`); an empty family means any.
+    /// An opaque object implementing `interface` (e.g. `Denoiser`) for a model `family`.
     Handle {
         /// Interface name, e.g. `Denoiser`.
-        interface: RString,
-        /// Model family, e.g. `sd1`; empty accepts any.
-        family: RString,
+        interface: String,
+        /// Model family.
+        #[serde(default = "any_family")]
+        family: Family,
     },
+    /// A record of named fields of a protocol message kind (`DenoiseRequest`, ...).
+    Record {
+        /// The message kind.
+        record: String,
+    },
+}
+
+fn any_family() -> Family {
+    Family::Any
 }
 
 impl PortType {
     /// `Tensor{dtype, rank}`.
     pub fn tensor(dtype: Option<DType>, rank: Dim) -> Self {
-        PortType::Tensor {
-            dtype: dtype.into(),
-            rank,
-        }
+        PortType::Tensor { dtype, rank }
     }
 
     /// `Latent{channels}`.
@@ -195,21 +247,39 @@ impl PortType {
         PortType::Latent { channels }
     }
 
-    /// `Conditioning{dim}`.
+    /// `Conditioning{dim}` of any family.
     pub fn conditioning(dim: Dim) -> Self {
-        PortType::Conditioning { dim }
+        PortType::Conditioning {
+            dim,
+            family: Family::Any,
+        }
+    }
+
+    /// `Conditioning{dim, family}`.
+    pub fn conditioning_of(dim: Dim, family: Family) -> Self {
+        PortType::Conditioning { dim, family }
     }
 
     /// `List{item}`.
     pub fn list(item: PortType) -> Self {
-        PortType::List(RBox::new(item))
+        PortType::List {
+            item: Box::new(item),
+        }
     }
 
-    /// A handle to an object implementing `interface` for `family` (empty: any family).
-    pub fn handle(interface: &str, family: &str) -> Self {
+    /// A handle to an object implementing `interface` of any family.
+    pub fn handle(interface: &str) -> Self {
         PortType::Handle {
             interface: interface.into(),
-            family: family.into(),
+            family: Family::Any,
+        }
+    }
+
+    /// A handle to an object implementing `interface` for `family`.
+    pub fn handle_of(interface: &str, family: Family) -> Self {
+        PortType::Handle {
+            interface: interface.into(),
+            family,
         }
     }
 
@@ -221,13 +291,14 @@ impl PortType {
             PortType::Int => "Int",
             PortType::Float => "Float",
             PortType::String => "String",
-            PortType::List(_) => "List",
+            PortType::List { .. } => "List",
             PortType::Tensor { .. } => "Tensor",
             PortType::Image => "Image",
             PortType::Mask => "Mask",
             PortType::Latent { .. } => "Latent",
             PortType::Conditioning { .. } => "Conditioning",
             PortType::Handle { .. } => "Handle",
+            PortType::Record { .. } => "Record",
         }
     }
 }
@@ -235,21 +306,62 @@ impl PortType {
 impl fmt::Display for PortType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            PortType::List(item) => write!(f, "List{{{}}}", &**item),
+            PortType::List { item } => write!(f, "List{{{item}}}"),
             PortType::Tensor { dtype, rank } => {
                 let dtype = match dtype {
-                    ROption::RSome(d) => d.name().to_string(),
-                    ROption::RNone => "any".into(),
+                    Some(d) => d.name().to_string(),
+                    None => "any".into(),
                 };
                 write!(f, "Tensor{{dtype={dtype}, rank={rank}}}")
             }
             PortType::Latent { channels } => write!(f, "Latent{{channels={channels}}}"),
-            PortType::Conditioning { dim } => write!(f, "Conditioning{{dim={dim}}}"),
-            PortType::Handle { interface, family } if family.is_empty() => {
-                write!(f, "{interface}")
+            PortType::Conditioning {
+                dim,
+                family: Family::Any,
+            } => write!(f, "Conditioning{{dim={dim}}}"),
+            PortType::Conditioning { dim, family } => {
+                write!(f, "Conditioning{{dim={dim}, family={family}}}")
             }
+            PortType::Handle {
+                interface,
+                family: Family::Any,
+            } => f.write_str(interface),
             PortType::Handle { interface, family } => write!(f, "{interface}{{family={family}}}"),
+            PortType::Record { record } => write!(f, "Record{{{record}}}"),
             other => f.write_str(other.kind_name()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_types_round_trip_through_json() {
+        let types = [
+            PortType::latent(Dim::var("C")),
+            PortType::list(PortType::Image),
+            PortType::handle_of("Denoiser", Family::var("F")),
+            PortType::conditioning_of(Dim::Fixed(768), Family::named("sd1")),
+            PortType::tensor(Some(DType::F32), Dim::Fixed(5)),
+        ];
+        for t in types {
+            let json = serde_json::to_string(&t).unwrap();
+            assert_eq!(serde_json::from_str::<PortType>(&json).unwrap(), t, "{json}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_kind_is_an_error_not_a_guess() {
+        let e = serde_json::from_str::<PortType>(r#"{"kind": "hologram"}"#).unwrap_err();
+        assert!(e.to_string().contains("hologram"), "{e}");
+    }
+
+    #[test]
+    fn families_show_in_the_name() {
+        let t = PortType::handle_of("Denoiser", Family::named("sd1"));
+        assert_eq!(t.to_string(), "Denoiser{family=sd1}");
+        assert_eq!(PortType::handle("Vae").to_string(), "Vae");
     }
 }

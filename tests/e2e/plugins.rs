@@ -16,7 +16,8 @@ fn abi_mismatch_is_refused_with_one_line_naming_both_versions() {
     assert_eq!(refusal.len(), 1, "{}", r.stderr);
     let line = refusal[0];
     assert!(line.contains("lf_fixture_abi_mismatch"), "{line}");
-    assert!(line.contains("0.0.1") && line.contains("0.1.0"), "{line}");
+    // A plugin built against ABI v1 (0.1.0) in this ABI v2 (0.2.0) host.
+    assert!(line.contains("0.1.0") && line.contains("0.2.0"), "{line}");
     assert_eq!(r.stderr.lines().count(), 1, "only one line: {}", r.stderr);
     // The host keeps running with the other plugins.
     assert!(r.stdout.contains("core.save_image"));

@@ -155,7 +155,7 @@ fn rebuilt_plugin_is_hot_reloaded_and_a_broken_one_refused() {
         .find(|e| e["event"] == "plugin_refused")
         .expect("refusal");
     let msg = refused["error"].as_str().unwrap_or_default().to_string();
-    assert!(msg.contains("0.0.1") && !msg.contains('\n'), "{msg}");
+    assert!(msg.contains("0.1.0") && !msg.contains('\n'), "{msg}");
     std::fs::remove_file(sb.path().join("output/value.txt")).expect("remove");
     edit(
         &sb,

@@ -13,6 +13,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
 use latentflow_plugin_api::abi_stable::sabi_trait::TD_Opaque;
+use latentflow_plugin_api::abi_value::{from_abi_vec, to_abi_vec};
 use latentflow_plugin_api::{ErrorKind, HostServices_TO, NodeBox, ParamKind, Value};
 use serde_json::Value as Json;
 
@@ -37,6 +38,8 @@ pub struct RunOptions {
     pub metadata: String,
     /// Cancel the remaining nodes as soon as one fails.
     pub fail_fast: bool,
+    /// Bytes one node result may take.
+    pub alloc_limit: u64,
 }
 
 impl RunOptions {
@@ -51,6 +54,7 @@ impl RunOptions {
                 .unwrap_or(2),
             metadata: "{}".into(),
             fail_fast: false,
+            alloc_limit: crate::limits::default_alloc_limit(),
         }
     }
 }
@@ -530,14 +534,13 @@ impl RunCtx<'_> {
             events,
             metadata: &self.opts.metadata,
             output_dir: self.output_dir,
+            alloc_limit: self.opts.alloc_limit,
         };
         let host = HostServices_TO::from_ptr(&services, TD_Opaque);
-        let result = instance
-            .run(host, g.values.into_iter().collect())
-            .into_result();
-        let values: Vec<Value> = match result {
-            Ok(v) => v.into_iter().collect(),
-            Err(e) if e.kind == ErrorKind::Cancelled => return Err(Status::Cancelled),
+        let result = instance.run(host, to_abi_vec(g.values)).into_result();
+        let values: Vec<Value> = match result.and_then(from_abi_vec) {
+            Ok(v) => v,
+            Err(e) if e.kind == ErrorKind::CANCELLED => return Err(Status::Cancelled),
             Err(e) => return Err(Status::Failed(e.message.to_string())),
         };
         if values.len() != node.ty.desc.outputs.len() {

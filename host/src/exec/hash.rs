@@ -55,9 +55,25 @@ fn feed(h: &mut blake3::Hasher, v: &Value, identity: &Hash) {
                 },
             }
         }
+        Value::Record(r) => {
+            h.update(b"r");
+            h.update(&(r.kind.len() as u64).to_le_bytes());
+            h.update(r.kind.as_bytes());
+            h.update(&(r.fields.len() as u64).to_le_bytes());
+            for (k, v) in &r.fields {
+                h.update(&(k.len() as u64).to_le_bytes());
+                h.update(k.as_bytes());
+                feed(h, v, identity);
+            }
+        }
         // Objects cannot be hashed by content; they are identified by the call that made them.
         Value::Object(_) => {
             h.update(b"o");
+            h.update(identity);
+        }
+        // A kind of value newer than this host: identified by the call that made it.
+        _ => {
+            h.update(b"?");
             h.update(identity);
         }
     }

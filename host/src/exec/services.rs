@@ -21,6 +21,8 @@ pub struct NodeServices<'a> {
     pub metadata: &'a str,
     /// Output folder.
     pub output_dir: &'a str,
+    /// Bytes one result may take.
+    pub alloc_limit: u64,
 }
 
 impl HostServices for NodeServices<'_> {
@@ -73,5 +75,9 @@ impl HostServices for NodeServices<'_> {
 
     fn output_dir(&self) -> RString {
         self.output_dir.into()
+    }
+
+    fn alloc_limit(&self) -> u64 {
+        self.alloc_limit
     }
 }

@@ -2,7 +2,6 @@
 
 use std::path::Path;
 
-use latentflow_plugin_api::abi_stable::std_types::ROption;
 use latentflow_plugin_api::{ParamKind, ParamSpec};
 use serde_json::Value as Json;
 
@@ -25,16 +24,16 @@ fn problem(message: String) -> ParamProblem {
 
 fn range_text(spec: &ParamSpec) -> String {
     match (&spec.min, &spec.max) {
-        (ROption::RSome(a), ROption::RSome(b)) => format!("between {a} and {b}"),
-        (ROption::RSome(a), ROption::RNone) => format!("at least {a}"),
-        (ROption::RNone, ROption::RSome(b)) => format!("at most {b}"),
+        (Some(a), Some(b)) => format!("between {a} and {b}"),
+        (Some(a), None) => format!("at least {a}"),
+        (None, Some(b)) => format!("at most {b}"),
         _ => String::new(),
     }
 }
 
 fn check_range(spec: &ParamSpec, v: f64) -> Result<(), ParamProblem> {
-    let low = spec.min.into_option().is_some_and(|m| v < m);
-    let high = spec.max.into_option().is_some_and(|m| v > m);
+    let low = spec.min.is_some_and(|m| v < m);
+    let high = spec.max.is_some_and(|m| v > m);
     if low || high {
         return Err(problem(format!(
             "parameter `{}` is {v}, out of range: it must be {}",
@@ -69,10 +68,16 @@ pub fn check(
             .map(Json::from)
             .ok_or_else(|| wrong("true or false")),
         ParamKind::Int => {
-            let v = value
-                .as_i64()
-                .or_else(|| value.as_u64().map(|u| u as i64))
-                .ok_or_else(|| wrong("a whole number"))?;
+            let v = match value.as_i64() {
+                Some(v) => v,
+                None if value.is_u64() => {
+                    return Err(problem(format!(
+                        "parameter `{name}` is {value}, which does not fit a 64-bit signed integer (at most {})",
+                        i64::MAX
+                    )))
+                }
+                None => return Err(wrong("a whole number")),
+            };
             check_range(spec, v as f64)?;
             Ok(Json::from(v))
         }
@@ -120,6 +125,7 @@ pub fn check(
             let v = value
                 .as_u64()
                 .ok_or_else(|| wrong("a non-negative whole number or `random`"))?;
+            check_range(spec, v as f64)?;
             Ok(Json::from(v))
         }
         ParamKind::Json => Ok(value.clone()),
@@ -128,8 +134,7 @@ pub fn check(
 
 /// The default of `spec`, parsed.
 pub fn default_of(spec: &ParamSpec) -> Option<Json> {
-    match &spec.default {
-        ROption::RSome(s) => serde_json::from_str(s.as_str()).ok(),
-        ROption::RNone => None,
-    }
+    spec.default
+        .as_ref()
+        .and_then(|s| serde_json::from_str(s.as_str()).ok())
 }

@@ -1,13 +1,26 @@
 //! Port type compatibility: unification of parameterised types across an edge.
+//!
+//! Dimensions and families may be type variables of the consuming node: the first edge binds
+//! them, later edges must agree (a sampler's model and its conditioning are of one family).
 
 use std::collections::HashMap;
 
-use latentflow_plugin_api::abi_stable::std_types::{RBox, ROption};
-use latentflow_plugin_api::{DType, Dim, PortType};
+use latentflow_plugin_api::{DType, Dim, Family, PortType};
 use serde_json::{Map, Value as Json};
 
-/// Type-variable bindings of one node (`C` → 4).
-pub type Bindings = HashMap<String, i64>;
+/// Type-variable bindings of one node (`C` → 4, `F` → `sd1`).
+#[derive(Debug, Clone, Default)]
+pub struct Bindings {
+    dims: HashMap<String, i64>,
+    families: HashMap<String, String>,
+}
+
+impl Bindings {
+    /// No bindings yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
 
 /// Resolves `Param` dims from `params` and bound `Var`s; unbound variables stay as they are.
 fn resolve(d: &Dim, params: &Map<String, Json>, b: &Bindings) -> Dim {
@@ -18,6 +31,7 @@ fn resolve(d: &Dim, params: &Map<String, Json>, b: &Bindings) -> Dim {
             .map(Dim::Fixed)
             .unwrap_or(Dim::Any),
         Dim::Var(v) => b
+            .dims
             .get(v.as_str())
             .map(|&x| Dim::Fixed(x))
             .unwrap_or_else(|| d.clone()),
@@ -30,16 +44,38 @@ fn unify_dim(out: &Dim, inp: &Dim, params: &Map<String, Json>, b: &mut Bindings)
     match (out, &inp_r) {
         (Dim::Fixed(a), Dim::Fixed(c)) => a == c,
         (Dim::Fixed(a), Dim::Var(v)) => {
-            b.insert(v.to_string(), *a);
+            b.dims.insert(v.to_string(), *a);
             true
         }
         _ => true,
     }
 }
 
-fn dtype_ok(out: Option<DType>, inp: &ROption<DType>) -> bool {
+fn resolve_family(f: &Family, b: &Bindings) -> Family {
+    match f {
+        Family::Var(v) => b
+            .families
+            .get(v)
+            .map(|n| Family::Named(n.clone()))
+            .unwrap_or_else(|| f.clone()),
+        other => other.clone(),
+    }
+}
+
+fn unify_family(out: &Family, inp: &Family, b: &mut Bindings) -> bool {
+    match (out, &resolve_family(inp, b)) {
+        (Family::Named(a), Family::Named(c)) => a == c,
+        (Family::Named(a), Family::Var(v)) => {
+            b.families.insert(v.clone(), a.clone());
+            true
+        }
+        _ => true,
+    }
+}
+
+fn dtype_ok(out: Option<DType>, inp: &Option<DType>) -> bool {
     match (out, inp) {
-        (Some(a), ROption::RSome(b)) => a == *b,
+        (Some(a), Some(b)) => a == *b,
         _ => true,
     }
 }
@@ -50,27 +86,36 @@ pub fn unify(out: &PortType, inp: &PortType, params: &Map<String, Json>, b: &mut
     use PortType as T;
     let tensor_like = |rank: i64,
                        dtype: Option<DType>,
-                       want_dtype: &ROption<DType>,
+                       want_dtype: &Option<DType>,
                        want_rank: &Dim,
                        b: &mut Bindings| {
         dtype_ok(dtype, want_dtype) && unify_dim(&Dim::Fixed(rank), want_rank, params, b)
     };
     match (out, inp) {
         (T::Any, _) | (_, T::Any) => true,
-        (T::List(a), T::List(c)) => unify(a, c, params, b),
+        (T::List { item: a }, T::List { item: c }) => unify(a, c, params, b),
         (
             T::Tensor {
                 dtype: d1,
                 rank: r1,
             },
             T::Tensor { dtype, rank },
-        ) => dtype_ok(d1.into_option(), dtype) && unify_dim(r1, rank, params, b),
+        ) => dtype_ok(*d1, dtype) && unify_dim(r1, rank, params, b),
         (T::Image, T::Tensor { dtype, rank }) => tensor_like(4, Some(DType::F32), dtype, rank, b),
         (T::Latent { .. }, T::Tensor { dtype, rank }) => tensor_like(4, None, dtype, rank, b),
         (T::Mask, T::Tensor { dtype, rank }) => tensor_like(3, Some(DType::F32), dtype, rank, b),
         (T::Conditioning { .. }, T::Tensor { dtype, rank }) => tensor_like(3, None, dtype, rank, b),
         (T::Latent { channels: c1 }, T::Latent { channels: c2 }) => unify_dim(c1, c2, params, b),
-        (T::Conditioning { dim: d1 }, T::Conditioning { dim: d2 }) => unify_dim(d1, d2, params, b),
+        (
+            T::Conditioning {
+                dim: d1,
+                family: f1,
+            },
+            T::Conditioning {
+                dim: d2,
+                family: f2,
+            },
+        ) => unify_dim(d1, d2, params, b) && unify_family(f1, f2, b),
         (
             T::Handle {
                 interface: i1,
@@ -80,7 +125,8 @@ pub fn unify(out: &PortType, inp: &PortType, params: &Map<String, Json>, b: &mut
                 interface: i2,
                 family: f2,
             },
-        ) => i1 == i2 && (f1.is_empty() || f2.is_empty() || f1 == f2),
+        ) => i1 == i2 && unify_family(f1, f2, b),
+        (T::Record { record: r1 }, T::Record { record: r2 }) => r1 == r2,
         (T::Int, T::Float) => true,
         (a, c) => {
             a.kind_name() == c.kind_name()
@@ -99,8 +145,14 @@ pub fn substitute(t: &PortType, params: &Map<String, Json>, b: &Bindings) -> Por
         Dim::Var(_) | Dim::Param(_) => Dim::Any,
         other => other,
     };
+    let family = |f: &Family| match resolve_family(f, b) {
+        Family::Var(_) => Family::Any,
+        other => other,
+    };
     match t {
-        T::List(item) => T::List(RBox::new(substitute(item, params, b))),
+        T::List { item } => T::List {
+            item: Box::new(substitute(item, params, b)),
+        },
         T::Tensor { dtype, rank } => T::Tensor {
             dtype: *dtype,
             rank: dim(rank),
@@ -108,9 +160,23 @@ pub fn substitute(t: &PortType, params: &Map<String, Json>, b: &Bindings) -> Por
         T::Latent { channels } => T::Latent {
             channels: dim(channels),
         },
-        T::Conditioning { dim: d } => T::Conditioning { dim: dim(d) },
+        T::Conditioning { dim: d, family: f } => T::Conditioning {
+            dim: dim(d),
+            family: family(f),
+        },
+        T::Handle { interface, family: f } => T::Handle {
+            interface: interface.clone(),
+            family: family(f),
+        },
         other => other.clone(),
     }
+}
+
+/// Whether a refined type `refined` (from a plugin's type inference) narrows `declared`: the
+/// same kind, with named families or fixed dimensions where the declaration has variables.
+pub fn narrows(refined: &PortType, declared: &PortType) -> bool {
+    let mut b = Bindings::new();
+    refined.kind_name() == declared.kind_name() && unify(refined, declared, &Map::new(), &mut b)
 }
 
 /// Whether a constant from a graph variable fits a port of type `t`.
@@ -118,10 +184,10 @@ pub fn const_fits(value: &Json, t: &PortType) -> bool {
     match t {
         PortType::Any => true,
         PortType::Bool => value.is_boolean(),
-        PortType::Int => value.is_i64() || value.is_u64(),
+        PortType::Int => value.is_i64(),
         PortType::Float => value.is_number(),
         PortType::String => value.is_string(),
-        PortType::List(item) => value
+        PortType::List { item } => value
             .as_array()
             .is_some_and(|a| a.iter().all(|v| const_fits(v, item))),
         _ => false,
@@ -196,24 +262,55 @@ mod tests {
     #[test]
     fn handles_match_by_interface_and_family() {
         let mut b = Bindings::new();
-        let sd1 = PortType::handle("Denoiser", "sd1");
+        let sd1 = PortType::handle_of("Denoiser", Family::named("sd1"));
         assert!(unify(
             &sd1,
-            &PortType::handle("Denoiser", ""),
+            &PortType::handle("Denoiser"),
             &no_params(),
             &mut b
         ));
         assert!(!unify(
             &sd1,
-            &PortType::handle("Denoiser", "sdxl"),
+            &PortType::handle_of("Denoiser", Family::named("sdxl")),
             &no_params(),
             &mut b
         ));
         assert!(!unify(
             &sd1,
-            &PortType::handle("Vae", "sd1"),
+            &PortType::handle_of("Vae", Family::named("sd1")),
             &no_params(),
             &mut b
         ));
+    }
+
+    #[test]
+    fn a_family_variable_ties_model_and_conditioning() {
+        let mut b = Bindings::new();
+        let model = PortType::handle_of("Denoiser", Family::var("F"));
+        let cond = PortType::conditioning_of(Dim::Any, Family::var("F"));
+        let sd1 = Family::named("sd1");
+        let sdxl = Family::named("sdxl");
+        assert!(unify(
+            &PortType::handle_of("Denoiser", sd1.clone()),
+            &model,
+            &no_params(),
+            &mut b
+        ));
+        assert!(!unify(
+            &PortType::conditioning_of(Dim::Fixed(2048), sdxl),
+            &cond,
+            &no_params(),
+            &mut b
+        ));
+        assert!(unify(
+            &PortType::conditioning_of(Dim::Fixed(768), sd1.clone()),
+            &cond,
+            &no_params(),
+            &mut b
+        ));
+        assert_eq!(
+            substitute(&model, &no_params(), &b),
+            PortType::handle_of("Denoiser", sd1)
+        );
     }
 }

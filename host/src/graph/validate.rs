@@ -764,6 +764,60 @@ impl<'a> Validator<'a> {
             .collect()
     }
 
+    /// The plugin's refined output types for a node (a loader names the model's family), or
+    /// the declared ones after reporting why the plugin could not refine them.
+    fn inferred(
+        &mut self,
+        d: &Draft<'_>,
+        ty: &NodeType,
+        declared: Vec<latentflow_plugin_api::PortType>,
+    ) -> Vec<latentflow_plugin_api::PortType> {
+        let params = Json::Object(d.params.clone()).to_string();
+        match ty.plugin.infer(&ty.desc.type_id, &params) {
+            Ok(refined) if refined.len() == declared.len() => {
+                let mut out = Vec::with_capacity(declared.len());
+                for (k, (r, decl)) in refined.into_iter().zip(declared).enumerate() {
+                    if typecheck::narrows(&r, &decl) {
+                        out.push(r);
+                    } else {
+                        let e = self.err(
+                            "plugin-types",
+                            d.pos,
+                            format!(
+                                "plugin `{}` says output `{}` is {r}, which is not a {decl}",
+                                ty.plugin.name, ty.desc.outputs[k].name
+                            ),
+                        );
+                        e.node = Some(d.id.clone());
+                        out.push(decl);
+                    }
+                }
+                out
+            }
+            Ok(_) => {
+                let e = self.err(
+                    "plugin-types",
+                    d.pos,
+                    format!(
+                        "plugin `{}` gave the wrong number of output types for `{}`",
+                        ty.plugin.name, ty.desc.type_id
+                    ),
+                );
+                e.node = Some(d.id.clone());
+                declared
+            }
+            Err(message) => {
+                let e = self.err("node-params", d.pos, message);
+                e.node = Some(d.id.clone());
+                e.hint = Some(format!(
+                    "`{}` checks its parameters before anything runs",
+                    ty.desc.type_id
+                ));
+                declared
+            }
+        }
+    }
+
     fn typecheck_and_build(
         &mut self,
         drafts: Vec<Draft<'_>>,
@@ -811,12 +865,17 @@ impl<'a> Validator<'a> {
                     );
                 }
             }
-            out_types[i] = ty
+            let declared: Vec<latentflow_plugin_api::PortType> = ty
                 .desc
                 .outputs
                 .iter()
                 .map(|o| typecheck::substitute(&o.ty, &d.params, &bindings))
                 .collect();
+            out_types[i] = if ty.desc.caps.infers_types {
+                self.inferred(d, ty, declared)
+            } else {
+                declared
+            };
         }
         if self.diags.iter().any(Diagnostic::is_error) {
             return None;

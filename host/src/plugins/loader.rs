@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use abi_stable::library::{lib_header_from_path, LibraryError, RootModule};
 use latentflow_plugin_api::{
-    NodeDescriptor, PluginManifest, PluginModRef, PluginStats, API_VERSION,
+    NodeDescriptor, PluginManifest, PluginModRef, PluginStats, PortType, API_VERSION,
 };
 
 /// A loaded plugin generation. Libraries are never unloaded: a newer build of the same file is
@@ -27,6 +27,9 @@ pub struct Plugin {
     pub module: PluginModRef,
     /// Node types it provides.
     pub nodes: Vec<NodeDescriptor>,
+    /// Node types it declares that this host cannot read, with the reason (a plugin built
+    /// against a newer plugin-api may use port types this host does not know).
+    pub unreadable: Vec<String>,
     /// Time spent loading, in seconds.
     pub load_seconds: f64,
 }
@@ -46,6 +49,15 @@ impl Plugin {
     /// The plugin's tensor-traffic counters.
     pub fn stats(&self) -> PluginStats {
         (self.module.stats())()
+    }
+
+    /// The output types of node `type_id` with `params` (JSON), refined by the plugin.
+    pub fn infer(&self, type_id: &str, params: &str) -> Result<Vec<PortType>, String> {
+        let json = (self.module.infer())(type_id.into(), params.into())
+            .into_result()
+            .map_err(|e| e.message.to_string())?;
+        serde_json::from_str(json.as_str())
+            .map_err(|e| format!("the plugin's type inference is not readable: {e}"))
     }
 }
 
@@ -90,12 +102,31 @@ pub fn load(path: &Path, cache_dir: &Path) -> Result<Plugin, LoadError> {
     let module = header
         .init_root_module::<PluginModRef>()
         .map_err(|e| summarize(path, e))?;
-    let manifest: PluginManifest = (module.manifest())().into_result().map_err(|e| {
+    let json = (module.manifest())().into_result().map_err(|e| {
         LoadError::new(
             path,
             format!("plugin failed to describe itself: {}", e.message),
         )
     })?;
+    let manifest: PluginManifest = serde_json::from_str(json.as_str()).map_err(|e| {
+        LoadError::new(path, format!("the plugin's manifest is not readable: {e}"))
+    })?;
+    let mut nodes = Vec::with_capacity(manifest.nodes.len());
+    let mut unreadable = Vec::new();
+    for n in manifest.nodes {
+        let name = n
+            .get("type_id")
+            .and_then(|t| t.as_str())
+            .unwrap_or("?")
+            .to_string();
+        match serde_json::from_value::<NodeDescriptor>(n) {
+            Ok(d) => nodes.push(d),
+            Err(e) => unreadable.push(format!(
+                "{name}: {e} (built against plugin-api {}, this host reads {API_VERSION})",
+                manifest.api_version
+            )),
+        }
+    }
 
     Ok(Plugin {
         name: manifest.name.to_string(),
@@ -104,7 +135,8 @@ pub fn load(path: &Path, cache_dir: &Path) -> Result<Plugin, LoadError> {
         loaded_from: copy,
         build,
         module,
-        nodes: manifest.nodes.into_iter().collect(),
+        nodes,
+        unreadable,
         load_seconds: started.elapsed().as_secs_f64(),
     })
 }

@@ -58,3 +58,36 @@ pub fn keep(scores: &[f32], mode: &str, value: f64) -> Result<Vec<usize>, Sample
     Ok(kept)
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_trajectories_score_zero_and_scaling_scales_by_the_square() {
+        let shape = [6, 2, 3];
+        let constant: Vec<f32> = (0..36).map(|i| (i % 6) as f32).collect();
+        // Element-wise constant over steps: the same 6 values at every step.
+        let constant: Vec<f32> = (0..6).flat_map(|_| constant[..6].to_vec()).collect();
+        assert_eq!(
+            trajectory_variance(&constant, &shape, 4).unwrap(),
+            vec![0.0, 0.0]
+        );
+        let traj: Vec<f32> = (0..36).map(|i| ((i * 7919) % 13) as f32 / 13.0).collect();
+        let a = trajectory_variance(&traj, &shape, 4).unwrap();
+        let scaled: Vec<f32> = traj.iter().map(|v| v * 3.0).collect();
+        let b = trajectory_variance(&scaled, &shape, 4).unwrap();
+        for (a, b) in a.iter().zip(&b) {
+            assert!((b - 9.0 * a).abs() <= 1e-5 * b.abs().max(1.0));
+        }
+    }
+
+    #[test]
+    fn filter_modes_keep_the_lowest_in_batch_order() {
+        let s = [0.5, 0.1, 0.9, 0.3];
+        assert_eq!(keep(&s, "threshold", 0.3).unwrap(), vec![1, 3]);
+        assert_eq!(keep(&s, "keep_lowest", 3.0).unwrap(), vec![0, 1, 3]);
+        assert_eq!(keep(&s, "quantile", 0.5).unwrap(), vec![1, 3]);
+        assert!(keep(&s, "median", 0.5).is_err());
+    }
+}

@@ -103,7 +103,7 @@ pub fn latent_mask(mask: &Tensor, latent_shape: &[usize]) -> Result<Tensor, Samp
         for y in 0..h {
             for x in 0..w {
                 let v = m[b * mh * mw + (y * mh / h) * mw + x * mw / w];
-                out.push(if v >= 0.5 { 1.0 } else { 0.0 });
+                out.push(if v >= 0.5 { 1f32 } else { 0f32 });
             }
         }
     }

@@ -1,14 +1,16 @@
-//! The LatentFlow samplers plugin: diffusers-exact schedulers.
+//! The LatentFlow samplers plugin: thin glue over `latentflow-sampling` (diffusers-exact
+//! schedulers and the sampling loop).
 //!
-//! `samplers.sample` drives a denoiser made by another plugin through the ABI's object handles
-//! (see `latentflow_plugin_api::sdk::denoiser`); `samplers.schedule` exposes the schedule itself.
+//! `samplers.sample` drives a denoiser made by another plugin through the typed `Denoiser`
+//! protocol (`latentflow_plugin_api::sdk::denoiser`); `samplers.schedule` exposes the schedule
+//! itself; `samplers.inpaint_blend` is a sampler hook.
 
-pub mod hallucination;
+mod hallucination;
+mod hooks;
 mod sample;
-pub mod schedulers;
 
 use latentflow_plugin_api::sdk::prelude::*;
-use schedulers::{Config, Kind, Prediction, Scheduler, Spacing};
+use latentflow_sampling::{Config, Kind, Prediction, Scheduler, Spacing};
 
 /// Reads the scheduler settings shared by the nodes.
 pub fn config_from(p: &Params) -> Result<Config, NodeError> {
@@ -26,6 +28,7 @@ pub fn config_from(p: &Params) -> Result<Config, NodeError> {
     let mut cfg = Config::sd(kind);
     cfg.prediction = match p.str("prediction") {
         Ok("v_prediction") => Prediction::V,
+        Ok("sample") => Prediction::Sample,
         _ => Prediction::Epsilon,
     };
     cfg.spacing = match p.str("spacing")? {
@@ -39,8 +42,8 @@ pub fn config_from(p: &Params) -> Result<Config, NodeError> {
 }
 
 fn schedule(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
-    let sched =
-        Scheduler::new(config_from(p)?, p.usize("steps")?).map_err(|e| NodeError::invalid(e.0))?;
+    let sched = Scheduler::new(config_from(p)?, p.usize("steps")?)
+        .map_err(|e| NodeError::invalid(e.to_string()))?;
     let ts: Vec<f32> = sched.timesteps().iter().map(|&t| t as f32).collect();
     let sig: Vec<f32> = sched.sigmas().iter().map(|&s| s as f32).collect();
     let (nt, ns) = (ts.len(), sig.len());
@@ -51,25 +54,53 @@ fn schedule(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
     ])
 }
 
+/// The scheduler parameters shared by the nodes.
+pub fn schedule_params(d: NodeDef) -> NodeDef {
+    d.param(
+        Param::choice(
+            "kind",
+            &["ddim", "ddpm", "euler", "euler_a", "lms", "dpmpp_2m", "unipc", "lcm"],
+        )
+        .default("euler")
+        .doc("scheduler"),
+    )
+    .param(Param::int("steps").default(20).range(1.0, 1000.0))
+    .param(
+        Param::choice("spacing", &["default", "leading", "trailing", "linspace"])
+            .default("default")
+            .doc("diffusers timestep_spacing; default: the scheduler's own"),
+    )
+    .param(
+        Param::bool("karras")
+            .default(false)
+            .doc("Karras σ (euler, lms, dpmpp_2m, unipc)"),
+    )
+    .param(
+        Param::float("eta")
+            .default(0.0)
+            .range(0.0, 1.0)
+            .doc("DDIM stochasticity"),
+    )
+}
+
 /// The plugin's nodes.
 pub fn plugin() -> PluginDef {
-    let def = PluginDef::new("samplers", env!("CARGO_PKG_VERSION")).node(
+    let schedule = schedule_params(
         NodeDef::new("samplers.schedule", schedule)
             .doc("The timesteps and σ of a scheduler for a number of steps (Stable Diffusion's training schedule).")
             .output("timesteps", PortType::tensor(Some(DType::F32), Dim::Fixed(1)), "timestep per step")
             .output("sigmas", PortType::tensor(Some(DType::F32), Dim::Fixed(1)), "σ per step and a final 0 (σ-based schedulers; empty otherwise)")
             .output("init_noise_sigma", PortType::Float, "scale of the initial noise")
-            .param(Param::choice("kind", &["ddim", "ddpm", "euler", "euler_a", "lms", "dpmpp_2m", "unipc", "lcm"]).default("euler"))
-            .param(Param::int("steps").default(20).range(1.0, 1000.0))
-            .param(Param::choice("prediction", &["epsilon", "v_prediction"]).default("epsilon"))
-            .param(Param::choice("spacing", &["default", "leading", "trailing", "linspace"]).default("default").doc("diffusers timestep_spacing; default: the scheduler's own"))
-            .param(Param::bool("karras").default(false).doc("Karras σ (euler, lms, dpmpp_2m, unipc)"))
-            .param(Param::float("eta").default(0.0).range(0.0, 1.0).doc("DDIM stochasticity")),
-    )
-    .node(sample::node());
-    hallucination::nodes()
+            .param(Param::choice("prediction", &["epsilon", "v_prediction", "sample"]).default("epsilon")),
+    );
+    [schedule, sample::node()]
         .into_iter()
-        .fold(def, PluginDef::node)
+        .chain(hallucination::nodes())
+        .chain(hooks::nodes())
+        .fold(
+            PluginDef::new("samplers", env!("CARGO_PKG_VERSION")),
+            PluginDef::node,
+        )
 }
 
 latentflow_plugin_api::export_plugin!(plugin());

@@ -4,89 +4,74 @@
 
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use latentflow_plugin_api::sdk::denoiser::{denoiser_handle, DenoiserClient, DenoiserImpl, Step};
+use latentflow_models::sd::daam::{bicubic, word_positions};
+use latentflow_plugin_api::sdk::denoiser::{
+    names, wrapper_handle, DenoiseOutput, DenoiseRequest, DenoiserClient, WrapperImpl,
+};
 use latentflow_plugin_api::sdk::prelude::*;
-
-use crate::daam::{bicubic, word_positions};
 
 static KEYS: AtomicI64 = AtomicI64::new(1);
 
+/// Asks the UNet at the end of the chain to record its cross-attention under `key`.
 struct Capture {
     inner: ObjectHandle,
     key: i64,
     skip_factor: i64,
-    prediction: String,
 }
 
-impl DenoiserImpl for Capture {
-    fn family(&self) -> String {
-        "sd-attention-capture".into()
+impl WrapperImpl for Capture {
+    fn inner(&self) -> &ObjectHandle {
+        &self.inner
     }
-    fn prediction_type(&self) -> String {
-        self.prediction.clone()
-    }
-    fn predict(
-        &self,
-        host: HostRef<'_>,
-        x: &Tensor,
-        t: f64,
-        ctx: Option<&Tensor>,
-    ) -> Result<Tensor, NodeError> {
-        self.predict_step(host, x, t, ctx, None)
-    }
-    fn predict_step(
-        &self,
-        host: HostRef<'_>,
-        x: &Tensor,
-        t: f64,
-        ctx: Option<&Tensor>,
-        step: Option<Step>,
-    ) -> Result<Tensor, NodeError> {
-        let ctx =
-            ctx.ok_or_else(|| NodeError::invalid("attention capture needs a conditioning"))?;
-        let out = self.inner.call(
-            host,
-            "predict_capture",
-            vec![
-                Value::Tensor(x.clone()),
-                Value::Float(t),
-                Value::Tensor(ctx.clone()),
-                Value::Int(self.key),
-                Value::Bool(step.is_some_and(|s| s.index == 0)),
-                Value::Bool(step.is_some_and(|s| s.cfg)),
-                Value::Int(self.skip_factor),
-            ],
-        )?;
-        match out.into_iter().next() {
-            Some(Value::Tensor(t)) => Ok(t),
-            _ => Err(NodeError::failed("predict_capture returned no tensor")),
+
+    fn with_inner(&self, inner: ObjectHandle) -> Self {
+        Capture {
+            inner,
+            key: self.key,
+            skip_factor: self.skip_factor,
         }
     }
-    fn call_extra(
+
+    fn name(&self) -> String {
+        "attention capture".into()
+    }
+
+    fn denoise(
+        &self,
+        host: HostRef<'_>,
+        mut req: DenoiseRequest,
+    ) -> Result<DenoiseOutput, NodeError> {
+        req.set_option(
+            names::CAPTURE_ATTENTION,
+            Record::new("CaptureAttention")
+                .with("key", self.key)
+                .with("reset", req.step.is_some_and(|s| s.index == 0))
+                .with("skip_factor", self.skip_factor)
+                .into(),
+        );
+        DenoiserClient::new(&self.inner)?.denoise(host, req)
+    }
+
+    fn call_own(
         &self,
         host: HostRef<'_>,
         method: &str,
-        _args: Vec<Value>,
+        _args: &[Value],
     ) -> Option<Result<Vec<Value>, NodeError>> {
         (method == "attention_maps").then(|| {
             self.inner
                 .call(host, "attention_maps", vec![Value::Int(self.key)])
         })
     }
-    fn describe(&self) -> String {
-        format!("Denoiser(attention capture over {})", self.inner.describe())
-    }
 }
 
 fn capture(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
-    let inner = inputs.object("model")?.clone();
-    let prediction = DenoiserClient::new(&inner)?.prediction_type(ctx.host())?;
-    Ok(vec![Value::Object(denoiser_handle(Capture {
-        inner,
+    let wrapped = Capture {
+        inner: inputs.object("model")?.clone(),
         key: KEYS.fetch_add(1, Ordering::Relaxed),
         skip_factor: p.int("skip_factor")?,
-        prediction,
-    }))])
+    };
+    Ok(vec![Value::Object(wrapper_handle(ctx.host(), wrapped)?)])
 }
 
 fn ids(ctx: &Ctx, clip: &ObjectHandle, text: &str) -> Result<Vec<u32>, NodeError> {
@@ -237,14 +222,14 @@ fn segment(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeErr
 pub fn nodes() -> Vec<NodeDef> {
     vec![
         NodeDef::new("sd.capture_attention", capture)
-            .doc("Wraps an SD UNet denoiser so that sampling also sums its cross-attention probabilities per layer and head (positive half of a CFG batch), for sd.attention_heatmap. The plain model records nothing and pays nothing.")
-            .input("model", PortType::handle("Denoiser", ""), "an SD UNet denoiser")
-            .output("model", PortType::handle("Denoiser", ""), "the capturing denoiser")
+            .doc("Wraps an SD UNet denoiser (bare or under any other wrappers) so that sampling also sums its cross-attention probabilities per layer and head (positive half of a CFG batch), for sd.attention_heatmap. The plain model records nothing and pays nothing.")
+            .input("model", PortType::handle_of("Denoiser", Family::var("F")), "an SD UNet denoiser, wrapped or not")
+            .output("model", PortType::handle_of("Denoiser", Family::var("F")), "the capturing denoiser")
             .param(Param::int("skip_factor").default(8).range(0.0, 64.0).doc("skip maps 1/N of the latent side (DAAM: 8; 0 keeps all)")),
         NodeDef::new("sd.attention_heatmap", heatmap)
             .doc("DAAM word heat map from the captured cross-attention: token maps averaged over layers, heads and steps, the word's tokens averaged, upsampled (bicubic) to the image, min-max normalised; the mask keeps values ≥ threshold (DAAM: 0.4), usable as an inpainting mask. `prompt` must be the prompt the conditioning was made from (without weighting syntax).")
-            .input("model", PortType::handle("Denoiser", ""), "the capturing denoiser, after sampling")
-            .input("clip", PortType::handle("Clip", ""), "the tokenizer")
+            .input("model", PortType::handle("Denoiser"), "the capturing denoiser, after sampling")
+            .input("clip", PortType::handle("Clip"), "the tokenizer")
             .input("image", PortType::Image, "the generated image (its size; also orders this node after sampling)")
             .output("heatmap", PortType::Mask, "1×H×W heat map in [0, 1]")
             .output("mask", PortType::Mask, "1×H×W mask of heatmap ≥ threshold")
@@ -253,8 +238,8 @@ pub fn nodes() -> Vec<NodeDef> {
             .param(Param::float("threshold").default(0.4).range(0.0, 1.0)),
         NodeDef::new("sd.attention_segment", segment)
             .doc("Segments the image by words of the prompt: each pixel goes to the word whose normalised DAAM heat map is highest there, or to none when that is below the threshold. One mask per word, in the order given.")
-            .input("model", PortType::handle("Denoiser", ""), "the capturing denoiser, after sampling")
-            .input("clip", PortType::handle("Clip", ""), "the tokenizer")
+            .input("model", PortType::handle("Denoiser"), "the capturing denoiser, after sampling")
+            .input("clip", PortType::handle("Clip"), "the tokenizer")
             .input("image", PortType::Image, "the generated image")
             .output("masks", PortType::Mask, "words×H×W masks")
             .param(Param::string("prompt").doc("the prompt"))

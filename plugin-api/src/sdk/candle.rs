@@ -2,8 +2,10 @@
 //!
 //! Export ([`from_candle`]) does not copy CPU tensors: the FFI tensor keeps a clone of the candle
 //! tensor alive and points at its storage. Never export a tensor you will later mutate in place
-//! (`slice_set`, `Var::set`, ...). Import ([`to_candle`]) always copies, because candle owns its
-//! storage as a `Vec`; the copied bytes are counted in the plugin's stats.
+//! (`slice_set`, `Var::set`, ...). Import ([`to_candle`]) takes back, without copying, a tensor
+//! this same plugin exported (a wrapper handing its output to the model next to it); any other
+//! tensor is copied, because candle owns its storage as a `Vec` and cannot borrow foreign
+//! memory. Copies are counted in the plugin's stats.
 
 use candle_core::{DType as CDType, Device, Storage};
 
@@ -93,8 +95,15 @@ pub fn from_candle(t: &candle_core::Tensor) -> Result<Tensor, NodeError> {
     })
 }
 
-/// Imports a tensor into candle on `device`, copying the data.
+/// Imports a tensor into candle on `device`: the original candle tensor when this plugin made
+/// it (no copy), else a copy.
 pub fn to_candle(t: &Tensor, device: &Device) -> Result<candle_core::Tensor, NodeError> {
+    if let Some(own) = t.local_owner::<candle_core::Tensor>() {
+        if own.device().same_device(device) && own.dims() == t.shape().as_slice() {
+            stats::add_reused();
+            return Ok(own.clone());
+        }
+    }
     let dtype = t
         .dtype()
         .ok_or_else(|| NodeError::invalid("tensor has an unsupported element type"))?;
@@ -120,7 +129,22 @@ mod tests {
         assert_eq!(stats::snapshot().bytes_copied_in, before.bytes_copied_in);
         let back = to_candle(&t, &Device::Cpu).unwrap();
         assert_eq!(back.to_vec2::<f32>().unwrap(), c.to_vec2::<f32>().unwrap());
-        assert!(stats::snapshot().bytes_copied_in >= before.bytes_copied_in + 48);
+        // ABI v2: a plugin's own tensor comes back without a copy (see the next test).
+    }
+
+    #[test]
+    fn own_tensors_come_back_without_a_copy() {
+        let c = candle_core::Tensor::arange(0f32, 6f32, &Device::Cpu).unwrap();
+        let t = from_candle(&c).unwrap();
+        let before = stats::snapshot();
+        let back = to_candle(&t, &Device::Cpu).unwrap();
+        assert_eq!(back.id(), c.id(), "the same candle tensor");
+        assert_eq!(stats::snapshot().bytes_copied_in, before.bytes_copied_in);
+        // A tensor made another way is copied.
+        let other = Tensor::from_vec(vec![1f32, 2.0], &[2]).unwrap();
+        let before = stats::snapshot();
+        to_candle(&other, &Device::Cpu).unwrap();
+        assert_eq!(stats::snapshot().bytes_copied_in, before.bytes_copied_in + 8);
     }
 
     #[test]

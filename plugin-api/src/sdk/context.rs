@@ -80,4 +80,45 @@ impl<'a> Ctx<'a> {
     pub fn output_dir(&self) -> std::path::PathBuf {
         std::path::PathBuf::from(self.host.output_dir().as_str())
     }
+
+    /// The most bytes one result of this node may take.
+    pub fn alloc_limit(&self) -> u64 {
+        self.host.alloc_limit()
+    }
+
+    /// Checks that `elements` values of `bytes_each` bytes (`what`, for the message) fit the
+    /// allocation limit, before allocating them. Overflowing sizes are refused too.
+    pub fn check_alloc(&self, what: &str, elements: &[usize], bytes_each: usize) -> Result<(), NodeError> {
+        let total = elements
+            .iter()
+            .try_fold(bytes_each as u128, |acc, &d| acc.checked_mul(d as u128));
+        let limit = self.alloc_limit();
+        match total {
+            Some(t) if t <= limit as u128 => Ok(()),
+            Some(t) => Err(NodeError::too_large(format!(
+                "{what} {elements:?} would take {} but one result may take at most {} (set LATENTFLOW_ALLOC_LIMIT or --alloc-limit to change it)",
+                human_bytes(t),
+                human_bytes(limit as u128)
+            ))),
+            None => Err(NodeError::too_large(format!(
+                "{what} {elements:?} is too large to address"
+            ))),
+        }
+    }
+}
+
+/// `1.5 GiB`, `12 MiB`, `300 B`.
+pub fn human_bytes(b: u128) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }

@@ -1,70 +1,96 @@
-//! The `Denoiser` object interface: how a sampler in one plugin drives a model in another.
+//! The `Denoiser` protocol: how a sampler in one plugin drives a model in another, and how
+//! wrappers (ControlNet, LoRA'd models, DeepCache, attention capture, ELLA, ...) sit between.
 //!
 //! A denoiser is an [`ObjectHandle`] whose interface is [`DENOISER`] and whose family names the
-//! model family (`sd1`, `sd2`, ...). Methods:
+//! model family (`sd1`, ...). Its methods take and return typed records:
 //!
-//! | method | arguments | returns |
+//! | method | argument | returns |
 //! |---|---|---|
-//! | `predict` | `x`: tensor `N×C×H×W` f32 (the scheduler-scaled model input), `timestep`: float, `context`: conditioning tensor `N×T×D` or none | the model output, same shape as `x` |
-//! | `prediction_type` | none | `"epsilon"` or `"v_prediction"` |
+//! | `info` | none | a [`DenoiserInfo`] record |
+//! | `denoise` | a [`DenoiseRequest`] record | a [`DenoiseOutput`] record |
+//! | `with_…` (e.g. `with_lora`) | method-specific | a new denoiser first, then method-specific values |
+//! | anything else | method-specific | method-specific (queries such as `features`) |
 //!
-//! Batching for classifier-free guidance is the sampler's business: it stacks the unconditional
-//! and conditional halves along `N` and calls `predict` once, as diffusers does.
+//! A request carries a latent of any rank, the timestep, the sampler's position, whether the
+//! batch is `[negative; positive]` for guidance, the conditioning with named parts (context,
+//! pooled vector, mask, extra named values such as SDXL time ids, class labels or ControlNet
+//! residuals) and options for the model (DeepCache, attention capture). Wrappers change what
+//! they are for and forward the rest, so every wrapper composes with every other in any order:
+//! [`wrapper_handle`] forwards `info`, unknown methods and `with_…` transforms (re-wrapping the
+//! new model) for them.
 
 use crate::error::NodeError;
 use crate::host::HostRef;
 use crate::object::{ObjectHandle, ObjectImpl};
 use crate::tensor::Tensor;
-use crate::value::Value;
+use crate::value::{Record, Value};
 
 /// The interface name of denoisers.
 pub const DENOISER: &str = "Denoiser";
 
-/// What a model plugin implements to offer a denoiser.
-pub trait DenoiserImpl: Send + Sync + 'static {
-    /// The model family (`sd1`, ...).
-    fn family(&self) -> String;
+/// Record kinds of the protocol.
+pub mod kinds {
+    /// [`super::DenoiseRequest`].
+    pub const REQUEST: &str = "DenoiseRequest";
+    /// [`super::DenoiseOutput`].
+    pub const OUTPUT: &str = "DenoiseOutput";
+    /// [`super::DenoiserInfo`].
+    pub const INFO: &str = "DenoiserInfo";
+    /// [`super::Conditioning`].
+    pub const CONDITIONING: &str = "Conditioning";
+}
 
-    /// `"epsilon"` or `"v_prediction"`.
-    fn prediction_type(&self) -> String;
+/// Well-known names of [`Conditioning::extra`] entries and [`DenoiseRequest::options`].
+pub mod names {
+    /// ControlNet residuals for the UNet's skip connections: a list of tensors (summed by
+    /// chained ControlNets).
+    pub const CONTROL_DOWN: &str = "control.down";
+    /// The ControlNet residual of the mid block: a tensor.
+    pub const CONTROL_MID: &str = "control.mid";
+    /// Option: a DeepCache step, a record with `branch` (int), `refresh` (bool), `key` (int).
+    pub const DEEPCACHE: &str = "deepcache";
+    /// Option: capture cross-attention, a record with `key` (int), `reset` (bool) and
+    /// `skip_factor` (int).
+    pub const CAPTURE_ATTENTION: &str = "capture_attention";
+}
 
-    /// The model output for input `x` at `timestep` with optional `context`.
-    fn predict(
-        &self,
-        host: HostRef<'_>,
-        x: &Tensor,
-        timestep: f64,
-        context: Option<&Tensor>,
-    ) -> Result<Tensor, NodeError>;
+/// What a model predicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PredictionKind {
+    /// The noise ε.
+    Epsilon,
+    /// The velocity v = √ᾱ ε − √(1−ᾱ) x0.
+    V,
+    /// The clean sample x0.
+    Sample,
+    /// A flow-matching velocity.
+    Flow,
+}
 
-    /// A short description.
-    fn describe(&self) -> String {
-        format!("{DENOISER}({})", self.family())
+impl PredictionKind {
+    /// diffusers' spelling: `epsilon`, `v_prediction`, `sample`, `flow_prediction`.
+    pub fn name(self) -> &'static str {
+        match self {
+            PredictionKind::Epsilon => "epsilon",
+            PredictionKind::V => "v_prediction",
+            PredictionKind::Sample => "sample",
+            PredictionKind::Flow => "flow_prediction",
+        }
     }
 
-    /// [`DenoiserImpl::predict`] with the sampler's position: wrappers that act on part of the
-    /// schedule (ControlNet's guidance window, DeepCache) override this; the default ignores it.
-    fn predict_step(
-        &self,
-        host: HostRef<'_>,
-        x: &Tensor,
-        timestep: f64,
-        context: Option<&Tensor>,
-        step: Option<Step>,
-    ) -> Result<Tensor, NodeError> {
-        let _ = step;
-        self.predict(host, x, timestep, context)
-    }
-
-    /// Methods beyond `predict` and `prediction_type` that this denoiser offers (for example
-    /// `predict_deepcache` of the SD UNet); `None` when it has no method of that name.
-    fn call_extra(
-        &self,
-        _host: HostRef<'_>,
-        _method: &str,
-        _args: Vec<Value>,
-    ) -> Option<Result<Vec<Value>, NodeError>> {
-        None
+    /// From diffusers' spelling.
+    pub fn parse(s: &str) -> Result<Self, NodeError> {
+        Ok(match s {
+            "epsilon" => PredictionKind::Epsilon,
+            "v_prediction" => PredictionKind::V,
+            "sample" => PredictionKind::Sample,
+            "flow_prediction" | "flow" => PredictionKind::Flow,
+            other => {
+                return Err(NodeError::invalid(format!(
+                    "unknown prediction type `{other}` (epsilon, v_prediction, sample, flow_prediction)"
+                )))
+            }
+        })
     }
 }
 
@@ -79,27 +105,256 @@ pub struct Step {
     pub cfg: bool,
 }
 
-impl Step {
-    /// As trailing `predict` arguments.
-    pub fn to_args(self) -> [Value; 3] {
-        [
-            Value::Int(self.index as i64),
-            Value::Int(self.total as i64),
-            Value::Bool(self.cfg),
-        ]
+/// The conditioning of a request, in named parts.
+#[derive(Debug, Clone, Default)]
+pub struct Conditioning {
+    /// Token embeddings N×T×D (cross-attention context).
+    pub context: Option<Tensor>,
+    /// A pooled text embedding N×D.
+    pub pooled: Option<Tensor>,
+    /// A token mask N×T (1 = attend).
+    pub mask: Option<Tensor>,
+    /// Other named parts (time ids, class labels, ControlNet residuals, ...).
+    pub extra: Vec<(String, Value)>,
+}
+
+impl Conditioning {
+    /// A context-only conditioning.
+    pub fn context(context: Tensor) -> Self {
+        Conditioning {
+            context: Some(context),
+            ..Default::default()
+        }
     }
 
-    /// From `predict` arguments starting at `at` (absent or malformed: `None`).
-    pub fn from_args(args: &[Value], at: usize) -> Option<Self> {
-        let index = args.get(at)?.as_int()?;
-        let total = args.get(at + 1)?.as_int()?;
-        let cfg = matches!(args.get(at + 2), Some(Value::Bool(true)));
-        (index >= 0 && total > 0).then_some(Step {
-            index: index as usize,
-            total: total as usize,
-            cfg,
+    /// The extra part `name`.
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.extra.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+    }
+
+    /// Sets the extra part `name`.
+    pub fn set(&mut self, name: &str, value: Value) {
+        match self.extra.iter_mut().find(|(k, _)| k == name) {
+            Some(slot) => slot.1 = value,
+            None => self.extra.push((name.into(), value)),
+        }
+    }
+
+    /// The context, or an error naming who needs it.
+    pub fn require_context(&self, who: &str) -> Result<&Tensor, NodeError> {
+        self.context
+            .as_ref()
+            .ok_or_else(|| NodeError::invalid(format!("{who} needs a text conditioning")))
+    }
+
+    fn to_record(&self) -> Record {
+        let mut r = Record::new(kinds::CONDITIONING)
+            .with("context", self.context.clone())
+            .with("pooled", self.pooled.clone())
+            .with("mask", self.mask.clone());
+        r.set(
+            "extra",
+            Record {
+                kind: "Extra".into(),
+                fields: self.extra.clone(),
+            },
+        );
+        r
+    }
+
+    fn from_record(r: &Record) -> Result<Self, NodeError> {
+        r.expect_kind(kinds::CONDITIONING)?;
+        Ok(Conditioning {
+            context: r.opt_tensor("context")?.cloned(),
+            pooled: r.opt_tensor("pooled")?.cloned(),
+            mask: r.opt_tensor("mask")?.cloned(),
+            extra: r.record("extra")?.map(|e| e.fields.clone()).unwrap_or_default(),
         })
     }
+}
+
+/// One call of the model.
+#[derive(Debug, Clone)]
+pub struct DenoiseRequest {
+    /// The scheduler-scaled model input, N×C×… (any rank).
+    pub x: Tensor,
+    /// The timestep.
+    pub timestep: f64,
+    /// Where the sampler is, when a sampler calls.
+    pub step: Option<Step>,
+    /// The conditioning (for the whole batch, `[negative; positive]` under guidance).
+    pub cond: Conditioning,
+    /// Options for the model (see [`names`]).
+    pub options: Vec<(String, Value)>,
+}
+
+impl DenoiseRequest {
+    /// A request for `x` at `timestep` with `cond`.
+    pub fn new(x: Tensor, timestep: f64, cond: Conditioning) -> Self {
+        DenoiseRequest {
+            x,
+            timestep,
+            step: None,
+            cond,
+            options: Vec::new(),
+        }
+    }
+
+    /// The option `name`.
+    pub fn option(&self, name: &str) -> Option<&Value> {
+        self.options.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+    }
+
+    /// Sets the option `name`.
+    pub fn set_option(&mut self, name: &str, value: Value) {
+        match self.options.iter_mut().find(|(k, _)| k == name) {
+            Some(slot) => slot.1 = value,
+            None => self.options.push((name.into(), value)),
+        }
+    }
+
+    /// As a record.
+    pub fn to_record(&self) -> Record {
+        let mut r = Record::new(kinds::REQUEST)
+            .with("x", self.x.clone())
+            .with("timestep", self.timestep)
+            .with("cond", self.cond.to_record());
+        if let Some(s) = self.step {
+            r.set("step_index", s.index as i64);
+            r.set("step_total", s.total as i64);
+            r.set("cfg", s.cfg);
+        }
+        r.set(
+            "options",
+            Record {
+                kind: "Options".into(),
+                fields: self.options.clone(),
+            },
+        );
+        r
+    }
+
+    /// From a record.
+    pub fn from_record(r: &Record) -> Result<Self, NodeError> {
+        r.expect_kind(kinds::REQUEST)?;
+        let step = match (r.get("step_index"), r.get("step_total")) {
+            (Some(i), Some(t)) => {
+                let (i, t) = (
+                    i.as_int().unwrap_or(-1),
+                    t.as_int().unwrap_or(0),
+                );
+                if i < 0 || t <= 0 || i >= t {
+                    return Err(NodeError::invalid(format!(
+                        "DenoiseRequest: step {i} of {t} is not a step"
+                    )));
+                }
+                Some(Step {
+                    index: i as usize,
+                    total: t as usize,
+                    cfg: r.flag("cfg"),
+                })
+            }
+            _ => None,
+        };
+        let cond = match r.record("cond")? {
+            Some(c) => Conditioning::from_record(c)?,
+            None => Conditioning::default(),
+        };
+        Ok(DenoiseRequest {
+            x: r.tensor("x")?.clone(),
+            timestep: r.float("timestep")?,
+            step,
+            cond,
+            options: r
+                .record("options")?
+                .map(|o| o.fields.clone())
+                .unwrap_or_default(),
+        })
+    }
+}
+
+/// The model's answer.
+#[derive(Debug, Clone)]
+pub struct DenoiseOutput {
+    /// The prediction, the input's shape.
+    pub prediction: Tensor,
+    /// What it is.
+    pub kind: PredictionKind,
+}
+
+impl DenoiseOutput {
+    /// As a record.
+    pub fn to_record(&self) -> Record {
+        Record::new(kinds::OUTPUT)
+            .with("prediction", self.prediction.clone())
+            .with("kind", self.kind.name())
+    }
+
+    /// From a record.
+    pub fn from_record(r: &Record) -> Result<Self, NodeError> {
+        r.expect_kind(kinds::OUTPUT)?;
+        Ok(DenoiseOutput {
+            prediction: r.tensor("prediction")?.clone(),
+            kind: PredictionKind::parse(r.str("kind")?)?,
+        })
+    }
+}
+
+/// What a denoiser says about itself.
+#[derive(Debug, Clone)]
+pub struct DenoiserInfo {
+    /// The model family (`sd1`, ...).
+    pub family: String,
+    /// What `denoise` returns.
+    pub prediction: PredictionKind,
+    /// A description, wrappers included (for logs).
+    pub description: String,
+}
+
+impl DenoiserInfo {
+    /// As a record.
+    pub fn to_record(&self) -> Record {
+        Record::new(kinds::INFO)
+            .with("family", self.family.as_str())
+            .with("prediction", self.prediction.name())
+            .with("description", self.description.as_str())
+    }
+
+    /// From a record.
+    pub fn from_record(r: &Record) -> Result<Self, NodeError> {
+        r.expect_kind(kinds::INFO)?;
+        Ok(DenoiserInfo {
+            family: r.str("family")?.to_string(),
+            prediction: PredictionKind::parse(r.str("prediction")?)?,
+            description: r.str("description").unwrap_or_default().to_string(),
+        })
+    }
+}
+
+/// What a model plugin implements to offer a denoiser.
+pub trait DenoiserImpl: Send + Sync + 'static {
+    /// Family, prediction type and description.
+    fn info(&self) -> DenoiserInfo;
+
+    /// The model output for a request.
+    fn denoise(&self, host: HostRef<'_>, req: DenoiseRequest) -> Result<DenoiseOutput, NodeError>;
+
+    /// Methods beyond `info` and `denoise` (queries such as `features`, transforms such as
+    /// `with_lora`); `None` when it has no method of that name.
+    fn call_extra(
+        &self,
+        _host: HostRef<'_>,
+        _method: &str,
+        _args: Vec<Value>,
+    ) -> Option<Result<Vec<Value>, NodeError>> {
+        None
+    }
+}
+
+fn record_arg<'a>(args: &'a [Value], method: &str) -> Result<&'a Record, NodeError> {
+    args.first()
+        .and_then(Value::as_record)
+        .ok_or_else(|| NodeError::invalid(format!("{DENOISER}.{method} takes one record")))
 }
 
 struct AsObject<T>(T);
@@ -110,7 +365,7 @@ impl<T: DenoiserImpl> ObjectImpl for AsObject<T> {
     }
 
     fn family(&self) -> String {
-        self.0.family()
+        self.0.info().family
     }
 
     fn call(
@@ -120,36 +375,134 @@ impl<T: DenoiserImpl> ObjectImpl for AsObject<T> {
         args: Vec<Value>,
     ) -> Result<Vec<Value>, NodeError> {
         match method {
-            "predict" => {
-                let x = args.first().and_then(Value::as_tensor).ok_or_else(|| {
-                    NodeError::invalid("predict: argument 1 must be the input tensor")
-                })?;
-                let t = args.get(1).and_then(Value::as_float).ok_or_else(|| {
-                    NodeError::invalid("predict: argument 2 must be the timestep")
-                })?;
-                let context = args.get(2).and_then(Value::as_tensor);
-                let step = Step::from_args(&args, 3);
-                Ok(vec![Value::Tensor(
-                    self.0.predict_step(host, x, t, context, step)?,
-                )])
+            "info" => Ok(vec![self.0.info().to_record().into()]),
+            "denoise" => {
+                let req = DenoiseRequest::from_record(record_arg(&args, method)?)?;
+                Ok(vec![self.0.denoise(host, req)?.to_record().into()])
             }
-            "prediction_type" => Ok(vec![Value::from(self.0.prediction_type())]),
             other => self.0.call_extra(host, other, args).unwrap_or_else(|| {
                 Err(NodeError::invalid(format!(
-                    "this {DENOISER} has no method `{other}`"
+                    "this {DENOISER} ({}) has no method `{other}`",
+                    self.0.info().description
                 )))
             }),
         }
     }
 
     fn describe(&self) -> String {
-        self.0.describe()
+        self.0.info().description
     }
 }
 
 /// Wraps a denoiser as an object handle (panics inside become errors).
 pub fn denoiser_handle<T: DenoiserImpl>(d: T) -> ObjectHandle {
     ObjectHandle::new(AsObject(d))
+}
+
+/// What a wrapper implements: the wrapped denoiser, what it changes, and how to wrap another.
+/// Everything it does not override is forwarded to the wrapped denoiser.
+pub trait WrapperImpl: Send + Sync + Sized + 'static {
+    /// The wrapped denoiser.
+    fn inner(&self) -> &ObjectHandle;
+
+    /// The same wrapper around another denoiser (after a `with_…` transform of the inner one).
+    fn with_inner(&self, inner: ObjectHandle) -> Self;
+
+    /// A short name for descriptions, e.g. `DeepCache interval 3`.
+    fn name(&self) -> String;
+
+    /// The call. The default forwards it unchanged.
+    fn denoise(&self, host: HostRef<'_>, req: DenoiseRequest) -> Result<DenoiseOutput, NodeError> {
+        DenoiserClient::new(self.inner())?.denoise(host, req)
+    }
+
+    /// Methods of the wrapper itself; `None` forwards the call.
+    fn call_own(
+        &self,
+        _host: HostRef<'_>,
+        _method: &str,
+        _args: &[Value],
+    ) -> Option<Result<Vec<Value>, NodeError>> {
+        None
+    }
+}
+
+struct Wrapped<W> {
+    wrapper: W,
+    /// The inner denoiser's info, read once.
+    inner_info: DenoiserInfo,
+}
+
+impl<W: WrapperImpl> ObjectImpl for Wrapped<W> {
+    fn interface(&self) -> String {
+        DENOISER.into()
+    }
+
+    fn family(&self) -> String {
+        self.inner_info.family.clone()
+    }
+
+    fn call(
+        &self,
+        host: HostRef<'_>,
+        method: &str,
+        args: Vec<Value>,
+    ) -> Result<Vec<Value>, NodeError> {
+        if let Some(r) = self.wrapper.call_own(host.sabi_reborrow(), method, &args) {
+            return r;
+        }
+        match method {
+            "info" => Ok(vec![self.info().to_record().into()]),
+            "denoise" => {
+                let req = DenoiseRequest::from_record(record_arg(&args, method)?)?;
+                Ok(vec![self.wrapper.denoise(host, req)?.to_record().into()])
+            }
+            transform if transform.starts_with("with_") => {
+                let mut out = self.wrapper.inner().call(host.sabi_reborrow(), method, args)?;
+                match out.first() {
+                    Some(Value::Object(inner)) if inner.interface() == DENOISER => {
+                        let rewrapped = self.wrapper.with_inner(inner.clone());
+                        out[0] = Value::Object(wrapper_handle(host, rewrapped)?);
+                        Ok(out)
+                    }
+                    _ => Err(NodeError::failed(format!(
+                        "{method} returned no denoiser to wrap in {} again",
+                        self.wrapper.name()
+                    ))),
+                }
+            }
+            _ => self.wrapper.inner().call(host, method, args),
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.info().description
+    }
+}
+
+impl<W: WrapperImpl> Wrapped<W> {
+    fn info(&self) -> DenoiserInfo {
+        DenoiserInfo {
+            description: format!(
+                "{} over {}",
+                self.wrapper.name(),
+                self.inner_info.description
+            ),
+            ..self.inner_info.clone()
+        }
+    }
+}
+
+/// Wraps a denoiser wrapper as an object handle; reads the inner denoiser's info once.
+pub fn wrapper_handle<W: WrapperImpl>(
+    host: HostRef<'_>,
+    wrapper: W,
+) -> Result<ObjectHandle, NodeError> {
+    let inner_info = DenoiserClient::new(wrapper.inner())?.info(host)?;
+    Ok(ObjectHandle::new(Wrapped {
+        wrapper,
+        inner_info,
+    }))
 }
 
 /// The caller's side: typed calls on a denoiser handle from any plugin.
@@ -169,47 +522,64 @@ impl<'a> DenoiserClient<'a> {
         Ok(DenoiserClient { handle })
     }
 
-    /// The model's prediction type.
-    pub fn prediction_type(&self, host: HostRef<'_>) -> Result<String, NodeError> {
-        let out = self.handle.call(host, "prediction_type", Vec::new())?;
-        out.first()
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .ok_or_else(|| NodeError::failed("prediction_type returned no string"))
+    /// Family, prediction type and description.
+    pub fn info(&self, host: HostRef<'_>) -> Result<DenoiserInfo, NodeError> {
+        let out = self.handle.call(host, "info", Vec::new())?;
+        match out.first() {
+            Some(Value::Record(r)) => DenoiserInfo::from_record(r),
+            _ => Err(NodeError::failed("info returned no record")),
+        }
     }
 
-    /// The model output for `x` at `timestep`.
-    pub fn predict(
+    /// The model output for a request.
+    pub fn denoise(
         &self,
         host: HostRef<'_>,
-        x: Tensor,
-        timestep: f64,
-        context: Option<Tensor>,
-    ) -> Result<Tensor, NodeError> {
-        self.predict_step(host, x, timestep, context, None)
+        req: DenoiseRequest,
+    ) -> Result<DenoiseOutput, NodeError> {
+        let out = self
+            .handle
+            .call(host, "denoise", vec![req.to_record().into()])?;
+        match out.first() {
+            Some(Value::Record(r)) => DenoiseOutput::from_record(r),
+            _ => Err(NodeError::failed("denoise returned no record")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_through_records() {
+        let x = Tensor::from_vec(vec![0f32; 8], &[2, 4]).unwrap();
+        let mut cond = Conditioning::context(Tensor::from_vec(vec![1f32; 6], &[2, 3, 1]).unwrap());
+        cond.set(names::CONTROL_MID, Value::Tensor(x.clone()));
+        let mut req = DenoiseRequest::new(x, 500.0, cond);
+        req.step = Some(Step {
+            index: 2,
+            total: 10,
+            cfg: true,
+        });
+        req.set_option(
+            names::DEEPCACHE,
+            Record::new("DeepCache").with("branch", 1i64).into(),
+        );
+        let back = DenoiseRequest::from_record(&req.to_record()).unwrap();
+        assert_eq!(back.timestep, 500.0);
+        assert_eq!(back.step, req.step);
+        assert_eq!(back.cond.context.as_ref().unwrap().shape(), vec![2, 3, 1]);
+        assert!(back.cond.get(names::CONTROL_MID).is_some());
+        assert!(back.option(names::DEEPCACHE).is_some());
     }
 
-    /// The model output for `x` at `timestep`, telling the model where the sampler is.
-    pub fn predict_step(
-        &self,
-        host: HostRef<'_>,
-        x: Tensor,
-        timestep: f64,
-        context: Option<Tensor>,
-        step: Option<Step>,
-    ) -> Result<Tensor, NodeError> {
-        let mut args = vec![
-            Value::Tensor(x),
-            Value::Float(timestep),
-            context.map(Value::Tensor).unwrap_or(Value::None),
-        ];
-        if let Some(s) = step {
-            args.extend(s.to_args());
-        }
-        let out = self.handle.call(host, "predict", args)?;
-        match out.into_iter().next() {
-            Some(Value::Tensor(t)) => Ok(t),
-            _ => Err(NodeError::failed("predict returned no tensor")),
-        }
+    #[test]
+    fn a_step_outside_the_run_is_refused() {
+        let x = Tensor::from_vec(vec![0f32; 2], &[2]).unwrap();
+        let mut r = DenoiseRequest::new(x, 1.0, Conditioning::default()).to_record();
+        r.set("step_index", 5i64);
+        r.set("step_total", 5i64);
+        assert!(DenoiseRequest::from_record(&r).is_err());
     }
 }

@@ -21,6 +21,7 @@
 
 mod context;
 pub mod denoiser;
+pub mod hooks;
 mod inputs;
 mod node;
 mod params;
@@ -30,7 +31,7 @@ pub mod stats;
 #[cfg(feature = "candle")]
 pub mod candle;
 
-pub use context::Ctx;
+pub use context::{human_bytes, Ctx};
 pub use inputs::Inputs;
 pub use node::{NodeDef, NodeImpl};
 pub use params::{Param, Params};
@@ -39,7 +40,7 @@ pub use plugin::{guard, PluginDef};
 /// Everything a plugin author usually needs.
 pub mod prelude {
     pub use super::{Ctx, Inputs, NodeDef, NodeImpl, Param, Params, PluginDef};
-    pub use crate::{DType, Dim, NodeError, ObjectHandle, PortType, Tensor, Value};
+    pub use crate::{DType, Dim, Family, NodeError, ObjectHandle, PortType, Record, Tensor, Value};
     pub use crate::{HostRef, ObjectImpl};
 }
 
@@ -60,8 +61,27 @@ macro_rules! export_plugin {
 
         #[doc(hidden)]
         pub extern "C" fn __latentflow_manifest(
-        ) -> $crate::abi_stable::std_types::RResult<$crate::PluginManifest, $crate::NodeError> {
-            $crate::sdk::guard(|| Ok(__latentflow_plugin_def().manifest())).into()
+        ) -> $crate::abi_stable::std_types::RResult<
+            $crate::abi_stable::std_types::RString,
+            $crate::NodeError,
+        > {
+            $crate::sdk::guard(|| __latentflow_plugin_def().manifest_json().map(Into::into)).into()
+        }
+
+        #[doc(hidden)]
+        pub extern "C" fn __latentflow_infer(
+            type_id: $crate::abi_stable::std_types::RStr<'_>,
+            params: $crate::abi_stable::std_types::RStr<'_>,
+        ) -> $crate::abi_stable::std_types::RResult<
+            $crate::abi_stable::std_types::RString,
+            $crate::NodeError,
+        > {
+            $crate::sdk::guard(|| {
+                __latentflow_plugin_def()
+                    .infer(type_id.as_str(), params.as_str())
+                    .map(Into::into)
+            })
+            .into()
         }
 
         #[doc(hidden)]
@@ -87,6 +107,7 @@ macro_rules! export_plugin {
                 manifest: __latentflow_manifest,
                 stats: __latentflow_stats,
                 create_node: __latentflow_create_node,
+                infer: __latentflow_infer,
             }
             .leak_into_prefix()
         }

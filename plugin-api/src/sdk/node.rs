@@ -2,8 +2,6 @@
 
 use std::sync::Arc;
 
-use abi_stable::std_types::{RString, RVec};
-
 use crate::descriptor::{Capabilities, NodeDescriptor, PortDesc};
 use crate::error::NodeError;
 use crate::sdk::{Ctx, Inputs, Param, Params};
@@ -19,10 +17,14 @@ pub trait NodeImpl: Send + Sync {
 
 type Factory = dyn Fn(Params) -> Result<Box<dyn NodeImpl>, NodeError> + Send + Sync;
 
+/// Refines a node's output types from its parameters (see [`NodeDef::infer`]).
+pub type Infer = dyn Fn(&Params) -> Result<Vec<PortType>, NodeError> + Send + Sync;
+
 /// A node type: its descriptor and how to make instances.
 pub struct NodeDef {
     pub(crate) desc: NodeDescriptor,
     pub(crate) factory: Arc<Factory>,
+    pub(crate) infer: Option<Arc<Infer>>,
 }
 
 struct FnNode<F> {
@@ -68,14 +70,15 @@ impl NodeDef {
             desc: NodeDescriptor {
                 type_id: type_id.into(),
                 version: "1.0.0".into(),
-                display_name: display.into(),
-                doc: RString::new(),
-                inputs: RVec::new(),
-                outputs: RVec::new(),
-                params: RVec::new(),
+                display_name: display,
+                doc: String::new(),
+                inputs: Vec::new(),
+                outputs: Vec::new(),
+                params: Vec::new(),
                 caps: Capabilities::default(),
             },
             factory: Arc::new(factory),
+            infer: None,
         }
     }
 
@@ -145,6 +148,19 @@ impl NodeDef {
     /// Marks the node as having side effects (writing files).
     pub fn side_effects(mut self) -> Self {
         self.desc.caps.side_effects = true;
+        self
+    }
+
+    /// Refines the output types from the parameters before anything runs: `f` returns one type
+    /// per declared output, each the declared type or a narrower one (a named family where the
+    /// declaration has a variable). It must be cheap (headers and configs, never weights); its
+    /// error is reported as a validation error at the node.
+    pub fn infer<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&Params) -> Result<Vec<PortType>, NodeError> + Send + Sync + 'static,
+    {
+        self.desc.caps.infers_types = true;
+        self.infer = Some(Arc::new(f));
         self
     }
 

@@ -1,6 +1,5 @@
 //! Parameter schemas (for descriptors) and typed parameter access (for node code).
 
-use abi_stable::std_types::{ROption, RString, RVec};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value as Json};
 
@@ -19,11 +18,11 @@ impl Param {
             spec: ParamSpec {
                 name: name.into(),
                 kind,
-                default: ROption::RNone,
-                min: ROption::RNone,
-                max: ROption::RNone,
-                choices: RVec::new(),
-                doc: RString::new(),
+                default: None,
+                min: None,
+                max: None,
+                choices: Vec::new(),
+                doc: String::new(),
             },
         }
     }
@@ -66,26 +65,26 @@ impl Param {
     /// One of `choices`.
     pub fn choice(name: &str, choices: &[&str]) -> Self {
         let mut p = Param::new(name, ParamKind::Enum);
-        p.spec.choices = choices.iter().map(|c| RString::from(*c)).collect();
+        p.spec.choices = choices.iter().map(|c| c.to_string()).collect();
         p
     }
 
     /// Sets the default (making the parameter optional).
     pub fn default(mut self, value: impl Into<Json>) -> Self {
-        self.spec.default = ROption::RSome(value.into().to_string().into());
+        self.spec.default = Some(value.into().to_string());
         self
     }
 
     /// Sets inclusive bounds.
     pub fn range(mut self, min: f64, max: f64) -> Self {
-        self.spec.min = ROption::RSome(min);
-        self.spec.max = ROption::RSome(max);
+        self.spec.min = Some(min);
+        self.spec.max = Some(max);
         self
     }
 
     /// Sets the lower bound.
     pub fn min(mut self, min: f64) -> Self {
-        self.spec.min = ROption::RSome(min);
+        self.spec.min = Some(min);
         self
     }
 
@@ -125,7 +124,7 @@ impl Params {
         };
         for spec in specs {
             if !map.contains_key(spec.name.as_str()) {
-                if let ROption::RSome(d) = &spec.default {
+                if let Some(d) = &spec.default {
                     let v = serde_json::from_str(d.as_str()).map_err(|e| {
                         NodeError::invalid(format!("bad default for `{}`: {e}", spec.name))
                     })?;
@@ -134,6 +133,11 @@ impl Params {
             }
         }
         Ok(Params { map })
+    }
+
+    /// The parameters as a JSON object.
+    pub fn as_map(&self) -> &Map<String, Json> {
+        &self.map
     }
 
     /// The raw JSON value of `name`.
@@ -156,9 +160,12 @@ impl Params {
     pub fn int(&self, name: &str) -> Result<i64, NodeError> {
         let v = self.raw(name)?;
         v.as_i64()
-            .or_else(|| v.as_u64().map(|u| u as i64))
-            .or_else(|| v.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64))
-            .ok_or_else(|| Self::wrong(name, "an integer", v))
+            .or_else(|| {
+                v.as_f64()
+                    .filter(|f| f.fract() == 0.0 && f.abs() < 9.007_199_254_740_992e15)
+                    .map(|f| f as i64)
+            })
+            .ok_or_else(|| Self::wrong(name, "an integer in the range of i64", v))
     }
 
     /// `name` as a non-negative integer.
@@ -172,8 +179,7 @@ impl Params {
     pub fn seed(&self, name: &str) -> Result<u64, NodeError> {
         let v = self.raw(name)?;
         v.as_u64()
-            .or_else(|| v.as_i64().map(|i| i as u64))
-            .ok_or_else(|| Self::wrong(name, "a seed", v))
+            .ok_or_else(|| Self::wrong(name, "a seed (a whole number ≥ 0)", v))
     }
 
     /// `name` as a float.

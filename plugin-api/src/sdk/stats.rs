@@ -6,6 +6,7 @@ use crate::descriptor::PluginStats;
 
 static BYTES_COPIED_IN: AtomicU64 = AtomicU64::new(0);
 static TENSORS_EXPORTED: AtomicU64 = AtomicU64::new(0);
+static TENSORS_REUSED: AtomicU64 = AtomicU64::new(0);
 
 /// Records `bytes` copied while importing a tensor.
 pub fn add_copied(bytes: u64) {
@@ -17,10 +18,16 @@ pub fn add_exported() {
     TENSORS_EXPORTED.fetch_add(1, Ordering::Relaxed);
 }
 
+/// Records one tensor imported without copying (the plugin's own, handed back).
+pub fn add_reused() {
+    TENSORS_REUSED.fetch_add(1, Ordering::Relaxed);
+}
+
 /// The current counters.
 pub fn snapshot() -> PluginStats {
     PluginStats {
         bytes_copied_in: BYTES_COPIED_IN.load(Ordering::Relaxed),
         tensors_exported: TENSORS_EXPORTED.load(Ordering::Relaxed),
+        tensors_reused: TENSORS_REUSED.load(Ordering::Relaxed),
     }
 }

@@ -300,6 +300,11 @@ impl ControlNet {
         })
     }
 
+    /// Latent channels the ControlNet takes.
+    pub fn in_channels(&self) -> usize {
+        self.trunk.config.in_channels
+    }
+
     /// Residuals for latent `x` at `t` with conditioning `ctx` and control image `cond`
     /// (B×3×H×W in [0, 1], at the pixel size of the latent), scaled by `scale`; guess mode
     /// scales the residuals from 0.1 (shallowest) to 1 (mid block) on a log scale.

@@ -4,64 +4,47 @@
 
 use candle_core::{Device, Tensor as CTensor};
 use latentflow_plugin_api::sdk::candle::{from_candle, to_candle};
-use latentflow_plugin_api::sdk::denoiser::{DenoiserClient, DenoiserImpl, Step};
+use latentflow_plugin_api::sdk::denoiser::{
+    wrapper_handle, DenoiseOutput, DenoiseRequest, DenoiserClient, WrapperImpl,
+};
 use latentflow_plugin_api::sdk::prelude::*;
 
-fn fail(e: impl std::fmt::Display) -> NodeError {
-    NodeError::failed(e.to_string())
-}
+use crate::convert::fail;
 
 /// A denoiser whose input is extended with `[mask, masked-image latent]`.
 pub struct InpaintDenoiser {
     inner: ObjectHandle,
     /// 1×(1+C)×h×w: the latent-resolution mask, then the masked image's latent.
     extra: CTensor,
-    /// The wrapped model's prediction type.
-    prediction: String,
 }
 
-impl DenoiserImpl for InpaintDenoiser {
-    fn family(&self) -> String {
-        "sd-inpaint".into()
+impl WrapperImpl for InpaintDenoiser {
+    fn inner(&self) -> &ObjectHandle {
+        &self.inner
     }
 
-    fn prediction_type(&self) -> String {
-        self.prediction.clone()
+    fn with_inner(&self, inner: ObjectHandle) -> Self {
+        InpaintDenoiser {
+            inner,
+            extra: self.extra.clone(),
+        }
     }
 
-    fn predict(
+    fn name(&self) -> String {
+        "inpainting input".into()
+    }
+
+    fn denoise(
         &self,
         host: HostRef<'_>,
-        x: &Tensor,
-        timestep: f64,
-        context: Option<&Tensor>,
-    ) -> Result<Tensor, NodeError> {
-        self.predict_step(host, x, timestep, context, None)
-    }
-
-    fn predict_step(
-        &self,
-        host: HostRef<'_>,
-        x: &Tensor,
-        timestep: f64,
-        context: Option<&Tensor>,
-        step: Option<Step>,
-    ) -> Result<Tensor, NodeError> {
-        let xs = to_candle(x, &Device::Cpu)?;
+        mut req: DenoiseRequest,
+    ) -> Result<DenoiseOutput, NodeError> {
+        let xs = to_candle(&req.x, &Device::Cpu)?;
         let b = xs.dim(0).map_err(fail)?;
         let extra = self.extra.repeat((b, 1, 1, 1)).map_err(fail)?;
         let full = CTensor::cat(&[&xs, &extra], 1).map_err(fail)?;
-        DenoiserClient::new(&self.inner)?.predict_step(
-            host,
-            from_candle(&full)?,
-            timestep,
-            context.cloned(),
-            step,
-        )
-    }
-
-    fn describe(&self) -> String {
-        format!("Denoiser(inpaint {})", self.inner.describe())
+        req.x = from_candle(&full)?;
+        DenoiserClient::new(&self.inner)?.denoise(host, req)
     }
 }
 
@@ -122,12 +105,23 @@ pub fn inpaint_model(ctx: &Ctx, inputs: &Inputs, _: &Params) -> Result<Vec<Value
     )
     .map_err(fail)?;
     let extra = CTensor::cat(&[&m, &latent], 1).map_err(fail)?;
-    let prediction = DenoiserClient::new(&model)?.prediction_type(ctx.host())?;
-    Ok(vec![Value::Object(
-        latentflow_plugin_api::sdk::denoiser::denoiser_handle(InpaintDenoiser {
+    Ok(vec![Value::Object(wrapper_handle(
+        ctx.host(),
+        InpaintDenoiser {
             inner: model,
             extra,
-            prediction,
-        }),
-    )])
+        },
+    )?)])
+}
+
+/// The node's definition.
+pub fn node() -> NodeDef {
+    let f = || Family::var("F");
+    NodeDef::new("sd.inpaint_model", inpaint_model)
+        .doc("For inpainting models (UNet with 9 input channels, e.g. sd-v1-5-inpainting): wraps the model so every call gets the latent-resolution mask and the VAE latent of the masked image appended to its input, as diffusers does. Sample from an empty latent with the wrapped model and no sampler mask.")
+        .input("model", PortType::handle_of("Denoiser", f()), "a 9-channel inpainting denoiser")
+        .input("vae", PortType::handle("Vae"), "the VAE")
+        .input("image", PortType::Image, "1×H×W×3 image")
+        .input("mask", PortType::Mask, "1×H×W mask, 1 = repaint (binarized at 0.5)")
+        .output("model", PortType::handle_of("Denoiser", f()), "the wrapped denoiser")
 }

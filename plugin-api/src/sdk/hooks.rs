@@ -1,0 +1,226 @@
+//! The `SamplerHook` protocol: code in any plugin that sees, and may replace, the predicted
+//! clean sample x̂0 of each sampling step and the latent after it. The inpainting blend is one;
+//! TPM-guided inpainting and FreeInit are others.
+//!
+//! | method | argument | returns |
+//! |---|---|---|
+//! | `info` | none | a `HookInfo` record: `wants_x0` (bool) |
+//! | `on_x0` | a `HookStep` record with `x0` | a replacement tensor, or none |
+//! | `on_step` | a `HookStep` record with `x` | a replacement tensor, or none |
+//!
+//! A `HookStep` record has `index`, `total`, `timestep`, the coefficients `next_a`, `next_b`
+//! that noise a clean sample to the level the latent has after this step (a·x0 + b·noise; absent
+//! after the last step), and `initial_noise`, the unit noise the run started from.
+
+use crate::error::NodeError;
+use crate::host::HostRef;
+use crate::object::{ObjectHandle, ObjectImpl};
+use crate::tensor::Tensor;
+use crate::value::{Record, Value};
+
+/// The interface name of sampler hooks.
+pub const SAMPLER_HOOK: &str = "SamplerHook";
+
+/// Where the sampler is, for a hook.
+#[derive(Debug, Clone)]
+pub struct HookStep {
+    /// This step's index within the run (0-based).
+    pub index: usize,
+    /// Steps in the run.
+    pub total: usize,
+    /// The timestep given to the model.
+    pub timestep: f64,
+    /// (a, b): a·x0 + b·noise is a clean sample at the latent's level after this step; `None`
+    /// after the last step.
+    pub next_level: Option<(f64, f64)>,
+    /// The unit noise the run started from.
+    pub initial_noise: Tensor,
+}
+
+impl HookStep {
+    fn to_record(&self, tensor_name: &str, t: &Tensor) -> Record {
+        let mut r = Record::new("HookStep")
+            .with("index", self.index as i64)
+            .with("total", self.total as i64)
+            .with("timestep", self.timestep)
+            .with("initial_noise", self.initial_noise.clone())
+            .with(tensor_name, t.clone());
+        if let Some((a, b)) = self.next_level {
+            r.set("next_a", a);
+            r.set("next_b", b);
+        }
+        r
+    }
+
+    fn from_record(r: &Record) -> Result<Self, NodeError> {
+        r.expect_kind("HookStep")?;
+        let next_level = match (r.get("next_a"), r.get("next_b")) {
+            (Some(a), Some(b)) => Some((
+                a.as_float().unwrap_or(1.0),
+                b.as_float().unwrap_or(0.0),
+            )),
+            _ => None,
+        };
+        Ok(HookStep {
+            index: r.int("index")?.max(0) as usize,
+            total: r.int("total")?.max(0) as usize,
+            timestep: r.float("timestep")?,
+            next_level,
+            initial_noise: r.tensor("initial_noise")?.clone(),
+        })
+    }
+}
+
+/// What a plugin implements to offer a sampler hook.
+pub trait SamplerHookImpl: Send + Sync + 'static {
+    /// Whether [`SamplerHookImpl::on_x0`] should be called.
+    fn wants_x0(&self) -> bool {
+        false
+    }
+
+    /// x̂0 of this step; a returned tensor replaces it.
+    fn on_x0(
+        &self,
+        host: HostRef<'_>,
+        step: &HookStep,
+        x0: &Tensor,
+    ) -> Result<Option<Tensor>, NodeError> {
+        let _ = (host, step, x0);
+        Ok(None)
+    }
+
+    /// The latent after this step; a returned tensor replaces it.
+    fn on_step(
+        &self,
+        host: HostRef<'_>,
+        step: &HookStep,
+        x: &Tensor,
+    ) -> Result<Option<Tensor>, NodeError> {
+        let _ = (host, step, x);
+        Ok(None)
+    }
+
+    /// A short description.
+    fn describe(&self) -> String {
+        SAMPLER_HOOK.into()
+    }
+}
+
+struct AsObject<T>(T);
+
+impl<T: SamplerHookImpl> ObjectImpl for AsObject<T> {
+    fn interface(&self) -> String {
+        SAMPLER_HOOK.into()
+    }
+
+    fn call(
+        &self,
+        host: HostRef<'_>,
+        method: &str,
+        args: Vec<Value>,
+    ) -> Result<Vec<Value>, NodeError> {
+        let record = || {
+            args.first().and_then(Value::as_record).ok_or_else(|| {
+                NodeError::invalid(format!("{SAMPLER_HOOK}.{method} takes one record"))
+            })
+        };
+        let replaced = |t: Option<Tensor>| vec![t.map(Value::Tensor).unwrap_or(Value::None)];
+        match method {
+            "info" => Ok(vec![Record::new("HookInfo")
+                .with("wants_x0", self.0.wants_x0())
+                .into()]),
+            "on_x0" => {
+                let r = record()?;
+                let step = HookStep::from_record(r)?;
+                Ok(replaced(self.0.on_x0(host, &step, r.tensor("x0")?)?))
+            }
+            "on_step" => {
+                let r = record()?;
+                let step = HookStep::from_record(r)?;
+                Ok(replaced(self.0.on_step(host, &step, r.tensor("x")?)?))
+            }
+            other => Err(NodeError::invalid(format!(
+                "this {SAMPLER_HOOK} has no method `{other}`"
+            ))),
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.0.describe()
+    }
+}
+
+/// Wraps a hook as an object handle.
+pub fn hook_handle<T: SamplerHookImpl>(hook: T) -> ObjectHandle {
+    ObjectHandle::new(AsObject(hook))
+}
+
+/// The sampler's side.
+pub struct HookClient<'a> {
+    handle: &'a ObjectHandle,
+    wants_x0: bool,
+}
+
+impl<'a> HookClient<'a> {
+    /// Checks that `handle` is a sampler hook and asks what it wants.
+    pub fn new(host: HostRef<'_>, handle: &'a ObjectHandle) -> Result<Self, NodeError> {
+        if handle.interface() != SAMPLER_HOOK {
+            return Err(NodeError::invalid(format!(
+                "expected a {SAMPLER_HOOK}, got a {}",
+                handle.interface()
+            )));
+        }
+        let info = handle.call(host, "info", Vec::new())?;
+        let wants_x0 = info
+            .first()
+            .and_then(Value::as_record)
+            .is_some_and(|r| r.flag("wants_x0"));
+        Ok(HookClient { handle, wants_x0 })
+    }
+
+    /// Whether it wants x̂0.
+    pub fn wants_x0(&self) -> bool {
+        self.wants_x0
+    }
+
+    fn call(
+        &self,
+        host: HostRef<'_>,
+        method: &str,
+        step: &HookStep,
+        name: &str,
+        t: &Tensor,
+    ) -> Result<Option<Tensor>, NodeError> {
+        let out = self
+            .handle
+            .call(host, method, vec![step.to_record(name, t).into()])?;
+        match out.into_iter().next() {
+            Some(Value::Tensor(t)) => Ok(Some(t)),
+            Some(Value::None) | None => Ok(None),
+            Some(other) => Err(NodeError::failed(format!(
+                "{SAMPLER_HOOK}.{method} returned a {}",
+                other.kind_name()
+            ))),
+        }
+    }
+
+    /// x̂0 of this step, possibly replaced.
+    pub fn on_x0(
+        &self,
+        host: HostRef<'_>,
+        step: &HookStep,
+        x0: &Tensor,
+    ) -> Result<Option<Tensor>, NodeError> {
+        self.call(host, "on_x0", step, "x0", x0)
+    }
+
+    /// The latent after this step, possibly replaced.
+    pub fn on_step(
+        &self,
+        host: HostRef<'_>,
+        step: &HookStep,
+        x: &Tensor,
+    ) -> Result<Option<Tensor>, NodeError> {
+        self.call(host, "on_step", step, "x", x)
+    }
+}
