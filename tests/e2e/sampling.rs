@@ -236,3 +236,48 @@ nodes:
         on.len()
     );
 }
+
+#[test]
+fn the_inpainting_blend_as_a_hook_equals_the_mask_input() {
+    let sb = sandbox();
+    let g = sb.write(
+        "hook.yaml",
+        r#"
+nodes:
+  model: {type: test.point_denoiser, params: {c: 0.75}}
+  pos: {type: test.conditioning}
+  known: {type: core.noise_latent, params: {width: 32, height: 16, seed: 4}}
+  left: {type: core.rect_mask, params: {width: 32, height: 16, x: 0, y: 0, rect_width: 16, rect_height: 16}}
+  blend: {type: samplers.inpaint_blend, inputs: {latent: known, mask: left}}
+  by_mask: {type: samplers.sample, inputs: {model: model, positive: pos, latent: known, mask: left}, params: {kind: euler_a, steps: 8, cfg: 1.0, seed: 9}}
+  by_hook: {type: samplers.sample, inputs: {model: model, positive: pos, latent: known, hooks: blend}, params: {kind: euler_a, steps: 8, cfg: 1.0, seed: 9}}
+  w1: {type: core.save_tensor, inputs: {tensor: by_mask.latent}, params: {filename: mask.safetensors}}
+  w2: {type: core.save_tensor, inputs: {tensor: by_hook.latent}, params: {filename: hook.safetensors}}
+"#,
+    );
+    sb.run(&["run", g.to_str().unwrap_or_default(), "-q"])
+        .expect_code(0);
+    assert_eq!(values(&sb, "mask.safetensors"), values(&sb, "hook.safetensors"));
+}
+
+#[test]
+fn feeding_one_familys_conditioning_to_another_familys_model_is_refused_before_running() {
+    let sb = sandbox();
+    let model = latentflow_tests::workspace_root().join("tests/fixtures/tiny-sd");
+    let g = sb.write(
+        "families.yaml",
+        &format!(
+            "nodes:\n  ckpt: {{type: sd.load_checkpoint, params: {{path: {}}}}}\n  cond: {{type: test.family_conditioning, params: {{dim: 32}}}}\n  e: {{type: core.empty_latent}}\n  s: {{type: samplers.sample, inputs: {{model: ckpt.model, positive: cond, latent: e}}}}\n",
+            model.display()
+        ),
+    );
+    let r = sb.run(&["validate", g.to_str().unwrap_or_default()]);
+    r.expect_code(3);
+    assert!(
+        r.stderr.contains("families.yaml:5:")
+            && r.stderr.contains("family=sd1")
+            && r.stderr.contains("family=sdxl"),
+        "{}",
+        r.stderr
+    );
+}

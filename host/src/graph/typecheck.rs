@@ -94,6 +94,8 @@ pub fn unify(out: &PortType, inp: &PortType, params: &Map<String, Json>, b: &mut
     match (out, inp) {
         (T::Any, _) | (_, T::Any) => true,
         (T::List { item: a }, T::List { item: c }) => unify(a, c, params, b),
+        // One value feeds a list input as a list of one.
+        (a, T::List { item: c }) => unify(a, c, params, b),
         (
             T::Tensor {
                 dtype: d1,

@@ -220,24 +220,15 @@ fn sample(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeErro
         }
         None => None,
     };
-    let handles: Vec<ObjectHandle> = match inputs.get("hooks")? {
-        Value::None => Vec::new(),
-        Value::List(items) => items
-            .iter()
-            .map(|v| {
-                v.as_object()
-                    .cloned()
-                    .ok_or_else(|| NodeError::invalid("hooks must be SamplerHook handles"))
-            })
-            .collect::<Result<_, _>>()?,
-        Value::Object(o) => vec![o.clone()],
-        other => {
-            return Err(NodeError::invalid(format!(
-                "hooks must be a list of SamplerHook handles, got a {}",
-                other.kind_name()
-            )))
-        }
-    };
+    let handles: Vec<ObjectHandle> = inputs
+        .list("hooks")?
+        .iter()
+        .map(|v| {
+            v.as_object()
+                .cloned()
+                .ok_or_else(|| NodeError::invalid("hooks must be SamplerHook handles"))
+        })
+        .collect::<Result<_, _>>()?;
     let mut remotes = handles
         .iter()
         .map(|h| {

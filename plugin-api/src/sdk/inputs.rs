@@ -90,10 +90,15 @@ impl Inputs {
         v.as_str().ok_or_else(|| Self::wrong(name, "a string", v))
     }
 
-    /// Input `name` as a list.
+    /// Input `name` as a list (a single value connected to a list input is a list of one;
+    /// an unconnected optional input is empty).
     pub fn list(&self, name: &str) -> Result<&[Value], NodeError> {
         match self.get(name)? {
             Value::List(items) => Ok(items.as_slice()),
+            Value::None => Ok(&[]),
+            v @ (Value::Object(_) | Value::Tensor(_) | Value::Record(_)) => {
+                Ok(std::slice::from_ref(v))
+            }
             v => Err(Self::wrong(name, "a list", v)),
         }
     }
