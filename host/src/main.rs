@@ -421,7 +421,6 @@ fn print_nodes(registry: &Registry, json: bool) -> Result<()> {
             let default = p
                 .default
                 .clone()
-                
                 .map(|d| format!(" = {d}"))
                 .unwrap_or_default();
             let _ = writeln!(

@@ -61,13 +61,10 @@ pub struct NodeError {
 /// The message without a backtrace that a library error may carry after it (candle's errors
 /// append one when `RUST_BACKTRACE` is set).
 fn without_backtrace(message: String) -> String {
-    let cut = message
-        .match_indices('\n')
-        .map(|(i, _)| i)
-        .find(|&i| {
-            let rest = message[i + 1..].trim_start();
-            rest.starts_with("0: ") || rest.starts_with("stack backtrace:")
-        });
+    let cut = message.match_indices('\n').map(|(i, _)| i).find(|&i| {
+        let rest = message[i + 1..].trim_start();
+        rest.starts_with("0: ") || rest.starts_with("stack backtrace:")
+    });
     match cut {
         Some(i) => message[..i].trim_end().to_string(),
         None => message,

@@ -56,6 +56,8 @@ pub use error::{ErrorKind, NodeError};
 pub use host::{HostRef, HostServices, HostServices_TO, LogLevel};
 pub use module::{Node, NodeBox, Node_TO, PluginMod, PluginModRef, API_VERSION};
 pub use object::{Object, ObjectHandle, ObjectImpl, Object_TO};
-pub use tensor::{DLDataType, DLDevice, DLTensor, Element, SyncKind, SyncPoint, Tensor, TensorError};
+pub use tensor::{
+    DLDataType, DLDevice, DLTensor, Element, SyncKind, SyncPoint, Tensor, TensorError,
+};
 pub use types::{DType, Dim, Family, PortType};
 pub use value::{Record, Value};

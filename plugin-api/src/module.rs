@@ -22,8 +22,7 @@ pub trait Node: Send + Sync {
     /// Runs the node on `inputs` (one value per declared input, none for unconnected optional
     /// inputs) and returns one value per declared output.
     #[sabi(last_prefix_field)]
-    fn run(&self, host: HostRef<'_>, inputs: RVec<AbiValue>)
-        -> RResult<RVec<AbiValue>, NodeError>;
+    fn run(&self, host: HostRef<'_>, inputs: RVec<AbiValue>) -> RResult<RVec<AbiValue>, NodeError>;
 }
 
 /// An owned node instance.

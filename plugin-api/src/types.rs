@@ -348,7 +348,11 @@ mod tests {
         ];
         for t in types {
             let json = serde_json::to_string(&t).unwrap();
-            assert_eq!(serde_json::from_str::<PortType>(&json).unwrap(), t, "{json}");
+            assert_eq!(
+                serde_json::from_str::<PortType>(&json).unwrap(),
+                t,
+                "{json}"
+            );
         }
     }
 

@@ -257,7 +257,10 @@ nodes:
     );
     sb.run(&["run", g.to_str().unwrap_or_default(), "-q"])
         .expect_code(0);
-    assert_eq!(values(&sb, "mask.safetensors"), values(&sb, "hook.safetensors"));
+    assert_eq!(
+        values(&sb, "mask.safetensors"),
+        values(&sb, "hook.safetensors")
+    );
 }
 
 #[test]

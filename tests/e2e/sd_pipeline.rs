@@ -653,7 +653,13 @@ fn wrappers_compose_in_any_order_and_match_the_reference() {
     ];
     for (inner, outer) in orders {
         let text = controlnet_chain(inner, outer);
-        run_text_and_compare("controlnet.yaml", &text, "controlnet_loop", &model, &CONTROLNET_SET);
+        run_text_and_compare(
+            "controlnet.yaml",
+            &text,
+            "controlnet_loop",
+            &model,
+            &CONTROLNET_SET,
+        );
     }
 }
 
@@ -672,7 +678,8 @@ fn controlnet_chain_latent(inner: &[&str], outer: &[&str]) -> Vec<f32> {
         ),
         format!(
             "image={}",
-            root.join("tests/fixtures/images/img2img-init.png").display()
+            root.join("tests/fixtures/images/img2img-init.png")
+                .display()
         ),
     ];
     let mut args = vec!["run".to_string(), g.display().to_string(), "-q".into()];

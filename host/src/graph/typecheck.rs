@@ -166,7 +166,10 @@ pub fn substitute(t: &PortType, params: &Map<String, Json>, b: &Bindings) -> Por
             dim: dim(d),
             family: family(f),
         },
-        T::Handle { interface, family: f } => T::Handle {
+        T::Handle {
+            interface,
+            family: f,
+        } => T::Handle {
             interface: interface.clone(),
             family: family(f),
         },

@@ -108,9 +108,8 @@ pub fn load(path: &Path, cache_dir: &Path) -> Result<Plugin, LoadError> {
             format!("plugin failed to describe itself: {}", e.message),
         )
     })?;
-    let manifest: PluginManifest = serde_json::from_str(json.as_str()).map_err(|e| {
-        LoadError::new(path, format!("the plugin's manifest is not readable: {e}"))
-    })?;
+    let manifest: PluginManifest = serde_json::from_str(json.as_str())
+        .map_err(|e| LoadError::new(path, format!("the plugin's manifest is not readable: {e}")))?;
     let mut nodes = Vec::with_capacity(manifest.nodes.len());
     let mut unreadable = Vec::new();
     for n in manifest.nodes {

@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use latentflow_models::sd::loader::{self as models, Source};
 use latentflow_models::sd::encode_prompt;
+use latentflow_models::sd::loader::{self as models, Source};
 use latentflow_models::sd::unet::Extras as Hooks;
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -136,7 +136,8 @@ fn main() {
                 .expect("deepcache");
             }
             let cached = t0.elapsed().as_secs_f64();
-            let (run, total) = latentflow_models::sd::deepcache::modules(&unet.unet, branch).expect("branch");
+            let (run, total) =
+                latentflow_models::sd::deepcache::modules(&unet.unet, branch).expect("branch");
             println!(
                 "deepcache N=3 b={branch}: 12 steps {cached:.2} s vs {plain:.2} s plain: {:.2}x; a shallow step runs {run} of {total} ResNet/transformer modules",
                 plain / cached

@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, IndexOp, Tensor};
-use latentflow_models::sd::loader::{self as models, Source};
 use latentflow_models::sd::encode_prompt;
+use latentflow_models::sd::loader::{self as models, Source};
 
 fn tiny() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-sd")

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use latentflow_models::sd::clip::ClipTextModel;
+use latentflow_models::sd::deepcache;
 use latentflow_models::sd::loader::{self as models, Source};
 use latentflow_models::sd::tokenizer::ClipTokenizer;
-use latentflow_models::sd::deepcache;
 use latentflow_models::sd::unet::{Extras as Hooks, UNet};
 
 fn fixtures() -> PathBuf {
@@ -160,14 +160,14 @@ fn unsupported_configs_name_the_field() {
     .unwrap();
     cfg["addition_embed_type"] = "text_time".into();
     std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
-    let err =
-        latentflow_models::sd::unet::UNetConfig::from_file(&dir.path().join("config.json")).unwrap_err();
+    let err = latentflow_models::sd::unet::UNetConfig::from_file(&dir.path().join("config.json"))
+        .unwrap_err();
     assert!(err.to_string().contains("addition_embed_type"), "{err}");
     cfg["addition_embed_type"] = serde_json::Value::Null;
     cfg["up_block_types"] = serde_json::json!(["UpBlock2D", "AttnUpBlock2D"]);
     std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
-    let err =
-        latentflow_models::sd::unet::UNetConfig::from_file(&dir.path().join("config.json")).unwrap_err();
+    let err = latentflow_models::sd::unet::UNetConfig::from_file(&dir.path().join("config.json"))
+        .unwrap_err();
     assert!(err.to_string().contains("AttnUpBlock2D"), "{err}");
 }
 
@@ -246,7 +246,8 @@ fn deepcache_refresh_steps_are_the_plain_unet_bit_for_bit() {
 #[test]
 fn controlnet_residuals_and_the_unet_with_them_match_diffusers() {
     let cn =
-        latentflow_models::sd::controlnet::ControlNet::load(&fixtures().join("tiny-controlnet")).unwrap();
+        latentflow_models::sd::controlnet::ControlNet::load(&fixtures().join("tiny-controlnet"))
+            .unwrap();
     let unet = UNet::load(&fixtures().join("tiny-sd/unet"), &Device::Cpu).unwrap();
     let r = load("controlnet.safetensors");
     for (guess, prefix) in [(false, ""), (true, "guess_")] {
@@ -366,7 +367,8 @@ fn deepcache_quad_schedule_matches_the_package() {
     let cases: Vec<Case> = serde_json::from_str(&text).unwrap();
     let mut bad = Vec::new();
     for c in &cases {
-        let ours = latentflow_models::sd::deepcache::quad_center_schedule(c.steps, c.interval, 15.0, 1.4);
+        let ours =
+            latentflow_models::sd::deepcache::quad_center_schedule(c.steps, c.interval, 15.0, 1.4);
         if ours != c.refresh {
             bad.push(format!(
                 "steps {} interval {}: ours {:?}, ref {:?}",
@@ -393,8 +395,9 @@ fn unet_features_and_the_segmentation_head_match_torch() {
         let e = rel_err(f, &r[&format!("feature_{k}")]);
         assert!(e <= 1e-5, "feature level {k}: {e:e}");
     }
-    let head = latentflow_models::sd::seghead::SegHead::load(&fixtures().join("seghead/head.safetensors"))
-        .unwrap();
+    let head =
+        latentflow_models::sd::seghead::SegHead::load(&fixtures().join("seghead/head.safetensors"))
+            .unwrap();
     assert_eq!(head.classes, vec!["sky", "cat", "sofa"]);
     let e = rel_err(&head.forward(&feats).unwrap(), &r["logits"]);
     eprintln!("segmentation head logits: {e:e}");
@@ -454,4 +457,15 @@ fn vpd_features_with_cross_attention_maps_match_diffusers() {
         let e = rel_err(f, &r[&format!("feature_{k}")]);
         assert!(e <= 1e-5, "level {k}: {e:e}");
     }
+}
+
+#[test]
+fn a_tokenizer_folder_with_only_tokenizer_json_matches_too() {
+    // What transformers 5 writes (the default model ships one): tokenizer.json and a config,
+    // no vocab.json / merges.txt.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/tiny-shapes/tokenizer");
+    assert!(!dir.join("vocab.json").exists() && dir.join("tokenizer.json").exists());
+    let tok = ClipTokenizer::load(&dir).unwrap();
+    assert_eq!((tok.bos, tok.eos, tok.pad), (49406, 49407, 49407));
+    check_tokenizer(&tok, "tokenizer.json");
 }

@@ -2,8 +2,8 @@
 //! `AdaLayerNormZero`): a conditioning vector gives per-sample shift, scale and gate for the
 //! attention and the MLP of a transformer block.
 
-use candle_core::{Module, Tensor};
 use candle_core::{DType, Device};
+use candle_core::{Module, Tensor};
 use candle_nn::{linear, LayerNorm, Linear, VarBuilder};
 
 /// A layer norm without parameters (`elementwise_affine=False`).

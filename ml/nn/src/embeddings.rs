@@ -60,9 +60,9 @@ impl Module for TimestepEmbedding {
     }
 }
 
-/// diffusers' `CombinedTimestepLabelEmbeddings` (DiT): 256 sinusoidal features (cos first, shift
-/// 1) through a [`TimestepEmbedding`], plus a class-label embedding (its table has one more row,
-/// the "no class" label used for classifier-free guidance).
+/// diffusers' `CombinedTimestepLabelEmbeddings` (DiT): 256 sinusoidal features (cosines first,
+/// frequency shift one) through a [`TimestepEmbedding`], plus a class-label embedding whose table
+/// has one more row, the "no class" label used for classifier-free guidance.
 pub struct TimestepLabelEmbedding {
     timestep: TimestepEmbedding,
     labels: Embedding,

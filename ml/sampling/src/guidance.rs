@@ -73,7 +73,10 @@ mod tests {
         assert_eq!(flat(&b), vec![3.0, 4.0, 5.0, 3.0, 4.0, 5.0]);
         let c = Tensor::zeros((1, 2, 2), candle_core::DType::F32, &dev).unwrap();
         let d = Tensor::zeros((1, 1, 3), candle_core::DType::F32, &dev).unwrap();
-        assert!(match_tokens(&c, &d).is_err(), "different widths are an error");
+        assert!(
+            match_tokens(&c, &d).is_err(),
+            "different widths are an error"
+        );
     }
 
     #[test]

@@ -58,7 +58,6 @@ pub fn keep(scores: &[f32], mode: &str, value: f64) -> Result<Vec<usize>, Sample
     Ok(kept)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -236,7 +236,10 @@ mod tests {
         let index = dir.path().join("model.safetensors.index.json");
         std::fs::write(&index, r#"{"weight_map": {"a": "missing.safetensors"}}"#).unwrap();
         let e = Weights::folder(dir.path()).unwrap_err().to_string();
-        assert!(e.contains("missing.safetensors") && e.contains("index.json"), "{e}");
+        assert!(
+            e.contains("missing.safetensors") && e.contains("index.json"),
+            "{e}"
+        );
         std::fs::write(&index, r#"{"weight_map": {"a": "../escape.safetensors"}}"#).unwrap();
         let e = Weights::folder(dir.path()).unwrap_err().to_string();
         assert!(e.contains("not a plain file name"), "{e}");

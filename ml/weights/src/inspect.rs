@@ -100,7 +100,9 @@ mod tests {
 
     #[test]
     fn non_regular_files_are_refused() {
-        let e = Header::read(Path::new("/dev/zero")).unwrap_err().to_string();
+        let e = Header::read(Path::new("/dev/zero"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not a regular file"), "{e}");
         let dir = tempfile::tempdir().unwrap();
         let e = Header::read(dir.path()).unwrap_err().to_string();

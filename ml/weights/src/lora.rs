@@ -40,11 +40,12 @@ fn tensor_err(path: &Path, name: &str, reason: impl Into<String>) -> WeightsErro
 /// Reads a LoRA `.safetensors` file; `prefixes` maps key prefixes to the model they patch.
 pub fn read(path: &Path, prefixes: &[(&str, Part)]) -> Result<Vec<Update>, WeightsError> {
     regular_file(path)?;
-    let tensors =
-        candle_core::safetensors::load(path, &Device::Cpu).map_err(|source| WeightsError::Candle {
+    let tensors = candle_core::safetensors::load(path, &Device::Cpu).map_err(|source| {
+        WeightsError::Candle {
             path: path.to_path_buf(),
             source,
-        })?;
+        }
+    })?;
     let mut downs: HashMap<(Part, String), Tensor> = HashMap::new();
     let mut ups: HashMap<(Part, String), Tensor> = HashMap::new();
     let mut alphas: HashMap<(Part, String), f64> = HashMap::new();
@@ -237,7 +238,6 @@ pub fn apply(
         unmatched,
     })
 }
-
 
 #[cfg(test)]
 mod tests {

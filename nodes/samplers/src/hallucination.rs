@@ -11,7 +11,8 @@ fn invalid(e: latentflow_sampling::SampleError) -> NodeError {
 fn score(_: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
     let t = inputs.tensor("x0")?;
     let shape = t.shape();
-    let scores = trajectory_variance(&t.to_f32_vec()?, &shape, p.usize("last_k")?).map_err(invalid)?;
+    let scores =
+        trajectory_variance(&t.to_f32_vec()?, &shape, p.usize("last_k")?).map_err(invalid)?;
     let n = scores.len();
     Ok(vec![Value::Tensor(Tensor::from_vec(scores, &[n])?)])
 }

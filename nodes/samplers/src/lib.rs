@@ -59,7 +59,9 @@ pub fn schedule_params(d: NodeDef) -> NodeDef {
     d.param(
         Param::choice(
             "kind",
-            &["ddim", "ddpm", "euler", "euler_a", "lms", "dpmpp_2m", "unipc", "lcm"],
+            &[
+                "ddim", "ddpm", "euler", "euler_a", "lms", "dpmpp_2m", "unipc", "lcm",
+            ],
         )
         .default("euler")
         .doc("scheduler"),

@@ -66,11 +66,8 @@ impl Model for Driven<'_, '_> {
         t: f64,
         step: Step,
     ) -> Result<(CTensor, Prediction), SampleError> {
-        let mut req = DenoiseRequest::new(
-            from_candle(x).map_err(model_error)?,
-            t,
-            self.cond.clone(),
-        );
+        let mut req =
+            DenoiseRequest::new(from_candle(x).map_err(model_error)?, t, self.cond.clone());
         req.step = Some(ProtocolStep {
             index: step.index,
             total: step.total,
@@ -138,19 +135,20 @@ impl StepHook for Remote<'_, '_> {
 
 /// Positive and negative conditioning as one context for the batch (`[negative; positive]`
 /// under guidance).
-fn context(
-    inputs: &Inputs,
-    n: usize,
-    guided: bool,
-) -> Result<(CTensor, bool), NodeError> {
-    let positive = guidance::batch_to(&candle(inputs.tensor("positive")?)?, n, "positive conditioning")
-        .map_err(node_error)?;
+fn context(inputs: &Inputs, n: usize, guided: bool) -> Result<(CTensor, bool), NodeError> {
+    let positive = guidance::batch_to(
+        &candle(inputs.tensor("positive")?)?,
+        n,
+        "positive conditioning",
+    )
+    .map_err(node_error)?;
     match inputs.opt_tensor("negative")? {
         Some(neg) if guided => {
             let neg = guidance::batch_to(&candle(neg)?, n, "negative conditioning")
                 .map_err(node_error)?;
             let (neg, pos) = guidance::match_tokens(&neg, &positive).map_err(node_error)?;
-            let both = CTensor::cat(&[&neg, &pos], 0).map_err(|e| NodeError::failed(e.to_string()))?;
+            let both =
+                CTensor::cat(&[&neg, &pos], 0).map_err(|e| NodeError::failed(e.to_string()))?;
             Ok((both, true))
         }
         _ => Ok((positive, false)),

@@ -87,4 +87,3 @@ impl ObjectImpl for ClipObject {
         format!("Clip({})", self.name)
     }
 }
-

@@ -194,10 +194,13 @@ impl DenoiserImpl for UNetDenoiser {
                 .and_then(|t| t.flatten_all())
                 .and_then(|t| t.to_vec1::<f32>())
             {
-                records
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push((name.to_owned(), heads, q, k, v));
+                records.lock().unwrap_or_else(|e| e.into_inner()).push((
+                    name.to_owned(),
+                    heads,
+                    q,
+                    k,
+                    v,
+                ));
             }
         };
         let extras = Extras {

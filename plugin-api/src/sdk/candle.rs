@@ -144,7 +144,10 @@ mod tests {
         let other = Tensor::from_vec(vec![1f32, 2.0], &[2]).unwrap();
         let before = stats::snapshot();
         to_candle(&other, &Device::Cpu).unwrap();
-        assert_eq!(stats::snapshot().bytes_copied_in, before.bytes_copied_in + 8);
+        assert_eq!(
+            stats::snapshot().bytes_copied_in,
+            before.bytes_copied_in + 8
+        );
     }
 
     #[test]

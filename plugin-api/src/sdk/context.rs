@@ -88,7 +88,12 @@ impl<'a> Ctx<'a> {
 
     /// Checks that `elements` values of `bytes_each` bytes (`what`, for the message) fit the
     /// allocation limit, before allocating them. Overflowing sizes are refused too.
-    pub fn check_alloc(&self, what: &str, elements: &[usize], bytes_each: usize) -> Result<(), NodeError> {
+    pub fn check_alloc(
+        &self,
+        what: &str,
+        elements: &[usize],
+        bytes_each: usize,
+    ) -> Result<(), NodeError> {
         let total = elements
             .iter()
             .try_fold(bytes_each as u128, |acc, &d| acc.checked_mul(d as u128));

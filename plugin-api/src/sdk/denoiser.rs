@@ -168,7 +168,10 @@ impl Conditioning {
             context: r.opt_tensor("context")?.cloned(),
             pooled: r.opt_tensor("pooled")?.cloned(),
             mask: r.opt_tensor("mask")?.cloned(),
-            extra: r.record("extra")?.map(|e| e.fields.clone()).unwrap_or_default(),
+            extra: r
+                .record("extra")?
+                .map(|e| e.fields.clone())
+                .unwrap_or_default(),
         })
     }
 }
@@ -239,10 +242,7 @@ impl DenoiseRequest {
         r.expect_kind(kinds::REQUEST)?;
         let step = match (r.get("step_index"), r.get("step_total")) {
             (Some(i), Some(t)) => {
-                let (i, t) = (
-                    i.as_int().unwrap_or(-1),
-                    t.as_int().unwrap_or(0),
-                );
+                let (i, t) = (i.as_int().unwrap_or(-1), t.as_int().unwrap_or(0));
                 if i < 0 || t <= 0 || i >= t {
                     return Err(NodeError::invalid(format!(
                         "DenoiseRequest: step {i} of {t} is not a step"
@@ -458,7 +458,10 @@ impl<W: WrapperImpl> ObjectImpl for Wrapped<W> {
                 Ok(vec![self.wrapper.denoise(host, req)?.to_record().into()])
             }
             transform if transform.starts_with("with_") => {
-                let mut out = self.wrapper.inner().call(host.sabi_reborrow(), method, args)?;
+                let mut out = self
+                    .wrapper
+                    .inner()
+                    .call(host.sabi_reborrow(), method, args)?;
                 match out.first() {
                     Some(Value::Object(inner)) if inner.interface() == DENOISER => {
                         let rewrapped = self.wrapper.with_inner(inner.clone());

@@ -55,10 +55,7 @@ impl HookStep {
     fn from_record(r: &Record) -> Result<Self, NodeError> {
         r.expect_kind("HookStep")?;
         let next_level = match (r.get("next_a"), r.get("next_b")) {
-            (Some(a), Some(b)) => Some((
-                a.as_float().unwrap_or(1.0),
-                b.as_float().unwrap_or(0.0),
-            )),
+            (Some(a), Some(b)) => Some((a.as_float().unwrap_or(1.0), b.as_float().unwrap_or(0.0))),
             _ => None,
         };
         Ok(HookStep {

@@ -60,8 +60,7 @@ macro_rules! export_plugin {
         }
 
         #[doc(hidden)]
-        pub extern "C" fn __latentflow_manifest(
-        ) -> $crate::abi_stable::std_types::RResult<
+        pub extern "C" fn __latentflow_manifest() -> $crate::abi_stable::std_types::RResult<
             $crate::abi_stable::std_types::RString,
             $crate::NodeError,
         > {

@@ -120,10 +120,9 @@ impl Source {
             Source::Pipeline(dir) | Source::Checkpoint(_, Some(dir)) => {
                 ConfigSource::File(dir.join(component).join("config.json"))
             }
-            Source::Checkpoint(_, None) => ConfigSource::Builtin(
-                builtin,
-                format!("the built-in SD 1.5 {component} config"),
-            ),
+            Source::Checkpoint(_, None) => {
+                ConfigSource::Builtin(builtin, format!("the built-in SD 1.5 {component} config"))
+            }
         }
     }
 }

@@ -25,10 +25,7 @@ pub struct SegHead {
     pub classes: Vec<String>,
 }
 
-fn conv(
-    tensors: &std::collections::HashMap<String, Tensor>,
-    name: &str,
-) -> Result<Conv2d> {
+fn conv(tensors: &std::collections::HashMap<String, Tensor>, name: &str) -> Result<Conv2d> {
     let w = tensors
         .get(&format!("{name}.weight"))
         .ok_or_else(|| ModelError::invalid(format!("segmentation head: missing `{name}.weight`")))?
@@ -97,7 +94,9 @@ impl SegHead {
                 None => p,
             });
         }
-        let sum = sum.ok_or_else(|| ModelError::invalid("no features"))?.relu()?;
+        let sum = sum
+            .ok_or_else(|| ModelError::invalid("no features"))?
+            .relu()?;
         Ok(self.classifier.forward(&sum)?)
     }
 }

@@ -69,4 +69,3 @@ pub fn encode_prompt(
     let pooled = pooled.ok_or_else(|| ModelError::invalid("no token windows"))?;
     Ok((cond, pooled))
 }
-

@@ -143,7 +143,10 @@ impl VaeConfig {
             }
         }
         if !self.mid_block_add_attention {
-            return Err(FieldError::new("mid_block_add_attention", "false is not supported"));
+            return Err(FieldError::new(
+                "mid_block_add_attention",
+                "false is not supported",
+            ));
         }
         if self.shift_factor.is_some() {
             return Err(FieldError::new(
@@ -397,11 +400,7 @@ impl Vae {
     }
 
     /// Builds the VAE from a config and weights; `source` names it in messages.
-    pub fn from_weights(
-        config: VaeConfig,
-        weights: &Weights,
-        source: &Path,
-    ) -> Result<Self> {
+    pub fn from_weights(config: VaeConfig, weights: &Weights, source: &Path) -> Result<Self> {
         let vb = weights.var_builder(DType::F32, &Device::Cpu)?;
         let mismatch = |e: candle_core::Error| ModelError::Mismatch {
             path: source.to_path_buf(),

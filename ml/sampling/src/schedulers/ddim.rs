@@ -37,7 +37,12 @@ pub(super) fn lcm_timesteps(cfg: &Config, n: usize) -> Vec<f64> {
 
 /// (x̂0, ε̂) from the model output.
 /// (x̂0, ε̂) from a model output of kind `pred` at ᾱ.
-fn predictions(pred: Prediction, alpha_bar: f64, out: &Tensor, x: &Tensor) -> Result<(Tensor, Tensor)> {
+fn predictions(
+    pred: Prediction,
+    alpha_bar: f64,
+    out: &Tensor,
+    x: &Tensor,
+) -> Result<(Tensor, Tensor)> {
     let (a, b) = (alpha_bar.sqrt(), (1.0 - alpha_bar).sqrt());
     Ok(match pred {
         Prediction::Epsilon | Prediction::Flow => (lincomb(1.0 / a, x, -b / a, out)?, out.clone()),

@@ -62,7 +62,12 @@ pub(super) fn data_prediction(
     }
 }
 
-pub(super) fn step(s: &mut Scheduler, pred: Prediction, out: &Tensor, x: &Tensor) -> Result<Tensor> {
+pub(super) fn step(
+    s: &mut Scheduler,
+    pred: Prediction,
+    out: &Tensor,
+    x: &Tensor,
+) -> Result<Tensor> {
     let i = s.index;
     let (_, s0, l0) = vp(s.sigmas[i]);
     let x0 = data_prediction(pred, s.sigmas[i], out, x)?;

@@ -32,7 +32,12 @@ fn coefficient(sigmas: &[f64], order: usize, t: usize, current: usize) -> f64 {
         .sum::<f64>()
 }
 
-pub(super) fn step(s: &mut Scheduler, pred: Prediction, out: &Tensor, x: &Tensor) -> Result<Tensor> {
+pub(super) fn step(
+    s: &mut Scheduler,
+    pred: Prediction,
+    out: &Tensor,
+    x: &Tensor,
+) -> Result<Tensor> {
     let i = s.index;
     let sigma = s.sigmas[i];
     let inv = (1.0 / sigma) as f32 as f64;

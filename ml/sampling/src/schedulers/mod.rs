@@ -18,8 +18,8 @@ mod unipc;
 
 use candle_core::Tensor;
 
-pub use table::{BetaSchedule, NoiseTable};
 use ops::lincomb;
+pub use table::{BetaSchedule, NoiseTable};
 
 /// What the model predicts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -419,5 +419,7 @@ impl Scheduler {
 }
 
 fn flow_refused<T>() -> Result<T, ScheduleError> {
-    invalid("this model predicts a flow-matching velocity; sample it with a flow-matching scheduler")
+    invalid(
+        "this model predicts a flow-matching velocity; sample it with a flow-matching scheduler",
+    )
 }

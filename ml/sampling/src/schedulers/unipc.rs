@@ -74,7 +74,12 @@ fn predict(s: &Scheduler, x: &Tensor, order: usize) -> Result<Tensor> {
     }
 }
 
-pub(super) fn step(s: &mut Scheduler, pred: Prediction, out: &Tensor, x: &Tensor) -> Result<Tensor> {
+pub(super) fn step(
+    s: &mut Scheduler,
+    pred: Prediction,
+    out: &Tensor,
+    x: &Tensor,
+) -> Result<Tensor> {
     let i = s.index;
     let m_t = data_prediction(pred, s.sigmas[i], out, x)?;
     let x = if i > 0 && s.last_sample.is_some() {

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor as CTensor};
-use latentflow_plugin_api::sdk::candle::{from_candle, to_candle};
 use latentflow_models::sd::controlnet::ControlNet;
+use latentflow_plugin_api::sdk::candle::{from_candle, to_candle};
 use latentflow_plugin_api::sdk::denoiser::{
     names, wrapper_handle, DenoiseOutput, DenoiseRequest, DenoiserClient, Step, WrapperImpl,
 };
@@ -261,15 +261,18 @@ pub fn apply(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeE
             "start {start} is after end {end}"
         )));
     }
-    Ok(vec![Value::Object(wrapper_handle(ctx.host(), Controlled {
-        inner,
-        controlnet,
-        image,
-        strength: p.f64("strength")?,
-        start,
-        end,
-        guess_mode: p.bool("guess_mode")?,
-    })?)])
+    Ok(vec![Value::Object(wrapper_handle(
+        ctx.host(),
+        Controlled {
+            inner,
+            controlnet,
+            image,
+            strength: p.f64("strength")?,
+            start,
+            end,
+            guess_mode: p.bool("guess_mode")?,
+        },
+    )?)])
 }
 
 /// The nodes.

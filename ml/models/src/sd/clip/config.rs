@@ -91,4 +91,3 @@ impl ClipConfig {
         Ok(())
     }
 }
-

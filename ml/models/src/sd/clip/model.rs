@@ -156,9 +156,10 @@ impl ClipTextModel {
                 mask: Some(&mask),
                 probabilities: None,
             };
-            let o = attention(&q, &k, &v, attend)?
-                .transpose(1, 2)?
-                .reshape((b, l, c.hidden_size))?;
+            let o =
+                attention(&q, &k, &v, attend)?
+                    .transpose(1, 2)?
+                    .reshape((b, l, c.hidden_size))?;
             x = (x + layer.out.forward(&o)?)?;
             let h = layer.ln2.forward(&x)?;
             let h = layer.fc2.forward(&self.act(&layer.fc1.forward(&h)?)?)?;

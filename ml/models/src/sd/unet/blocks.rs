@@ -211,7 +211,12 @@ pub fn build(
             let rin = if j == 0 { prev } else { out };
             let attn = if plan.cross[level] {
                 let name = format!("up_blocks.{i}.attentions.{j}");
-                Some(attention(vb.pp(format!("attentions.{j}")), name, out, level)?)
+                Some(attention(
+                    vb.pp(format!("attentions.{j}")),
+                    name,
+                    out,
+                    level,
+                )?)
             } else {
                 None
             };

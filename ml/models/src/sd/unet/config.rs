@@ -204,7 +204,10 @@ impl UNetConfig {
     /// The checked per-block settings; the error names the offending field.
     pub fn plan(&self) -> Result<Plan, FieldError> {
         let refuse = |field: &str, v: &dyn std::fmt::Debug, why: &str| {
-            Err(FieldError::new(field, format!("{v:?} is not supported{why}")))
+            Err(FieldError::new(
+                field,
+                format!("{v:?} is not supported{why}"),
+            ))
         };
         if self.act_fn != "silu" {
             return refuse("act_fn", &self.act_fn, " (only \"silu\")");
@@ -268,7 +271,10 @@ impl UNetConfig {
             return Err(FieldError::new(format!("block_out_channels[{i}]"), "is 0"));
         }
         if self.in_channels == 0 || self.out_channels == 0 {
-            return Err(FieldError::new("in_channels / out_channels", "must be at least 1"));
+            return Err(FieldError::new(
+                "in_channels / out_channels",
+                "must be at least 1",
+            ));
         }
         for (field, list) in [
             ("down_block_types", &self.down_block_types),
