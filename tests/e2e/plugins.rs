@@ -177,40 +177,9 @@ fn out_of_tree_example_plugin_builds_loads_and_runs() {
         "README must show examples/plugin-template/src/lib.rs verbatim"
     );
 
-    let work = tempfile::tempdir().expect("tempdir");
-    let crate_dir = work.path().join("hello-plugin");
-    std::fs::create_dir_all(crate_dir.join("src")).expect("mkdir");
-    std::fs::write(crate_dir.join("src/lib.rs"), &lib_rs).expect("write lib.rs");
-    let manifest = std::fs::read_to_string(example.join("Cargo.toml"))
-        .expect("example Cargo.toml")
-        .replace(
-            "../../plugin-api",
-            &root.join("plugin-api").to_string_lossy(),
-        );
-    std::fs::write(crate_dir.join("Cargo.toml"), manifest).expect("write Cargo.toml");
-    std::fs::copy(root.join("Cargo.lock"), crate_dir.join("Cargo.lock")).expect("lockfile");
-    let target = latentflow_tests::target_dir()
-        .parent()
-        .map(|p| p.join("out-of-tree"))
-        .unwrap_or_default();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = std::process::Command::new(cargo)
-        .args(["build", "--quiet"])
-        .env("CARGO_TARGET_DIR", &target)
-        .current_dir(&crate_dir)
-        .status()
-        .expect("cargo runs");
-    assert!(
-        status.success(),
-        "the example plugin must build out of tree"
-    );
-
+    let built = latentflow_tests::build_example("plugin-template", "libhello_plugin.so");
     let sb = Sandbox::new();
-    std::fs::copy(
-        target.join("debug/libhello_plugin.so"),
-        sb.path().join("plugins/libhello_plugin.so"),
-    )
-    .expect("copy");
+    std::fs::copy(&built, sb.path().join("plugins/libhello_plugin.so")).expect("copy");
     let g = sb.write(
         "hello.yaml",
         "nodes:\n  greet: {type: hello.greet, params: {name: LatentFlow}}\n  out: {type: core.string, params: {value: x}}\n",

@@ -58,8 +58,18 @@ fn run_text_and_compare(
     model: &std::path::Path,
     set: &[&str],
 ) {
-    let sb = Sandbox::new();
-    let g = instrumented_text(&sb, file, text, fixture);
+    run_text_and_compare_in(&Sandbox::new(), file, text, fixture, model, set);
+}
+
+fn run_text_and_compare_in(
+    sb: &Sandbox,
+    file: &str,
+    text: &str,
+    fixture: &str,
+    model: &std::path::Path,
+    set: &[&str],
+) {
+    let g = instrumented_text(sb, file, text, fixture);
     let images = workspace_root().join("tests/fixtures/images");
     let mut args = vec![
         "run".to_string(),
@@ -750,7 +760,36 @@ fn a_lora_applied_over_a_wrapper_is_the_wrapper_over_the_lora() {
             .join("tests/fixtures/lora/kohya.safetensors")
             .display()
     );
-    let a = lora_latent(&sb, "lora_cache.yaml", &lora_then_cache, &[file.clone()]);
+    let a = lora_latent(
+        &sb,
+        "lora_cache.yaml",
+        &lora_then_cache,
+        std::slice::from_ref(&file),
+    );
     let b = lora_latent(&sb, "cache_lora.yaml", &cache_then_lora, &[file]);
     assert_eq!(a, b);
+}
+
+#[test]
+fn an_out_of_tree_wrapper_plugin_matches_diffusers_guidance_rescale() {
+    // examples/cfg-rescale: built out of tree on the model library and the typed protocol, it
+    // wraps the SD UNet from another plugin; the loop equals diffusers' guidance_rescale=0.7.
+    let built = latentflow_tests::build_example("cfg-rescale", "libcfg_rescale.so");
+    let sb = Sandbox::new();
+    std::fs::copy(&built, sb.path().join("plugins/libcfg_rescale.so")).expect("copy");
+    let text = std::fs::read_to_string(graph("txt2img.yaml")).expect("graph");
+    let text = text.replacen(
+        "inputs: {model: ckpt.model, positive:",
+        "inputs: {model: rescaled, positive:",
+        1,
+    ) + "  rescaled:\n    type: cfg_rescale.wrap\n    inputs: {model: ckpt.model}\n    params: {rescale: 0.7}\n";
+    let model = workspace_root().join("tests/fixtures/tiny-sd");
+    let set = [
+        "sampler=ddim",
+        "steps=10",
+        "cfg=7.5",
+        "width=32",
+        "height=24",
+    ];
+    run_text_and_compare_in(&sb, "txt2img.yaml", &text, "cfg_rescale", &model, &set);
 }

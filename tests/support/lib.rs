@@ -305,3 +305,35 @@ pub fn rel_err(a: &[f32], b: &[f32]) -> f32 {
     let max = b.iter().map(|y| y.abs()).fold(0f32, f32::max);
     diff / max
 }
+
+/// Builds `examples/<name>` out of tree (a copy in a temporary folder, path dependencies pointed
+/// at this checkout, this workspace's lock file) and returns the built library.
+pub fn build_example(name: &str, lib_file: &str) -> PathBuf {
+    let root = workspace_root();
+    let example = root.join("examples").join(name);
+    let work = tempfile::tempdir().expect("tempdir");
+    let crate_dir = work.path().join(name);
+    std::fs::create_dir_all(crate_dir.join("src")).expect("mkdir");
+    for entry in std::fs::read_dir(example.join("src")).expect("example src") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), crate_dir.join("src").join(entry.file_name())).expect("copy");
+    }
+    let manifest = std::fs::read_to_string(example.join("Cargo.toml"))
+        .expect("example Cargo.toml")
+        .replace("../../", &format!("{}/", root.display()));
+    std::fs::write(crate_dir.join("Cargo.toml"), manifest).expect("write Cargo.toml");
+    std::fs::copy(root.join("Cargo.lock"), crate_dir.join("Cargo.lock")).expect("lockfile");
+    let target = target_dir()
+        .parent()
+        .map(|p| p.join("out-of-tree"))
+        .unwrap_or_default();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--quiet"])
+        .env("CARGO_TARGET_DIR", &target)
+        .current_dir(&crate_dir)
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "examples/{name} must build out of tree");
+    target.join("debug").join(lib_file)
+}

@@ -375,6 +375,6 @@ pub fn json_to_value(v: &Json) -> Value {
         },
         Json::String(s) => Value::Str(s.as_str().into()),
         Json::Array(items) => Value::List(items.iter().map(json_to_value).collect()),
-        Json::Object(_) => Value::Str(v.to_string().into()),
+        Json::Object(_) => Value::Str(v.to_string()),
     }
 }

@@ -4,9 +4,39 @@ use std::path::PathBuf;
 
 use latentflow_weights::{ConfigError, MergeError, WeightsError};
 
-/// Why a model could not be loaded or run.
+/// Why a model could not be loaded or run (boxed: errors stay one pointer wide on the happy
+/// path).
+#[derive(Debug)]
+pub struct ModelError(Box<ModelErrorKind>);
+
+impl ModelError {
+    /// What went wrong.
+    pub fn kind(&self) -> &ModelErrorKind {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for ModelError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for ModelError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl<T: Into<ModelErrorKind>> From<T> for ModelError {
+    fn from(e: T) -> Self {
+        ModelError(Box::new(e.into()))
+    }
+}
+
+/// The kinds of [`ModelError`].
 #[derive(Debug, thiserror::Error)]
-pub enum ModelError {
+pub enum ModelErrorKind {
     /// Weight files could not be found or read.
     #[error(transparent)]
     Weights(#[from] WeightsError),
@@ -56,15 +86,40 @@ pub enum ModelError {
 impl ModelError {
     /// An invalid-argument error.
     pub fn invalid(msg: impl Into<String>) -> Self {
-        Self::Invalid(msg.into())
+        ModelErrorKind::Invalid(msg.into()).into()
     }
 
     /// A format error for `path`.
     pub fn format(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
-        Self::Format {
+        ModelErrorKind::Format {
             path: path.into(),
             reason: reason.into(),
         }
+        .into()
+    }
+
+    /// Weights that do not fit the architecture.
+    pub fn mismatch(
+        path: impl Into<PathBuf>,
+        component: &'static str,
+        source: candle_core::Error,
+    ) -> Self {
+        ModelErrorKind::Mismatch {
+            path: path.into(),
+            component,
+            source,
+        }
+        .into()
+    }
+
+    /// An input of the wrong shape.
+    pub fn shape(what: impl Into<String>, expected: impl Into<String>, found: &[usize]) -> Self {
+        ModelErrorKind::Shape {
+            what: what.into(),
+            expected: expected.into(),
+            found: found.to_vec(),
+        }
+        .into()
     }
 }
 

@@ -11,4 +11,4 @@
 mod error;
 pub mod sd;
 
-pub use error::{ModelError, Result};
+pub use error::{ModelError, ModelErrorKind, Result};

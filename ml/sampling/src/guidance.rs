@@ -87,3 +87,48 @@ mod tests {
         assert_eq!(g.to_vec2::<f32>().unwrap(), vec![vec![5.0, 10.0]]);
     }
 }
+
+/// diffusers' `rescale_noise_cfg` (Lin et al. 2024, §3.4): the guided prediction rescaled to the
+/// per-sample standard deviation of the positive one (unbiased, over all but the batch axis),
+/// mixed with the unscaled one by `phi` (0: plain guidance, 1: fully rescaled).
+pub fn rescale(guided: &Tensor, positive: &Tensor, phi: f64) -> Result<Tensor, SampleError> {
+    let std = |t: &Tensor| -> Result<Tensor, SampleError> {
+        let n = t.dim(0)?;
+        let flat = t.flatten_from(1)?;
+        let count = flat.dim(1)?;
+        if count < 2 {
+            return Err(SampleError::Invalid(
+                "guidance rescale needs at least two values per sample".into(),
+            ));
+        }
+        let mean = flat.mean_keepdim(1)?;
+        let var = (flat.broadcast_sub(&mean)?.sqr()?.sum_keepdim(1)? / (count - 1) as f64)?;
+        let mut shape = vec![1usize; t.rank()];
+        shape[0] = n;
+        Ok(var.sqrt()?.reshape(shape)?)
+    };
+    let ratio = (std(positive)? / std(guided)?)?;
+    let rescaled = guided.broadcast_mul(&ratio)?;
+    Ok(((rescaled * phi)? + (guided * (1.0 - phi))?)?)
+}
+
+#[cfg(test)]
+mod rescale_tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn rescaled_guidance_has_the_positive_spread() {
+        let dev = Device::Cpu;
+        let pos = Tensor::new(&[[1f32, -1.0, 2.0, 0.0]], &dev).unwrap();
+        let guided = (&pos * 3.0).unwrap();
+        let full = rescale(&guided, &pos, 1.0).unwrap();
+        let d = (full - &pos).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(d.to_scalar::<f32>().unwrap() < 1e-6);
+        let none = rescale(&guided, &pos, 0.0).unwrap();
+        assert_eq!(
+            none.to_vec2::<f32>().unwrap(),
+            guided.to_vec2::<f32>().unwrap()
+        );
+    }
+}

@@ -11,7 +11,7 @@ use crate::schedulers::{Prediction, Scheduler};
 use crate::SampleError;
 
 /// Where the sampler is when it calls the model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Step {
     /// This step's index within the run (0-based; img2img counts from its first step).
     pub index: usize,
@@ -19,6 +19,8 @@ pub struct Step {
     pub total: usize,
     /// Whether the batch is `[negative; positive]` for classifier-free guidance.
     pub cfg: bool,
+    /// The guidance scale, under guidance.
+    pub guidance: Option<f64>,
 }
 
 /// The model, as the loop sees it.
@@ -111,6 +113,7 @@ pub fn sample(
             index: i - first,
             total,
             cfg: run.guidance.is_some(),
+            guidance: run.guidance,
         };
         let (mut pred, mut kind) = match run.guidance {
             Some(g) => {

@@ -72,6 +72,7 @@ impl Model for Driven<'_, '_> {
             index: step.index,
             total: step.total,
             cfg: step.cfg,
+            guidance: step.guidance,
         });
         let out = self
             .client

@@ -95,7 +95,7 @@ impl PredictionKind {
 }
 
 /// Where a sampler is when it calls the denoiser.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Step {
     /// This step's index within the run (0-based; img2img counts from its first step).
     pub index: usize,
@@ -103,6 +103,9 @@ pub struct Step {
     pub total: usize,
     /// Whether the batch is `[negative; positive]` for classifier-free guidance.
     pub cfg: bool,
+    /// The guidance scale the sampler combines the halves with (`u + g·(c − u)`), under
+    /// guidance.
+    pub guidance: Option<f64>,
 }
 
 /// The conditioning of a request, in named parts.
@@ -226,6 +229,9 @@ impl DenoiseRequest {
             r.set("step_index", s.index as i64);
             r.set("step_total", s.total as i64);
             r.set("cfg", s.cfg);
+            if let Some(g) = s.guidance {
+                r.set("guidance", g);
+            }
         }
         r.set(
             "options",
@@ -252,6 +258,7 @@ impl DenoiseRequest {
                     index: i as usize,
                     total: t as usize,
                     cfg: r.flag("cfg"),
+                    guidance: r.get("guidance").and_then(Value::as_float),
                 })
             }
             _ => None,
@@ -564,6 +571,7 @@ mod tests {
             index: 2,
             total: 10,
             cfg: true,
+            guidance: Some(7.5),
         });
         req.set_option(
             names::DEEPCACHE,

@@ -210,11 +210,7 @@ impl ControlNet {
     fn new(config: UNetConfig, extra: Extra, vb: VarBuilder, path: &Path) -> Result<Self> {
         let ch0 = config.block_out_channels.first().copied().unwrap_or(0);
         let trunk = UNet::new_encoder(config, vb.clone(), path)?;
-        let mismatch = |e| ModelError::Mismatch {
-            path: path.to_path_buf(),
-            component: "ControlNet",
-            source: e,
-        };
+        let mismatch = |e| ModelError::mismatch(path.to_path_buf(), "ControlNet", e);
         let build = || -> candle_core::Result<_> {
             let pad1 = Conv2dConfig {
                 padding: 1,

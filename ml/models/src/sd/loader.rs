@@ -159,13 +159,13 @@ pub fn prediction_type(dir: &Path) -> Result<PredictionType> {
     match json.get("prediction_type") {
         None | Some(serde_json::Value::Null) => Ok(PredictionType::Epsilon),
         Some(serde_json::Value::String(s)) => PredictionType::parse(s).ok_or_else(|| {
-            ModelError::Config(latentflow_weights::ConfigError::Field {
+            ModelError::from(latentflow_weights::ConfigError::Field {
                 source_name: file.display().to_string(),
                 field: "prediction_type".into(),
                 reason: format!("{s:?} is not one of epsilon, v_prediction, sample"),
             })
         }),
-        Some(other) => Err(ModelError::Config(latentflow_weights::ConfigError::Field {
+        Some(other) => Err(ModelError::from(latentflow_weights::ConfigError::Field {
             source_name: file.display().to_string(),
             field: "prediction_type".into(),
             reason: format!("{other} is not a string"),

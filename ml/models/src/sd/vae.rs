@@ -402,11 +402,7 @@ impl Vae {
     /// Builds the VAE from a config and weights; `source` names it in messages.
     pub fn from_weights(config: VaeConfig, weights: &Weights, source: &Path) -> Result<Self> {
         let vb = weights.var_builder(DType::F32, &Device::Cpu)?;
-        let mismatch = |e: candle_core::Error| ModelError::Mismatch {
-            path: source.to_path_buf(),
-            component: "VAE",
-            source: e,
-        };
+        let mismatch = |e: candle_core::Error| ModelError::mismatch(source.to_path_buf(), "VAE", e);
         let encoder = Encoder::new(&vb, &config).map_err(mismatch)?;
         let decoder = Decoder::new(&vb, &config).map_err(mismatch)?;
         Ok(Vae {
@@ -426,11 +422,11 @@ impl Vae {
     fn check_latent(&self, latent: &Tensor) -> Result<()> {
         let d = latent.dims();
         if d.len() != 4 || d[1] != self.config.latent_channels {
-            return Err(ModelError::Shape {
-                what: "VAE latent".into(),
-                expected: format!("N×{}×h×w", self.config.latent_channels),
-                found: d.to_vec(),
-            });
+            return Err(ModelError::shape(
+                "VAE latent",
+                format!("N×{}×h×w", self.config.latent_channels),
+                d,
+            ));
         }
         Ok(())
     }
@@ -439,11 +435,11 @@ impl Vae {
     pub fn encode_mean_raw(&self, image: &Tensor) -> Result<Tensor> {
         let d = image.dims();
         if d.len() != 4 || d[1] != self.config.in_channels {
-            return Err(ModelError::Shape {
-                what: "VAE input image".into(),
-                expected: format!("N×{}×H×W", self.config.in_channels),
-                found: d.to_vec(),
-            });
+            return Err(ModelError::shape(
+                "VAE input image",
+                format!("N×{}×H×W", self.config.in_channels),
+                d,
+            ));
         }
         Ok(self.encoder.mean(image)?)
     }

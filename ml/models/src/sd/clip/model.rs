@@ -50,11 +50,8 @@ impl ClipTextModel {
     /// Builds the model; weights may be stored with or without the `text_model.` prefix.
     /// `source` names the weights in errors.
     pub fn new(config: ClipConfig, vb: VarBuilder, source: &Path) -> Result<Self> {
-        Self::build(config, vb).map_err(|e| ModelError::Mismatch {
-            path: source.to_path_buf(),
-            component: "text encoder",
-            source: e,
-        })
+        Self::build(config, vb)
+            .map_err(|e| ModelError::mismatch(source.to_path_buf(), "text encoder", e))
     }
 
     fn build(config: ClipConfig, vb: VarBuilder) -> candle_core::Result<Self> {

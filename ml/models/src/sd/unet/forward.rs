@@ -62,17 +62,14 @@ impl UNet {
 
     fn build(config: UNetConfig, vb: VarBuilder, source: &Path, with_up: bool) -> Result<Self> {
         let plan = config.plan().map_err(|f| {
-            ModelError::Config(latentflow_weights::ConfigError::Field {
+            ModelError::from(latentflow_weights::ConfigError::Field {
                 source_name: source.display().to_string(),
                 field: f.field,
                 reason: f.reason,
             })
         })?;
-        let parts = build(&config, &plan, vb, with_up).map_err(|e| ModelError::Mismatch {
-            path: source.to_path_buf(),
-            component: "UNet",
-            source: e,
-        })?;
+        let parts = build(&config, &plan, vb, with_up)
+            .map_err(|e| ModelError::mismatch(source.to_path_buf(), "UNet", e))?;
         Ok(Self { config, parts })
     }
 
@@ -242,11 +239,11 @@ impl UNet {
     pub fn check_input(&self, x: &Tensor) -> Result<()> {
         let dims = x.dims();
         if dims.len() != 4 || dims[1] != self.config.in_channels {
-            return Err(ModelError::Shape {
-                what: "UNet input".into(),
-                expected: format!("B×{}×H×W", self.config.in_channels),
-                found: dims.to_vec(),
-            });
+            return Err(ModelError::shape(
+                "UNet input",
+                format!("B×{}×H×W", self.config.in_channels),
+                dims,
+            ));
         }
         Ok(())
     }
