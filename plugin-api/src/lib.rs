@@ -55,7 +55,7 @@ pub use descriptor::{
 pub use error::{ErrorKind, NodeError};
 pub use host::{HostRef, HostServices, HostServices_TO, LogLevel};
 pub use module::{Node, NodeBox, Node_TO, PluginMod, PluginModRef, API_VERSION};
-pub use object::{Object, ObjectHandle, ObjectImpl, Object_TO};
+pub use object::{Object, ObjectHandle, ObjectImpl, Object_TO, Reply};
 pub use tensor::{
     DLDataType, DLDevice, DLTensor, Element, SyncKind, SyncPoint, Tensor, TensorError,
 };

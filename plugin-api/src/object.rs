@@ -41,6 +41,9 @@ pub trait Object: Send + Sync + 'static {
     fn describe(&self) -> RString;
 }
 
+/// What an object method returns.
+pub type Reply = Result<Vec<Value>, NodeError>;
+
 /// What a plugin author implements to make an object (see [`ObjectHandle::new`]).
 pub trait ObjectImpl: Send + Sync + 'static {
     /// The interface name, e.g. `Denoiser`.
@@ -52,12 +55,7 @@ pub trait ObjectImpl: Send + Sync + 'static {
     }
 
     /// Calls `method` with `args`.
-    fn call(
-        &self,
-        host: HostRef<'_>,
-        method: &str,
-        args: Vec<Value>,
-    ) -> Result<Vec<Value>, NodeError>;
+    fn call(&self, host: HostRef<'_>, method: &str, args: Vec<Value>) -> Reply;
 
     /// A short human-readable description.
     fn describe(&self) -> String {
@@ -137,12 +135,7 @@ impl ObjectHandle {
     }
 
     /// Calls a method.
-    pub fn call(
-        &self,
-        host: HostRef<'_>,
-        method: &str,
-        args: Vec<Value>,
-    ) -> Result<Vec<Value>, NodeError> {
+    pub fn call(&self, host: HostRef<'_>, method: &str, args: Vec<Value>) -> Reply {
         let out = self
             .inner
             .call(host, method.into(), to_abi_vec(args))

@@ -9,7 +9,7 @@
 use candle_core::{Device, Tensor as CTensor};
 use latentflow_plugin_api::sdk::candle::{from_candle, to_candle};
 use latentflow_plugin_api::sdk::denoiser::{
-    wrapper_handle, DenoiseOutput, DenoiseRequest, DenoiserClient, WrapperImpl,
+    wrapper_node, DenoiseRequest, Denoised, DenoiserClient, WrapperImpl,
 };
 use latentflow_plugin_api::sdk::prelude::*;
 use latentflow_sampling::guidance::rescale;
@@ -19,7 +19,6 @@ fn fail(e: impl std::fmt::Display) -> NodeError {
 }
 
 struct Rescale {
-    inner: ObjectHandle,
     phi: f64,
 }
 
@@ -29,32 +28,25 @@ impl Rescale {
         let n = pred.dim(0)? / 2;
         let (u, c) = (pred.narrow(0, 0, n)?, pred.narrow(0, n, n)?);
         let guided = (&u + ((&c - &u)? * g)?)?;
-        let target = rescale(&guided, &c, self.phi)
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let target =
+            rescale(&guided, &c, self.phi).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let positive = (&u + ((target - &u)? / g)?)?;
         CTensor::cat(&[&u, &positive], 0)
     }
 }
 
 impl WrapperImpl for Rescale {
-    fn inner(&self) -> &ObjectHandle {
-        &self.inner
-    }
-
-    fn with_inner(&self, inner: ObjectHandle) -> Self {
-        Rescale {
-            inner,
-            phi: self.phi,
-        }
+    fn rewrapped(&self) -> Self {
+        Rescale { phi: self.phi }
     }
 
     fn name(&self) -> String {
         format!("guidance rescale {}", self.phi)
     }
 
-    fn denoise(&self, host: HostRef<'_>, req: DenoiseRequest) -> Result<DenoiseOutput, NodeError> {
+    fn denoise(&self, inner: &DenoiserClient, host: HostRef, req: DenoiseRequest) -> Denoised {
         let guidance = req.step.filter(|s| s.cfg).and_then(|s| s.guidance);
-        let mut out = DenoiserClient::new(&self.inner)?.denoise(host, req)?;
+        let mut out = inner.denoise(host, req)?;
         if let Some(g) = guidance.filter(|g| *g != 0.0 && self.phi != 0.0) {
             let pred = to_candle(&out.prediction, &Device::Cpu)?;
             out.prediction = from_candle(&self.adjust(&pred, g).map_err(fail)?)?;
@@ -64,17 +56,12 @@ impl WrapperImpl for Rescale {
 }
 
 fn cfg_rescale() -> NodeDef {
-    let f = || Family::var("F");
-    NodeDef::new("cfg_rescale.wrap", |ctx, inputs, p| {
-        let wrapped = Rescale {
-            inner: inputs.object("model")?.clone(),
+    wrapper_node("cfg_rescale.wrap", "the wrapped denoiser", |_, _, p| {
+        Ok(Rescale {
             phi: p.f64("rescale")?,
-        };
-        Ok(vec![Value::Object(wrapper_handle(ctx.host(), wrapped)?)])
+        })
     })
     .doc("Guidance rescale (diffusers' guidance_rescale): under classifier-free guidance the guided prediction is rescaled to the spread of the positive one and mixed with it by `rescale`.")
-    .input("model", PortType::handle_of("Denoiser", f()), "any denoiser")
-    .output("model", PortType::handle_of("Denoiser", f()), "the wrapped denoiser")
     .param(Param::float("rescale").default(0.7).range(0.0, 1.0).doc("φ: 0 is plain guidance"))
 }
 

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use latentflow_models::sd::daam::{bicubic, word_positions};
 use latentflow_plugin_api::sdk::denoiser::{
-    names, wrapper_handle, DenoiseOutput, DenoiseRequest, DenoiserClient, WrapperImpl,
+    names, wrapper_node, DenoiseRequest, Denoised, DenoiserClient, WrapperImpl,
 };
 use latentflow_plugin_api::sdk::prelude::*;
 
@@ -14,21 +14,15 @@ static KEYS: AtomicI64 = AtomicI64::new(1);
 
 /// Asks the UNet at the end of the chain to record its cross-attention under `key`.
 struct Capture {
-    inner: ObjectHandle,
     key: i64,
     skip_factor: i64,
 }
 
 impl WrapperImpl for Capture {
-    fn inner(&self) -> &ObjectHandle {
-        &self.inner
-    }
-
-    fn with_inner(&self, inner: ObjectHandle) -> Self {
+    fn rewrapped(&self) -> Self {
         Capture {
-            inner,
-            key: self.key,
-            skip_factor: self.skip_factor,
+            key: KEYS.fetch_add(1, Ordering::Relaxed),
+            ..*self
         }
     }
 
@@ -36,11 +30,7 @@ impl WrapperImpl for Capture {
         "attention capture".into()
     }
 
-    fn denoise(
-        &self,
-        host: HostRef<'_>,
-        mut req: DenoiseRequest,
-    ) -> Result<DenoiseOutput, NodeError> {
+    fn denoise(&self, inner: &DenoiserClient, host: HostRef, mut req: DenoiseRequest) -> Denoised {
         req.set_option(
             names::CAPTURE_ATTENTION,
             Record::new("CaptureAttention")
@@ -49,29 +39,19 @@ impl WrapperImpl for Capture {
                 .with("skip_factor", self.skip_factor)
                 .into(),
         );
-        DenoiserClient::new(&self.inner)?.denoise(host, req)
+        inner.denoise(host, req)
     }
 
     fn call_own(
         &self,
+        inner: &ObjectHandle,
         host: HostRef<'_>,
         method: &str,
         _args: &[Value],
-    ) -> Option<Result<Vec<Value>, NodeError>> {
-        (method == "attention_maps").then(|| {
-            self.inner
-                .call(host, "attention_maps", vec![Value::Int(self.key)])
-        })
+    ) -> Option<Reply> {
+        (method == "attention_maps")
+            .then(|| inner.call(host, "attention_maps", vec![Value::Int(self.key)]))
     }
-}
-
-fn capture(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
-    let wrapped = Capture {
-        inner: inputs.object("model")?.clone(),
-        key: KEYS.fetch_add(1, Ordering::Relaxed),
-        skip_factor: p.int("skip_factor")?,
-    };
-    Ok(vec![Value::Object(wrapper_handle(ctx.host(), wrapped)?)])
 }
 
 fn ids(ctx: &Ctx, clip: &ObjectHandle, text: &str) -> Result<Vec<u32>, NodeError> {
@@ -221,10 +201,13 @@ fn segment(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeErr
 /// The nodes.
 pub fn nodes() -> Vec<NodeDef> {
     vec![
-        NodeDef::new("sd.capture_attention", capture)
+        wrapper_node("sd.capture_attention", "the capturing denoiser", |_, _, p| {
+            Ok(Capture {
+                key: KEYS.fetch_add(1, Ordering::Relaxed),
+                skip_factor: p.int("skip_factor")?,
+            })
+        })
             .doc("Wraps an SD UNet denoiser (bare or under any other wrappers) so that sampling also sums its cross-attention probabilities per layer and head (positive half of a CFG batch), for sd.attention_heatmap. The plain model records nothing and pays nothing.")
-            .input("model", PortType::handle_of("Denoiser", Family::var("F")), "an SD UNet denoiser, wrapped or not")
-            .output("model", PortType::handle_of("Denoiser", Family::var("F")), "the capturing denoiser")
             .param(Param::int("skip_factor").default(8).range(0.0, 64.0).doc("skip maps 1/N of the latent side (DAAM: 8; 0 keeps all)")),
         NodeDef::new("sd.attention_heatmap", heatmap)
             .doc("DAAM word heat map from the captured cross-attention: token maps averaged over layers, heads and steps, the word's tokens averaged, upsampled (bicubic) to the image, min-max normalised; the mask keeps values ≥ threshold (DAAM: 0.4), usable as an inpainting mask. `prompt` must be the prompt the conditioning was made from (without weighting syntax).")

@@ -35,12 +35,7 @@ impl ObjectImpl for ClipObject {
     fn family(&self) -> String {
         self.family.clone()
     }
-    fn call(
-        &self,
-        _host: HostRef<'_>,
-        method: &str,
-        args: Vec<Value>,
-    ) -> Result<Vec<Value>, NodeError> {
+    fn call(&self, _host: HostRef<'_>, method: &str, args: Vec<Value>) -> Reply {
         match method {
             "encode" => {
                 let text = arg(&args, 0, method)?.as_str().ok_or_else(|| {

@@ -11,7 +11,7 @@ use latentflow_models::sd::daam::Accumulator;
 use latentflow_models::sd::unet::Extras;
 use latentflow_models::sd::{deepcache, lora, Family as SdFamily, LoadedUNet, PredictionType};
 use latentflow_plugin_api::sdk::denoiser::{
-    denoiser_handle, names, DenoiseOutput, DenoiseRequest, DenoiserImpl, DenoiserInfo,
+    denoiser_handle, names, DenoiseOutput, DenoiseRequest, Denoised, DenoiserImpl, DenoiserInfo,
     PredictionKind,
 };
 use latentflow_plugin_api::sdk::prelude::*;
@@ -159,7 +159,7 @@ impl DenoiserImpl for UNetDenoiser {
         }
     }
 
-    fn denoise(&self, _host: HostRef<'_>, req: DenoiseRequest) -> Result<DenoiseOutput, NodeError> {
+    fn denoise(&self, _host: HostRef, req: DenoiseRequest) -> Denoised {
         let x = f32_tensor(&req.x)?;
         let (b, _, h, w) = x.dims4().map_err(|_| {
             NodeError::invalid(format!(

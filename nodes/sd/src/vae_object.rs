@@ -83,12 +83,7 @@ impl ObjectImpl for VaeObject {
     fn family(&self) -> String {
         String::new()
     }
-    fn call(
-        &self,
-        host: HostRef<'_>,
-        method: &str,
-        args: Vec<Value>,
-    ) -> Result<Vec<Value>, NodeError> {
+    fn call(&self, host: HostRef<'_>, method: &str, args: Vec<Value>) -> Reply {
         let tensor = |i| {
             arg(&args, i, method)?
                 .as_tensor()

@@ -21,7 +21,7 @@
 
 use crate::error::NodeError;
 use crate::host::HostRef;
-use crate::object::{ObjectHandle, ObjectImpl};
+use crate::object::{ObjectHandle, ObjectImpl, Reply};
 use crate::tensor::Tensor;
 use crate::value::{Record, Value};
 
@@ -344,7 +344,7 @@ pub trait DenoiserImpl: Send + Sync + 'static {
     fn info(&self) -> DenoiserInfo;
 
     /// The model output for a request.
-    fn denoise(&self, host: HostRef<'_>, req: DenoiseRequest) -> Result<DenoiseOutput, NodeError>;
+    fn denoise(&self, host: HostRef, req: DenoiseRequest) -> Denoised;
 
     /// Methods beyond `info` and `denoise` (queries such as `features`, transforms such as
     /// `with_lora`); `None` when it has no method of that name.
@@ -375,12 +375,7 @@ impl<T: DenoiserImpl> ObjectImpl for AsObject<T> {
         self.0.info().family
     }
 
-    fn call(
-        &self,
-        host: HostRef<'_>,
-        method: &str,
-        args: Vec<Value>,
-    ) -> Result<Vec<Value>, NodeError> {
+    fn call(&self, host: HostRef<'_>, method: &str, args: Vec<Value>) -> Reply {
         match method {
             "info" => Ok(vec![self.0.info().to_record().into()]),
             "denoise" => {
@@ -406,36 +401,40 @@ pub fn denoiser_handle<T: DenoiserImpl>(d: T) -> ObjectHandle {
     ObjectHandle::new(AsObject(d))
 }
 
-/// What a wrapper implements: the wrapped denoiser, what it changes, and how to wrap another.
-/// Everything it does not override is forwarded to the wrapped denoiser.
+/// What a denoiser call returns.
+pub type Denoised = Result<DenoiseOutput, NodeError>;
+
+/// What a wrapper implements: only what it changes. The wrapped denoiser is held by the
+/// handle ([`wrapper_handle`]); `info`, unknown methods and `with_…` transforms are forwarded to
+/// it, the transformed model wrapped again with [`WrapperImpl::rewrapped`].
 pub trait WrapperImpl: Send + Sync + Sized + 'static {
-    /// The wrapped denoiser.
-    fn inner(&self) -> &ObjectHandle;
-
-    /// The same wrapper around another denoiser (after a `with_…` transform of the inner one).
-    fn with_inner(&self, inner: ObjectHandle) -> Self;
-
     /// A short name for descriptions, e.g. `DeepCache interval 3`.
     fn name(&self) -> String;
 
-    /// The call. The default forwards it unchanged.
-    fn denoise(&self, host: HostRef<'_>, req: DenoiseRequest) -> Result<DenoiseOutput, NodeError> {
-        DenoiserClient::new(self.inner())?.denoise(host, req)
+    /// The call; `inner` is the wrapped denoiser. The default forwards it unchanged.
+    fn denoise(&self, inner: &DenoiserClient, host: HostRef, req: DenoiseRequest) -> Denoised {
+        inner.denoise(host, req)
     }
 
-    /// Methods of the wrapper itself; `None` forwards the call.
+    /// Methods of the wrapper itself; `None` forwards the call to `inner`.
     fn call_own(
         &self,
+        _inner: &ObjectHandle,
         _host: HostRef<'_>,
         _method: &str,
         _args: &[Value],
     ) -> Option<Result<Vec<Value>, NodeError>> {
         None
     }
+
+    /// The wrapper to put around a transformed inner model (a LoRA'd one); state that belongs to
+    /// one model (caches) must start afresh.
+    fn rewrapped(&self) -> Self;
 }
 
 struct Wrapped<W> {
     wrapper: W,
+    inner: ObjectHandle,
     /// The inner denoiser's info, read once.
     inner_info: DenoiserInfo,
 }
@@ -449,30 +448,30 @@ impl<W: WrapperImpl> ObjectImpl for Wrapped<W> {
         self.inner_info.family.clone()
     }
 
-    fn call(
-        &self,
-        host: HostRef<'_>,
-        method: &str,
-        args: Vec<Value>,
-    ) -> Result<Vec<Value>, NodeError> {
-        if let Some(r) = self.wrapper.call_own(host.sabi_reborrow(), method, &args) {
+    fn call(&self, host: HostRef<'_>, method: &str, args: Vec<Value>) -> Reply {
+        if let Some(r) = self
+            .wrapper
+            .call_own(&self.inner, host.sabi_reborrow(), method, &args)
+        {
             return r;
         }
         match method {
             "info" => Ok(vec![self.info().to_record().into()]),
             "denoise" => {
                 let req = DenoiseRequest::from_record(record_arg(&args, method)?)?;
-                Ok(vec![self.wrapper.denoise(host, req)?.to_record().into()])
+                let inner = DenoiserClient::new(&self.inner)?;
+                Ok(vec![self
+                    .wrapper
+                    .denoise(&inner, host, req)?
+                    .to_record()
+                    .into()])
             }
             transform if transform.starts_with("with_") => {
-                let mut out = self
-                    .wrapper
-                    .inner()
-                    .call(host.sabi_reborrow(), method, args)?;
+                let mut out = self.inner.call(host.sabi_reborrow(), method, args)?;
                 match out.first() {
                     Some(Value::Object(inner)) if inner.interface() == DENOISER => {
-                        let rewrapped = self.wrapper.with_inner(inner.clone());
-                        out[0] = Value::Object(wrapper_handle(host, rewrapped)?);
+                        let again = wrapper_handle(host, inner.clone(), self.wrapper.rewrapped())?;
+                        out[0] = Value::Object(again);
                         Ok(out)
                     }
                     _ => Err(NodeError::failed(format!(
@@ -481,7 +480,7 @@ impl<W: WrapperImpl> ObjectImpl for Wrapped<W> {
                     ))),
                 }
             }
-            _ => self.wrapper.inner().call(host, method, args),
+            _ => self.inner.call(host, method, args),
         }
     }
 
@@ -503,14 +502,49 @@ impl<W: WrapperImpl> Wrapped<W> {
     }
 }
 
-/// Wraps a denoiser wrapper as an object handle; reads the inner denoiser's info once.
+/// A node type that wraps its `model` input (a denoiser of any family `F`) in the wrapper that
+/// `make` builds from the node's inputs and parameters; declare further inputs and parameters
+/// on the result.
+pub fn wrapper_node<W, F>(type_id: &str, what: &str, make: F) -> crate::sdk::NodeDef
+where
+    W: WrapperImpl,
+    F: Fn(&crate::sdk::Ctx<'_>, &crate::sdk::Inputs, &crate::sdk::Params) -> Result<W, NodeError>
+        + Send
+        + Sync
+        + 'static,
+{
+    let family = || crate::types::Family::var("F");
+    crate::sdk::NodeDef::new(type_id, move |ctx, inputs, params| {
+        let wrapper = make(ctx, inputs, params)?;
+        let inner = inputs.object("model")?.clone();
+        Ok(vec![Value::Object(wrapper_handle(
+            ctx.host(),
+            inner,
+            wrapper,
+        )?)])
+    })
+    .input(
+        "model",
+        crate::types::PortType::handle_of(DENOISER, family()),
+        "the denoiser to wrap (bare, or under other wrappers)",
+    )
+    .output(
+        "model",
+        crate::types::PortType::handle_of(DENOISER, family()),
+        what,
+    )
+}
+
+/// Wraps the denoiser `inner` in `wrapper`; reads the inner denoiser's info once.
 pub fn wrapper_handle<W: WrapperImpl>(
     host: HostRef<'_>,
+    inner: ObjectHandle,
     wrapper: W,
 ) -> Result<ObjectHandle, NodeError> {
-    let inner_info = DenoiserClient::new(wrapper.inner())?.info(host)?;
+    let inner_info = DenoiserClient::new(&inner)?.info(host)?;
     Ok(ObjectHandle::new(Wrapped {
         wrapper,
+        inner,
         inner_info,
     }))
 }
@@ -542,11 +576,7 @@ impl<'a> DenoiserClient<'a> {
     }
 
     /// The model output for a request.
-    pub fn denoise(
-        &self,
-        host: HostRef<'_>,
-        req: DenoiseRequest,
-    ) -> Result<DenoiseOutput, NodeError> {
+    pub fn denoise(&self, host: HostRef, req: DenoiseRequest) -> Denoised {
         let out = self
             .handle
             .call(host, "denoise", vec![req.to_record().into()])?;

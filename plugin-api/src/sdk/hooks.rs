@@ -14,7 +14,7 @@
 
 use crate::error::NodeError;
 use crate::host::HostRef;
-use crate::object::{ObjectHandle, ObjectImpl};
+use crate::object::{ObjectHandle, ObjectImpl, Reply};
 use crate::tensor::Tensor;
 use crate::value::{Record, Value};
 
@@ -110,12 +110,7 @@ impl<T: SamplerHookImpl> ObjectImpl for AsObject<T> {
         SAMPLER_HOOK.into()
     }
 
-    fn call(
-        &self,
-        host: HostRef<'_>,
-        method: &str,
-        args: Vec<Value>,
-    ) -> Result<Vec<Value>, NodeError> {
+    fn call(&self, host: HostRef<'_>, method: &str, args: Vec<Value>) -> Reply {
         let record = || {
             args.first().and_then(Value::as_record).ok_or_else(|| {
                 NodeError::invalid(format!("{SAMPLER_HOOK}.{method} takes one record"))

@@ -41,7 +41,7 @@ pub use plugin::{guard, PluginDef};
 pub mod prelude {
     pub use super::{Ctx, Inputs, NodeDef, NodeImpl, Param, Params, PluginDef};
     pub use crate::{DType, Dim, Family, NodeError, ObjectHandle, PortType, Record, Tensor, Value};
-    pub use crate::{HostRef, ObjectImpl};
+    pub use crate::{HostRef, ObjectImpl, Reply};
 }
 
 /// Result type of node code.

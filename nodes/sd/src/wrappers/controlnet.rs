@@ -9,7 +9,7 @@ use candle_core::{Device, Tensor as CTensor};
 use latentflow_models::sd::controlnet::ControlNet;
 use latentflow_plugin_api::sdk::candle::{from_candle, to_candle};
 use latentflow_plugin_api::sdk::denoiser::{
-    names, wrapper_handle, DenoiseOutput, DenoiseRequest, DenoiserClient, Step, WrapperImpl,
+    names, wrapper_node, DenoiseRequest, Denoised, DenoiserClient, Step, WrapperImpl,
 };
 use latentflow_plugin_api::sdk::prelude::*;
 
@@ -44,12 +44,7 @@ impl ObjectImpl for ControlNetObject {
     fn family(&self) -> String {
         String::new()
     }
-    fn call(
-        &self,
-        _host: HostRef<'_>,
-        method: &str,
-        args: Vec<Value>,
-    ) -> Result<Vec<Value>, NodeError> {
+    fn call(&self, _host: HostRef<'_>, method: &str, args: Vec<Value>) -> Reply {
         if method != "residuals" {
             return Err(NodeError::invalid(format!(
                 "ControlNet has no method `{method}`"
@@ -93,7 +88,6 @@ impl ObjectImpl for ControlNetObject {
 /// A denoiser with a ControlNet's residuals added.
 #[derive(Clone)]
 struct Controlled {
-    inner: ObjectHandle,
     controlnet: ObjectHandle,
     /// 1×3×H×W control image in [0, 1].
     image: CTensor,
@@ -184,15 +178,8 @@ impl Controlled {
 }
 
 impl WrapperImpl for Controlled {
-    fn inner(&self) -> &ObjectHandle {
-        &self.inner
-    }
-
-    fn with_inner(&self, inner: ObjectHandle) -> Self {
-        Controlled {
-            inner,
-            ..self.clone()
-        }
+    fn rewrapped(&self) -> Self {
+        self.clone()
     }
 
     fn name(&self) -> String {
@@ -200,11 +187,7 @@ impl WrapperImpl for Controlled {
     }
 
     /// Adds this ControlNet's residuals to those of ControlNets further out, and forwards.
-    fn denoise(
-        &self,
-        host: HostRef<'_>,
-        mut req: DenoiseRequest,
-    ) -> Result<DenoiseOutput, NodeError> {
+    fn denoise(&self, inner: &DenoiserClient, host: HostRef, mut req: DenoiseRequest) -> Denoised {
         if self.active(req.step) && self.strength != 0.0 {
             let ctx = req.cond.require_context("ControlNet")?.clone();
             let (down, mid) =
@@ -236,13 +219,12 @@ impl WrapperImpl for Controlled {
             req.cond
                 .set(names::CONTROL_MID, Value::Tensor(from_candle(&mid)?));
         }
-        DenoiserClient::new(&self.inner)?.denoise(host, req)
+        inner.denoise(host, req)
     }
 }
 
 /// `sd.apply_controlnet`.
-pub fn apply(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
-    let inner = inputs.object("model")?.clone();
+fn apply(inputs: &Inputs, p: &Params) -> Result<Controlled, NodeError> {
     let controlnet = inputs.object("controlnet")?.clone();
     if controlnet.interface() != "ControlNet" {
         return Err(NodeError::invalid(format!(
@@ -261,18 +243,14 @@ pub fn apply(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeE
             "start {start} is after end {end}"
         )));
     }
-    Ok(vec![Value::Object(wrapper_handle(
-        ctx.host(),
-        Controlled {
-            inner,
-            controlnet,
-            image,
-            strength: p.f64("strength")?,
-            start,
-            end,
-            guess_mode: p.bool("guess_mode")?,
-        },
-    )?)])
+    Ok(Controlled {
+        controlnet,
+        image,
+        strength: p.f64("strength")?,
+        start,
+        end,
+        guess_mode: p.bool("guess_mode")?,
+    })
 }
 
 /// The nodes.
@@ -290,12 +268,10 @@ pub fn nodes() -> Vec<NodeDef> {
         .output("controlnet", PortType::handle("ControlNet"), "the ControlNet")
         .param(Param::path("path").doc("ControlNet folder or single file"))
         .param(Param::path("config").default("").doc("single files: a diffusers ControlNet folder with the config")),
-        NodeDef::new("sd.apply_controlnet", apply)
+        wrapper_node("sd.apply_controlnet", "the controlled denoiser", |_, i, p| apply(i, p))
             .doc("Wraps a denoiser so every step adds a ControlNet's residuals, computed from the control image, as diffusers' ControlNet pipeline does: scaled by strength, only for steps i with start ≤ i/n and (i+1)/n ≤ end, guess mode (residuals 0.1→1 on a log scale; the negative half of a CFG batch gets none). Chain several to sum them.")
-            .input("model", PortType::handle_of("Denoiser", Family::var("F")), "the UNet, or any wrapper of it")
             .input("controlnet", PortType::handle("ControlNet"), "the ControlNet")
             .input("image", PortType::Image, "control image in [0, 1], at the size being generated")
-            .output("model", PortType::handle_of("Denoiser", Family::var("F")), "the controlled denoiser")
             .param(Param::float("strength").default(1.0).range(0.0, 10.0).doc("controlnet_conditioning_scale"))
             .param(Param::float("start").default(0.0).range(0.0, 1.0).doc("first fraction of the steps to control"))
             .param(Param::float("end").default(1.0).range(0.0, 1.0).doc("last fraction of the steps to control"))

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use latentflow_models::sd::deepcache::quad_center_schedule;
 use latentflow_plugin_api::sdk::denoiser::{
-    names, wrapper_handle, DenoiseOutput, DenoiseRequest, WrapperImpl,
+    names, wrapper_node, DenoiseRequest, Denoised, DenoiserClient, WrapperImpl,
 };
 use latentflow_plugin_api::sdk::prelude::*;
 
@@ -22,7 +22,6 @@ struct Progress {
 }
 
 struct DeepCache {
-    inner: ObjectHandle,
     interval: usize,
     /// Quadratic refresh schedule around this step (`None`: uniform).
     quad_center: Option<f64>,
@@ -32,6 +31,20 @@ struct DeepCache {
 }
 
 impl DeepCache {
+    /// A wrapper with its own cache key, at the start of a run.
+    fn new(interval: usize, quad_center: Option<f64>, branch: usize) -> Self {
+        DeepCache {
+            interval,
+            quad_center,
+            branch,
+            key: KEYS.fetch_add(1, Ordering::Relaxed),
+            progress: Arc::new(Mutex::new(Progress {
+                step: 0,
+                last_t: f64::INFINITY,
+            })),
+        }
+    }
+
     /// Whether this call is a refresh (full) step.
     fn refresh(&self, req: &DenoiseRequest) -> Result<bool, NodeError> {
         let mut p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
@@ -60,22 +73,8 @@ impl DeepCache {
 }
 
 impl WrapperImpl for DeepCache {
-    fn inner(&self) -> &ObjectHandle {
-        &self.inner
-    }
-
-    fn with_inner(&self, inner: ObjectHandle) -> Self {
-        DeepCache {
-            inner,
-            interval: self.interval,
-            quad_center: self.quad_center,
-            branch: self.branch,
-            key: KEYS.fetch_add(1, Ordering::Relaxed),
-            progress: Arc::new(Mutex::new(Progress {
-                step: 0,
-                last_t: f64::INFINITY,
-            })),
-        }
+    fn rewrapped(&self) -> Self {
+        DeepCache::new(self.interval, self.quad_center, self.branch)
     }
 
     fn name(&self) -> String {
@@ -85,11 +84,7 @@ impl WrapperImpl for DeepCache {
         )
     }
 
-    fn denoise(
-        &self,
-        host: HostRef<'_>,
-        mut req: DenoiseRequest,
-    ) -> Result<DenoiseOutput, NodeError> {
+    fn denoise(&self, inner: &DenoiserClient, host: HostRef, mut req: DenoiseRequest) -> Denoised {
         let refresh = self.refresh(&req)?;
         req.set_option(
             names::DEEPCACHE,
@@ -99,36 +94,24 @@ impl WrapperImpl for DeepCache {
                 .with("key", self.key)
                 .into(),
         );
-        latentflow_plugin_api::sdk::denoiser::DenoiserClient::new(&self.inner)?.denoise(host, req)
+        inner.denoise(host, req)
     }
-}
-
-fn deepcache(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
-    let quad_center = match p.str("schedule")? {
-        "quad" => Some(p.f64("center")?),
-        _ => None,
-    };
-    let wrapped = DeepCache {
-        inner: inputs.object("model")?.clone(),
-        interval: p.usize("cache_interval")?.max(1),
-        quad_center,
-        branch: p.usize("cache_branch_id")?,
-        key: KEYS.fetch_add(1, Ordering::Relaxed),
-        progress: Arc::new(Mutex::new(Progress {
-            step: 0,
-            last_t: f64::INFINITY,
-        })),
-    };
-    Ok(vec![Value::Object(wrapper_handle(ctx.host(), wrapped)?)])
 }
 
 /// The node's definition.
 pub fn node() -> NodeDef {
-    let f = || Family::var("F");
-    NodeDef::new("sd.deepcache", deepcache)
+    wrapper_node("sd.deepcache", "the cached denoiser", |_, _, p| {
+        let quad_center = match p.str("schedule")? {
+            "quad" => Some(p.f64("center")?),
+            _ => None,
+        };
+        Ok(DeepCache::new(
+            p.usize("cache_interval")?.max(1),
+            quad_center,
+            p.usize("cache_branch_id")?,
+        ))
+    })
         .doc("DeepCache: every cache_interval-th sampling step runs the whole UNet and caches the deep feature at cache_branch_id (block = id / 3, layer = id % 3, numbered as the DeepCache package does); the steps in between recompute only the shallow layers. interval 1 is the plain model. Composes with every other wrapper (ControlNet, inpainting, attention capture, LoRA) in any order. Use one wrapped model per sampler at a time.")
-        .input("model", PortType::handle_of("Denoiser", f()), "an SD UNet denoiser, wrapped or not")
-        .output("model", PortType::handle_of("Denoiser", f()), "the cached denoiser")
         .param(Param::int("cache_interval").default(3).range(1.0, 1000.0).doc("full UNet every N steps"))
         .param(Param::int("cache_branch_id").default(0).range(0.0, 64.0).doc("skip branch whose deep feature is reused (0: shallowest)"))
         .param(Param::choice("schedule", &["uniform", "quad"]).default("uniform").doc("uniform: every cache_interval-th step is full; quad: ⌈steps/interval⌉ full steps packed around `center` (the DeepCache pipelines' non-uniform schedule, exponent 1.4)"))
