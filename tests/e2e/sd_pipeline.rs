@@ -297,39 +297,12 @@ fn two_controlnets_sum_their_residuals() {
         "inputs: {model: controlled, positive:",
         "inputs: {model: controlled2, positive:",
         1,
-    ) + "  controlled2:\n    type: sd.apply_controlnet\n    inputs: {model: controlled, controlnet: control_net, image: control_image.image}\n    params: {strength: $strength}\n  save_latent:\n    type: core.save_tensor\n    inputs: {tensor: sample.latent}\n    params: {filename: latent.safetensors}\n";
-    let single = text + "  save_latent:\n    type: core.save_tensor\n    inputs: {tensor: sample.latent}\n    params: {filename: latent.safetensors}\n";
-    let root = workspace_root();
-    let sets = [
-        format!("model={}", root.join("tests/fixtures/tiny-sd").display()),
-        format!(
-            "controlnet={}",
-            root.join("tests/fixtures/tiny-controlnet").display()
-        ),
-        format!(
-            "image={}",
-            root.join("tests/fixtures/images/img2img-init.png")
-                .display()
-        ),
-        "steps=6".to_string(),
-    ];
+    ) + "  controlled2:\n    type: sd.apply_controlnet\n    inputs: {model: controlled, controlnet: control_net, image: control_image.image}\n    params: {strength: $strength}\n";
+    let single = text;
     let run = |name: &str, g: &str, strength: &str| {
-        let path = sb.write(name, g);
-        let out = sb.path().join(name.replace(".yaml", ""));
-        let mut args = vec![
-            "run".to_string(),
-            path.display().to_string(),
-            "-q".into(),
-            "--output-dir".into(),
-            out.display().to_string(),
-        ];
-        for s in sets.iter().map(String::as_str).chain([strength]) {
-            args.push("--set".into());
-            args.push(s.into());
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        sb.run(&args).expect_code(0);
-        read_safetensors_tensor(&out.join("latent.safetensors"), "tensor").1
+        let mut sets = controlnet_sets();
+        sets.extend(["steps=6".to_string(), strength.to_string()]);
+        sampled_latent(&sb, name, g, &sets)
     };
     let one = run("one.yaml", &single, "strength=0.8");
     let two = run("two.yaml", &twice, "strength=0.4");
@@ -409,12 +382,12 @@ fn attention_heatmap_masks_a_word_and_capturing_changes_nothing() {
 }
 
 /// Runs `graphs/lora.yaml` (plus a saved latent) with the given `--set`s; returns the latent.
-fn lora_latent(sb: &Sandbox, name: &str, graph_text: &str, sets: &[String]) -> Vec<f32> {
-    let root = workspace_root();
-    let g = format!(
-        "{graph_text}  save_latent:\n    type: core.save_tensor\n    inputs: {{tensor: sample.latent}}\n    params: {{filename: latent.safetensors}}\n"
-    );
-    let path = sb.write(name, &g);
+/// A node saving the sampled latent, to append to a graph.
+const SAVE_LATENT: &str = "  save_latent:\n    type: core.save_tensor\n    inputs: {tensor: sample.latent}\n    params: {filename: latent.safetensors}\n";
+
+/// Runs `graph_text` plus [`SAVE_LATENT`] with `--set` values; returns the sampled latent.
+fn sampled_latent(sb: &Sandbox, name: &str, graph_text: &str, sets: &[String]) -> Vec<f32> {
+    let path = sb.write(name, &format!("{graph_text}{SAVE_LATENT}"));
     let out = sb.path().join(name.replace(".yaml", ""));
     let mut args = vec![
         "run".to_string(),
@@ -422,10 +395,6 @@ fn lora_latent(sb: &Sandbox, name: &str, graph_text: &str, sets: &[String]) -> V
         "-q".into(),
         "--output-dir".into(),
         out.display().to_string(),
-        "--set".into(),
-        format!("model={}", root.join("tests/fixtures/tiny-sd").display()),
-        "--set".into(),
-        "steps=4".into(),
     ];
     for s in sets {
         args.push("--set".into());
@@ -434,6 +403,30 @@ fn lora_latent(sb: &Sandbox, name: &str, graph_text: &str, sets: &[String]) -> V
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     sb.run(&args).expect_code(0);
     read_safetensors_tensor(&out.join("latent.safetensors"), "tensor").1
+}
+
+/// The tiny model, ControlNet and control image as `--set` values.
+fn controlnet_sets() -> Vec<String> {
+    let root = workspace_root();
+    let fixture = |name: &str, rel: &str| format!("{name}={}", root.join(rel).display());
+    vec![
+        fixture("model", "tests/fixtures/tiny-sd"),
+        fixture("controlnet", "tests/fixtures/tiny-controlnet"),
+        fixture("image", "tests/fixtures/images/img2img-init.png"),
+    ]
+}
+
+/// [`sampled_latent`] on the tiny model with 4 steps.
+fn lora_latent(sb: &Sandbox, name: &str, graph_text: &str, sets: &[String]) -> Vec<f32> {
+    let mut all = vec![
+        format!(
+            "model={}",
+            workspace_root().join("tests/fixtures/tiny-sd").display()
+        ),
+        "steps=4".to_string(),
+    ];
+    all.extend_from_slice(sets);
+    sampled_latent(sb, name, graph_text, &all)
 }
 
 #[test]
@@ -574,31 +567,7 @@ fn deepcache_composes_with_controlnet() {
     ];
     run_text_and_compare("controlnet.yaml", &cached, "controlnet_loop", &model, &set);
     let every3 = cached.replace("params: {cache_interval: 1}", "params: {cache_interval: 3}");
-    let sb = Sandbox::new();
-    let g = sb.write("cn_dc.yaml", &every3);
-    let root = workspace_root();
-    let m = format!("model={}", model.display());
-    let cn = format!(
-        "controlnet={}",
-        root.join("tests/fixtures/tiny-controlnet").display()
-    );
-    let img = format!(
-        "image={}",
-        root.join("tests/fixtures/images/img2img-init.png")
-            .display()
-    );
-    sb.run(&[
-        "run",
-        g.to_str().unwrap_or_default(),
-        "-q",
-        "--set",
-        &m,
-        "--set",
-        &cn,
-        "--set",
-        &img,
-    ])
-    .expect_code(0);
+    sampled_latent(&Sandbox::new(), "cn_dc.yaml", &every3, &controlnet_sets());
 }
 
 /// A wrapper node `name` of `kind` over the denoiser `over`.
@@ -675,31 +644,14 @@ fn wrappers_compose_in_any_order_and_match_the_reference() {
 
 /// The final latent of the ControlNet graph with the given wrappers.
 fn controlnet_chain_latent(inner: &[&str], outer: &[&str]) -> Vec<f32> {
-    let root = workspace_root();
-    let text = controlnet_chain(inner, outer)
-        + "  save_latent:\n    type: core.save_tensor\n    inputs: {tensor: sample.latent}\n    params: {filename: latent.safetensors}\n";
-    let sb = Sandbox::new();
-    let g = sb.write("chain.yaml", &text);
-    let set = [
-        format!("model={}", root.join("tests/fixtures/tiny-sd").display()),
-        format!(
-            "controlnet={}",
-            root.join("tests/fixtures/tiny-controlnet").display()
-        ),
-        format!(
-            "image={}",
-            root.join("tests/fixtures/images/img2img-init.png")
-                .display()
-        ),
-    ];
-    let mut args = vec!["run".to_string(), g.display().to_string(), "-q".into()];
-    for s in set.iter().map(String::as_str).chain(CONTROLNET_SET) {
-        args.push("--set".into());
-        args.push(s.into());
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    sb.run(&args).expect_code(0);
-    read_safetensors_tensor(&sb.path().join("output/latent.safetensors"), "tensor").1
+    let mut sets = controlnet_sets();
+    sets.extend(CONTROLNET_SET.iter().map(|s| s.to_string()));
+    sampled_latent(
+        &Sandbox::new(),
+        "chain.yaml",
+        &controlnet_chain(inner, outer),
+        &sets,
+    )
 }
 
 #[test]

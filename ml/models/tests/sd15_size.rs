@@ -10,27 +10,10 @@ use std::path::PathBuf;
 use candle_core::{Device, Tensor};
 use latentflow_models::sd::loader::{self as models, Source};
 use latentflow_models::sd::unet::Extras as Hooks;
+use latentflow_testutil::rel_err;
 
 fn env(name: &str) -> PathBuf {
     PathBuf::from(std::env::var_os(name).unwrap_or_else(|| panic!("set {name}")))
-}
-
-fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
-    let d = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    d / b
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 #[test]
@@ -51,7 +34,7 @@ fn sd15_single_file_with_builtin_configs_equals_the_folder() {
         .unet
         .forward(&x, 321.0, &ctx, &Hooks::default())
         .unwrap();
-    let e = max_rel(&b, &a);
+    let e = rel_err(&b, &a);
     eprintln!("UNet single-file vs folder: {e:e}");
     assert!(e < 1e-6);
     let mut ids: Vec<u32> = (0..77u32).map(|i| 300 + i * 13).collect();
@@ -70,9 +53,9 @@ fn sd15_single_file_with_builtin_configs_equals_the_folder() {
         .forward(&ids, None)
         .unwrap()
         .last;
-    assert!(max_rel(&tb, &ta) < 1e-6);
+    assert!(rel_err(&tb, &ta) < 1e-6);
     let z = Tensor::randn(0f32, 1.0, (1, 4, 8, 8), &dev).unwrap();
     let va = models::vae(&folder).unwrap().decode_raw(&z).unwrap();
     let vb = models::vae(&single).unwrap().decode_raw(&z).unwrap();
-    assert!(max_rel(&vb, &va) < 1e-6);
+    assert!(rel_err(&vb, &va) < 1e-6);
 }

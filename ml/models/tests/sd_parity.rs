@@ -4,7 +4,7 @@
 //! checkpoint. Error: max|ours − ref| / max|ref| ≤ 1e-5.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use latentflow_models::sd::clip::ClipTextModel;
@@ -12,22 +12,10 @@ use latentflow_models::sd::deepcache;
 use latentflow_models::sd::loader::{self as models, Source};
 use latentflow_models::sd::tokenizer::ClipTokenizer;
 use latentflow_models::sd::unet::{Extras as Hooks, UNet};
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
+use latentflow_testutil::{fixtures, max_diff, rel_err};
 
 fn load(name: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixtures().join("sd-ref").join(name), &Device::Cpu).expect(name)
-}
-
-fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    let a = a.to_dtype(DType::F32).unwrap();
-    let b = b.to_dtype(DType::F32).unwrap();
-    let diff = (&a - &b).unwrap().abs().unwrap().max_all().unwrap();
-    let max = b.abs().unwrap().max_all().unwrap();
-    diff.to_scalar::<f32>().unwrap() / max.to_scalar::<f32>().unwrap()
+    latentflow_testutil::load(&format!("sd-ref/{name}"))
 }
 
 #[derive(serde::Deserialize)]
@@ -194,47 +182,27 @@ fn deepcache_refresh_steps_are_the_plain_unet_bit_for_bit() {
         .unwrap();
     for branch in [0, 1, 2] {
         let mut cache = None;
-        let full = deepcache::forward(
-            &unet,
-            &r["x"],
-            421.0,
-            &r["context"],
-            &Hooks::default(),
-            branch,
-            &mut cache,
-            true,
-        )
-        .unwrap();
-        let d = (&full - &plain)
+        let mut step = |refresh: bool| {
+            let extras = Hooks::default();
+            deepcache::forward(
+                &unet,
+                &r["x"],
+                421.0,
+                &r["context"],
+                &extras,
+                branch,
+                &mut cache,
+                refresh,
+            )
             .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        };
+        let full = step(true);
+        let d = max_diff(&full, &plain);
         assert_eq!(d, 0.0, "branch {branch}");
-        assert!(cache.is_some());
         // A retrieval step at the same input and timestep reuses the feature it would compute.
-        let again = deepcache::forward(
-            &unet,
-            &r["x"],
-            421.0,
-            &r["context"],
-            &Hooks::default(),
-            branch,
-            &mut cache,
-            false,
-        )
-        .unwrap();
-        let d = (&again - &plain)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let again = step(false);
+        assert!(cache.is_some());
+        let d = max_diff(&again, &plain);
         assert!(d < 1e-5, "branch {branch}: {d}");
     }
     assert!(

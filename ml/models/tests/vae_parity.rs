@@ -4,56 +4,24 @@
 
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
 use latentflow_models::sd::vae::{Vae, VaeConfig};
-use safetensors::SafeTensors;
+use latentflow_testutil::rel_err;
 
 fn fixture_dir() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-sd")
-}
-
-fn load(st: &SafeTensors, name: &str) -> Tensor {
-    let v = st.tensor(name).expect(name);
-    let data: Vec<f32> = v
-        .data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    Tensor::from_vec(data, v.shape(), &Device::Cpu).expect("tensor")
-}
-
-fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    let diff = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let max = b
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    diff / max
 }
 
 #[test]
 fn decode_and_encode_match_diffusers() {
     let dir = fixture_dir();
     let vae = Vae::load(&dir.join("vae")).expect("tiny VAE loads");
-    let bytes = std::fs::read(dir.join("vae_io.safetensors")).expect("fixture");
-    let st = SafeTensors::deserialize(&bytes).expect("fixture");
-    let decoded = vae.decode_raw(&load(&st, "latent")).expect("decode");
-    let e = rel_err(&decoded, &load(&st, "decoded"));
+    let io = latentflow_testutil::load("tiny-sd/vae_io.safetensors");
+    let decoded = vae.decode_raw(&io["latent"]).expect("decode");
+    let e = rel_err(&decoded, &io["decoded"]);
     eprintln!("decode relative error {e:e}");
     assert!(e <= 1e-5, "decode error {e:e}");
-    let mean = vae.encode_mean_raw(&load(&st, "image")).expect("encode");
-    let e = rel_err(&mean, &load(&st, "encoded_mean"));
+    let mean = vae.encode_mean_raw(&io["image"]).expect("encode");
+    let e = rel_err(&mean, &io["encoded_mean"]);
     eprintln!("encode relative error {e:e}");
     assert!(e <= 1e-5, "encode error {e:e}");
 }

@@ -4,21 +4,14 @@
 //! label. Relative error ≤ 1e-5.
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use latentflow_nn::{AdaLayerNormZero, PatchEmbed, PatchEmbedConfig, TimestepLabelEmbedding};
+use latentflow_testutil::rel_err;
 
 fn fixture() -> HashMap<String, Tensor> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/nn.safetensors");
-    candle_core::safetensors::load(path, &Device::Cpu).expect("fixture")
-}
-
-fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
-    let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
-    let m = b.abs().unwrap().max_all().unwrap();
-    d.to_scalar::<f32>().unwrap() / m.to_scalar::<f32>().unwrap().max(1e-12)
+    latentflow_testutil::load("nn.safetensors")
 }
 
 fn builder(t: &HashMap<String, Tensor>, prefix: &str) -> VarBuilder<'static> {

@@ -1,0 +1,40 @@
+//! Helpers for the model library's tests: where the fixtures are, loading them, and comparing
+//! tensors the way the parity tests state their bounds.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+
+/// `tests/fixtures` of the workspace.
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+/// The tensors of a fixture file (a path under `tests/fixtures`), on the CPU.
+pub fn load(rel: &str) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixtures().join(rel), &Device::Cpu)
+        .unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+/// A tensor's largest absolute value, as f32.
+pub fn max_abs(t: &Tensor) -> f32 {
+    t.to_dtype(DType::F32)
+        .and_then(|t| t.abs())
+        .and_then(|t| t.max_all())
+        .and_then(|t| t.to_scalar::<f32>())
+        .expect("max |t|")
+}
+
+/// max |a − b|.
+pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shapes differ");
+    let a = a.to_dtype(DType::F32).expect("f32");
+    let b = b.to_dtype(DType::F32).expect("f32");
+    max_abs(&(a - b).expect("difference"))
+}
+
+/// max |a − b| / max |b|: the relative error the parity bounds are stated in.
+pub fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
+    max_diff(a, b) / max_abs(b).max(1e-12)
+}
