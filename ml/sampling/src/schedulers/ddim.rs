@@ -5,7 +5,7 @@ use super::table::{leading, linspace_desc, trailing};
 use candle_core::{Result, Tensor};
 
 use super::ops::{add_scaled, lincomb};
-use super::{Config, Prediction, Scheduler, Spacing};
+use super::{Config, Prediction, Scheduler, Spacing, StepArgs};
 
 /// `np.round`: halves go to the even neighbour.
 fn round(x: f64) -> f64 {
@@ -61,14 +61,13 @@ fn alpha_bar_prev(s: &Scheduler, prev_t: f64, alpha_to_one: bool) -> f64 {
     }
 }
 
-pub(super) fn step_ddim(
-    s: &Scheduler,
-    pred: Prediction,
-    eta: f64,
-    out: &Tensor,
-    x: &Tensor,
-    noise: Option<&Tensor>,
-) -> Result<Tensor> {
+pub(super) fn step_ddim(s: &Scheduler, eta: f64, a: &StepArgs) -> Result<Tensor> {
+    let StepArgs {
+        pred,
+        out,
+        x,
+        noise,
+    } = *a;
     let t = s.timesteps[s.index];
     let prev_t = t - (s.cfg.table.len() / s.steps) as f64;
     let a_t = s.cfg.table.alpha_bar(t as i64);
@@ -83,13 +82,13 @@ pub(super) fn step_ddim(
     }
 }
 
-pub(super) fn step_ddpm(
-    s: &Scheduler,
-    pred: Prediction,
-    out: &Tensor,
-    x: &Tensor,
-    noise: Option<&Tensor>,
-) -> Result<Tensor> {
+pub(super) fn step_ddpm(s: &Scheduler, a: &StepArgs) -> Result<Tensor> {
+    let StepArgs {
+        pred,
+        out,
+        x,
+        noise,
+    } = *a;
     let t = s.timesteps[s.index];
     let prev_t = t - (s.cfg.table.len() / s.steps) as f64;
     let a_t = s.cfg.table.alpha_bar(t as i64);
@@ -117,13 +116,13 @@ pub(super) fn step_ddpm(
     }
 }
 
-pub(super) fn step_lcm(
-    s: &Scheduler,
-    pred: Prediction,
-    out: &Tensor,
-    x: &Tensor,
-    noise: Option<&Tensor>,
-) -> Result<Tensor> {
+pub(super) fn step_lcm(s: &Scheduler, a: &StepArgs) -> Result<Tensor> {
+    let StepArgs {
+        pred,
+        out,
+        x,
+        noise,
+    } = *a;
     let t = s.timesteps[s.index];
     let last = s.index + 1 == s.steps;
     let prev_t = if last { t } else { s.timesteps[s.index + 1] };

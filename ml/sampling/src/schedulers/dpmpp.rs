@@ -5,7 +5,7 @@ use super::table::{interp, karras, leading, linspace_desc, sigma_to_t, trailing}
 use candle_core::{Result, Tensor};
 
 use super::ops::{lincomb, scale};
-use super::{Config, Prediction, Scheduler, Spacing};
+use super::{Config, Prediction, Scheduler, Spacing, StepArgs};
 
 /// Integer timesteps, σ per step plus a final 0, and the initial noise σ (1: VP form).
 pub(super) fn grid(cfg: &Config, spacing: Spacing, n: usize) -> (Vec<f64>, Vec<f64>, f64) {
@@ -62,12 +62,8 @@ pub(super) fn data_prediction(
     }
 }
 
-pub(super) fn step(
-    s: &mut Scheduler,
-    pred: Prediction,
-    out: &Tensor,
-    x: &Tensor,
-) -> Result<Tensor> {
+pub(super) fn step(s: &mut Scheduler, a: &StepArgs) -> Result<Tensor> {
+    let StepArgs { pred, out, x, .. } = *a;
     let i = s.index;
     let (_, s0, l0) = vp(s.sigmas[i]);
     let x0 = data_prediction(pred, s.sigmas[i], out, x)?;

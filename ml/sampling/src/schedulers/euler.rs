@@ -5,7 +5,7 @@ use super::table::{interp, karras, leading, linspace_desc, sigma_to_t, trailing}
 use candle_core::{Result, Tensor};
 
 use super::ops::{add_scaled, lincomb, scale};
-use super::{Config, Prediction, Scheduler, Spacing};
+use super::{Config, Prediction, Scheduler, Spacing, StepArgs};
 
 /// Timesteps (fractional), σ per step plus a final 0, and the initial noise σ.
 pub(super) fn grid(cfg: &Config, spacing: Spacing, n: usize) -> (Vec<f64>, Vec<f64>, f64) {
@@ -53,12 +53,8 @@ fn euler_update(x: &Tensor, d: &Tensor, inv: f32, dt: f32) -> Result<Tensor> {
     x + scale(&scale(&(x - d)?, inv as f64)?, dt as f64)?
 }
 
-pub(super) fn step_euler(
-    s: &Scheduler,
-    pred: Prediction,
-    out: &Tensor,
-    x: &Tensor,
-) -> Result<Tensor> {
+pub(super) fn step_euler(s: &Scheduler, a: &StepArgs) -> Result<Tensor> {
+    let StepArgs { pred, out, x, .. } = *a;
     let (sigma, next) = (s.sigmas[s.index], s.sigmas[s.index + 1]);
     let x0 = denoised(pred, sigma, out, x)?;
     let dt = (next - sigma) as f32;
@@ -66,13 +62,13 @@ pub(super) fn step_euler(
     euler_update(x, &x0, inv, dt)
 }
 
-pub(super) fn step_ancestral(
-    s: &Scheduler,
-    pred: Prediction,
-    out: &Tensor,
-    x: &Tensor,
-    noise: Option<&Tensor>,
-) -> Result<Tensor> {
+pub(super) fn step_ancestral(s: &Scheduler, a: &StepArgs) -> Result<Tensor> {
+    let StepArgs {
+        pred,
+        out,
+        x,
+        noise,
+    } = *a;
     let (sigma, to) = (s.sigmas[s.index], s.sigmas[s.index + 1]);
     let x0 = denoised(pred, sigma, out, x)?;
     let up = (to * to * (sigma * sigma - to * to) / (sigma * sigma)).sqrt();

@@ -3,7 +3,7 @@
 use candle_core::{Result, Tensor};
 
 use super::ops::{lincomb, scale};
-use super::{Prediction, Scheduler};
+use super::{Prediction, Scheduler, StepArgs};
 
 const ORDER: usize = 4;
 
@@ -32,12 +32,8 @@ fn coefficient(sigmas: &[f64], order: usize, t: usize, current: usize) -> f64 {
         .sum::<f64>()
 }
 
-pub(super) fn step(
-    s: &mut Scheduler,
-    pred: Prediction,
-    out: &Tensor,
-    x: &Tensor,
-) -> Result<Tensor> {
+pub(super) fn step(s: &mut Scheduler, a: &StepArgs) -> Result<Tensor> {
+    let StepArgs { pred, out, x, .. } = *a;
     let i = s.index;
     let sigma = s.sigmas[i];
     let inv = (1.0 / sigma) as f32 as f64;

@@ -403,19 +403,34 @@ impl Scheduler {
         } else {
             None
         };
+        let a = StepArgs {
+            pred: prediction,
+            out: model_output,
+            x,
+            noise,
+        };
         let out = match self.cfg.kind {
-            Kind::Ddim { eta } => ddim::step_ddim(self, prediction, eta, model_output, x, noise),
-            Kind::Ddpm => ddim::step_ddpm(self, prediction, model_output, x, noise),
-            Kind::Lcm => ddim::step_lcm(self, prediction, model_output, x, noise),
-            Kind::Euler => euler::step_euler(self, prediction, model_output, x),
-            Kind::EulerAncestral => euler::step_ancestral(self, prediction, model_output, x, noise),
-            Kind::DpmPp2M => dpmpp::step(self, prediction, model_output, x),
-            Kind::UniPc => unipc::step(self, prediction, model_output, x),
-            Kind::Lms => lms::step(self, prediction, model_output, x),
+            Kind::Ddim { eta } => ddim::step_ddim(self, eta, &a),
+            Kind::Ddpm => ddim::step_ddpm(self, &a),
+            Kind::Lcm => ddim::step_lcm(self, &a),
+            Kind::Euler => euler::step_euler(self, &a),
+            Kind::EulerAncestral => euler::step_ancestral(self, &a),
+            Kind::DpmPp2M => dpmpp::step(self, &a),
+            Kind::UniPc => unipc::step(self, &a),
+            Kind::Lms => lms::step(self, &a),
         }?;
         self.index += 1;
         Ok(out)
     }
+}
+
+/// The inputs of one update rule.
+#[derive(Clone, Copy)]
+pub(crate) struct StepArgs<'a> {
+    pred: Prediction,
+    out: &'a Tensor,
+    x: &'a Tensor,
+    noise: Option<&'a Tensor>,
 }
 
 fn flow_refused<T>() -> Result<T, ScheduleError> {

@@ -5,7 +5,7 @@ use candle_core::{Result, Tensor};
 
 use super::dpmpp::data_prediction;
 use super::ops::{lincomb, scale};
-use super::{Prediction, Scheduler};
+use super::{Scheduler, StepArgs};
 
 /// VP (α, σ) and λ = log α − log σ of a k-diffusion σ.
 fn vp(sigma: f64) -> (f64, f64, f64) {
@@ -74,12 +74,8 @@ fn predict(s: &Scheduler, x: &Tensor, order: usize) -> Result<Tensor> {
     }
 }
 
-pub(super) fn step(
-    s: &mut Scheduler,
-    pred: Prediction,
-    out: &Tensor,
-    x: &Tensor,
-) -> Result<Tensor> {
+pub(super) fn step(s: &mut Scheduler, a: &StepArgs) -> Result<Tensor> {
+    let StepArgs { pred, out, x, .. } = *a;
     let i = s.index;
     let m_t = data_prediction(pred, s.sigmas[i], out, x)?;
     let x = if i > 0 && s.last_sample.is_some() {
