@@ -1,16 +1,10 @@
 //! Every graph in `graphs/` validates and runs.
 
-use latentflow_tests::{workspace_root, Sandbox};
+use latentflow_tests::{files_with_ext, read_safetensors_f32, workspace_root, Sandbox};
 
 #[test]
 fn every_example_graph_runs() {
-    let dir = workspace_root().join("graphs");
-    let mut graphs: Vec<_> = std::fs::read_dir(&dir)
-        .expect("graphs/")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    graphs.sort();
+    let graphs = files_with_ext(&workspace_root().join("graphs"), "yaml");
     assert!(!graphs.is_empty());
     for g in graphs {
         let sb = Sandbox::new();
@@ -31,10 +25,8 @@ fn compose_graph_writes_the_expected_image() {
     let g = latentflow_tests::graph("compose.yaml");
     sb.run(&["run", g.to_str().unwrap_or_default(), "-q"])
         .expect_code(0);
-    let png = sb.path().join("output/compose.png");
-    let decoder = png_size(&png);
-    assert_eq!(decoder, (192, 128));
-    assert!(sb.path().join("output/previews/preview.png").exists());
+    assert_eq!(png_size(&sb.output("compose.png")), (192, 128));
+    assert!(sb.output("previews/preview.png").exists());
 }
 
 fn png_size(path: &std::path::Path) -> (u32, u32) {
@@ -51,11 +43,10 @@ fn latents_graph_is_seeded_and_correct() {
     let g = latentflow_tests::graph("latents.yaml");
     let g = g.to_str().unwrap_or_default();
     sb.run(&["run", g, "-q"]).expect_code(0);
-    let (shape, noise) =
-        latentflow_tests::read_safetensors_f32(&sb.path().join("output/noise.safetensors"));
+    let read = |sb: &Sandbox, name: &str| read_safetensors_f32(&sb.output(name));
+    let (shape, noise) = read(&sb, "noise.safetensors");
     assert_eq!(shape, vec![1, 4, 6, 8]);
-    let (_, diff) =
-        latentflow_tests::read_safetensors_f32(&sb.path().join("output/diff.safetensors"));
+    let (_, diff) = read(&sb, "diff.safetensors");
     // diff = 2 * (0.5 * noise + 0.5 * 0) - noise = 0
     assert!(diff.iter().all(|d| d.abs() < 1e-6));
     let mean = noise.iter().sum::<f32>() / noise.len() as f32;
@@ -63,12 +54,9 @@ fn latents_graph_is_seeded_and_correct() {
     // Same seed, same noise; another run seed changes only the `random` seed.
     let sb2 = Sandbox::new();
     sb2.run(&["run", g, "-q", "--seed", "99"]).expect_code(0);
-    let (_, noise2) =
-        latentflow_tests::read_safetensors_f32(&sb2.path().join("output/noise.safetensors"));
-    assert_eq!(noise, noise2);
-    let (_, r1) =
-        latentflow_tests::read_safetensors_f32(&sb.path().join("output/random.safetensors"));
-    let (_, r2) =
-        latentflow_tests::read_safetensors_f32(&sb2.path().join("output/random.safetensors"));
-    assert_ne!(r1, r2);
+    assert_eq!(noise, read(&sb2, "noise.safetensors").1);
+    assert_ne!(
+        read(&sb, "random.safetensors").1,
+        read(&sb2, "random.safetensors").1
+    );
 }

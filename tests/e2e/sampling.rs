@@ -7,31 +7,42 @@ const KINDS: [&str; 8] = [
     "ddim", "ddpm", "euler", "euler_a", "lms", "dpmpp_2m", "unipc", "lcm",
 ];
 
+/// The point-mass denoiser at 0.5, its conditioning and an empty 24×16 latent.
+const POINT: &str = "nodes:\n  model: {type: test.point_denoiser, params: {c: 0.5}}\n  pos: {type: test.conditioning}\n  empty: {type: core.empty_latent, params: {width: 24, height: 16}}\n";
+
+/// The point-mass denoiser at 0.75, a known latent and a mask over its left half.
+const INPAINT: &str = r#"
+nodes:
+  model: {type: test.point_denoiser, params: {c: 0.75}}
+  pos: {type: test.conditioning}
+  known: {type: core.noise_latent, params: {width: 32, height: 16, seed: 4}}
+  left: {type: core.rect_mask, params: {width: 32, height: 16, x: 0, y: 0, rect_width: 16, rect_height: 16}}
+"#;
+
 fn sandbox() -> Sandbox {
-    let sb = Sandbox::new();
-    sb.add_plugin("lf_fixture_testkit");
-    sb
+    Sandbox::with_plugins(&["lf_fixture_testkit"])
+}
+
+/// Writes and runs a graph quietly; it must succeed.
+fn run_ok(sb: &Sandbox, name: &str, yaml: &str) {
+    sb.graph("run", name, yaml, &["-q"]).expect_code(0);
 }
 
 fn values(sb: &Sandbox, file: &str) -> Vec<f32> {
-    read_safetensors_f32(&sb.path().join("output").join(file)).1
+    read_safetensors_f32(&sb.output(file)).1
 }
 
 #[test]
 fn every_sampler_lands_on_the_point_through_the_abi() {
     let sb = sandbox();
-    let mut g = String::from(
-        "nodes:\n  model: {type: test.point_denoiser, params: {c: 0.5}}\n  pos: {type: test.conditioning}\n  empty: {type: core.empty_latent, params: {width: 24, height: 16}}\n",
-    );
+    let mut g = String::from(POINT);
     for k in KINDS {
         let steps = if k == "lcm" { 4 } else { 12 };
         g.push_str(&format!(
             "  s_{k}: {{type: samplers.sample, inputs: {{model: model, positive: pos, latent: empty}}, params: {{kind: {k}, steps: {steps}, cfg: 1.0, seed: 3}}}}\n  w_{k}: {{type: core.save_tensor, inputs: {{tensor: s_{k}.latent}}, params: {{filename: {k}.safetensors}}}}\n"
         ));
     }
-    let g = sb.write("all.yaml", &g);
-    sb.run(&["run", g.to_str().unwrap_or_default(), "-q"])
-        .expect_code(0);
+    run_ok(&sb, "all.yaml", &g);
     for k in KINDS {
         let v = values(&sb, &format!("{k}.safetensors"));
         assert_eq!(v.len(), 4 * 2 * 3);
@@ -51,9 +62,7 @@ fn every_sampler_lands_on_the_point_through_the_abi() {
 #[test]
 fn guidance_extrapolates_from_negative_to_positive() {
     let sb = sandbox();
-    let g = sb.write(
-        "cfg.yaml",
-        r#"
+    let yaml = r#"
 nodes:
   model: {type: test.point_denoiser, params: {c: 0.5}}
   pos: {type: test.conditioning, params: {value: 0.1}}
@@ -61,10 +70,8 @@ nodes:
   empty: {type: core.empty_latent, params: {width: 16, height: 16}}
   s: {type: samplers.sample, inputs: {model: model, positive: pos, negative: neg, latent: empty}, params: {kind: dpmpp_2m, steps: 10, cfg: 7.5}}
   w: {type: core.save_tensor, inputs: {tensor: s.latent}, params: {filename: cfg.safetensors}}
-"#,
-    );
-    sb.run(&["run", g.to_str().unwrap_or_default(), "-q"])
-        .expect_code(0);
+"#;
+    run_ok(&sb, "cfg.yaml", yaml);
     // The guided point is c_neg + 7.5 (c_pos − c_neg) = 0.5 + 7.5 × 0.1.
     assert!(values(&sb, "cfg.safetensors")
         .iter()
@@ -74,18 +81,15 @@ nodes:
 #[test]
 fn img2img_runs_the_strength_fraction_of_the_schedule() {
     let sb = sandbox();
-    let g = sb.write(
-        "i2i.yaml",
-        r#"
+    let yaml = r#"
 nodes:
   model: {type: test.point_denoiser, params: {c: -0.25}}
   pos: {type: test.conditioning}
   start: {type: core.noise_latent, params: {width: 16, height: 16, seed: 9}}
   s: {type: samplers.sample, inputs: {model: model, positive: pos, latent: start}, params: {kind: euler, steps: 10, strength: 0.6, cfg: 1.0}}
   w: {type: core.save_tensor, inputs: {tensor: s.latent}, params: {filename: i2i.safetensors}}
-"#,
-    );
-    let r = sb.run(&["run", g.to_str().unwrap_or_default(), "--events", "json"]);
+"#;
+    let r = sb.graph("run", "i2i.yaml", yaml, &["--events", "json"]);
     r.expect_code(0);
     let totals: Vec<u64> = r
         .events()
@@ -105,21 +109,12 @@ nodes:
 #[test]
 fn inpainting_keeps_the_known_region_and_fills_the_mask() {
     let sb = sandbox();
-    let g = sb.write(
-        "inpaint.yaml",
-        r#"
-nodes:
-  model: {type: test.point_denoiser, params: {c: 0.75}}
-  pos: {type: test.conditioning}
-  known: {type: core.noise_latent, params: {width: 32, height: 16, seed: 4}}
-  left: {type: core.rect_mask, params: {width: 32, height: 16, x: 0, y: 0, rect_width: 16, rect_height: 16}}
-  s: {type: samplers.sample, inputs: {model: model, positive: pos, latent: known, mask: left}, params: {kind: euler, steps: 10, cfg: 1.0}}
+    let yaml = INPAINT.to_string()
+        + r#"  s: {type: samplers.sample, inputs: {model: model, positive: pos, latent: known, mask: left}, params: {kind: euler, steps: 10, cfg: 1.0}}
   w: {type: core.save_tensor, inputs: {tensor: s.latent}, params: {filename: out.safetensors}}
   wk: {type: core.save_tensor, inputs: {tensor: known}, params: {filename: known.safetensors}}
-"#,
-    );
-    sb.run(&["run", g.to_str().unwrap_or_default(), "-q"])
-        .expect_code(0);
+"#;
+    run_ok(&sb, "inpaint.yaml", &yaml);
     let (out, known) = (
         values(&sb, "out.safetensors"),
         values(&sb, "known.safetensors"),
@@ -137,34 +132,20 @@ nodes:
 #[test]
 fn a_sampler_refuses_a_handle_that_is_not_a_denoiser() {
     let sb = sandbox();
-    let g = sb.write(
-        "bad.yaml",
-        "nodes:\n  m: {type: test.make_scaler}\n  pos: {type: test.conditioning}\n  e: {type: core.empty_latent}\n  s: {type: samplers.sample, inputs: {model: m, positive: pos, latent: e}}\n",
-    );
-    let r = sb.run(&["validate", g.to_str().unwrap_or_default()]);
-    r.expect_code(3);
-    assert!(
-        r.stderr
-            .contains("expects Denoiser, but `m.scaler` is Scaler"),
-        "{}",
-        r.stderr
-    );
+    let yaml = "nodes:\n  m: {type: test.make_scaler}\n  pos: {type: test.conditioning}\n  e: {type: core.empty_latent}\n  s: {type: samplers.sample, inputs: {model: m, positive: pos, latent: e}}\n";
+    sb.refuses(yaml, "expects Denoiser, but `m.scaler` is Scaler");
 }
 
 #[test]
 fn every_sampler_predicts_the_point_as_x0_so_its_hallucination_score_is_zero() {
     let sb = sandbox();
-    let mut g = String::from(
-        "nodes:\n  model: {type: test.point_denoiser, params: {c: 0.5}}\n  pos: {type: test.conditioning}\n  empty: {type: core.empty_latent, params: {width: 24, height: 16}}\n",
-    );
+    let mut g = String::from(POINT);
     for k in KINDS {
         g.push_str(&format!(
             "  s_{k}: {{type: samplers.sample, inputs: {{model: model, positive: pos, latent: empty}}, params: {{kind: {k}, steps: 12, cfg: 1.0, seed: 3, record_steps: true}}}}\n  h_{k}: {{type: samplers.hallucination_score, inputs: {{x0: s_{k}.x0}}, params: {{last_k: 5}}}}\n  w_{k}: {{type: core.save_tensor, inputs: {{tensor: h_{k}}}, params: {{filename: {k}.safetensors}}}}\n  x_{k}: {{type: core.save_tensor, inputs: {{tensor: s_{k}.x0}}, params: {{filename: x0_{k}.safetensors}}}}\n"
         ));
     }
-    let g = sb.write("x0.yaml", &g);
-    sb.run(&["run", g.to_str().unwrap_or_default(), "-q"])
-        .expect_code(0);
+    run_ok(&sb, "x0.yaml", &g);
     for k in KINDS {
         let x0 = values(&sb, &format!("x0_{k}.safetensors"));
         assert_eq!(x0.len(), 12 * 4 * 2 * 3, "{k}");
@@ -181,9 +162,7 @@ fn samples_between_the_modes_of_a_mixture_score_higher_than_samples_on_them() {
     // between modes as a learned one does (Aithal et al. 2024). Samples that end between the
     // modes had a restless x̂0 over the last steps: their mean score is far above the others'.
     let sb = sandbox();
-    let g = sb.write(
-        "gmm.yaml",
-        r#"
+    let yaml = r#"
 nodes:
   model: {type: test.mixture_denoiser, params: {means: "1,2,3", std: 0.0, temper: 0.3}}
   pos: {type: test.conditioning}
@@ -192,10 +171,8 @@ nodes:
   h: {type: samplers.hallucination_score, inputs: {x0: s.x0}, params: {last_k: 10}}
   w: {type: core.save_tensor, inputs: {tensor: h}, params: {filename: scores.safetensors}}
   x: {type: core.save_tensor, inputs: {tensor: s.latent}, params: {filename: samples.safetensors}}
-"#,
-    );
-    sb.run(&["run", g.to_str().unwrap_or_default(), "-q"])
-        .expect_code(0);
+"#;
+    run_ok(&sb, "gmm.yaml", yaml);
     let scores = values(&sb, "scores.safetensors");
     let samples = values(&sb, "samples.safetensors");
     assert_eq!((scores.len(), samples.len()), (600, 600));
@@ -240,23 +217,14 @@ nodes:
 #[test]
 fn the_inpainting_blend_as_a_hook_equals_the_mask_input() {
     let sb = sandbox();
-    let g = sb.write(
-        "hook.yaml",
-        r#"
-nodes:
-  model: {type: test.point_denoiser, params: {c: 0.75}}
-  pos: {type: test.conditioning}
-  known: {type: core.noise_latent, params: {width: 32, height: 16, seed: 4}}
-  left: {type: core.rect_mask, params: {width: 32, height: 16, x: 0, y: 0, rect_width: 16, rect_height: 16}}
-  blend: {type: samplers.inpaint_blend, inputs: {latent: known, mask: left}}
+    let yaml = INPAINT.to_string()
+        + r#"  blend: {type: samplers.inpaint_blend, inputs: {latent: known, mask: left}}
   by_mask: {type: samplers.sample, inputs: {model: model, positive: pos, latent: known, mask: left}, params: {kind: euler_a, steps: 8, cfg: 1.0, seed: 9}}
   by_hook: {type: samplers.sample, inputs: {model: model, positive: pos, latent: known, hooks: blend}, params: {kind: euler_a, steps: 8, cfg: 1.0, seed: 9}}
   w1: {type: core.save_tensor, inputs: {tensor: by_mask.latent}, params: {filename: mask.safetensors}}
   w2: {type: core.save_tensor, inputs: {tensor: by_hook.latent}, params: {filename: hook.safetensors}}
-"#,
-    );
-    sb.run(&["run", g.to_str().unwrap_or_default(), "-q"])
-        .expect_code(0);
+"#;
+    run_ok(&sb, "hook.yaml", &yaml);
     assert_eq!(
         values(&sb, "mask.safetensors"),
         values(&sb, "hook.safetensors")
@@ -267,20 +235,13 @@ nodes:
 fn feeding_one_familys_conditioning_to_another_familys_model_is_refused_before_running() {
     let sb = sandbox();
     let model = latentflow_tests::workspace_root().join("tests/fixtures/tiny-sd");
-    let g = sb.write(
-        "families.yaml",
-        &format!(
-            "nodes:\n  ckpt: {{type: sd.load_checkpoint, params: {{path: {}}}}}\n  cond: {{type: test.family_conditioning, params: {{dim: 32}}}}\n  e: {{type: core.empty_latent}}\n  s: {{type: samplers.sample, inputs: {{model: ckpt.model, positive: cond, latent: e}}}}\n",
-            model.display()
-        ),
+    let yaml = format!(
+        "nodes:\n  ckpt: {{type: sd.load_checkpoint, params: {{path: {}}}}}\n  cond: {{type: test.family_conditioning, params: {{dim: 32}}}}\n  e: {{type: core.empty_latent}}\n  s: {{type: samplers.sample, inputs: {{model: ckpt.model, positive: cond, latent: e}}}}\n",
+        model.display()
     );
-    let r = sb.run(&["validate", g.to_str().unwrap_or_default()]);
-    r.expect_code(3);
-    assert!(
-        r.stderr.contains("families.yaml:5:")
-            && r.stderr.contains("family=sd1")
-            && r.stderr.contains("family=sdxl"),
-        "{}",
-        r.stderr
-    );
+    sb.graph("validate", "families.yaml", &yaml, &[])
+        .expect_code(3)
+        .stderr_has("families.yaml:5:")
+        .stderr_has("family=sd1")
+        .stderr_has("family=sdxl");
 }

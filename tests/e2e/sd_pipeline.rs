@@ -8,6 +8,55 @@ use std::path::PathBuf;
 
 use latentflow_tests::{graph, read_safetensors_tensor, rel_err, workspace_root, Sandbox};
 
+/// A fixture folder or file under the workspace root.
+fn fixture(rel: &str) -> PathBuf {
+    workspace_root().join("tests/fixtures").join(rel)
+}
+
+/// `name=<fixture path>`, for `--set`.
+fn set_fixture(name: &str, rel: &str) -> String {
+    format!("{name}={}", fixture(rel).display())
+}
+
+/// The text of a graph in `graphs/`.
+fn graph_text(file: &str) -> String {
+    std::fs::read_to_string(graph(file)).expect("graph")
+}
+
+/// `text` with the denoiser feeding the node whose inputs start `{model: from, <next>:` taken
+/// from `to` instead, and `extra` nodes appended.
+fn rewire(text: &str, from: &str, next: &str, to: &str, extra: &str) -> String {
+    let (old, new) = (
+        format!("{{model: {from}, {next}:"),
+        format!("{{model: {to}, {next}:"),
+    );
+    assert!(text.contains(&old), "no `{old}` in the graph");
+    text.replacen(&old, &new, 1) + extra
+}
+
+/// Runs `latentflow run <graph> -q [--output-dir out] --set s…`; it must succeed.
+fn run_graph(
+    sb: &Sandbox,
+    graph: &std::path::Path,
+    out: Option<&std::path::Path>,
+    sets: &[String],
+) {
+    let mut args = vec!["run".to_string(), graph.display().to_string(), "-q".into()];
+    if let Some(out) = out {
+        args.extend(["--output-dir".into(), out.display().to_string()]);
+    }
+    for s in sets {
+        args.extend(["--set".into(), s.clone()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    sb.run(&args).expect_code(0);
+}
+
+/// A tensor a graph saved (`core.save_tensor`).
+fn saved(dir: &std::path::Path, file: &str) -> (Vec<usize>, Vec<f32>) {
+    read_safetensors_tensor(&dir.join(file), "tensor")
+}
+
 fn reference(name: &str) -> PathBuf {
     workspace_root()
         .join("tests/fixtures/sd-ref")
@@ -41,14 +90,15 @@ fn instrumented_text(sb: &Sandbox, file: &str, text: &str, fixture: &str) -> Pat
     sb.write(file, &g)
 }
 
+/// The tiny pipeline.
+const TINY_SD: &str = "tiny-sd";
+
 fn run_and_compare(file: &str, fixture: &str, set: &[&str]) {
-    let model = workspace_root().join("tests/fixtures/tiny-sd");
-    run_model_and_compare(file, fixture, &model, set);
+    run_model_and_compare(file, fixture, &self::fixture(TINY_SD), set);
 }
 
 fn run_model_and_compare(file: &str, fixture: &str, model: &std::path::Path, set: &[&str]) {
-    let text = std::fs::read_to_string(graph(file)).expect("graph");
-    run_text_and_compare(file, &text, fixture, model, set);
+    run_text_and_compare(file, &graph_text(file), fixture, model, set);
 }
 
 fn run_text_and_compare(
@@ -70,40 +120,24 @@ fn run_text_and_compare_in(
     set: &[&str],
 ) {
     let g = instrumented_text(sb, file, text, fixture);
-    let images = workspace_root().join("tests/fixtures/images");
-    let mut args = vec![
-        "run".to_string(),
-        g.display().to_string(),
-        "-q".into(),
-        "--set".into(),
-        format!("model={}", model.display()),
-    ];
+    let mut sets = vec![format!("model={}", model.display())];
     // The instrumented copy lives in the sandbox: give the default images by absolute path.
-    if file.starts_with("img2img") || file.starts_with("inpaint") || file.starts_with("controlnet")
+    if ["img2img", "inpaint", "controlnet"]
+        .iter()
+        .any(|p| file.starts_with(p))
     {
-        args.extend([
-            "--set".into(),
-            format!("image={}", images.join("img2img-init.png").display()),
-        ]);
+        sets.push(set_fixture("image", "images/img2img-init.png"));
     }
     if file.starts_with("controlnet") {
-        let cn = workspace_root().join("tests/fixtures/tiny-controlnet");
-        args.extend(["--set".into(), format!("controlnet={}", cn.display())]);
+        sets.push(set_fixture("controlnet", "tiny-controlnet"));
     }
     if file.starts_with("inpaint") {
-        args.extend([
-            "--set".into(),
-            format!("mask={}", images.join("inpaint-mask.png").display()),
-        ]);
+        sets.push(set_fixture("mask", "images/inpaint-mask.png"));
     }
-    for s in set {
-        args.push("--set".into());
-        args.push((*s).into());
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    sb.run(&args).expect_code(0);
+    sets.extend(set.iter().map(|s| s.to_string()));
+    run_graph(sb, &g, None, &sets);
     let out = sb.path().join("output");
-    let (shape, ours) = read_safetensors_tensor(&out.join("steps.safetensors"), "tensor");
+    let (shape, ours) = saved(&out, "steps.safetensors");
     let (rshape, theirs) = read_safetensors_tensor(&reference(fixture), "latents");
     assert_eq!(shape, rshape, "{fixture}: steps × latent shape");
     let per = ours.len() / shape[0];
@@ -114,7 +148,7 @@ fn run_text_and_compare_in(
         );
         assert!(e <= 1e-4, "{fixture}: step {s} latent error {e:e}");
     }
-    let (ishape, img) = read_safetensors_tensor(&out.join("image.safetensors"), "tensor");
+    let (ishape, img) = saved(&out, "image.safetensors");
     let (rishape, rimg) = read_safetensors_tensor(&reference(fixture), "image");
     assert_eq!(ishape, rishape, "{fixture}: image shape");
     let e = rel_err(&img, &rimg);
@@ -168,8 +202,7 @@ fn img2img_matches_diffusers() {
 
 #[test]
 fn inpainting_model_matches_diffusers() {
-    let unet = workspace_root().join("tests/fixtures/tiny-sd-inpaint/unet");
-    let unet = format!("unet={}", unet.display());
+    let unet = set_fixture("unet", "tiny-sd-inpaint/unet");
     run_and_compare(
         "inpaint_model.yaml",
         "inpaint9",
@@ -188,11 +221,8 @@ fn inpaint_matches_diffusers() {
 
 #[test]
 fn single_file_checkpoint_runs_txt2img_like_the_folder() {
-    let ckpt = workspace_root().join("tests/fixtures/tiny-sd-single.safetensors");
-    let config = format!(
-        "config={}",
-        workspace_root().join("tests/fixtures/tiny-sd").display()
-    );
+    let ckpt = fixture("tiny-sd-single.safetensors");
+    let config = set_fixture("config", TINY_SD);
     run_model_and_compare(
         "txt2img.yaml",
         "loop_dpmpp_2m",
@@ -211,21 +241,12 @@ fn single_file_checkpoint_runs_txt2img_like_the_folder() {
 #[test]
 fn a_checkpoint_that_is_not_sd_is_refused_with_one_line() {
     let sb = Sandbox::new();
-    let bogus = workspace_root().join("tests/fixtures/sd-ref/unet.safetensors");
     let g = graph("txt2img.yaml");
-    let run = sb.run(&[
-        "run",
-        g.to_str().unwrap_or_default(),
-        "--set",
-        &format!("model={}", bogus.display()),
-    ]);
+    let bogus = set_fixture("model", "sd-ref/unet.safetensors");
     // ABI v2: the loader reads the file's header at validation, so nothing runs (exit 3).
-    run.expect_code(3);
-    let err = &run.stderr;
-    assert!(
-        err.contains("not a single-file Stable Diffusion checkpoint"),
-        "{err}"
-    );
+    sb.run(&["run", g.to_str().unwrap_or_default(), "--set", &bogus])
+        .expect_code(3)
+        .stderr_has("not a single-file Stable Diffusion checkpoint");
 }
 
 #[test]
@@ -272,19 +293,9 @@ fn deepcache_with_interval_one_is_the_plain_model() {
 fn controlnet_matches_diffusers_with_a_guidance_window_and_in_guess_mode() {
     for (fixture, guess) in [("controlnet_loop", false), ("controlnet_guess", true)] {
         let g = format!("guess_mode={guess}");
-        run_and_compare(
-            "controlnet.yaml",
-            fixture,
-            &[
-                "sampler=ddim",
-                "steps=10",
-                "cfg=7.5",
-                "strength=0.8",
-                "start=0.1",
-                "end=0.8",
-                &g,
-            ],
-        );
+        let mut set = CONTROLNET_SET.to_vec();
+        set.push(&g);
+        run_and_compare("controlnet.yaml", fixture, &set);
     }
 }
 
@@ -292,12 +303,8 @@ fn controlnet_matches_diffusers_with_a_guidance_window_and_in_guess_mode() {
 fn two_controlnets_sum_their_residuals() {
     // Residuals are linear in the strength: two wrappers at 0.4 equal one at 0.8.
     let sb = Sandbox::new();
-    let text = std::fs::read_to_string(graph("controlnet.yaml")).expect("graph");
-    let twice = text.replacen(
-        "inputs: {model: controlled, positive:",
-        "inputs: {model: controlled2, positive:",
-        1,
-    ) + "  controlled2:\n    type: sd.apply_controlnet\n    inputs: {model: controlled, controlnet: control_net, image: control_image.image}\n    params: {strength: $strength}\n";
+    let text = graph_text("controlnet.yaml");
+    let twice = rewire(&text, "controlled", "positive", "controlled2", "  controlled2:\n    type: sd.apply_controlnet\n    inputs: {model: controlled, controlnet: control_net, image: control_image.image}\n    params: {strength: $strength}\n");
     let single = text;
     let run = |name: &str, g: &str, strength: &str| {
         let mut sets = controlnet_sets();
@@ -315,44 +322,29 @@ fn two_controlnets_sum_their_residuals() {
 #[test]
 fn attention_heatmap_masks_a_word_and_capturing_changes_nothing() {
     let sb = Sandbox::new();
-    let root = workspace_root();
-    let text = std::fs::read_to_string(graph("attention_segment.yaml")).expect("graph");
-    let plain = text.replacen(
-        "inputs: {model: capture, positive:",
-        "inputs: {model: ckpt.model, positive:",
-        1,
+    let text = graph_text("attention_segment.yaml");
+    let plain = rewire(&text, "capture", "positive", "ckpt.model", "");
+    let model = set_fixture("model", TINY_SD);
+    let captured = sb.path().join("captured");
+    run_graph(
+        &sb,
+        &sb.write("captured.yaml", &text),
+        Some(&captured),
+        std::slice::from_ref(&model),
     );
-    assert_ne!(plain, text);
-    let model = format!("model={}", root.join("tests/fixtures/tiny-sd").display());
-    let run = |name: &str, g: &str| {
-        let path = sb.write(name, g);
-        let out = sb.path().join(name.replace(".yaml", ""));
-        sb.run(&[
-            "run",
-            path.to_str().unwrap_or_default(),
-            "-q",
-            "--output-dir",
-            out.to_str().unwrap_or_default(),
-            "--set",
-            &model,
-        ])
-        .expect_code(0);
-        out
-    };
-    let captured = run("captured.yaml", &text);
-    let (shape, heat) = read_safetensors_tensor(&captured.join("heatmap.safetensors"), "tensor");
+    let (shape, heat) = saved(&captured, "heatmap.safetensors");
     assert_eq!(shape, vec![1, 24, 32], "heat map at the image size");
     assert!(heat.iter().all(|v| (0.0..=1.0).contains(v)));
     assert!(
         heat.contains(&0.0) && heat.contains(&1.0),
         "min-max normalised"
     );
-    let (_, mask) = read_safetensors_tensor(&captured.join("mask.safetensors"), "tensor");
+    let (_, mask) = saved(&captured, "mask.safetensors");
     for (h, m) in heat.iter().zip(&mask) {
         assert_eq!(*m, if *h >= 0.4 { 1.0 } else { 0.0 });
     }
     assert!(captured.join("repainted.png").exists());
-    let (shape, seg) = read_safetensors_tensor(&captured.join("segments.safetensors"), "tensor");
+    let (shape, seg) = saved(&captured, "segments.safetensors");
     assert_eq!(shape, vec![2, 24, 32], "one mask per word");
     let px = 24 * 32;
     for p in 0..px {
@@ -364,20 +356,14 @@ fn attention_heatmap_masks_a_word_and_capturing_changes_nothing() {
     }
     assert!(seg.contains(&1.0), "some pixel belongs to a word");
     // The sink only observes: the sampled latent is bit-identical without it.
-    let with = read_safetensors_tensor(&captured.join("latent.safetensors"), "tensor").1;
+    let with = saved(&captured, "latent.safetensors").1;
     let uncaptured = sb.path().join("plain");
     let path = sb.write("plain.yaml", &plain);
-    sb.run(&[
-        "run",
-        path.to_str().unwrap_or_default(),
-        "-q",
-        "--output-dir",
-        uncaptured.to_str().unwrap_or_default(),
-        "--set",
-        &model,
-    ])
-    .expect_code(4); // the heat map has nothing to show when sampling did not capture
-    let without = read_safetensors_tensor(&uncaptured.join("latent.safetensors"), "tensor").1;
+    let (path, dir) = (path.display().to_string(), uncaptured.display().to_string());
+    // The heat map has nothing to show when sampling did not capture: exit 4, latent saved.
+    sb.run(&["run", &path, "-q", "--output-dir", &dir, "--set", &model])
+        .expect_code(4);
+    let without = saved(&uncaptured, "latent.safetensors").1;
     assert_eq!(with, without);
 }
 
@@ -389,42 +375,22 @@ const SAVE_LATENT: &str = "  save_latent:\n    type: core.save_tensor\n    input
 fn sampled_latent(sb: &Sandbox, name: &str, graph_text: &str, sets: &[String]) -> Vec<f32> {
     let path = sb.write(name, &format!("{graph_text}{SAVE_LATENT}"));
     let out = sb.path().join(name.replace(".yaml", ""));
-    let mut args = vec![
-        "run".to_string(),
-        path.display().to_string(),
-        "-q".into(),
-        "--output-dir".into(),
-        out.display().to_string(),
-    ];
-    for s in sets {
-        args.push("--set".into());
-        args.push(s.clone());
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    sb.run(&args).expect_code(0);
-    read_safetensors_tensor(&out.join("latent.safetensors"), "tensor").1
+    run_graph(sb, &path, Some(&out), sets);
+    saved(&out, "latent.safetensors").1
 }
 
 /// The tiny model, ControlNet and control image as `--set` values.
 fn controlnet_sets() -> Vec<String> {
-    let root = workspace_root();
-    let fixture = |name: &str, rel: &str| format!("{name}={}", root.join(rel).display());
     vec![
-        fixture("model", "tests/fixtures/tiny-sd"),
-        fixture("controlnet", "tests/fixtures/tiny-controlnet"),
-        fixture("image", "tests/fixtures/images/img2img-init.png"),
+        set_fixture("model", TINY_SD),
+        set_fixture("controlnet", "tiny-controlnet"),
+        set_fixture("image", "images/img2img-init.png"),
     ]
 }
 
 /// [`sampled_latent`] on the tiny model with 4 steps.
 fn lora_latent(sb: &Sandbox, name: &str, graph_text: &str, sets: &[String]) -> Vec<f32> {
-    let mut all = vec![
-        format!(
-            "model={}",
-            workspace_root().join("tests/fixtures/tiny-sd").display()
-        ),
-        "steps=4".to_string(),
-    ];
+    let mut all = vec![set_fixture("model", TINY_SD), "steps=4".to_string()];
     all.extend_from_slice(sets);
     sampled_latent(sb, name, graph_text, &all)
 }
@@ -432,14 +398,8 @@ fn lora_latent(sb: &Sandbox, name: &str, graph_text: &str, sets: &[String]) -> V
 #[test]
 fn lora_formats_agree_stack_linearly_and_change_the_image() {
     let sb = Sandbox::new();
-    let root = workspace_root();
-    let text = std::fs::read_to_string(graph("lora.yaml")).expect("graph");
-    let file = |f: &str| {
-        format!(
-            "lora={}",
-            root.join("tests/fixtures/lora").join(f).display()
-        )
-    };
+    let text = graph_text("lora.yaml");
+    let file = |f: &str| set_fixture("lora", &format!("lora/{f}"));
     let kohya = lora_latent(&sb, "kohya.yaml", &text, &[file("kohya.safetensors")]);
     let peft = lora_latent(&sb, "peft.yaml", &text, &[file("peft.safetensors")]);
     assert!(
@@ -458,7 +418,7 @@ fn lora_formats_agree_stack_linearly_and_change_the_image() {
     );
     assert!(rel_err(&none, &kohya) > 1e-3, "the LoRA changes the result");
     // Two LoRA nodes at 0.35 each equal one at 0.7 (the updates add).
-    let stacked = text.replacen("inputs: {model: lora.model, positive:", "inputs: {model: lora2.model, positive:", 1)
+    let stacked = rewire(&text, "lora.model", "positive", "lora2.model", "")
         .replace("inputs: {clip: lora.clip}", "inputs: {clip: lora2.clip}")
         + "  lora2:\n    type: sd.load_lora\n    inputs: {model: lora.model, clip: lora.clip}\n    params: {path: $lora, strength_model: $strength_model, strength_clip: $strength_clip}\n";
     let two = lora_latent(
@@ -483,34 +443,21 @@ fn deepcache_quad_schedule_refreshes_on_its_steps() {
     // 10 steps at interval 3: full steps 0, 3, 6, 8 (the package's quadratic schedule) against
     // uniform's 0, 3, 6, 9: the runs agree until step 8, which only the quadratic one refreshes.
     let sb = Sandbox::new();
-    let root = workspace_root();
-    let text = std::fs::read_to_string(graph("deepcache.yaml")).expect("graph");
+    let text = graph_text("deepcache.yaml");
     let g = format!("{text}  save_steps:\n    type: core.save_tensor\n    inputs: {{tensor: sample.steps}}\n    params: {{filename: steps.safetensors}}\n")
         .replacen("params: {kind: $sampler,", "params: {record_steps: true, kind: $sampler,", 1);
     let path = sb.write("dc.yaml", &g);
     let run = |schedule: &str| {
         let out = sb.path().join(schedule);
-        let model = format!("model={}", root.join("tests/fixtures/tiny-sd").display());
-        let sched = format!("schedule={schedule}");
-        sb.run(&[
-            "run",
-            path.to_str().unwrap_or_default(),
-            "-q",
-            "--output-dir",
-            out.to_str().unwrap_or_default(),
-            "--set",
-            &model,
-            "--set",
-            "steps=10",
-            "--set",
-            "width=32",
-            "--set",
-            "height=24",
-            "--set",
-            &sched,
-        ])
-        .expect_code(0);
-        read_safetensors_tensor(&out.join("steps.safetensors"), "tensor").1
+        let sets = [
+            set_fixture("model", TINY_SD),
+            "steps=10".into(),
+            "width=32".into(),
+            "height=24".into(),
+            format!("schedule={schedule}"),
+        ];
+        run_graph(&sb, &path, Some(&out), &sets);
+        saved(&out, "steps.safetensors").1
     };
     let (uniform, quad) = (run("uniform"), run("quad"));
     let per = uniform.len() / 10;
@@ -524,20 +471,12 @@ fn deepcache_quad_schedule_refreshes_on_its_steps() {
 #[test]
 fn segmentation_head_labels_every_pixel() {
     let sb = Sandbox::new();
-    let g = graph("segment_head.yaml");
     let out = sb.path().join("seg");
-    sb.run(&[
-        "run",
-        g.to_str().unwrap_or_default(),
-        "-q",
-        "--output-dir",
-        out.to_str().unwrap_or_default(),
-    ])
-    .expect_code(0);
-    let (shape, labels) = read_safetensors_tensor(&out.join("labels.safetensors"), "tensor");
+    run_graph(&sb, &graph("segment_head.yaml"), Some(&out), &[]);
+    let (shape, labels) = saved(&out, "labels.safetensors");
     assert_eq!(shape, vec![1, 24, 32], "labels at the image size");
     assert!(labels.iter().all(|v| [0.0, 1.0, 2.0].contains(v)));
-    let (lshape, logits) = read_safetensors_tensor(&out.join("logits.safetensors"), "tensor");
+    let (lshape, logits) = saved(&out, "logits.safetensors");
     assert_eq!(lshape, vec![1, 3, 12, 16]);
     // The label is the argmax of the logits (checked at latent resolution, upscaled ×2).
     for y in 0..12 {
@@ -553,19 +492,22 @@ fn segmentation_head_labels_every_pixel() {
 fn deepcache_composes_with_controlnet() {
     // LoRA → ControlNet → DeepCache → sampler: DeepCache at interval 1 over a ControlNet is the
     // ControlNet pipeline itself (diffusers' numbers); at interval 3 it still runs.
-    let text = std::fs::read_to_string(graph("controlnet.yaml")).expect("graph");
-    let cached = text.replacen("inputs: {model: controlled, positive:", "inputs: {model: cached, positive:", 1)
-        + "  cached:\n    type: sd.deepcache\n    inputs: {model: controlled}\n    params: {cache_interval: 1}\n";
-    let model = workspace_root().join("tests/fixtures/tiny-sd");
-    let set = [
-        "sampler=ddim",
-        "steps=10",
-        "cfg=7.5",
-        "strength=0.8",
-        "start=0.1",
-        "end=0.8",
-    ];
-    run_text_and_compare("controlnet.yaml", &cached, "controlnet_loop", &model, &set);
+    let text = graph_text("controlnet.yaml");
+    let cached = rewire(
+        &text,
+        "controlled",
+        "positive",
+        "cached",
+        &wrapper("deepcache1", "cached", "controlled"),
+    );
+    let model = fixture(TINY_SD);
+    run_text_and_compare(
+        "controlnet.yaml",
+        &cached,
+        "controlnet_loop",
+        &model,
+        &CONTROLNET_SET,
+    );
     let every3 = cached.replace("params: {cache_interval: 1}", "params: {cache_interval: 3}");
     sampled_latent(&Sandbox::new(), "cn_dc.yaml", &every3, &controlnet_sets());
 }
@@ -584,7 +526,7 @@ fn wrapper(kind: &str, name: &str, over: &str) -> String {
 /// The ControlNet graph with wrappers around the UNet under the ControlNet (`inner`, innermost
 /// first) and around the ControlNet (`outer`, innermost first).
 fn controlnet_chain(inner: &[&str], outer: &[&str]) -> String {
-    let text = std::fs::read_to_string(graph("controlnet.yaml")).expect("graph");
+    let text = graph_text("controlnet.yaml");
     let mut extra = String::new();
     let mut below = "ckpt.model".to_string();
     for (i, w) in inner.iter().enumerate() {
@@ -592,22 +534,14 @@ fn controlnet_chain(inner: &[&str], outer: &[&str]) -> String {
         extra += &wrapper(w, &name, &below);
         below = name;
     }
-    let text = text.replacen(
-        "{model: ckpt.model, controlnet:",
-        &format!("{{model: {below}, controlnet:"),
-        1,
-    );
+    let text = rewire(&text, "ckpt.model", "controlnet", &below, "");
     let mut above = "controlled".to_string();
     for (i, w) in outer.iter().enumerate() {
         let name = format!("outer{i}");
         extra += &wrapper(w, &name, &above);
         above = name;
     }
-    text.replacen(
-        "inputs: {model: controlled, positive:",
-        &format!("inputs: {{model: {above}, positive:"),
-        1,
-    ) + &extra
+    rewire(&text, "controlled", "positive", &above, &extra)
 }
 
 const CONTROLNET_SET: [&str; 6] = [
@@ -623,7 +557,7 @@ const CONTROLNET_SET: [&str; 6] = [
 fn wrappers_compose_in_any_order_and_match_the_reference() {
     // DeepCache (interval 1: every step full), attention capture and ControlNet, in four orders:
     // each is diffusers' ControlNet pipeline to within the parity bound.
-    let model = workspace_root().join("tests/fixtures/tiny-sd");
+    let model = fixture(TINY_SD);
     let orders: [(&[&str], &[&str]); 4] = [
         (&["deepcache1", "capture"], &[]),
         (&["capture"], &["deepcache1"]),
@@ -669,24 +603,22 @@ fn caching_steps_give_the_same_result_wherever_deepcache_sits() {
 
 #[test]
 fn deepcache_and_capture_compose_with_the_inpainting_model() {
-    let unet = workspace_root().join("tests/fixtures/tiny-sd-inpaint/unet");
-    let unet = format!("unet={}", unet.display());
+    let unet = set_fixture("unet", "tiny-sd-inpaint/unet");
     let set = [unet.as_str(), "sampler=euler", "steps=10", "cfg=7.5"];
-    let model = workspace_root().join("tests/fixtures/tiny-sd");
-    let text = std::fs::read_to_string(graph("inpaint_model.yaml")).expect("graph");
+    let model = fixture(TINY_SD);
+    let text = graph_text("inpaint_model.yaml");
     // Inside the inpainting wrapper, and outside it.
-    let inside = text.replacen(
-        "inputs: {model: unet, vae:",
-        "inputs: {model: inner0, vae:",
-        1,
-    ) + &wrapper("deepcache1", "inner0", "unet");
+    let inside = rewire(
+        &text,
+        "unet",
+        "vae",
+        "inner0",
+        &wrapper("deepcache1", "inner0", "unet"),
+    );
     run_text_and_compare("inpaint_model.yaml", &inside, "inpaint9", &model, &set);
-    let outside = text.replacen(
-        "inputs: {model: inpaint, positive:",
-        "inputs: {model: outer0, positive:",
-        1,
-    ) + &wrapper("capture", "outer1", "inpaint")
-        + &wrapper("deepcache1", "outer0", "outer1");
+    let outer =
+        wrapper("capture", "outer1", "inpaint") + &wrapper("deepcache1", "outer0", "outer1");
+    let outside = rewire(&text, "inpaint", "positive", "outer0", &outer);
     run_text_and_compare("inpaint_model.yaml", &outside, "inpaint9", &model, &set);
 }
 
@@ -695,23 +627,12 @@ fn a_lora_applied_over_a_wrapper_is_the_wrapper_over_the_lora() {
     // LoRA → DeepCache and DeepCache → LoRA: the wrapper forwards `with_lora` and wraps the
     // LoRA'd model again, so both chains are the same model.
     let sb = Sandbox::new();
-    let text = std::fs::read_to_string(graph("lora.yaml")).expect("graph");
-    let lora_then_cache = text.replacen(
-        "inputs: {model: lora.model, positive:",
-        "inputs: {model: cached, positive:",
-        1,
-    ) + &wrapper("deepcache3", "cached", "lora.model");
-    let cache_then_lora = text.replacen(
-        "inputs: {model: ckpt.model, clip: ckpt.clip}",
-        "inputs: {model: cached, clip: ckpt.clip}",
-        1,
-    ) + &wrapper("deepcache3", "cached", "ckpt.model");
-    let file = format!(
-        "lora={}",
-        workspace_root()
-            .join("tests/fixtures/lora/kohya.safetensors")
-            .display()
-    );
+    let text = graph_text("lora.yaml");
+    let over = wrapper("deepcache3", "cached", "lora.model");
+    let lora_then_cache = rewire(&text, "lora.model", "positive", "cached", &over);
+    let under = wrapper("deepcache3", "cached", "ckpt.model");
+    let cache_then_lora = rewire(&text, "ckpt.model", "clip", "cached", &under);
+    let file = set_fixture("lora", "lora/kohya.safetensors");
     let a = lora_latent(
         &sb,
         "lora_cache.yaml",
@@ -729,13 +650,15 @@ fn an_out_of_tree_wrapper_plugin_matches_diffusers_guidance_rescale() {
     let built = latentflow_tests::build_example("cfg-rescale", "libcfg_rescale.so");
     let sb = Sandbox::new();
     std::fs::copy(&built, sb.path().join("plugins/libcfg_rescale.so")).expect("copy");
-    let text = std::fs::read_to_string(graph("txt2img.yaml")).expect("graph");
-    let text = text.replacen(
-        "inputs: {model: ckpt.model, positive:",
-        "inputs: {model: rescaled, positive:",
-        1,
-    ) + "  rescaled:\n    type: cfg_rescale.wrap\n    inputs: {model: ckpt.model}\n    params: {rescale: 0.7}\n";
-    let model = workspace_root().join("tests/fixtures/tiny-sd");
+    let rescaled = "  rescaled:\n    type: cfg_rescale.wrap\n    inputs: {model: ckpt.model}\n    params: {rescale: 0.7}\n";
+    let text = rewire(
+        &graph_text("txt2img.yaml"),
+        "ckpt.model",
+        "positive",
+        "rescaled",
+        rescaled,
+    );
+    let model = fixture(TINY_SD);
     let set = [
         "sampler=ddim",
         "steps=10",

@@ -1,7 +1,7 @@
 //! The malformed-graph corpus: each file in `tests/malformed/` states its expected diagnostics in
 //! `# expect: CODE LINE:COL [text]` (errors) and `# expect-warning: ...` lines.
 
-use latentflow_tests::{workspace_root, Sandbox};
+use latentflow_tests::{files_with_ext, workspace_root, Sandbox};
 
 struct Expect {
     severity: &'static str,
@@ -36,13 +36,7 @@ fn expectations(source: &str) -> Vec<Expect> {
 
 #[test]
 fn malformed_corpus_reports_each_error_at_its_position() {
-    let dir = workspace_root().join("tests/malformed");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .expect("corpus")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    files.sort();
+    let files = files_with_ext(&workspace_root().join("tests/malformed"), "yaml");
     assert!(files.len() >= 15, "the corpus needs at least 15 graphs");
     let sb = Sandbox::new();
     sb.add_plugin("lf_fixture_testkit");

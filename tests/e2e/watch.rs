@@ -47,13 +47,27 @@ fn wait_runs(w: &Running, n: usize) {
     });
 }
 
+/// Writes `g.yaml`, starts `latentflow watch` on it and waits for the first run.
+fn watch(sb: &Sandbox, yaml: &str) -> Running {
+    let g = sb.write("g.yaml", yaml);
+    let w = sb.spawn(&["watch", g.to_str().unwrap_or_default(), "--events", "json"]);
+    wait_runs(&w, 1);
+    w
+}
+
+/// The first event named `name` so far.
+fn first(w: &Running, name: &str) -> serde_json::Value {
+    w.events()
+        .into_iter()
+        .find(|e| e["event"] == name)
+        .unwrap_or_else(|| panic!("no {name} event"))
+}
+
 #[test]
 fn graph_edits_rerun_only_what_changed_with_early_cutoff() {
     let sb = Sandbox::new();
     let v1 = "nodes:\n  x: {type: core.int, params: {value: 2}}\n  y: {type: core.add_int, inputs: {a: x}, params: {add: 1}}\n  z: {type: core.add_int, inputs: {a: y}, params: {add: 10}}\n  other: {type: core.int, params: {value: 7}}\n";
-    let g = sb.write("g.yaml", v1);
-    let w = sb.spawn(&["watch", g.to_str().unwrap_or_default(), "--events", "json"]);
-    wait_runs(&w, 1);
+    let w = watch(&sb, v1);
     let ev = w.events();
     assert_eq!(
         reason_of(&ev, 0, "z"),
@@ -100,19 +114,15 @@ fn graph_edits_rerun_only_what_changed_with_early_cutoff() {
 fn invalid_edit_is_reported_and_the_next_valid_edit_runs() {
     let sb = Sandbox::new();
     let good = "nodes:\n  x: {type: core.int, params: {value: 2}}\n";
-    let g = sb.write("g.yaml", good);
-    let w = sb.spawn(&["watch", g.to_str().unwrap_or_default(), "--events", "json"]);
-    wait_runs(&w, 1);
+    let w = watch(&sb, good);
     edit(&sb, "g.yaml", "nodes:\n  x: {type: core.innt}\n");
     w.wait_for("an invalid graph_changed", WAIT, |ev| {
         ev.iter()
             .any(|e| e["event"] == "graph_changed" && e["valid"] == false)
     });
-    let bad = w
-        .events()
-        .into_iter()
-        .find(|e| e["valid"] == false)
-        .expect("invalid event");
+    let events = w.events();
+    let bad = events.iter().find(|e| e["valid"] == false);
+    let bad = bad.expect("invalid event");
     assert!(bad["diagnostics"][0]
         .as_str()
         .unwrap_or_default()
@@ -123,16 +133,11 @@ fn invalid_edit_is_reported_and_the_next_valid_edit_runs() {
 
 #[test]
 fn rebuilt_plugin_is_hot_reloaded_and_a_broken_one_refused() {
-    let sb = Sandbox::new();
-    sb.add_plugin("lf_fixture_testkit");
+    let sb = Sandbox::with_plugins(&["lf_fixture_testkit"]);
     sb.add_plugin_as("lf_fixture_reload_v1", "libreload.so");
-    let g = sb.write(
-        "g.yaml",
-        "nodes:\n  v: {type: reload.value}\n  w: {type: test.write_text, inputs: {value: v}, params: {filename: value.txt}}\n",
-    );
-    let w = sb.spawn(&["watch", g.to_str().unwrap_or_default(), "--events", "json"]);
-    let value = || std::fs::read_to_string(sb.path().join("output/value.txt")).unwrap_or_default();
-    wait_runs(&w, 1);
+    let yaml = "nodes:\n  v: {type: reload.value}\n  w: {type: test.write_text, inputs: {value: v}, params: {filename: value.txt}}\n";
+    let w = watch(&sb, yaml);
+    let value = || std::fs::read_to_string(sb.output("value.txt")).unwrap_or_default();
     assert_eq!(value(), "1");
 
     // A rebuild lands: the new generation is loaded, swapped in and the graph re-runs.
@@ -149,24 +154,12 @@ fn rebuilt_plugin_is_hot_reloaded_and_a_broken_one_refused() {
     // A broken rebuild is refused with one line; the previous generation keeps serving.
     sb.add_plugin_as("lf_fixture_abi_mismatch", "libreload.so");
     w.wait_for("the refusal", WAIT, |ev| count(ev, "plugin_refused") >= 1);
-    let refused = w
-        .events()
-        .into_iter()
-        .find(|e| e["event"] == "plugin_refused")
-        .expect("refusal");
+    let refused = first(&w, "plugin_refused");
     let msg = refused["error"].as_str().unwrap_or_default().to_string();
     assert!(msg.contains("0.1.0") && !msg.contains('\n'), "{msg}");
-    std::fs::remove_file(sb.path().join("output/value.txt")).expect("remove");
-    edit(
-        &sb,
-        "g.yaml",
-        &std::fs::read_to_string(&g)
-            .expect("graph")
-            .replace("value.txt", "again.txt"),
-    );
+    std::fs::remove_file(sb.output("value.txt")).expect("remove");
+    edit(&sb, "g.yaml", &yaml.replace("value.txt", "again.txt"));
     wait_runs(&w, 3);
-    assert_eq!(
-        std::fs::read_to_string(sb.path().join("output/again.txt")).unwrap_or_default(),
-        "2"
-    );
+    let again = std::fs::read_to_string(sb.output("again.txt")).unwrap_or_default();
+    assert_eq!(again, "2");
 }

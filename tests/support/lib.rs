@@ -1,7 +1,7 @@
 //! Support for the end-to-end tests: build the workspace once, then run the real `latentflow`
 //! binary in throw-away folders with chosen plugins.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -38,6 +38,8 @@ pub fn bin() -> PathBuf {
     target_dir().join("latentflow")
 }
 
+pub use latentflow_testutil::files_with_ext;
+
 /// A built library by crate lib name (`lf_fixture_testkit`, `latentflow_core`).
 pub fn lib(name: &str) -> PathBuf {
     target_dir().join(format!(
@@ -72,9 +74,39 @@ impl Sandbox {
         Sandbox { dir }
     }
 
+    /// A sandbox with these built libraries (crate lib names) installed as plugins.
+    pub fn with_plugins(libs: &[&str]) -> Self {
+        let sb = Sandbox::new();
+        for l in libs {
+            sb.add_plugin(l);
+        }
+        sb
+    }
+
     /// The sandbox path.
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// A path under the sandbox's `output/`.
+    pub fn output(&self, rel: &str) -> PathBuf {
+        self.path().join("output").join(rel)
+    }
+
+    /// `latentflow validate` refuses the graph `yaml` (exit 3) with `needle` in its message.
+    pub fn refuses(&self, yaml: &str, needle: &str) {
+        self.graph("validate", "refused.yaml", yaml, &[])
+            .expect_code(3)
+            .stderr_has(needle);
+    }
+
+    /// Writes `yaml` as `name` and runs `latentflow <command> <file> <args…>`.
+    pub fn graph(&self, command: &str, name: &str, yaml: &str, args: &[&str]) -> Run {
+        let file = self.write(name, yaml);
+        let file = file.to_string_lossy().into_owned();
+        let mut all = vec![command, file.as_str()];
+        all.extend_from_slice(args);
+        self.run(&all)
     }
 
     /// Copies a built library into `plugins/` under `file_name` (atomically).
@@ -127,28 +159,26 @@ impl Sandbox {
             .stderr(Stdio::piped())
             .spawn()
             .expect("latentflow starts");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&lines);
-        let stdout = child.stdout.take().expect("stdout");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                sink.lock().expect("lines").push(line);
-            }
-        });
-        let err_lines = Arc::new(Mutex::new(Vec::new()));
-        let err_sink = Arc::clone(&err_lines);
-        let stderr = child.stderr.take().expect("stderr");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                err_sink.lock().expect("lines").push(line);
-            }
-        });
+        let lines = collect_lines(child.stdout.take().expect("stdout"));
+        let err_lines = collect_lines(child.stderr.take().expect("stderr"));
         Running {
             child,
             lines,
             err_lines,
         }
     }
+}
+
+/// The lines of `stream`, collected by a background thread as they come.
+fn collect_lines(stream: impl Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&lines);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            sink.lock().expect("lines").push(line);
+        }
+    });
+    lines
 }
 
 /// A finished command.
@@ -182,6 +212,26 @@ impl Run {
         self
     }
 
+    /// Panics with the output unless standard error contains `needle`.
+    pub fn stderr_has(&self, needle: &str) -> &Self {
+        has("standard error", &self.stderr, needle);
+        self
+    }
+
+    /// Panics with the output unless standard output contains `needle`.
+    pub fn stdout_has(&self, needle: &str) -> &Self {
+        has("standard output", &self.stdout, needle);
+        self
+    }
+
+    /// The first event named `name` (panics when there is none).
+    pub fn event(&self, name: &str) -> serde_json::Value {
+        self.events()
+            .into_iter()
+            .find(|e| e["event"] == name)
+            .unwrap_or_else(|| panic!("no `{name}` event in\n{}", self.stdout))
+    }
+
     /// The JSON events printed with `--events json`.
     pub fn events(&self) -> Vec<serde_json::Value> {
         self.stdout
@@ -189,6 +239,10 @@ impl Run {
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
     }
+}
+
+fn has(what: &str, text: &str, needle: &str) {
+    assert!(text.contains(needle), "{what} lacks {needle:?}:\n{text}");
 }
 
 /// A running command.

@@ -45,7 +45,7 @@ impl WrapperImpl for Rescale {
     }
 
     fn denoise(&self, inner: &DenoiserClient, host: HostRef, req: DenoiseRequest) -> Denoised {
-        let guidance = req.step.filter(|s| s.cfg).and_then(|s| s.guidance);
+        let guidance = req.step.and_then(|s| s.guidance);
         let mut out = inner.denoise(host, req)?;
         if let Some(g) = guidance.filter(|g| *g != 0.0 && self.phi != 0.0) {
             let pred = to_candle(&out.prediction, &Device::Cpu)?;

@@ -12,3 +12,4 @@ mod error;
 pub mod sd;
 
 pub use error::{ModelError, ModelErrorKind, Result};
+pub use latentflow_weights::Checked;

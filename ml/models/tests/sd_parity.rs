@@ -12,6 +12,7 @@ use latentflow_models::sd::deepcache;
 use latentflow_models::sd::loader::{self as models, Source};
 use latentflow_models::sd::tokenizer::ClipTokenizer;
 use latentflow_models::sd::unet::{Extras as Hooks, UNet};
+use latentflow_models::Checked;
 use latentflow_testutil::{fixtures, max_diff, rel_err};
 
 fn load(name: &str) -> HashMap<String, Tensor> {

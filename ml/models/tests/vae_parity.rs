@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use latentflow_models::sd::vae::{Vae, VaeConfig};
+use latentflow_models::Checked;
 use latentflow_testutil::rel_err;
 
 fn fixture_dir() -> std::path::PathBuf {

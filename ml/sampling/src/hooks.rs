@@ -1,7 +1,6 @@
 //! Per-step hooks: code that sees, and may replace, the predicted clean sample x̂0 of each step
 //! and the latent after it. The inpainting blend is one; guidance that steers x̂0 (TPM
-//! inpainting) and noise re-initialisation (FreeInit) are others. Every method has a default
-//! that leaves things as they are.
+//! inpainting) and noise re-initialisation (FreeInit) are others.
 
 use candle_core::Tensor;
 
@@ -22,25 +21,28 @@ pub struct StepContext<'a> {
     pub initial_noise: &'a Tensor,
 }
 
+/// The two points of a step where hooks are called: x̂0, the predicted clean sample (only for
+/// hooks that [want it](StepHook::wants_x0); the step is then taken from a replacement), and
+/// the latent after the step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum HookPoint {
+    X0,
+    Latent,
+}
+
+/// What a hook answers: a replacement tensor, or none to leave it.
+pub type Replacement = Result<Option<Tensor>, SampleError>;
+
 /// A per-step hook.
 pub trait StepHook {
-    /// Whether [`StepHook::on_x0`] should be called (x̂0 is then computed each step).
+    /// Whether it is called at [`HookPoint::X0`] (x̂0 is then computed each step).
     fn wants_x0(&self) -> bool {
         false
     }
 
-    /// The predicted clean sample of this step; a returned tensor replaces it, and the step is
-    /// taken from the replacement.
-    fn on_x0(&mut self, ctx: &StepContext, x0: &Tensor) -> Result<Option<Tensor>, SampleError> {
-        let _ = (ctx, x0);
-        Ok(None)
-    }
-
-    /// The latent after this step; a returned tensor replaces it.
-    fn on_step(&mut self, ctx: &StepContext, x: &Tensor) -> Result<Option<Tensor>, SampleError> {
-        let _ = (ctx, x);
-        Ok(None)
-    }
+    /// The tensor at `at` of this step; a returned tensor replaces it.
+    fn see(&mut self, at: HookPoint, ctx: &StepContext, t: &Tensor) -> Replacement;
 }
 
 /// Inpainting by blending: after every step the known region is put back, noised to the
@@ -68,7 +70,10 @@ impl InpaintBlend {
 }
 
 impl StepHook for InpaintBlend {
-    fn on_step(&mut self, ctx: &StepContext, x: &Tensor) -> Result<Option<Tensor>, SampleError> {
+    fn see(&mut self, at: HookPoint, ctx: &StepContext, x: &Tensor) -> Replacement {
+        if at != HookPoint::Latent {
+            return Ok(None);
+        }
         let known_now = match ctx.next_level {
             Some((a, b)) => crate::schedulers::ops::lincomb(a, &self.known, b, ctx.initial_noise)?,
             None => self.known.clone(),

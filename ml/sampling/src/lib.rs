@@ -12,7 +12,7 @@ pub mod noise;
 pub mod sampler;
 pub mod schedulers;
 
-pub use hooks::{InpaintBlend, StepContext, StepHook};
+pub use hooks::{HookPoint, InpaintBlend, StepContext, StepHook};
 pub use noise::Noise;
 pub use sampler::{sample, Model, Run, Sampled, Start, Step};
 pub use schedulers::{Config, Kind, Prediction, ScheduleError, Scheduler, Spacing};

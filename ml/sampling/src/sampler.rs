@@ -5,21 +5,19 @@
 use candle_core::Tensor;
 
 use crate::guidance;
-use crate::hooks::{StepContext, StepHook};
+use crate::hooks::{HookPoint, StepContext, StepHook};
 use crate::noise::Noise;
 use crate::schedulers::{Prediction, Scheduler};
 use crate::SampleError;
 
-/// Where the sampler is when it calls the model.
+/// Where the sampler is when it calls the model: step `index` (0-based; img2img counts from
+/// its first step) of `total`, and the guidance scale under classifier-free guidance, when the
+/// batch is `[negative; positive]`.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[allow(missing_docs)]
 pub struct Step {
-    /// This step's index within the run (0-based; img2img counts from its first step).
     pub index: usize,
-    /// The number of steps in the run.
     pub total: usize,
-    /// Whether the batch is `[negative; positive]` for classifier-free guidance.
-    pub cfg: bool,
-    /// The guidance scale, under guidance.
     pub guidance: Option<f64>,
 }
 
@@ -112,7 +110,6 @@ pub fn sample(
         let step = Step {
             index: i - first,
             total,
-            cfg: run.guidance.is_some(),
             guidance: run.guidance,
         };
         let (mut pred, mut kind) = match run.guidance {
@@ -139,7 +136,7 @@ pub fn sample(
             let mut x0 = sched.predict_x0(&pred, kind, &x)?;
             let mut replaced = false;
             for h in run.hooks.iter_mut().filter(|h| h.wants_x0()) {
-                if let Some(new) = h.on_x0(&ctx, &x0)? {
+                if let Some(new) = h.see(HookPoint::X0, &ctx, &x0)? {
                     x0 = new;
                     replaced = true;
                 }
@@ -159,7 +156,7 @@ pub fn sample(
         };
         x = sched.step_as(kind, &pred, &x, z.as_ref())?;
         for h in run.hooks.iter_mut() {
-            if let Some(new) = h.on_step(&ctx, &x)? {
+            if let Some(new) = h.see(HookPoint::Latent, &ctx, &x)? {
                 x = new;
             }
         }

@@ -2,7 +2,7 @@
 //! `tools/reference/make_scheduler_fixtures.py`) is replayed with the same fake model and the
 //! same injected noise; timesteps, σ and the latent after every step must match.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
 use latentflow_sampling::schedulers::{Config, Kind, Prediction, Scheduler, Spacing};
@@ -13,14 +13,10 @@ use serde_json::Value as Json;
 const PENDING: &[&str] = &[];
 
 fn fixtures() -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/schedulers");
-    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .expect("fixture folder")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-        .collect();
-    v.sort();
-    v
+    latentflow_testutil::files_with_ext(
+        &latentflow_testutil::fixtures().join("schedulers"),
+        "safetensors",
+    )
 }
 
 fn f32s(st: &SafeTensors, name: &str) -> Vec<f32> {
@@ -70,29 +66,16 @@ fn case(meta: &std::collections::HashMap<String, String>) -> Case {
     let cfg_json: Json = serde_json::from_str(&meta["config"]).expect("config");
     let step_kwargs: Json = serde_json::from_str(&meta["step_kwargs"]).expect("step kwargs");
     let kind_name = meta["kind"].clone();
-    let kind = match kind_name.as_str() {
-        "ddim" => Kind::Ddim {
-            eta: step_kwargs["eta"].as_f64().unwrap_or(0.0),
-        },
-        "ddpm" => Kind::Ddpm,
-        "euler" => Kind::Euler,
-        "euler_a" => Kind::EulerAncestral,
-        "dpmpp_2m" => Kind::DpmPp2M,
-        "lcm" => Kind::Lcm,
-        "unipc" => Kind::UniPc,
-        "lms" => Kind::Lms,
-        other => panic!("fixture of unknown kind `{other}`"),
-    };
+    let eta = step_kwargs["eta"].as_f64().unwrap_or(0.0);
+    let kind = Kind::parse(&kind_name, eta)
+        .unwrap_or_else(|| panic!("fixture of unknown kind `{kind_name}`"));
     let mut cfg = Config::sd(kind);
     if cfg_json["prediction_type"] == "v_prediction" {
         cfg.prediction = Prediction::V;
     }
-    cfg.spacing = match cfg_json["timestep_spacing"].as_str() {
-        Some("leading") => Some(Spacing::Leading),
-        Some("trailing") => Some(Spacing::Trailing),
-        Some("linspace") => Some(Spacing::Linspace),
-        _ => None,
-    };
+    cfg.spacing = cfg_json["timestep_spacing"]
+        .as_str()
+        .and_then(Spacing::parse);
     cfg.karras = cfg_json["use_karras_sigmas"].as_bool().unwrap_or(false);
     Case {
         kind: kind_name,

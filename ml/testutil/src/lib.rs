@@ -2,7 +2,7 @@
 //! tensors the way the parity tests state their bounds.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
@@ -37,4 +37,15 @@ pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
 /// max |a − b| / max |b|: the relative error the parity bounds are stated in.
 pub fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
     max_diff(a, b) / max_abs(b).max(1e-12)
+}
+
+/// The files in `dir` whose extension is `ext`, sorted.
+pub fn files_with_ext(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == ext))
+        .collect();
+    v.sort();
+    v
 }

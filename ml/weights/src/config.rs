@@ -81,3 +81,76 @@ impl ConfigSource {
 pub fn read_config<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
     ConfigSource::File(path.to_path_buf()).read(|_| Ok(()))
 }
+
+/// A configuration that checks its own fields; loading it reads, parses and checks.
+pub trait Checked: DeserializeOwned {
+    /// The fields this implementation accepts; the error names the field.
+    fn check(&self) -> Result<(), FieldError>;
+
+    /// Reads and checks a `config.json` (or built-in text).
+    fn load(source: &ConfigSource) -> Result<Self, ConfigError> {
+        source.read(Self::check)
+    }
+
+    /// Reads and checks the file at `path`.
+    fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        Self::load(&ConfigSource::File(path.to_path_buf()))
+    }
+}
+
+/// Field checks the model configurations share.
+pub mod checks {
+    use super::FieldError;
+
+    /// Every `(field, value)` is at least 1.
+    pub fn positive(fields: &[(&str, usize)]) -> Result<(), FieldError> {
+        match fields.iter().find(|(_, v)| *v == 0) {
+            Some((field, _)) => Err(FieldError::new(*field, "must be at least 1")),
+            None => Ok(()),
+        }
+    }
+
+    /// `value` is one of `allowed`.
+    pub fn one_of(field: &str, value: &str, allowed: &[&str]) -> Result<(), FieldError> {
+        if allowed.contains(&value) {
+            return Ok(());
+        }
+        Err(FieldError::new(
+            field,
+            format!("{value:?} is not supported ({})", allowed.join(", ")),
+        ))
+    }
+
+    /// Every entry of the list `field` is one of `allowed`.
+    pub fn each_one_of(field: &str, list: &[String], allowed: &[&str]) -> Result<(), FieldError> {
+        for (i, v) in list.iter().enumerate() {
+            one_of(&format!("{field}[{i}]"), v, allowed)?;
+        }
+        Ok(())
+    }
+
+    /// Each `(field, length)` has `n` entries, one per entry of `of`.
+    pub fn lengths(n: usize, of: &str, lists: &[(&str, usize)]) -> Result<(), FieldError> {
+        match lists.iter().find(|(_, len)| *len != n) {
+            Some((field, len)) => Err(FieldError::new(
+                *field,
+                format!("{len} entries for {n} {of}"),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// `groups` (group-norm groups) is positive and divides every channel count.
+    pub fn groups_divide(groups: usize, channels: &[usize]) -> Result<(), FieldError> {
+        if groups == 0 {
+            return Err(FieldError::new("norm_num_groups", "is 0"));
+        }
+        match channels.iter().find(|c| !c.is_multiple_of(groups)) {
+            Some(c) => Err(FieldError::new(
+                "norm_num_groups",
+                format!("{groups} does not divide {c} channels"),
+            )),
+            None => Ok(()),
+        }
+    }
+}

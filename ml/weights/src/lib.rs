@@ -11,7 +11,7 @@ pub mod inspect;
 pub mod lora;
 mod store;
 
-pub use config::{read_config, ConfigSource, FieldError};
+pub use config::{checks, read_config, Checked, ConfigSource, FieldError};
 pub use error::{ConfigError, WeightsError};
 pub use files::{Rename, Weights};
 pub use inspect::Header;

@@ -5,12 +5,14 @@ use std::sync::Mutex;
 
 use candle_core::{Device, Tensor as CTensor};
 use latentflow_plugin_api::sdk::candle::{from_candle, to_candle};
-use latentflow_plugin_api::sdk::hooks::{hook_handle, HookStep, SamplerHookImpl};
+use latentflow_plugin_api::sdk::hooks::{
+    hook_handle, HookPoint, HookStep, Replacement, SamplerHookImpl,
+};
 use latentflow_plugin_api::sdk::prelude::*;
 use latentflow_sampling::hooks::latent_mask;
 use latentflow_sampling::{InpaintBlend, StepContext, StepHook};
 
-use crate::sample::node_error;
+use crate::sample::{node_error, point};
 
 fn candle(t: &Tensor) -> Result<CTensor, NodeError> {
     to_candle(t, &Device::Cpu)?
@@ -21,12 +23,7 @@ fn candle(t: &Tensor) -> Result<CTensor, NodeError> {
 struct Blend(Mutex<InpaintBlend>);
 
 impl SamplerHookImpl for Blend {
-    fn on_step(
-        &self,
-        _host: HostRef<'_>,
-        step: &HookStep,
-        x: &Tensor,
-    ) -> Result<Option<Tensor>, NodeError> {
+    fn see(&self, _: HostRef, at: HookPoint, step: &HookStep, x: &Tensor) -> Replacement {
         let noise = candle(&step.initial_noise)?;
         let ctx = StepContext {
             index: step.index,
@@ -36,7 +33,9 @@ impl SamplerHookImpl for Blend {
             initial_noise: &noise,
         };
         let mut blend = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let out = blend.on_step(&ctx, &candle(x)?).map_err(node_error)?;
+        let out = blend
+            .see(point(at), &ctx, &candle(x)?)
+            .map_err(node_error)?;
         out.map(|t| from_candle(&t)).transpose()
     }
 

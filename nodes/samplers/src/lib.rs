@@ -14,29 +14,20 @@ use latentflow_sampling::{Config, Kind, Prediction, Scheduler, Spacing};
 
 /// Reads the scheduler settings shared by the nodes.
 pub fn config_from(p: &Params) -> Result<Config, NodeError> {
-    let kind = match p.str("kind")? {
-        "ddim" => Kind::Ddim { eta: p.f64("eta")? },
-        "ddpm" => Kind::Ddpm,
-        "euler" => Kind::Euler,
-        "euler_a" => Kind::EulerAncestral,
-        "dpmpp_2m" => Kind::DpmPp2M,
-        "lcm" => Kind::Lcm,
-        "unipc" => Kind::UniPc,
-        "lms" => Kind::Lms,
-        other => return Err(NodeError::invalid(format!("unknown scheduler `{other}`"))),
-    };
+    let name = p.str("kind")?;
+    let kind = Kind::parse(name, p.f64("eta")?).ok_or_else(|| {
+        NodeError::invalid(format!(
+            "unknown scheduler `{name}` ({})",
+            Kind::NAMES.join(", ")
+        ))
+    })?;
     let mut cfg = Config::sd(kind);
     cfg.prediction = match p.str("prediction") {
         Ok("v_prediction") => Prediction::V,
         Ok("sample") => Prediction::Sample,
         _ => Prediction::Epsilon,
     };
-    cfg.spacing = match p.str("spacing")? {
-        "leading" => Some(Spacing::Leading),
-        "trailing" => Some(Spacing::Trailing),
-        "linspace" => Some(Spacing::Linspace),
-        _ => None,
-    };
+    cfg.spacing = Spacing::parse(p.str("spacing")?);
     cfg.karras = p.bool("karras")?;
     Ok(cfg)
 }

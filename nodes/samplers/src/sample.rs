@@ -12,13 +12,22 @@ use latentflow_plugin_api::sdk::candle::{from_candle, to_candle};
 use latentflow_plugin_api::sdk::denoiser::{
     Conditioning, DenoiseRequest, DenoiserClient, PredictionKind, Step as ProtocolStep,
 };
-use latentflow_plugin_api::sdk::hooks::{HookClient, HookStep};
+use latentflow_plugin_api::sdk::hooks::{HookClient, HookPoint as ProtocolPoint, HookStep};
 use latentflow_plugin_api::sdk::prelude::*;
 use latentflow_sampling::hooks::latent_mask;
+use latentflow_sampling::hooks::{HookPoint, Replacement};
 use latentflow_sampling::{
     guidance, sample as run_loop, InpaintBlend, Model, Noise, Prediction, Run, SampleError,
     Scheduler, Start, Step, StepContext, StepHook,
 };
+
+/// The library's hook point for the protocol's.
+pub fn point(at: ProtocolPoint) -> HookPoint {
+    match at {
+        ProtocolPoint::X0 => HookPoint::X0,
+        ProtocolPoint::Latent => HookPoint::Latent,
+    }
+}
 
 /// A library error as a node error (a model's or hook's own error comes back unchanged).
 pub fn node_error(e: SampleError) -> NodeError {
@@ -71,7 +80,6 @@ impl Model for Driven<'_, '_> {
         req.step = Some(ProtocolStep {
             index: step.index,
             total: step.total,
-            cfg: step.cfg,
             guidance: step.guidance,
         });
         let out = self
@@ -115,20 +123,15 @@ impl StepHook for Remote<'_, '_> {
         self.client.wants_x0()
     }
 
-    fn on_x0(&mut self, ctx: &StepContext, x0: &CTensor) -> Result<Option<CTensor>, SampleError> {
-        let x0 = from_candle(x0).map_err(model_error)?;
+    fn see(&mut self, at: HookPoint, ctx: &StepContext, t: &CTensor) -> Replacement {
+        let t = from_candle(t).map_err(model_error)?;
+        let at = match at {
+            HookPoint::X0 => ProtocolPoint::X0,
+            HookPoint::Latent => ProtocolPoint::Latent,
+        };
         let out = self
             .client
-            .on_x0(self.ctx.host(), &Self::step(ctx)?, &x0)
-            .map_err(model_error)?;
-        Self::back(out)
-    }
-
-    fn on_step(&mut self, ctx: &StepContext, x: &CTensor) -> Result<Option<CTensor>, SampleError> {
-        let x = from_candle(x).map_err(model_error)?;
-        let out = self
-            .client
-            .on_step(self.ctx.host(), &Self::step(ctx)?, &x)
+            .see(self.ctx.host(), at, &Self::step(ctx)?, &t)
             .map_err(model_error)?;
         Self::back(out)
     }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use latentflow_models::sd::daam::{bicubic, word_positions};
 use latentflow_plugin_api::sdk::denoiser::{
-    names, wrapper_node, DenoiseRequest, Denoised, DenoiserClient, WrapperImpl,
+    names, wrapper_node, Call, DenoiseRequest, Denoised, DenoiserClient, WrapperImpl,
 };
 use latentflow_plugin_api::sdk::prelude::*;
 
@@ -42,14 +42,8 @@ impl WrapperImpl for Capture {
         inner.denoise(host, req)
     }
 
-    fn call_own(
-        &self,
-        inner: &ObjectHandle,
-        host: HostRef<'_>,
-        method: &str,
-        _args: &[Value],
-    ) -> Option<Reply> {
-        (method == "attention_maps")
+    fn call_own(&self, inner: &ObjectHandle, host: HostRef, call: Call) -> Option<Reply> {
+        (call.method == "attention_maps")
             .then(|| inner.call(host, "attention_maps", vec![Value::Int(self.key)]))
     }
 }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use latentflow_models::sd::loader::{self, Source};
 use latentflow_models::sd::vae::Vae;
 use latentflow_models::sd::Family as SdFamily;
+use latentflow_models::Checked;
 use latentflow_plugin_api::sdk::denoiser::PredictionKind;
 use latentflow_plugin_api::sdk::prelude::*;
 

@@ -11,8 +11,8 @@ use latentflow_models::sd::daam::Accumulator;
 use latentflow_models::sd::unet::Extras;
 use latentflow_models::sd::{deepcache, lora, Family as SdFamily, LoadedUNet, PredictionType};
 use latentflow_plugin_api::sdk::denoiser::{
-    denoiser_handle, names, DenoiseOutput, DenoiseRequest, Denoised, DenoiserImpl, DenoiserInfo,
-    PredictionKind,
+    denoiser_handle, names, Call, DenoiseOutput, DenoiseRequest, Denoised, DenoiserImpl,
+    DenoiserInfo, PredictionKind,
 };
 use latentflow_plugin_api::sdk::prelude::*;
 
@@ -181,7 +181,7 @@ impl DenoiserImpl for UNetDenoiser {
             Some(Value::Record(r)) => Some(r.clone()),
             _ => None,
         };
-        let cfg = req.step.is_some_and(|s| s.cfg);
+        let cfg = req.step.is_some_and(|s| s.guided());
         let records: Mutex<Vec<AttentionRecord>> = Default::default();
         let hook = |name: &str, probs: &CTensor| {
             // B×heads×queries×tokens; keep the positive half under CFG (one sample: the first).
@@ -246,16 +246,12 @@ impl DenoiserImpl for UNetDenoiser {
         })
     }
 
-    fn call_extra(
-        &self,
-        _host: HostRef<'_>,
-        method: &str,
-        args: Vec<Value>,
-    ) -> Option<Result<Vec<Value>, NodeError>> {
-        Some(match method {
-            "features" => self.features(&args),
-            "attention_maps" => self.attention_maps(&args),
-            "with_lora" => self.with_lora(&args),
+    fn call_extra(&self, _: HostRef, call: Call) -> Option<Reply> {
+        let args = call.args;
+        Some(match call.method {
+            "features" => self.features(args),
+            "attention_maps" => self.attention_maps(args),
+            "with_lora" => self.with_lora(args),
             _ => return None,
         })
     }

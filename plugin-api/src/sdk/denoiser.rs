@@ -25,6 +25,22 @@ use crate::object::{ObjectHandle, ObjectImpl, Reply};
 use crate::tensor::Tensor;
 use crate::value::{Record, Value};
 
+/// A method call on an object: its name and arguments.
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
+    /// The method.
+    pub method: &'a str,
+    /// The arguments.
+    pub args: &'a [Value],
+}
+
+impl<'a> Call<'a> {
+    /// `method` with `args`.
+    pub fn new(method: &'a str, args: &'a [Value]) -> Self {
+        Call { method, args }
+    }
+}
+
 /// The interface name of denoisers.
 pub const DENOISER: &str = "Denoiser";
 
@@ -101,11 +117,16 @@ pub struct Step {
     pub index: usize,
     /// The number of steps in the run.
     pub total: usize,
-    /// Whether the batch is `[negative; positive]` for classifier-free guidance.
-    pub cfg: bool,
-    /// The guidance scale the sampler combines the halves with (`u + g·(c − u)`), under
-    /// guidance.
+    /// Under classifier-free guidance, the scale the sampler combines the halves of the batch
+    /// `[negative; positive]` with (`u + g·(c − u)`).
     pub guidance: Option<f64>,
+}
+
+impl Step {
+    /// Whether the batch is `[negative; positive]` for classifier-free guidance.
+    pub fn guided(&self) -> bool {
+        self.guidance.is_some()
+    }
 }
 
 /// The conditioning of a request, in named parts.
@@ -228,7 +249,6 @@ impl DenoiseRequest {
         if let Some(s) = self.step {
             r.set("step_index", s.index as i64);
             r.set("step_total", s.total as i64);
-            r.set("cfg", s.cfg);
             if let Some(g) = s.guidance {
                 r.set("guidance", g);
             }
@@ -257,7 +277,6 @@ impl DenoiseRequest {
                 Some(Step {
                     index: i as usize,
                     total: t as usize,
-                    cfg: r.flag("cfg"),
                     guidance: r.get("guidance").and_then(Value::as_float),
                 })
             }
@@ -348,12 +367,8 @@ pub trait DenoiserImpl: Send + Sync + 'static {
 
     /// Methods beyond `info` and `denoise` (queries such as `features`, transforms such as
     /// `with_lora`); `None` when it has no method of that name.
-    fn call_extra(
-        &self,
-        _host: HostRef<'_>,
-        _method: &str,
-        _args: Vec<Value>,
-    ) -> Option<Result<Vec<Value>, NodeError>> {
+    fn call_extra(&self, host: HostRef, call: Call) -> Option<Reply> {
+        let _ = (host, call);
         None
     }
 }
@@ -382,12 +397,15 @@ impl<T: DenoiserImpl> ObjectImpl for AsObject<T> {
                 let req = DenoiseRequest::from_record(record_arg(&args, method)?)?;
                 Ok(vec![self.0.denoise(host, req)?.to_record().into()])
             }
-            other => self.0.call_extra(host, other, args).unwrap_or_else(|| {
-                Err(NodeError::invalid(format!(
-                    "this {DENOISER} ({}) has no method `{other}`",
-                    self.0.info().description
-                )))
-            }),
+            other => self
+                .0
+                .call_extra(host, Call::new(other, &args))
+                .unwrap_or_else(|| {
+                    Err(NodeError::invalid(format!(
+                        "this {DENOISER} ({}) has no method `{other}`",
+                        self.0.info().description
+                    )))
+                }),
         }
     }
 
@@ -417,13 +435,8 @@ pub trait WrapperImpl: Send + Sync + Sized + 'static {
     }
 
     /// Methods of the wrapper itself; `None` forwards the call to `inner`.
-    fn call_own(
-        &self,
-        _inner: &ObjectHandle,
-        _host: HostRef<'_>,
-        _method: &str,
-        _args: &[Value],
-    ) -> Option<Result<Vec<Value>, NodeError>> {
+    fn call_own(&self, inner: &ObjectHandle, host: HostRef, call: Call) -> Option<Reply> {
+        let _ = (inner, host, call);
         None
     }
 
@@ -449,9 +462,9 @@ impl<W: WrapperImpl> ObjectImpl for Wrapped<W> {
     }
 
     fn call(&self, host: HostRef<'_>, method: &str, args: Vec<Value>) -> Reply {
-        if let Some(r) = self
-            .wrapper
-            .call_own(&self.inner, host.sabi_reborrow(), method, &args)
+        if let Some(r) =
+            self.wrapper
+                .call_own(&self.inner, host.sabi_reborrow(), Call::new(method, &args))
         {
             return r;
         }
@@ -600,7 +613,6 @@ mod tests {
         req.step = Some(Step {
             index: 2,
             total: 10,
-            cfg: true,
             guidance: Some(7.5),
         });
         req.set_option(

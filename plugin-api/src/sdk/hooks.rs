@@ -68,34 +68,38 @@ impl HookStep {
     }
 }
 
+/// Where in a step a hook is called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookPoint {
+    /// x̂0, before the step is taken from it (method `on_x0`, record field `x0`; only for hooks
+    /// that want it).
+    X0,
+    /// The latent after the step (method `on_step`, record field `x`).
+    Latent,
+}
+
+impl HookPoint {
+    /// The protocol method and the record field holding the tensor.
+    pub fn names(self) -> (&'static str, &'static str) {
+        match self {
+            HookPoint::X0 => ("on_x0", "x0"),
+            HookPoint::Latent => ("on_step", "x"),
+        }
+    }
+}
+
+/// A hook's answer: a replacement tensor, or none to leave it as it is.
+pub type Replacement = Result<Option<Tensor>, NodeError>;
+
 /// What a plugin implements to offer a sampler hook.
 pub trait SamplerHookImpl: Send + Sync + 'static {
-    /// Whether [`SamplerHookImpl::on_x0`] should be called.
+    /// Whether it is called at [`HookPoint::X0`].
     fn wants_x0(&self) -> bool {
         false
     }
 
-    /// x̂0 of this step; a returned tensor replaces it.
-    fn on_x0(
-        &self,
-        host: HostRef<'_>,
-        step: &HookStep,
-        x0: &Tensor,
-    ) -> Result<Option<Tensor>, NodeError> {
-        let _ = (host, step, x0);
-        Ok(None)
-    }
-
-    /// The latent after this step; a returned tensor replaces it.
-    fn on_step(
-        &self,
-        host: HostRef<'_>,
-        step: &HookStep,
-        x: &Tensor,
-    ) -> Result<Option<Tensor>, NodeError> {
-        let _ = (host, step, x);
-        Ok(None)
-    }
+    /// The tensor at `at` of this step; a returned tensor replaces it.
+    fn see(&self, host: HostRef, at: HookPoint, step: &HookStep, t: &Tensor) -> Replacement;
 
     /// A short description.
     fn describe(&self) -> String {
@@ -121,15 +125,16 @@ impl<T: SamplerHookImpl> ObjectImpl for AsObject<T> {
             "info" => Ok(vec![Record::new("HookInfo")
                 .with("wants_x0", self.0.wants_x0())
                 .into()]),
-            "on_x0" => {
+            "on_x0" | "on_step" => {
+                let at = if method == "on_x0" {
+                    HookPoint::X0
+                } else {
+                    HookPoint::Latent
+                };
                 let r = record()?;
                 let step = HookStep::from_record(r)?;
-                Ok(replaced(self.0.on_x0(host, &step, r.tensor("x0")?)?))
-            }
-            "on_step" => {
-                let r = record()?;
-                let step = HookStep::from_record(r)?;
-                Ok(replaced(self.0.on_step(host, &step, r.tensor("x")?)?))
+                let t = r.tensor(at.names().1)?;
+                Ok(replaced(self.0.see(host, at, &step, t)?))
             }
             other => Err(NodeError::invalid(format!(
                 "this {SAMPLER_HOOK} has no method `{other}`"
@@ -175,17 +180,12 @@ impl<'a> HookClient<'a> {
         self.wants_x0
     }
 
-    fn call(
-        &self,
-        host: HostRef<'_>,
-        method: &str,
-        step: &HookStep,
-        name: &str,
-        t: &Tensor,
-    ) -> Result<Option<Tensor>, NodeError> {
+    /// The tensor at `at` of this step, possibly replaced.
+    pub fn see(&self, host: HostRef, at: HookPoint, step: &HookStep, t: &Tensor) -> Replacement {
+        let (method, field) = at.names();
         let out = self
             .handle
-            .call(host, method, vec![step.to_record(name, t).into()])?;
+            .call(host, method, vec![step.to_record(field, t).into()])?;
         match out.into_iter().next() {
             Some(Value::Tensor(t)) => Ok(Some(t)),
             Some(Value::None) | None => Ok(None),
@@ -194,25 +194,5 @@ impl<'a> HookClient<'a> {
                 other.kind_name()
             ))),
         }
-    }
-
-    /// x̂0 of this step, possibly replaced.
-    pub fn on_x0(
-        &self,
-        host: HostRef<'_>,
-        step: &HookStep,
-        x0: &Tensor,
-    ) -> Result<Option<Tensor>, NodeError> {
-        self.call(host, "on_x0", step, "x0", x0)
-    }
-
-    /// The latent after this step, possibly replaced.
-    pub fn on_step(
-        &self,
-        host: HostRef<'_>,
-        step: &HookStep,
-        x: &Tensor,
-    ) -> Result<Option<Tensor>, NodeError> {
-        self.call(host, "on_step", step, "x", x)
     }
 }

@@ -14,7 +14,7 @@ use super::text::TextEncoder;
 use super::tokenizer::ClipTokenizer;
 use super::unet::{UNet, UNetConfig};
 use super::vae::{Vae, VaeConfig};
-use crate::{ModelError, Result};
+use crate::{Checked, ModelError, Result};
 
 /// The original CLIP vocabulary, for checkpoints that come without a tokenizer folder.
 const BPE_VOCAB: &[u8] = include_bytes!("../../assets/bpe_simple_vocab_16e6.txt.gz");

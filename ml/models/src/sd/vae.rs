@@ -12,7 +12,7 @@ use candle_transformers::models::stable_diffusion::attention::{
 };
 use latentflow_kernels::{Conv, GroupNorm};
 use latentflow_nn::{ResnetBlock, ResnetConfig};
-use latentflow_weights::{ConfigError, ConfigSource, FieldError, Weights};
+use latentflow_weights::{checks, Checked, FieldError, Weights};
 use serde::Deserialize;
 
 use crate::{ModelError, Result};
@@ -63,25 +63,9 @@ fn yes() -> bool {
     true
 }
 
-impl VaeConfig {
-    /// Reads and checks a `config.json` (or built-in text).
-    pub fn load(source: &ConfigSource) -> Result<Self, ConfigError> {
-        source.read(Self::check)
-    }
-
-    /// Reads and checks the file at `path`.
-    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        Self::load(&ConfigSource::File(path.to_path_buf()))
-    }
-
-    /// The fields this implementation accepts; the error names the field.
-    pub fn check(&self) -> Result<(), FieldError> {
-        if self.act_fn != "silu" {
-            return Err(FieldError::new(
-                "act_fn",
-                format!("{:?} is not supported (only \"silu\")", self.act_fn),
-            ));
-        }
+impl Checked for VaeConfig {
+    fn check(&self) -> Result<(), FieldError> {
+        checks::one_of("act_fn", &self.act_fn, &["silu"])?;
         if self.block_out_channels.is_empty() {
             return Err(FieldError::new("block_out_channels", "is empty"));
         }
@@ -98,50 +82,30 @@ impl VaeConfig {
                 ),
             ));
         }
-        for (field, v) in [
+        checks::positive(&[
             ("in_channels", self.in_channels),
             ("out_channels", self.out_channels),
             ("latent_channels", self.latent_channels),
             ("layers_per_block", self.layers_per_block),
-        ] {
-            if v == 0 {
-                return Err(FieldError::new(field, "must be at least 1"));
-            }
-        }
-        if let Some((i, b)) = self
-            .down_block_types
-            .iter()
-            .enumerate()
-            .find(|(_, b)| *b != "DownEncoderBlock2D")
-        {
-            return Err(FieldError::new(
-                format!("down_block_types[{i}]"),
-                format!("{b:?} is not supported (only DownEncoderBlock2D)"),
-            ));
-        }
-        if let Some((i, b)) = self
-            .up_block_types
-            .iter()
-            .enumerate()
-            .find(|(_, b)| *b != "UpDecoderBlock2D")
-        {
-            return Err(FieldError::new(
-                format!("up_block_types[{i}]"),
-                format!("{b:?} is not supported (only UpDecoderBlock2D)"),
-            ));
-        }
-        let n = self.block_out_channels.len();
-        for (field, list) in [
-            ("down_block_types", &self.down_block_types),
-            ("up_block_types", &self.up_block_types),
-        ] {
-            if list.len() != n {
-                return Err(FieldError::new(
-                    field,
-                    format!("{} entries for {n} block_out_channels", list.len()),
-                ));
-            }
-        }
+        ])?;
+        checks::each_one_of(
+            "down_block_types",
+            &self.down_block_types,
+            &["DownEncoderBlock2D"],
+        )?;
+        checks::each_one_of(
+            "up_block_types",
+            &self.up_block_types,
+            &["UpDecoderBlock2D"],
+        )?;
+        checks::lengths(
+            self.block_out_channels.len(),
+            "block_out_channels",
+            &[
+                ("down_block_types", self.down_block_types.len()),
+                ("up_block_types", self.up_block_types.len()),
+            ],
+        )?;
         if !self.mid_block_add_attention {
             return Err(FieldError::new(
                 "mid_block_add_attention",
@@ -154,19 +118,7 @@ impl VaeConfig {
                 "is set: SD3/Flux VAEs are not supported yet",
             ));
         }
-        if self.norm_num_groups == 0 {
-            return Err(FieldError::new("norm_num_groups", "is 0"));
-        }
-        if let Some(c) = self
-            .block_out_channels
-            .iter()
-            .find(|c| !(**c).is_multiple_of(self.norm_num_groups))
-        {
-            return Err(FieldError::new(
-                "norm_num_groups",
-                format!("{} does not divide {c} channels", self.norm_num_groups),
-            ));
-        }
+        checks::groups_divide(self.norm_num_groups, &self.block_out_channels)?;
         if !self.scaling_factor.is_finite() || self.scaling_factor == 0.0 {
             return Err(FieldError::new(
                 "scaling_factor",

@@ -61,16 +61,16 @@ fn alpha_bar_prev(s: &Scheduler, prev_t: f64, alpha_to_one: bool) -> f64 {
     }
 }
 
-pub(super) fn step_ddim(s: &Scheduler, eta: f64, a: &StepArgs) -> Result<Tensor> {
-    let StepArgs {
-        pred,
-        out,
-        x,
-        noise,
-    } = *a;
+/// This step's timestep, the previous one on the evenly strided grid, and ᾱ_t.
+fn leading_step(s: &Scheduler) -> (f64, f64, f64) {
     let t = s.timesteps[s.index];
     let prev_t = t - (s.cfg.table.len() / s.steps) as f64;
-    let a_t = s.cfg.table.alpha_bar(t as i64);
+    (t, prev_t, s.cfg.table.alpha_bar(t as i64))
+}
+
+pub(super) fn step_ddim(s: &Scheduler, eta: f64, a: &StepArgs) -> Result<Tensor> {
+    let (pred, out, x, noise) = (a.pred, a.out, a.x, a.noise);
+    let (_, prev_t, a_t) = leading_step(s);
     let a_prev = alpha_bar_prev(s, prev_t, s.cfg.set_alpha_to_one.unwrap_or(false));
     let (x0, eps) = predictions(pred, a_t, out, x)?;
     let variance = (1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev);
@@ -83,15 +83,8 @@ pub(super) fn step_ddim(s: &Scheduler, eta: f64, a: &StepArgs) -> Result<Tensor>
 }
 
 pub(super) fn step_ddpm(s: &Scheduler, a: &StepArgs) -> Result<Tensor> {
-    let StepArgs {
-        pred,
-        out,
-        x,
-        noise,
-    } = *a;
-    let t = s.timesteps[s.index];
-    let prev_t = t - (s.cfg.table.len() / s.steps) as f64;
-    let a_t = s.cfg.table.alpha_bar(t as i64);
+    let (pred, out, x, noise) = (a.pred, a.out, a.x, a.noise);
+    let (t, prev_t, a_t) = leading_step(s);
     let a_prev = if prev_t >= 0.0 {
         s.cfg.table.alpha_bar(prev_t as i64)
     } else {
@@ -117,12 +110,7 @@ pub(super) fn step_ddpm(s: &Scheduler, a: &StepArgs) -> Result<Tensor> {
 }
 
 pub(super) fn step_lcm(s: &Scheduler, a: &StepArgs) -> Result<Tensor> {
-    let StepArgs {
-        pred,
-        out,
-        x,
-        noise,
-    } = *a;
+    let (pred, out, x, noise) = (a.pred, a.out, a.x, a.noise);
     let t = s.timesteps[s.index];
     let last = s.index + 1 == s.steps;
     let prev_t = if last { t } else { s.timesteps[s.index + 1] };

@@ -63,7 +63,7 @@ pub(super) fn data_prediction(
 }
 
 pub(super) fn step(s: &mut Scheduler, a: &StepArgs) -> Result<Tensor> {
-    let StepArgs { pred, out, x, .. } = *a;
+    let (pred, out, x) = (a.pred, a.out, a.x);
     let i = s.index;
     let (_, s0, l0) = vp(s.sigmas[i]);
     let x0 = data_prediction(pred, s.sigmas[i], out, x)?;

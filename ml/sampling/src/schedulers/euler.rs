@@ -54,7 +54,7 @@ fn euler_update(x: &Tensor, d: &Tensor, inv: f32, dt: f32) -> Result<Tensor> {
 }
 
 pub(super) fn step_euler(s: &Scheduler, a: &StepArgs) -> Result<Tensor> {
-    let StepArgs { pred, out, x, .. } = *a;
+    let (pred, out, x) = (a.pred, a.out, a.x);
     let (sigma, next) = (s.sigmas[s.index], s.sigmas[s.index + 1]);
     let x0 = denoised(pred, sigma, out, x)?;
     let dt = (next - sigma) as f32;
@@ -63,12 +63,7 @@ pub(super) fn step_euler(s: &Scheduler, a: &StepArgs) -> Result<Tensor> {
 }
 
 pub(super) fn step_ancestral(s: &Scheduler, a: &StepArgs) -> Result<Tensor> {
-    let StepArgs {
-        pred,
-        out,
-        x,
-        noise,
-    } = *a;
+    let (pred, out, x, noise) = (a.pred, a.out, a.x, a.noise);
     let (sigma, to) = (s.sigmas[s.index], s.sigmas[s.index + 1]);
     let x0 = denoised(pred, sigma, out, x)?;
     let up = (to * to * (sigma * sigma - to * to) / (sigma * sigma)).sqrt();

@@ -33,7 +33,7 @@ fn coefficient(sigmas: &[f64], order: usize, t: usize, current: usize) -> f64 {
 }
 
 pub(super) fn step(s: &mut Scheduler, a: &StepArgs) -> Result<Tensor> {
-    let StepArgs { pred, out, x, .. } = *a;
+    let (pred, out, x) = (a.pred, a.out, a.x);
     let i = s.index;
     let sigma = s.sigmas[i];
     let inv = (1.0 / sigma) as f32 as f64;

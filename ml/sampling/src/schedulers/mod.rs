@@ -57,6 +57,18 @@ pub enum Spacing {
     Linspace,
 }
 
+impl Spacing {
+    /// From diffusers' spelling (`leading`, `trailing`, `linspace`).
+    pub fn parse(name: &str) -> Option<Spacing> {
+        match name {
+            "leading" => Some(Spacing::Leading),
+            "trailing" => Some(Spacing::Trailing),
+            "linspace" => Some(Spacing::Linspace),
+            _ => None,
+        }
+    }
+}
+
 /// The scheduler algorithms.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Kind {
@@ -82,6 +94,26 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The names the graph and the fixtures use.
+    pub const NAMES: &'static [&'static str] = &[
+        "ddim", "ddpm", "euler", "euler_a", "dpmpp_2m", "lcm", "unipc", "lms",
+    ];
+
+    /// From its name (see [`Kind::NAMES`]); `eta` is DDIM's η.
+    pub fn parse(name: &str, eta: f64) -> Option<Kind> {
+        Some(match name {
+            "ddim" => Kind::Ddim { eta },
+            "ddpm" => Kind::Ddpm,
+            "euler" => Kind::Euler,
+            "euler_a" => Kind::EulerAncestral,
+            "dpmpp_2m" => Kind::DpmPp2M,
+            "lcm" => Kind::Lcm,
+            "unipc" => Kind::UniPc,
+            "lms" => Kind::Lms,
+            _ => return None,
+        })
+    }
+
     fn default_spacing(self) -> Spacing {
         match self {
             Kind::Ddim { .. } | Kind::Ddpm | Kind::Lcm => Spacing::Leading,

@@ -75,7 +75,7 @@ fn predict(s: &Scheduler, x: &Tensor, order: usize) -> Result<Tensor> {
 }
 
 pub(super) fn step(s: &mut Scheduler, a: &StepArgs) -> Result<Tensor> {
-    let StepArgs { pred, out, x, .. } = *a;
+    let (pred, out, x) = (a.pred, a.out, a.x);
     let i = s.index;
     let m_t = data_prediction(pred, s.sigmas[i], out, x)?;
     let x = if i > 0 && s.last_sample.is_some() {

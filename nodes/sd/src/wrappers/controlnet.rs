@@ -132,7 +132,7 @@ impl Controlled {
             )));
         }
         // Guess mode with CFG: the ControlNet sees only the positive half.
-        let split = self.guess_mode && step.is_some_and(|s| s.cfg) && b % 2 == 0;
+        let split = self.guess_mode && step.is_some_and(|s| s.guided()) && b % 2 == 0;
         let (xin, cin, n) = if split {
             let half = b / 2;
             (

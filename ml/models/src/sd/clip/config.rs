@@ -1,8 +1,6 @@
 //! The configuration of transformers' `CLIPTextModel` (`text_encoder/config.json`).
 
-use std::path::Path;
-
-use latentflow_weights::{ConfigError, ConfigSource, FieldError};
+use latentflow_weights::{checks, Checked, FieldError};
 use serde::Deserialize;
 
 /// The fields of transformers' `CLIPTextConfig` that matter here.
@@ -41,36 +39,16 @@ fn legacy_eos() -> u32 {
     2
 }
 
-impl ClipConfig {
-    /// Reads and checks a `config.json` (or built-in text).
-    pub fn load(source: &ConfigSource) -> Result<Self, ConfigError> {
-        source.read(Self::check)
-    }
-
-    /// Reads and checks the file at `path`.
-    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        Self::load(&ConfigSource::File(path.to_path_buf()))
-    }
-
-    /// The fields this implementation accepts; the error names the field.
-    pub fn check(&self) -> Result<(), FieldError> {
-        if !matches!(self.hidden_act.as_str(), "quick_gelu" | "gelu") {
-            return Err(FieldError::new(
-                "hidden_act",
-                format!("{:?} is not supported (quick_gelu, gelu)", self.hidden_act),
-            ));
-        }
-        for (field, v) in [
+impl Checked for ClipConfig {
+    fn check(&self) -> Result<(), FieldError> {
+        checks::one_of("hidden_act", &self.hidden_act, &["quick_gelu", "gelu"])?;
+        checks::positive(&[
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),
             ("intermediate_size", self.intermediate_size),
             ("num_hidden_layers", self.num_hidden_layers),
             ("max_position_embeddings", self.max_position_embeddings),
-        ] {
-            if v == 0 {
-                return Err(FieldError::new(field, "must be at least 1"));
-            }
-        }
+        ])?;
         if self.max_position_embeddings < 3 {
             return Err(FieldError::new(
                 "max_position_embeddings",

@@ -13,7 +13,7 @@ use latentflow_kernels::{attention, Attend};
 use latentflow_weights::Weights;
 
 use super::config::ClipConfig;
-use crate::{ModelError, Result};
+use crate::{Checked, ModelError, Result};
 
 struct Layer {
     ln1: LayerNorm,

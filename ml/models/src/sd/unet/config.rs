@@ -2,9 +2,7 @@
 //! this implementation reads, and the check that refuses what it does not implement, naming
 //! the field.
 
-use std::path::Path;
-
-use latentflow_weights::{ConfigError, ConfigSource, FieldError};
+use latentflow_weights::{checks, Checked, FieldError};
 use serde::Deserialize;
 
 /// A config value given once for all blocks or once per block.
@@ -190,17 +188,13 @@ pub struct Plan {
     pub cross: Vec<bool>,
 }
 
+impl Checked for UNetConfig {
+    fn check(&self) -> Result<(), FieldError> {
+        self.plan().map(|_| ())
+    }
+}
+
 impl UNetConfig {
-    /// Reads and checks a `config.json` (or built-in text).
-    pub fn load(source: &ConfigSource) -> Result<Self, ConfigError> {
-        source.read(|c: &Self| c.plan().map(|_| ()))
-    }
-
-    /// Reads and checks the file at `path`.
-    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        Self::load(&ConfigSource::File(path.to_path_buf()))
-    }
-
     /// The checked per-block settings; the error names the offending field.
     pub fn plan(&self) -> Result<Plan, FieldError> {
         let refuse = |field: &str, v: &dyn std::fmt::Debug, why: &str| {
@@ -209,15 +203,17 @@ impl UNetConfig {
                 format!("{v:?} is not supported{why}"),
             ))
         };
-        if self.act_fn != "silu" {
-            return refuse("act_fn", &self.act_fn, " (only \"silu\")");
-        }
-        if self.time_embedding_type != "positional" {
-            return refuse("time_embedding_type", &self.time_embedding_type, "");
-        }
-        if self.resnet_time_scale_shift != "default" {
-            return refuse("resnet_time_scale_shift", &self.resnet_time_scale_shift, "");
-        }
+        checks::one_of("act_fn", &self.act_fn, &["silu"])?;
+        checks::one_of(
+            "time_embedding_type",
+            &self.time_embedding_type,
+            &["positional"],
+        )?;
+        checks::one_of(
+            "resnet_time_scale_shift",
+            &self.resnet_time_scale_shift,
+            &["default"],
+        )?;
         if let Some(v) = &self.class_embed_type {
             return refuse("class_embed_type", v, "");
         }
@@ -270,71 +266,50 @@ impl UNetConfig {
         if let Some(i) = self.block_out_channels.iter().position(|&c| c == 0) {
             return Err(FieldError::new(format!("block_out_channels[{i}]"), "is 0"));
         }
-        if self.in_channels == 0 || self.out_channels == 0 {
-            return Err(FieldError::new(
-                "in_channels / out_channels",
-                "must be at least 1",
-            ));
-        }
-        for (field, list) in [
-            ("down_block_types", &self.down_block_types),
-            ("up_block_types", &self.up_block_types),
-        ] {
-            if list.len() != n {
+        checks::positive(&[
+            ("in_channels", self.in_channels),
+            ("out_channels", self.out_channels),
+        ])?;
+        checks::lengths(
+            n,
+            "block_out_channels",
+            &[
+                ("down_block_types", self.down_block_types.len()),
+                ("up_block_types", self.up_block_types.len()),
+            ],
+        )?;
+        checks::each_one_of(
+            "down_block_types",
+            &self.down_block_types,
+            &["CrossAttnDownBlock2D", "DownBlock2D"],
+        )?;
+        checks::each_one_of(
+            "up_block_types",
+            &self.up_block_types,
+            &["CrossAttnUpBlock2D", "UpBlock2D"],
+        )?;
+        let cross: Vec<bool> = self
+            .down_block_types
+            .iter()
+            .map(|b| b == "CrossAttnDownBlock2D")
+            .collect();
+        for (i, up) in self.up_cross().into_iter().enumerate() {
+            if up != cross[n - 1 - i] {
                 return Err(FieldError::new(
-                    field,
-                    format!("{} entries for {n} block_out_channels", list.len()),
+                    format!("up_block_types[{i}]"),
+                    format!(
+                        "{:?} does not mirror down_block_types[{}]",
+                        self.up_block_types[i],
+                        n - 1 - i
+                    ),
                 ));
-            }
-        }
-        let mut cross = Vec::with_capacity(n);
-        for (i, b) in self.down_block_types.iter().enumerate() {
-            match b.as_str() {
-                "CrossAttnDownBlock2D" => cross.push(true),
-                "DownBlock2D" => cross.push(false),
-                other => {
-                    return Err(FieldError::new(
-                        format!("down_block_types[{i}]"),
-                        format!("{other:?} is not supported (CrossAttnDownBlock2D, DownBlock2D)"),
-                    ))
-                }
-            }
-        }
-        for (i, b) in self.up_block_types.iter().enumerate() {
-            let want = cross[n - 1 - i];
-            match (b.as_str(), want) {
-                ("CrossAttnUpBlock2D", true) | ("UpBlock2D", false) => {}
-                ("CrossAttnUpBlock2D" | "UpBlock2D", _) => {
-                    return Err(FieldError::new(
-                        format!("up_block_types[{i}]"),
-                        format!("{b:?} does not mirror down_block_types[{}]", n - 1 - i),
-                    ))
-                }
-                (other, _) => {
-                    return Err(FieldError::new(
-                        format!("up_block_types[{i}]"),
-                        format!("{other:?} is not supported (CrossAttnUpBlock2D, UpBlock2D)"),
-                    ))
-                }
             }
         }
         match self.mid_block_type.as_deref() {
             Some("UNetMidBlock2DCrossAttn") | None => {}
             Some(other) => return refuse("mid_block_type", &other, ""),
         }
-        if self.norm_num_groups == 0 {
-            return Err(FieldError::new("norm_num_groups", "is 0"));
-        }
-        if let Some(c) = self
-            .block_out_channels
-            .iter()
-            .find(|c| !(**c).is_multiple_of(self.norm_num_groups))
-        {
-            return Err(FieldError::new(
-                "norm_num_groups",
-                format!("{} does not divide {c} channels", self.norm_num_groups),
-            ));
-        }
+        checks::groups_divide(self.norm_num_groups, &self.block_out_channels)?;
         let heads_src = self
             .num_attention_heads
             .as_ref()

@@ -12,7 +12,7 @@ use latentflow_weights::Weights;
 
 use super::blocks::{build, DownBlock, MidBlock, Parts, UpBlock};
 use super::config::UNetConfig;
-use crate::{ModelError, Result};
+use crate::{Checked, ModelError, Result};
 
 /// Receives the main-path state after layer `layer` of up block `block`.
 pub type UpLayerHook<'a> = &'a (dyn Fn(usize, usize, &Tensor) + Sync);
