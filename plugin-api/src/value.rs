@@ -58,16 +58,12 @@ impl Record {
 
     /// Sets field `name`.
     pub fn set(&mut self, name: &str, value: impl Into<Value>) {
-        let value = value.into();
-        match self.fields.iter_mut().find(|(k, _)| k == name) {
-            Some(slot) => slot.1 = value,
-            None => self.fields.push((name.into(), value)),
-        }
+        upsert(&mut self.fields, name, value.into());
     }
 
     /// Field `name`, if present.
     pub fn get(&self, name: &str) -> Option<&Value> {
-        self.fields.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+        lookup(&self.fields, name)
     }
 
     /// Removes and returns field `name`.
@@ -92,34 +88,49 @@ impl Record {
         NodeError::invalid(format!("{}: field `{name}` must be {what}", self.kind))
     }
 
+    /// Field `name` as `pick` reads it; `what` names the expected kind in the error.
+    fn required<'a, T>(
+        &'a self,
+        name: &str,
+        what: &str,
+        pick: impl FnOnce(&'a Value) -> Option<T>,
+    ) -> Result<T, NodeError> {
+        self.get(name)
+            .and_then(pick)
+            .ok_or_else(|| self.missing(name, what))
+    }
+
+    /// Field `name` as `pick` reads it, or `None` when absent or `None`.
+    fn optional<'a, T>(
+        &'a self,
+        name: &str,
+        what: &str,
+        pick: impl FnOnce(&'a Value) -> Option<T>,
+    ) -> Result<Option<T>, NodeError> {
+        match self.get(name) {
+            None | Some(Value::None) => Ok(None),
+            Some(v) => pick(v).map(Some).ok_or_else(|| self.missing(name, what)),
+        }
+    }
+
     /// A required tensor field.
     pub fn tensor(&self, name: &str) -> Result<&Tensor, NodeError> {
-        self.get(name)
-            .and_then(Value::as_tensor)
-            .ok_or_else(|| self.missing(name, "a tensor"))
+        self.required(name, "a tensor", Value::as_tensor)
     }
 
     /// An optional tensor field (absent or `None`).
     pub fn opt_tensor(&self, name: &str) -> Result<Option<&Tensor>, NodeError> {
-        match self.get(name) {
-            None | Some(Value::None) => Ok(None),
-            Some(Value::Tensor(t)) => Ok(Some(t)),
-            Some(_) => Err(self.missing(name, "a tensor or none")),
-        }
+        self.optional(name, "a tensor or none", Value::as_tensor)
     }
 
     /// A required number field (ints convert).
     pub fn float(&self, name: &str) -> Result<f64, NodeError> {
-        self.get(name)
-            .and_then(Value::as_float)
-            .ok_or_else(|| self.missing(name, "a number"))
+        self.required(name, "a number", Value::as_float)
     }
 
     /// A required integer field.
     pub fn int(&self, name: &str) -> Result<i64, NodeError> {
-        self.get(name)
-            .and_then(Value::as_int)
-            .ok_or_else(|| self.missing(name, "an integer"))
+        self.required(name, "an integer", Value::as_int)
     }
 
     /// A boolean field; absent is `false`.
@@ -129,18 +140,25 @@ impl Record {
 
     /// A required string field.
     pub fn str(&self, name: &str) -> Result<&str, NodeError> {
-        self.get(name)
-            .and_then(Value::as_str)
-            .ok_or_else(|| self.missing(name, "a string"))
+        self.required(name, "a string", Value::as_str)
     }
 
     /// An optional nested record field.
     pub fn record(&self, name: &str) -> Result<Option<&Record>, NodeError> {
-        match self.get(name) {
-            None | Some(Value::None) => Ok(None),
-            Some(Value::Record(r)) => Ok(Some(r)),
-            Some(_) => Err(self.missing(name, "a record")),
-        }
+        self.optional(name, "a record", Value::as_record)
+    }
+}
+
+/// The value named `name` in a list of named values.
+pub(crate) fn lookup<'a>(list: &'a [(String, Value)], name: &str) -> Option<&'a Value> {
+    list.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+}
+
+/// Sets the value named `name` in a list of named values (replacing, or appending).
+pub(crate) fn upsert(list: &mut Vec<(String, Value)>, name: &str, value: Value) {
+    match list.iter_mut().find(|(k, _)| k == name) {
+        Some(slot) => slot.1 = value,
+        None => list.push((name.into(), value)),
     }
 }
 
@@ -210,41 +228,27 @@ impl Value {
     }
 }
 
-impl From<Tensor> for Value {
-    fn from(t: Tensor) -> Self {
-        Value::Tensor(t)
-    }
+/// `From` for the values that are one variant around the type.
+macro_rules! value_from {
+    ($($ty:ty => $variant:ident),* $(,)?) => {
+        $(impl From<$ty> for Value {
+            fn from(v: $ty) -> Self {
+                Value::$variant(v)
+            }
+        })*
+    };
 }
 
-impl From<ObjectHandle> for Value {
-    fn from(o: ObjectHandle) -> Self {
-        Value::Object(o)
-    }
-}
-
-impl From<Record> for Value {
-    fn from(r: Record) -> Self {
-        Value::Record(r)
-    }
-}
-
-impl From<i64> for Value {
-    fn from(v: i64) -> Self {
-        Value::Int(v)
-    }
-}
-
-impl From<f64> for Value {
-    fn from(v: f64) -> Self {
-        Value::Float(v)
-    }
-}
-
-impl From<bool> for Value {
-    fn from(v: bool) -> Self {
-        Value::Bool(v)
-    }
-}
+value_from!(
+    Tensor => Tensor,
+    ObjectHandle => Object,
+    Record => Record,
+    i64 => Int,
+    f64 => Float,
+    bool => Bool,
+    String => Str,
+    Vec<Value> => List,
+);
 
 impl From<&str> for Value {
     fn from(v: &str) -> Self {
@@ -252,20 +256,8 @@ impl From<&str> for Value {
     }
 }
 
-impl From<String> for Value {
-    fn from(v: String) -> Self {
-        Value::Str(v)
-    }
-}
-
 impl<T: Into<Value>> From<Option<T>> for Value {
     fn from(v: Option<T>) -> Self {
         v.map(Into::into).unwrap_or(Value::None)
-    }
-}
-
-impl From<Vec<Value>> for Value {
-    fn from(v: Vec<Value>) -> Self {
-        Value::List(v)
     }
 }

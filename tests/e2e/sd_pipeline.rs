@@ -493,13 +493,8 @@ fn deepcache_composes_with_controlnet() {
     // LoRA → ControlNet → DeepCache → sampler: DeepCache at interval 1 over a ControlNet is the
     // ControlNet pipeline itself (diffusers' numbers); at interval 3 it still runs.
     let text = graph_text("controlnet.yaml");
-    let cached = rewire(
-        &text,
-        "controlled",
-        "positive",
-        "cached",
-        &wrapper("deepcache1", "cached", "controlled"),
-    );
+    let dc = wrapper("deepcache1", "cached", "controlled");
+    let cached = rewire(&text, "controlled", "positive", "cached", &dc);
     let model = fixture(TINY_SD);
     run_text_and_compare(
         "controlnet.yaml",
@@ -608,13 +603,8 @@ fn deepcache_and_capture_compose_with_the_inpainting_model() {
     let model = fixture(TINY_SD);
     let text = graph_text("inpaint_model.yaml");
     // Inside the inpainting wrapper, and outside it.
-    let inside = rewire(
-        &text,
-        "unet",
-        "vae",
-        "inner0",
-        &wrapper("deepcache1", "inner0", "unet"),
-    );
+    let dc = wrapper("deepcache1", "inner0", "unet");
+    let inside = rewire(&text, "unet", "vae", "inner0", &dc);
     run_text_and_compare("inpaint_model.yaml", &inside, "inpaint9", &model, &set);
     let outer =
         wrapper("capture", "outer1", "inpaint") + &wrapper("deepcache1", "outer0", "outer1");

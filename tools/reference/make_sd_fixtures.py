@@ -202,19 +202,13 @@ def perturb(model, scale=0.05):
 
 
 def make_text_encoder():
+    # 5 layers of width 32 (an MLP of 37, not a multiple of anything), 4 heads, SD's 77 positions
+    # and its legacy special-token ids.
+    sizes = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=5, num_attention_heads=4)
+    ids = dict(bos_token_id=0, eos_token_id=2, pad_token_id=1)
     cfg = CLIPTextConfig(
-        vocab_size=49408,
-        hidden_size=32,
-        intermediate_size=37,
-        num_hidden_layers=5,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        hidden_act="quick_gelu",
-        projection_dim=32,
-        layer_norm_eps=1e-5,
-        bos_token_id=0,
-        eos_token_id=2,
-        pad_token_id=1,
+        vocab_size=49408, max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=32,
+        layer_norm_eps=1e-5, **sizes, **ids,
     )
     enc = CLIPTextModel(cfg).eval()
     perturb(enc)
@@ -432,31 +426,28 @@ def unet_to_ldm(sd, cfg, dtype=torch.bfloat16):
             new = "out.0." + p[-1]
         elif k.startswith("conv_out."):
             new = "out.2." + p[-1]
-        elif k.startswith("down_blocks."):
+        elif k.startswith(("down_blocks.", "up_blocks.")):
             i, kind, j = int(p[1]), p[2], int(p[3])
             rest = ".".join(p[4:])
+            down = p[0] == "down_blocks"
+            # LDM numbers each level's resnets (with their attentions), then its resampler.
+            slot = int(down) + i * (n + 1) + (n if kind.endswith("samplers") else j)
+            prefix = f"{'input' if down else 'output'}_blocks.{slot}"
             if kind == "resnets":
-                new = resnet(f"input_blocks.{1 + i * (n + 1) + j}.0", rest)
+                new = resnet(f"{prefix}.0", rest)
             elif kind == "attentions":
-                new = f"input_blocks.{1 + i * (n + 1) + j}.1.{rest}"
-            else:  # downsamplers.0.conv
-                new = f"input_blocks.{1 + i * (n + 1) + n}.0.op.{p[-1]}"
+                new = f"{prefix}.1.{rest}"
+            elif down:  # downsamplers.0.conv
+                new = f"{prefix}.0.op.{p[-1]}"
+            else:  # upsamplers.0.conv
+                has_attn = "CrossAttn" in cfg["up_block_types"][i]
+                new = f"{prefix}.{2 if has_attn else 1}.conv.{p[-1]}"
         elif k.startswith("mid_block."):
             kind, j, rest = p[1], int(p[2]), ".".join(p[3:])
             if kind == "resnets":
                 new = resnet(f"middle_block.{2 * j}", rest)
             else:
                 new = f"middle_block.1.{rest}"
-        elif k.startswith("up_blocks."):
-            i, kind, j = int(p[1]), p[2], int(p[3])
-            rest = ".".join(p[4:])
-            has_attn = "CrossAttn" in cfg["up_block_types"][i]
-            if kind == "resnets":
-                new = resnet(f"output_blocks.{i * (n + 1) + j}.0", rest)
-            elif kind == "attentions":
-                new = f"output_blocks.{i * (n + 1) + j}.1.{rest}"
-            else:  # upsamplers.0.conv
-                new = f"output_blocks.{i * (n + 1) + n}.{2 if has_attn else 1}.conv.{p[-1]}"
         else:
             raise KeyError(k)
         out["model.diffusion_model." + new] = v.to(dtype)

@@ -41,18 +41,14 @@ fn sd15_single_file_with_builtin_configs_equals_the_folder() {
     ids[0] = 49406;
     ids[40..].fill(49407);
     let ids = Tensor::from_vec(ids, (1, 77), &dev).unwrap();
-    let ta = models::text_encoder(&folder)
-        .unwrap()
-        .model
-        .forward(&ids, None)
-        .unwrap()
-        .last;
-    let tb = models::text_encoder(&single)
-        .unwrap()
-        .model
-        .forward(&ids, None)
-        .unwrap()
-        .last;
+    let encode = |src| {
+        models::text_encoder(src)
+            .unwrap()
+            .model
+            .forward(&ids, None)
+            .unwrap()
+    };
+    let (ta, tb) = (encode(&folder).last, encode(&single).last);
     assert!(rel_err(&tb, &ta) < 1e-6);
     let z = Tensor::randn(0f32, 1.0, (1, 4, 8, 8), &dev).unwrap();
     let va = models::vae(&folder).unwrap().decode_raw(&z).unwrap();

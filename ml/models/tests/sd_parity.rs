@@ -89,13 +89,18 @@ fn check_clip(model: &ClipTextModel) {
 }
 
 fn check_unet(unet: &UNet) {
-    let r = load("unet.safetensors");
+    check_unet_against(unet, "unet.safetensors", 421.0);
+}
+
+/// The UNet's output for the fixture's `x` and `context` at `t` is its `out` to 1e-5.
+fn check_unet_against(unet: &UNet, fixture: &str, t: f64) {
+    let r = load(fixture);
     let out = unet
-        .forward(&r["x"], 421.0, &r["context"], &Hooks::default())
+        .forward(&r["x"], t, &r["context"], &Hooks::default())
         .unwrap();
     let e = rel_err(&out, &r["out"]);
-    eprintln!("UNet forward error {e:e}");
-    assert!(e <= 1e-5, "UNet forward error {e:e}");
+    eprintln!("{fixture}: UNet forward error {e:e}");
+    assert!(e <= 1e-5, "{fixture}: UNet forward error {e:e}");
 }
 
 #[test]
@@ -165,13 +170,7 @@ fn unet_config_variants_match_diffusers() {
     // Linear projections, explicit head counts, 2 transformer layers, per-block layer counts,
     // three levels, sin-first embeddings with a frequency shift, and an odd 9×11 latent.
     let unet = UNet::load(&fixtures().join("tiny-unet-variant"), &Device::Cpu).unwrap();
-    let r = load("unet_variant.safetensors");
-    let out = unet
-        .forward(&r["x"], 77.0, &r["context"], &Hooks::default())
-        .unwrap();
-    let e = rel_err(&out, &r["out"]);
-    eprintln!("UNet variant forward error {e:e}");
-    assert!(e <= 1e-5, "UNet variant forward error {e:e}");
+    check_unet_against(&unet, "unet_variant.safetensors", 77.0);
 }
 
 #[test]

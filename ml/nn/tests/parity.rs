@@ -45,18 +45,9 @@ fn ada_layer_norm_zero_matches_diffusers() {
     let t = fixture();
     let emb = TimestepLabelEmbedding::new(builder(&t, "ada.emb."), 10, 32).unwrap();
     let ada = AdaLayerNormZero::new(builder(&t, "ada."), 32).unwrap();
-    let steps: Vec<f64> = t["ada.t"]
-        .to_vec1::<f32>()
-        .unwrap()
-        .iter()
-        .map(|&v| v as f64)
-        .collect();
-    let labels: Vec<u32> = t["ada.labels"]
-        .to_vec1::<f32>()
-        .unwrap()
-        .iter()
-        .map(|&v| v as u32)
-        .collect();
+    let floats = |name: &str| t[name].to_vec1::<f32>().unwrap();
+    let steps: Vec<f64> = floats("ada.t").iter().map(|&v| v as f64).collect();
+    let labels: Vec<u32> = floats("ada.labels").iter().map(|&v| v as u32).collect();
     let cond = emb.forward(&steps, &labels).unwrap();
     let (out, m) = ada.forward(&t["ada.x"], &cond).unwrap();
     for (name, ours) in [

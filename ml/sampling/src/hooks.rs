@@ -58,14 +58,13 @@ pub struct InpaintBlend {
 impl InpaintBlend {
     /// A blend of `known` under `mask` (1 = repaint), both of the latent's shape.
     pub fn new(known: Tensor, mask: Tensor) -> Result<Self, SampleError> {
-        if known.dims() != mask.dims() {
-            return Err(SampleError::Invalid(format!(
-                "the inpainting mask {:?} does not match the latent {:?}",
-                mask.dims(),
-                known.dims()
-            )));
+        if known.dims() == mask.dims() {
+            return Ok(Self { known, mask });
         }
-        Ok(Self { known, mask })
+        let (m, k) = (mask.dims(), known.dims());
+        Err(SampleError::Invalid(format!(
+            "the inpainting mask {m:?} does not match the latent {k:?}"
+        )))
     }
 }
 

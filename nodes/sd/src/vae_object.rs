@@ -80,9 +80,6 @@ impl ObjectImpl for VaeObject {
     fn interface(&self) -> String {
         "Vae".into()
     }
-    fn family(&self) -> String {
-        String::new()
-    }
     fn call(&self, host: HostRef<'_>, method: &str, args: Vec<Value>) -> Reply {
         let tensor = |i| {
             arg(&args, i, method)?

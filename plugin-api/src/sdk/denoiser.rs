@@ -23,7 +23,7 @@ use crate::error::NodeError;
 use crate::host::HostRef;
 use crate::object::{ObjectHandle, ObjectImpl, Reply};
 use crate::tensor::Tensor;
-use crate::value::{Record, Value};
+use crate::value::{lookup, upsert, Record, Value};
 
 /// A method call on an object: its name and arguments.
 #[derive(Debug, Clone, Copy)]
@@ -153,15 +153,12 @@ impl Conditioning {
 
     /// The extra part `name`.
     pub fn get(&self, name: &str) -> Option<&Value> {
-        self.extra.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+        lookup(&self.extra, name)
     }
 
     /// Sets the extra part `name`.
     pub fn set(&mut self, name: &str, value: Value) {
-        match self.extra.iter_mut().find(|(k, _)| k == name) {
-            Some(slot) => slot.1 = value,
-            None => self.extra.push((name.into(), value)),
-        }
+        upsert(&mut self.extra, name, value);
     }
 
     /// The context, or an error naming who needs it.
@@ -229,15 +226,12 @@ impl DenoiseRequest {
 
     /// The option `name`.
     pub fn option(&self, name: &str) -> Option<&Value> {
-        self.options.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+        lookup(&self.options, name)
     }
 
     /// Sets the option `name`.
     pub fn set_option(&mut self, name: &str, value: Value) {
-        match self.options.iter_mut().find(|(k, _)| k == name) {
-            Some(slot) => slot.1 = value,
-            None => self.options.push((name.into(), value)),
-        }
+        upsert(&mut self.options, name, value);
     }
 
     /// As a record.
@@ -311,18 +305,16 @@ pub struct DenoiseOutput {
 impl DenoiseOutput {
     /// As a record.
     pub fn to_record(&self) -> Record {
-        Record::new(kinds::OUTPUT)
-            .with("prediction", self.prediction.clone())
-            .with("kind", self.kind.name())
+        let r = Record::new(kinds::OUTPUT).with("kind", self.kind.name());
+        r.with("prediction", self.prediction.clone())
     }
 
     /// From a record.
     pub fn from_record(r: &Record) -> Result<Self, NodeError> {
         r.expect_kind(kinds::OUTPUT)?;
-        Ok(DenoiseOutput {
-            prediction: r.tensor("prediction")?.clone(),
-            kind: PredictionKind::parse(r.str("kind")?)?,
-        })
+        let kind = PredictionKind::parse(r.str("kind")?)?;
+        let prediction = r.tensor("prediction")?.clone();
+        Ok(DenoiseOutput { prediction, kind })
     }
 }
 

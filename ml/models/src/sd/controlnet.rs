@@ -11,7 +11,7 @@ use latentflow_weights::{read_config, ConfigError, Header, Rename, Weights};
 use serde::Deserialize;
 
 use super::checkpoint;
-use super::unet::{Extras, UNet, UNetConfig};
+use super::unet::{Cond, Extras, UNet, UNetConfig};
 use crate::{ModelError, Result};
 
 /// The ControlNet-only fields of its `config.json` (the rest is a UNet config).
@@ -327,8 +327,9 @@ impl ControlNet {
         }
         let e = self.embed_out.forward(&e)?;
         let h = (self.trunk.conv_in(x)? + e)?;
-        let (h, skips) = self.trunk.down_path(&h, &temb, ctx, &hooks, None)?;
-        let h = self.trunk.mid_block(&h, &temb, ctx, &hooks)?;
+        let c = Cond::new(&temb, ctx, &hooks);
+        let (h, skips) = self.trunk.down_path(&h, &c, None)?;
+        let h = self.trunk.mid_block(&h, &c)?;
         let n = skips.len();
         let scales: Vec<f64> = if guess_mode && !self.global_pool {
             (0..=n)

@@ -6,7 +6,7 @@
 
 use candle_core::Tensor;
 
-use super::unet::{Extras, Layer, Stop, UNet};
+use super::unet::{Cond, Extras, Layer, Stop, UNet};
 use crate::{ModelError, Result};
 
 /// Where branch `branch` re-enters the up path: (up block, layer). Branches are numbered as the
@@ -76,14 +76,15 @@ pub fn forward(
     let b = x.dim(0)?;
     let temb = unet.time_embedding(t, b, x.device())?;
     let h = unet.conv_in(x)?;
+    let c = Cond::new(&temb, ctx, extras);
     let cached = cache
         .as_ref()
         .filter(|c| !refresh && c.dim(0).ok() == Some(b));
     let out = match cached {
         None => {
-            let (h, mut skips) = unet.down_path(&h, &temb, ctx, extras, None)?;
-            let h = unet.mid_block(&h, &temb, ctx, extras)?;
-            let (h, tapped) = unet.up_path(&h, &mut skips, &temb, ctx, extras, (0, 0), Some(at))?;
+            let (h, mut skips) = unet.down_path(&h, &c, None)?;
+            let h = unet.mid_block(&h, &c)?;
+            let (h, tapped) = unet.up_path(&h, &mut skips, &c, (0, 0), Some(at))?;
             *cache = tapped;
             h
         }
@@ -92,9 +93,8 @@ pub fn forward(
                 block: branch / 3,
                 layer: branch % 3,
             };
-            let (_, mut skips) = unet.down_path(&h, &temb, ctx, extras, Some(stop))?;
-            unet.up_path(feature, &mut skips, &temb, ctx, extras, at, None)?
-                .0
+            let (_, mut skips) = unet.down_path(&h, &c, Some(stop))?;
+            unet.up_path(feature, &mut skips, &c, at, None)?.0
         }
     };
     Ok(unet.head(&out)?)

@@ -46,7 +46,7 @@ impl Family {
             super::unet::PerBlock::One(w) => vec![*w],
             super::unet::PerBlock::Each(w) => w.clone(),
         };
-        if config.addition_embed_type.as_deref() == Some("text_time") {
+        if config.other_str("addition_embed_type") == Some("text_time") {
             Family::Sdxl
         } else if widths.contains(&1024) {
             Family::Sd2

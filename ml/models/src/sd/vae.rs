@@ -17,6 +17,8 @@ use serde::Deserialize;
 
 use crate::{ModelError, Result};
 
+type CResult = candle_core::Result<ResnetBlock>;
+
 /// The fields of diffusers' `AutoencoderKL` config that matter here.
 #[derive(Debug, Clone, Deserialize)]
 pub struct VaeConfig {
@@ -145,6 +147,11 @@ fn resnet_cfg(c: &VaeConfig) -> ResnetConfig {
     }
 }
 
+/// The ResNet `resnets.{j}` under `vb`, `cin` to `cout` channels.
+fn resnet(vb: &VarBuilder, j: usize, cin: usize, cout: usize, c: &VaeConfig) -> CResult {
+    ResnetBlock::new(vb.pp(format!("resnets.{j}")), cin, cout, resnet_cfg(c))
+}
+
 /// ResNet, self-attention, ResNet.
 struct MidBlock {
     first: ResnetBlock,
@@ -196,12 +203,7 @@ impl Encoder {
             let mut cin = if i == 0 { chans[0] } else { chans[i - 1] };
             let mut resnets = Vec::with_capacity(c.layers_per_block);
             for j in 0..c.layers_per_block {
-                resnets.push(ResnetBlock::new(
-                    vb.pp(format!("resnets.{j}")),
-                    cin,
-                    out,
-                    resnet_cfg(c),
-                )?);
+                resnets.push(resnet(&vb, j, cin, out, c)?);
                 cin = out;
             }
             let downsample = if i + 1 < chans.len() {
@@ -288,12 +290,7 @@ impl Decoder {
             let mut resnets = Vec::with_capacity(c.layers_per_block + 1);
             for j in 0..=c.layers_per_block {
                 let cin = if j == 0 { prev } else { out };
-                resnets.push(ResnetBlock::new(
-                    vb.pp(format!("resnets.{j}")),
-                    cin,
-                    out,
-                    resnet_cfg(c),
-                )?);
+                resnets.push(resnet(&vb, j, cin, out, c)?);
             }
             let upsample = if i + 1 < rev.len() {
                 Some(Conv::new(out, out, 3, pad1(), vb.pp("upsamplers.0.conv"))?)

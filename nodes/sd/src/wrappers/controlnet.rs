@@ -41,9 +41,6 @@ impl ObjectImpl for ControlNetObject {
     fn interface(&self) -> String {
         "ControlNet".into()
     }
-    fn family(&self) -> String {
-        String::new()
-    }
     fn call(&self, _host: HostRef<'_>, method: &str, args: Vec<Value>) -> Reply {
         if method != "residuals" {
             return Err(NodeError::invalid(format!(

@@ -8,7 +8,7 @@ use latentflow_kernels::{Conv, GroupNorm};
 use latentflow_nn::{ResnetBlock, ResnetConfig, Transformer2D, Transformer2DConfig};
 
 use super::config::{Plan, UNetConfig};
-use super::forward::Extras;
+use super::forward::Cond;
 
 /// One ResNet with an optional transformer after it.
 pub struct Layer {
@@ -20,16 +20,10 @@ pub struct Layer {
 
 impl Layer {
     /// ResNet (with the time embedding), then the transformer over `ctx`.
-    pub fn forward(
-        &self,
-        x: &Tensor,
-        temb: &Tensor,
-        ctx: &Tensor,
-        extras: &Extras,
-    ) -> candle_core::Result<Tensor> {
-        let x = self.resnet.forward(x, Some(temb))?;
+    pub fn forward(&self, x: &Tensor, c: &Cond) -> candle_core::Result<Tensor> {
+        let x = self.resnet.forward(x, Some(c.temb))?;
         match &self.attention {
-            Some(a) => a.forward(&x, ctx, extras.attention),
+            Some(a) => a.forward(&x, c.ctx, c.extras.attention),
             None => Ok(x),
         }
     }

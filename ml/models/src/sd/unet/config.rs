@@ -92,48 +92,10 @@ pub struct UNetConfig {
     /// Output convolution kernel.
     #[serde(default = "three")]
     pub conv_out_kernel: usize,
-    /// Refused unless `silu`.
-    #[serde(default = "silu")]
-    pub act_fn: String,
-    /// Refused unless `positional`.
-    #[serde(default = "positional")]
-    pub time_embedding_type: String,
-    /// Refused unless `default`.
-    #[serde(default = "default_shift")]
-    pub resnet_time_scale_shift: String,
-    /// Refused when set (class-conditional UNets).
-    #[serde(default)]
-    pub class_embed_type: Option<String>,
-    /// Refused when set (SDXL `text_time`).
-    #[serde(default)]
-    pub addition_embed_type: Option<String>,
-    /// Refused when set (LCM-distilled guidance embedding).
-    #[serde(default)]
-    pub time_cond_proj_dim: Option<usize>,
-    /// Refused when set.
-    #[serde(default)]
-    pub encoder_hid_dim_type: Option<String>,
-    /// Refused when true.
-    #[serde(default)]
-    pub only_cross_attention: serde_json::Value,
-    /// Refused when true.
-    #[serde(default)]
-    pub dual_cross_attention: bool,
-    /// Refused when set.
-    #[serde(default)]
-    pub time_embedding_act_fn: Option<String>,
-    /// Refused when set.
-    #[serde(default)]
-    pub timestep_post_act: Option<String>,
-    /// Refused when true.
-    #[serde(default)]
-    pub resnet_skip_time_act: bool,
-    /// Refused when set.
-    #[serde(default)]
-    pub reverse_transformer_layers_per_block: Option<serde_json::Value>,
-    /// Prediction type is not here (it is in the scheduler config); kept for the sample size.
-    #[serde(default)]
-    pub sample_size: Option<serde_json::Value>,
+    /// The fields this implementation does not read, by name; [`UNetConfig::plan`] refuses
+    /// those of [`REFUSED`] that are set to anything else than their plain value.
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, serde_json::Value>,
 }
 
 fn mid() -> Option<String> {
@@ -163,15 +125,33 @@ fn one_f64() -> f64 {
 fn three() -> usize {
     3
 }
-fn silu() -> String {
-    "silu".into()
-}
-fn positional() -> String {
-    "positional".into()
-}
-fn default_shift() -> String {
-    "default".into()
-}
+
+/// Fields of diffusers' config that change the network in ways this implementation does not
+/// follow: each is refused unless absent, null, false or the given plain value; the note says
+/// what it is for.
+pub const REFUSED: &[(&str, Option<&str>, &str)] = &[
+    ("act_fn", Some("silu"), ""),
+    ("time_embedding_type", Some("positional"), ""),
+    ("resnet_time_scale_shift", Some("default"), ""),
+    ("class_embed_type", None, " (class-conditional UNets)"),
+    (
+        "addition_embed_type",
+        None,
+        " (SDXL-style added conditioning is not supported yet)",
+    ),
+    (
+        "time_cond_proj_dim",
+        None,
+        " (LCM-distilled guidance embedding)",
+    ),
+    ("encoder_hid_dim_type", None, ""),
+    ("only_cross_attention", None, ""),
+    ("dual_cross_attention", None, ""),
+    ("time_embedding_act_fn", None, ""),
+    ("timestep_post_act", None, ""),
+    ("resnet_skip_time_act", None, ""),
+    ("reverse_transformer_layers_per_block", None, ""),
+];
 
 /// Per-block settings derived from the config.
 #[derive(Debug, Clone)]
@@ -197,59 +177,19 @@ impl Checked for UNetConfig {
 impl UNetConfig {
     /// The checked per-block settings; the error names the offending field.
     pub fn plan(&self) -> Result<Plan, FieldError> {
-        let refuse = |field: &str, v: &dyn std::fmt::Debug, why: &str| {
-            Err(FieldError::new(
-                field,
-                format!("{v:?} is not supported{why}"),
-            ))
-        };
-        checks::one_of("act_fn", &self.act_fn, &["silu"])?;
-        checks::one_of(
-            "time_embedding_type",
-            &self.time_embedding_type,
-            &["positional"],
-        )?;
-        checks::one_of(
-            "resnet_time_scale_shift",
-            &self.resnet_time_scale_shift,
-            &["default"],
-        )?;
-        if let Some(v) = &self.class_embed_type {
-            return refuse("class_embed_type", v, "");
-        }
-        if let Some(v) = &self.addition_embed_type {
-            return refuse(
-                "addition_embed_type",
-                v,
-                " (SDXL-style added conditioning is not supported yet)",
-            );
-        }
-        if let Some(v) = &self.time_cond_proj_dim {
-            return refuse("time_cond_proj_dim", v, "");
-        }
-        if let Some(v) = &self.encoder_hid_dim_type {
-            return refuse("encoder_hid_dim_type", v, "");
-        }
-        if !matches!(
-            &self.only_cross_attention,
-            serde_json::Value::Null | serde_json::Value::Bool(false)
-        ) {
-            return refuse("only_cross_attention", &self.only_cross_attention, "");
-        }
-        if self.dual_cross_attention {
-            return refuse("dual_cross_attention", &true, "");
-        }
-        if let Some(v) = &self.time_embedding_act_fn {
-            return refuse("time_embedding_act_fn", v, "");
-        }
-        if let Some(v) = &self.timestep_post_act {
-            return refuse("timestep_post_act", v, "");
-        }
-        if self.resnet_skip_time_act {
-            return refuse("resnet_skip_time_act", &true, "");
-        }
-        if let Some(v) = &self.reverse_transformer_layers_per_block {
-            return refuse("reverse_transformer_layers_per_block", v, "");
+        for (field, plain, note) in REFUSED {
+            let v = self.other.get(*field).unwrap_or(&serde_json::Value::Null);
+            let is_plain = match v {
+                serde_json::Value::Null | serde_json::Value::Bool(false) => true,
+                serde_json::Value::String(s) => Some(s.as_str()) == *plain,
+                _ => false,
+            };
+            if !is_plain {
+                return Err(FieldError::new(
+                    *field,
+                    format!("{v} is not supported{note}"),
+                ));
+            }
         }
         for (field, k) in [
             ("conv_in_kernel", self.conv_in_kernel),
@@ -305,9 +245,8 @@ impl UNetConfig {
                 ));
             }
         }
-        match self.mid_block_type.as_deref() {
-            Some("UNetMidBlock2DCrossAttn") | None => {}
-            Some(other) => return refuse("mid_block_type", &other, ""),
+        if let Some(mid) = &self.mid_block_type {
+            checks::one_of("mid_block_type", mid, &["UNetMidBlock2DCrossAttn"])?;
         }
         checks::groups_divide(self.norm_num_groups, &self.block_out_channels)?;
         let heads_src = self
@@ -346,6 +285,11 @@ impl UNetConfig {
                 .expand(n, "transformer_layers_per_block")?,
             cross,
         })
+    }
+
+    /// A string field this implementation does not read (see [`UNetConfig::other`]).
+    pub fn other_str(&self, field: &str) -> Option<&str> {
+        self.other.get(field).and_then(serde_json::Value::as_str)
     }
 
     /// `layers_per_block` when it is the same for every block (single-file layouts need it).

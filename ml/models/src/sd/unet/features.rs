@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use candle_core::Tensor;
 
-use super::forward::{Extras, UNet};
+use super::forward::{Cond, Extras, UNet};
 use crate::Result;
 
 impl UNet {
@@ -50,9 +50,10 @@ impl UNet {
         let b = x.dim(0)?;
         let temb = self.time_embedding(t, b, x.device())?;
         let h = self.conv_in(x)?;
-        let (h, mut skips) = self.down_path(&h, &temb, ctx, &extras, None)?;
-        let h = self.mid_block(&h, &temb, ctx, &extras)?;
-        let (finest, _) = self.up_path(&h, &mut skips, &temb, ctx, &extras, (0, 0), None)?;
+        let c = Cond::new(&temb, ctx, &extras);
+        let (h, mut skips) = self.down_path(&h, &c, None)?;
+        let h = self.mid_block(&h, &c)?;
+        let (finest, _) = self.up_path(&h, &mut skips, &c, (0, 0), None)?;
         let states = states.into_inner().unwrap_or_else(|e| e.into_inner());
         let n = self.up().len();
         let mut feats: Vec<Tensor> = self

@@ -17,6 +17,24 @@ use crate::{Checked, ModelError, Result};
 /// Receives the main-path state after layer `layer` of up block `block`.
 pub type UpLayerHook<'a> = &'a (dyn Fn(usize, usize, &Tensor) + Sync);
 
+/// What every layer of one pass sees besides its input.
+#[derive(Clone, Copy)]
+pub struct Cond<'a> {
+    /// The time embedding, B×D.
+    pub temb: &'a Tensor,
+    /// The cross-attention context, B×L×D.
+    pub ctx: &'a Tensor,
+    /// What the caller adds.
+    pub extras: &'a Extras<'a>,
+}
+
+impl<'a> Cond<'a> {
+    /// The time embedding, context and extras of a pass.
+    pub fn new(temb: &'a Tensor, ctx: &'a Tensor, extras: &'a Extras<'a>) -> Self {
+        Cond { temb, ctx, extras }
+    }
+}
+
 /// What a caller adds to one pass.
 #[derive(Default, Clone, Copy)]
 pub struct Extras<'a> {
@@ -120,9 +138,7 @@ impl UNet {
     pub fn down_path(
         &self,
         h: &Tensor,
-        temb: &Tensor,
-        ctx: &Tensor,
-        extras: &Extras,
+        c: &Cond,
         stop: Option<Stop>,
     ) -> candle_core::Result<(Tensor, Vec<Tensor>)> {
         let mut x = h.clone();
@@ -132,7 +148,7 @@ impl UNet {
                 if stop.is_some_and(|s| s.block == k && j >= s.layer) {
                     break 'blocks;
                 }
-                x = layer.forward(&x, temb, ctx, extras)?;
+                x = layer.forward(&x, c)?;
                 skips.push(x.clone());
             }
             if stop.is_some_and(|s| s.block == k) {
@@ -143,7 +159,7 @@ impl UNet {
                 skips.push(x.clone());
             }
         }
-        if let Some(res) = extras.down_residuals {
+        if let Some(res) = c.extras.down_residuals {
             let full = stop.is_none();
             if (full && res.len() != skips.len()) || res.len() < skips.len() {
                 candle_core::bail!(
@@ -162,22 +178,16 @@ impl UNet {
     }
 
     /// The mid block (plus a ControlNet mid residual).
-    pub fn mid_block(
-        &self,
-        x: &Tensor,
-        temb: &Tensor,
-        ctx: &Tensor,
-        extras: &Extras,
-    ) -> candle_core::Result<Tensor> {
+    pub fn mid_block(&self, x: &Tensor, c: &Cond) -> candle_core::Result<Tensor> {
         let mut x = x.clone();
         if let Some(mid) = &self.parts.mid {
-            x = mid.first.forward(&x, Some(temb))?;
+            x = mid.first.forward(&x, Some(c.temb))?;
             for (attn, res) in &mid.layers {
-                x = attn.forward(&x, ctx, extras.attention)?;
-                x = res.forward(&x, Some(temb))?;
+                x = attn.forward(&x, c.ctx, c.extras.attention)?;
+                x = res.forward(&x, Some(c.temb))?;
             }
         }
-        match extras.mid_residual {
+        match c.extras.mid_residual {
             Some(r) => x + r,
             None => Ok(x),
         }
@@ -186,14 +196,11 @@ impl UNet {
     /// The up path from layer `start` = (block, layer) on, consuming skips from the end; also
     /// returns the main-path input of layer `tap` when one is named. The result is the state
     /// before the output head.
-    #[allow(clippy::too_many_arguments)]
     pub fn up_path(
         &self,
         x: &Tensor,
         skips: &mut Vec<Tensor>,
-        temb: &Tensor,
-        ctx: &Tensor,
-        extras: &Extras,
+        c: &Cond,
         start: (usize, usize),
         tap: Option<(usize, usize)>,
     ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
@@ -208,8 +215,8 @@ impl UNet {
                 let skip = skips
                     .pop()
                     .ok_or_else(|| candle_core::Error::Msg("ran out of skip connections".into()))?;
-                x = layer.forward(&Tensor::cat(&[&x, &skip], 1)?, temb, ctx, extras)?;
-                if let Some(hook) = extras.up_layer {
+                x = layer.forward(&Tensor::cat(&[&x, &skip], 1)?, c)?;
+                if let Some(hook) = c.extras.up_layer {
                     hook(u, j, &x);
                 }
             }
@@ -254,9 +261,10 @@ impl UNet {
         self.check_input(x)?;
         let temb = self.time_embedding(t, x.dim(0)?, x.device())?;
         let h = self.conv_in(x)?;
-        let (h, mut skips) = self.down_path(&h, &temb, ctx, extras, None)?;
-        let h = self.mid_block(&h, &temb, ctx, extras)?;
-        let (h, _) = self.up_path(&h, &mut skips, &temb, ctx, extras, (0, 0), None)?;
+        let c = Cond::new(&temb, ctx, extras);
+        let (h, mut skips) = self.down_path(&h, &c, None)?;
+        let h = self.mid_block(&h, &c)?;
+        let (h, _) = self.up_path(&h, &mut skips, &c, (0, 0), None)?;
         Ok(self.head(&h)?)
     }
 }
