@@ -120,7 +120,13 @@ fn run_text_and_compare_in(
     set: &[&str],
 ) {
     let g = instrumented_text(sb, file, text, fixture);
-    let mut sets = vec![format!("model={}", model.display())];
+    // The reference's prompts (tools/reference/make_sd_fixtures.py), whatever the graph's
+    // defaults are.
+    let mut sets = vec![
+        format!("model={}", model.display()),
+        "prompt=a photo of a cat, best quality".into(),
+        "negative=blurry, lowres".into(),
+    ];
     // The instrumented copy lives in the sandbox: give the default images by absolute path.
     if ["img2img", "inpaint", "controlnet"]
         .iter()
