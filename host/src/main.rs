@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use latentflow::exec::{EventSink, Executor, JsonLinesSink, NullSink, RunOptions, RunStatus};
+use latentflow::exec::{EventSink, Executor, JsonLinesSink, RunOptions, RunStatus};
 use latentflow::graph::{parse_set_value, validate, Overrides, Validated};
 use latentflow::plugins::{Discovery, Refusal, Registry};
 use latentflow::{bench, dot, provenance, schema, ui, watch};
@@ -93,8 +93,8 @@ enum Command {
 struct GraphArgs {
     /// The graph file.
     graph: PathBuf,
-    /// Override a graph input: NAME=VALUE (repeatable).
-    #[arg(long = "set", value_name = "NAME=VALUE")]
+    /// Override graph inputs: NAME=VALUE, repeatable, several after one `--set`.
+    #[arg(long = "set", value_name = "NAME=VALUE", num_args = 1..)]
     set: Vec<String>,
     /// Run seed (default: the graph's `seed`, else 0).
     #[arg(long)]
@@ -169,7 +169,7 @@ fn real_main(cli: Cli) -> Result<u8> {
     let conflicts = report_refusals(&refusals, cli.verbose, cli.quiet);
     let events: Arc<dyn EventSink> = match (cli.events, cli.quiet) {
         (Some(EventFormat::Json), _) => Arc::new(JsonLinesSink),
-        (None, true) => Arc::new(NullSink),
+        (None, true) => Arc::new(ui::Quiet),
         (None, false) => Arc::new(ui::Ui::new()),
     };
     match cli.command {

@@ -164,3 +164,36 @@ impl EventSink for Ui {
         self.tty
     }
 }
+
+/// `--quiet`: only what went wrong — failed nodes, refused plugins, invalid edits.
+pub struct Quiet;
+
+impl EventSink for Quiet {
+    fn emit(&self, event: &Event) {
+        match event {
+            Event::NodeFailed {
+                node,
+                plugin,
+                error,
+            } => eprintln!("FAILED  {node} [{plugin}]: {error}"),
+            Event::PluginRefused { path, error } => {
+                eprintln!("refused {path}: {error} (the previous build keeps serving)")
+            }
+            Event::GraphChanged {
+                path,
+                valid: false,
+                diagnostics,
+            } => {
+                for d in diagnostics {
+                    eprintln!("{d}");
+                }
+                eprintln!("{path} is invalid; waiting for the next edit");
+            }
+            _ => {}
+        }
+    }
+
+    fn wants_detail(&self) -> bool {
+        false
+    }
+}

@@ -47,6 +47,20 @@ fn failing_node_message_names_node_and_plugin_for_humans() {
 }
 
 #[test]
+fn quiet_still_prints_what_failed() {
+    let sb = Sandbox::with_plugins(TESTKIT);
+    let yaml = "nodes:\n  broken: {type: test.fail, params: {message: no luck}}\n  fine: {type: core.int}\n";
+    let r = sb.graph("run", "fail.yaml", yaml, &["-q"]);
+    r.expect_code(4).stderr_has("FAILED  broken [testkit");
+    assert_eq!(
+        r.stderr.lines().count(),
+        1,
+        "only the failure: {}",
+        r.stderr
+    );
+}
+
+#[test]
 fn independent_branches_run_concurrently() {
     let sb = Sandbox::with_plugins(TESTKIT);
     let yaml = r#"

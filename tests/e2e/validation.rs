@@ -123,6 +123,13 @@ fn set_overrides_graph_inputs_and_rejects_unknown_names() {
     );
     let g = g.to_str().unwrap_or_default();
     sb.run(&["validate", g, "--set", "steps=5"]).expect_code(0);
+    // Several after one --set, as the README writes them.
+    sb.run(&["validate", g, "--set", "steps=5", "steps=6", "-q"])
+        .expect_code(0);
+    // Values after --set run to the next flag, so the file must come first; clap says so.
+    sb.run(&["validate", "--set", "steps=5", g])
+        .expect_code(2)
+        .stderr_has("--set <NAME=VALUE>... <GRAPH>");
     let r = sb.run(&["validate", g, "--set", "stesp=5"]);
     r.expect_code(3);
     assert!(

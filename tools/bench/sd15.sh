@@ -13,7 +13,7 @@ $py tools/reference/make_sd15_random.py "$model"
 cargo build --release -q
 if [ "${2:-}" != "txt2img" ]; then
   echo "== LatentFlow (candle)"
-  LATENTFLOW_SD15="$model" cargo bench -q -p latentflow-sd --bench sd15
+  LATENTFLOW_SD15="$model" cargo bench -q -p latentflow-models --bench sd15
   echo "== diffusers (PyTorch)"
   $py tools/reference/bench_sd15.py "$model" "$threads"
 fi

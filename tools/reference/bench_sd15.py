@@ -1,4 +1,4 @@
-"""The PyTorch side of the SD 1.5-sized CPU benchmark (see nodes/sd/benches/sd15.rs).
+"""The PyTorch side of the SD 1.5-sized CPU benchmark (see ml/models/benches/sd15.rs).
 
     tools/reference/.venv/bin/python tools/reference/bench_sd15.py target/sd15-random [threads]
     tools/reference/.venv/bin/python tools/reference/bench_sd15.py target/sd15-random 2 txt2img

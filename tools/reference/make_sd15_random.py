@@ -1,6 +1,6 @@
 """A Stable Diffusion 1.5-sized pipeline with random weights, for benchmarks.
 
-The published SD 1.5 configs (nodes/sd/configs/sd15/*.json, the same files the plugin uses for
+The published SD 1.5 configs (ml/models/configs/sd15/*.json, the same files the plugin uses for
 single-file checkpoints) with seeded random weights, saved as a diffusers folder in float16 to
 halve the disk (both implementations compute in float32). The tokenizer is the real CLIP one from
 tests/fixtures/tiny-sd/tokenizer.
