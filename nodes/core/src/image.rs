@@ -37,9 +37,35 @@ fn to_rgb8(data: &[f32], h: usize, w: usize) -> Result<RgbImage, NodeError> {
         .ok_or_else(|| NodeError::failed("image buffer size mismatch"))
 }
 
-fn load_image(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
+/// A decoder for the image at `path`, its format guessed from the content.
+fn reader(path: &str) -> Result<image::ImageReader<std::io::BufReader<std::fs::File>>, NodeError> {
+    let cannot = |e: &dyn std::fmt::Display| fail(format!("cannot load image {path}: {e}"));
+    if !std::fs::metadata(path).map_err(|e| cannot(&e))?.is_file() {
+        return Err(NodeError::invalid(format!("{path} is not a regular file")));
+    }
+    image::ImageReader::open(path)
+        .and_then(|r| r.with_guessed_format())
+        .map_err(|e| cannot(&e))
+}
+
+fn load_image(ctx: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
     let path = p.str("path")?;
-    let img = image::open(path).map_err(|e| fail(format!("cannot load image {path}: {e}")))?;
+    // The size first, from the header: a small file can claim a huge picture.
+    let (w, h) = reader(path)?
+        .into_dimensions()
+        .map_err(|e| fail(format!("cannot load image {path}: {e}")))?;
+    ctx.check_alloc(
+        &format!("the image {path}"),
+        &[h as usize, w as usize, 4],
+        4,
+    )?;
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(ctx.alloc_limit());
+    let mut decoder = reader(path)?;
+    decoder.limits(limits);
+    let img = decoder
+        .decode()
+        .map_err(|e| fail(format!("cannot load image {path}: {e}")))?;
     let rgba = img.to_rgba8();
     let (w, h) = rgba.dimensions();
     let mut rgb = Vec::with_capacity((w * h * 3) as usize);
@@ -178,9 +204,11 @@ fn preview_image(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, N
     Ok(vec![Value::List(written.into_iter().collect())])
 }
 
-fn resize_image(_: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
+fn resize_image(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
     let (data, [n, h, w, _]) = image_data(inputs, "image")?;
-    let (tw, th) = (p.int("width")? as u32, p.int("height")? as u32);
+    let (tw, th) = (p.usize("width")?, p.usize("height")?);
+    ctx.check_alloc("the resized image", &[n, th, tw, 3], 4)?;
+    let (tw, th) = (tw as u32, th as u32);
     let filter = match p.str("method")? {
         "nearest" => FilterType::Nearest,
         "bicubic" => FilterType::CatmullRom,
@@ -283,8 +311,9 @@ fn image_from_batch(_: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, 
     Ok(vec![out(&img.narrow(0, start, len).map_err(fail)?)?])
 }
 
-fn solid_image(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
+fn solid_image(ctx: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
     let (w, h, n) = (p.usize("width")?, p.usize("height")?, p.usize("batch")?);
+    ctx.check_alloc("an image of shape", &[n, h, w, 3], 4)?;
     let rgb = [
         p.f64("red")? as f32,
         p.f64("green")? as f32,

@@ -16,7 +16,7 @@ fn latent_in(inputs: &Inputs, name: &str) -> Result<CTensor, NodeError> {
     candle_f32(t)
 }
 
-fn latent_shape(p: &Params) -> Result<(usize, usize, usize, usize), NodeError> {
+fn latent_shape(ctx: &Ctx, p: &Params) -> Result<(usize, usize, usize, usize), NodeError> {
     let down = p.usize("downscale")?.max(1);
     let (w, h) = (p.usize("width")?, p.usize("height")?);
     if w % down != 0 || h % down != 0 {
@@ -24,11 +24,14 @@ fn latent_shape(p: &Params) -> Result<(usize, usize, usize, usize), NodeError> {
             "width {w} and height {h} must be multiples of the downscale factor {down}"
         )));
     }
-    Ok((p.usize("batch")?, p.usize("channels")?, h / down, w / down))
+    let shape = (p.usize("batch")?, p.usize("channels")?, h / down, w / down);
+    let dims = [shape.0, shape.1, shape.2, shape.3];
+    ctx.check_alloc("a latent of shape", &dims, 4)?;
+    Ok(shape)
 }
 
-fn empty_latent(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
-    let shape = latent_shape(p)?;
+fn empty_latent(ctx: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
+    let shape = latent_shape(ctx, p)?;
     Ok(vec![out(&CTensor::zeros(
         shape,
         candle_core::DType::F32,
@@ -45,8 +48,8 @@ pub fn normal_noise(seed: u64, len: usize) -> Vec<f32> {
         .collect()
 }
 
-fn noise_latent(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
-    let (n, c, h, w) = latent_shape(p)?;
+fn noise_latent(ctx: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
+    let (n, c, h, w) = latent_shape(ctx, p)?;
     let data = normal_noise(p.seed("seed")?, n * c * h * w);
     Ok(vec![Value::Tensor(Tensor::from_vec(data, &[n, c, h, w])?)])
 }
@@ -91,9 +94,10 @@ fn latent_blend(_: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, Node
     Ok(vec![out(&r)?])
 }
 
-fn resize_latent(_: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
+fn resize_latent(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
     let a = latent_in(inputs, "latent")?;
     let (h, w) = (p.usize("height")?, p.usize("width")?);
+    ctx.check_alloc("the resized latent", &[a.dims()[0], a.dims()[1], h, w], 4)?;
     let r = match p.str("method")? {
         "nearest" => a.upsample_nearest2d(h, w),
         _ => a.upsample_bilinear2d(h, w, false),

@@ -55,15 +55,17 @@ fn threshold_mask(_: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, No
     Ok(vec![out(&r)?])
 }
 
-fn solid_mask(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
+fn solid_mask(ctx: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
     let (n, h, w) = (p.usize("batch")?, p.usize("height")?, p.usize("width")?);
+    ctx.check_alloc("a mask of shape", &[n, h, w], 4)?;
     let v = p.f64("value")? as f32;
     let t = CTensor::full(v, (n, h, w), &Device::Cpu).map_err(fail)?;
     Ok(vec![out(&t)?])
 }
 
-fn rect_mask(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
+fn rect_mask(ctx: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
     let (h, w) = (p.usize("height")?, p.usize("width")?);
+    ctx.check_alloc("a mask of shape", &[h, w], 4)?;
     let (x, y, rw, rh) = (
         p.usize("x")?,
         p.usize("y")?,
@@ -71,8 +73,8 @@ fn rect_mask(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
         p.usize("rect_height")?,
     );
     let mut data = vec![0f32; h * w];
-    for row in y.min(h)..(y + rh).min(h) {
-        for col in x.min(w)..(x + rw).min(w) {
+    for row in y.min(h)..y.saturating_add(rh).min(h) {
+        for col in x.min(w)..x.saturating_add(rw).min(w) {
             data[row * w + col] = 1.0;
         }
     }

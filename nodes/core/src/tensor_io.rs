@@ -54,8 +54,14 @@ fn save_tensor(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, Nod
     Ok(vec![Value::from(path.to_string_lossy().into_owned())])
 }
 
-fn read_tensor(p: &Params) -> Result<Tensor, NodeError> {
+fn read_tensor(ctx: &Ctx, p: &Params) -> Result<Tensor, NodeError> {
     let path = p.str("path")?;
+    // Only regular files: a device or a pipe (`/dev/zero`) would be read until memory runs out.
+    let meta = std::fs::metadata(path).map_err(|e| fail(format!("cannot read {path}: {e}")))?;
+    if !meta.is_file() {
+        return Err(NodeError::invalid(format!("{path} is not a regular file")));
+    }
+    ctx.check_alloc(&format!("reading {path}"), &[meta.len() as usize], 1)?;
     let bytes = std::fs::read(path).map_err(|e| fail(format!("cannot read {path}: {e}")))?;
     let st = SafeTensors::deserialize(&bytes)
         .map_err(|e| fail(format!("{path} is not a safetensors file: {e}")))?;
@@ -99,13 +105,13 @@ pub fn nodes() -> Vec<NodeDef> {
             .output("file", PortType::String, "written path")
             .param(Param::string("filename").default("tensor.safetensors"))
             .param(Param::string("name").default("tensor").doc("tensor name inside the file")),
-        NodeDef::new("core.load_tensor", |_, _, p| Ok(vec![Value::Tensor(read_tensor(p)?)]))
+        NodeDef::new("core.load_tensor", |ctx, _, p| Ok(vec![Value::Tensor(read_tensor(ctx, p)?)]))
             .doc("Loads one tensor from a .safetensors file.")
             .output("tensor", PortType::tensor(None, Dim::Any), "the tensor")
             .param(Param::path("path"))
             .param(Param::string("name").default("").doc("tensor name; empty when the file holds one")),
-        NodeDef::new("core.load_latent", |_, _, p| {
-            let t = read_tensor(p)?;
+        NodeDef::new("core.load_latent", |ctx, _, p| {
+            let t = read_tensor(ctx, p)?;
             if t.rank() != 4 {
                 return Err(NodeError::failed(format!("a latent must be N×C×H×W, got shape {:?}", t.shape())));
             }

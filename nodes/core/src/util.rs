@@ -27,20 +27,45 @@ pub fn output_path(output_dir: &Path, filename: &str) -> Result<PathBuf, NodeErr
             "output path `{filename}` must stay inside the output folder (no absolute paths, no `..`)"
         )));
     }
-    let path = output_dir.join(rel);
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| fail(format!("cannot create {}: {e}", parent.display())))?;
-        // A symlinked folder must not lead outside either.
-        let root = output_dir.canonicalize().map_err(fail)?;
-        let real_parent = parent.canonicalize().map_err(fail)?;
-        if !real_parent.starts_with(&root) {
-            return Err(NodeError::failed(format!(
-                "output path `{filename}` leads outside the output folder"
-            )));
+    std::fs::create_dir_all(output_dir)
+        .map_err(|e| fail(format!("cannot create {}: {e}", output_dir.display())))?;
+    let root = output_dir.canonicalize().map_err(fail)?;
+    let outside = || {
+        NodeError::failed(format!(
+            "output path `{filename}` leads outside the output folder"
+        ))
+    };
+    // Folder by folder: nothing is created until the folder it goes in is known to be inside
+    // (a symlinked folder must not lead out).
+    let mut dir = root.clone();
+    let folders = rel.parent().map(Path::components).into_iter().flatten();
+    for part in folders.filter(|c| matches!(c, Component::Normal(_))) {
+        let next = dir.join(part);
+        match std::fs::symlink_metadata(&next) {
+            Ok(m) if m.file_type().is_symlink() => {
+                dir = next.canonicalize().map_err(|_| outside())?;
+                if !dir.starts_with(&root) || !dir.is_dir() {
+                    return Err(outside());
+                }
+            }
+            Ok(m) if m.is_dir() => dir = next,
+            Ok(_) => {
+                return Err(NodeError::failed(format!(
+                    "cannot write `{filename}`: {} is not a folder",
+                    next.display()
+                )))
+            }
+            Err(_) => {
+                std::fs::create_dir(&next)
+                    .map_err(|e| fail(format!("cannot create {}: {e}", next.display())))?;
+                dir = next;
+            }
         }
     }
-    Ok(path)
+    let name = rel
+        .file_name()
+        .ok_or_else(|| NodeError::failed("the file name is empty"))?;
+    Ok(dir.join(name))
 }
 
 /// Writes a file atomically: a temporary file in the same folder, synced, then renamed over.
@@ -89,4 +114,28 @@ pub fn expect_rank(name: &str, t: &Tensor, rank: usize, layout: &str) -> Result<
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_symlinked_folder_cannot_lead_outside_and_nothing_is_created_there() {
+        let base = std::env::temp_dir().join(format!("lf-out-{}", std::process::id()));
+        let (out, elsewhere) = (base.join("output"), base.join("elsewhere"));
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, out.join("link")).unwrap();
+        let err = output_path(&out, "link/deeper/x.png").unwrap_err();
+        assert!(err.to_string().contains("leads outside"), "{err}");
+        assert!(
+            !elsewhere.join("deeper").exists(),
+            "nothing created outside"
+        );
+        // Inside, folders are made as needed.
+        let ok = output_path(&out, "a/b/x.png").unwrap();
+        assert!(ok.parent().unwrap().is_dir() && ok.ends_with("a/b/x.png"));
+        std::fs::remove_dir_all(&base).unwrap();
+    }
 }

@@ -101,7 +101,7 @@ impl<'a> Ctx<'a> {
         match total {
             Some(t) if t <= limit as u128 => Ok(()),
             Some(t) => Err(NodeError::too_large(format!(
-                "{what} {elements:?} would take {} but one result may take at most {} (set LATENTFLOW_ALLOC_LIMIT or --alloc-limit to change it)",
+                "{what} {elements:?} would take {} but one result may take at most {} (set LATENTFLOW_ALLOC_LIMIT to change it)",
                 human_bytes(t),
                 human_bytes(limit as u128)
             ))),
