@@ -111,6 +111,39 @@ fn output_paths_cannot_escape_the_output_folder() {
 }
 
 #[test]
+fn sizes_are_checked_before_allocating_and_endless_files_refused() {
+    let sb = Sandbox::new();
+    let cases = [
+        (
+            "core.solid_image",
+            "{width: 16384, height: 16384, batch: 4096}",
+            "would take",
+        ),
+        (
+            "core.noise_latent",
+            "{width: 16384, height: 16384, batch: 4096, channels: 64, downscale: 1}",
+            "would take",
+        ),
+        (
+            "core.solid_mask",
+            "{width: 16384, height: 16384, batch: 4096}",
+            "would take",
+        ),
+        (
+            "core.load_tensor",
+            "{path: /dev/zero}",
+            "not a regular file",
+        ),
+    ];
+    for (ty, params, needle) in cases {
+        let yaml = format!("nodes:\n  n: {{type: {ty}, params: {params}}}\n");
+        sb.graph("run", "big.yaml", &yaml, &["-q"])
+            .expect_code(4)
+            .stderr_has(needle);
+    }
+}
+
+#[test]
 fn ctrl_c_cancels_inside_a_long_node() {
     let sb = Sandbox::with_plugins(TESTKIT);
     let g = sb.write(
