@@ -59,6 +59,24 @@ fn garbage_library_is_refused() {
 }
 
 #[test]
+fn a_truncated_library_is_refused_before_loading() {
+    // dlopen of a truncated file would map segments past its end and die of SIGBUS.
+    let sb = Sandbox::new();
+    let full = std::fs::read(latentflow_tests::lib("lf_fixture_testkit")).expect("testkit");
+    std::fs::write(
+        sb.path().join("plugins/libhalf.so"),
+        &full[..full.len() / 2],
+    )
+    .expect("write");
+    let r = sb.run(&["nodes"]);
+    r.expect_code(0)
+        .stderr_has("libhalf.so")
+        .stderr_has("truncated or corrupt library")
+        .stdout_has("core.int");
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+}
+
+#[test]
 fn duplicate_node_types_name_both_files() {
     let sb = Sandbox::new();
     sb.add_plugin_as("lf_fixture_testkit", "libtestkit_a.so");

@@ -94,6 +94,7 @@ pub fn is_library(path: &Path) -> bool {
 pub fn load(path: &Path, cache_dir: &Path) -> Result<Plugin, LoadError> {
     let started = Instant::now();
     let bytes = fs::read(path).map_err(|e| LoadError::new(path, format!("cannot read: {e}")))?;
+    super::elf::check(&bytes).map_err(|m| LoadError::new(path, m))?;
     let build = blake3::hash(&bytes).to_hex().to_string();
     let copy = private_copy(path, &bytes, &build, cache_dir)?;
     drop(bytes);

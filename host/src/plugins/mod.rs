@@ -1,5 +1,6 @@
 //! Finding, loading and hot-swapping plugin libraries.
 
+pub mod elf;
 pub mod loader;
 pub mod registry;
 
