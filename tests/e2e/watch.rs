@@ -163,3 +163,25 @@ fn rebuilt_plugin_is_hot_reloaded_and_a_broken_one_refused() {
     let again = std::fs::read_to_string(sb.output("again.txt")).unwrap_or_default();
     assert_eq!(again, "2");
 }
+
+#[test]
+fn a_plugin_overwritten_in_place_mid_write_is_refused_then_reloaded() {
+    let sb = Sandbox::with_plugins(&["lf_fixture_testkit"]);
+    let target = sb.add_plugin_as("lf_fixture_reload_v1", "libreload.so");
+    let yaml = "nodes:\n  v: {type: reload.value}\n  w: {type: test.write_text, inputs: {value: v}, params: {filename: value.txt}}\n";
+    let w = watch(&sb, yaml);
+    // A build caught mid-write: the first half of the new library, in place.
+    let v2 = std::fs::read(latentflow_tests::lib("lf_fixture_reload_v2")).expect("v2");
+    std::fs::write(&target, &v2[..v2.len() / 2]).expect("half");
+    w.wait_for("the refusal", WAIT, |ev| count(ev, "plugin_refused") >= 1);
+    let msg = first(&w, "plugin_refused")["error"].to_string();
+    assert!(msg.contains("truncated"), "{msg}");
+    // The write completes: the new generation loads and the graph re-runs.
+    std::fs::write(&target, &v2).expect("full");
+    w.wait_for("the reload", WAIT, |ev| count(ev, "plugin_reloaded") >= 1);
+    wait_runs(&w, 2);
+    assert_eq!(
+        std::fs::read_to_string(sb.output("value.txt")).unwrap_or_default(),
+        "2"
+    );
+}
