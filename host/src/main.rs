@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use latentflow::exec::{EventSink, Executor, JsonLinesSink, RunOptions, RunStatus};
-use latentflow::graph::{parse_set_value, validate, Overrides, Validated};
+use latentflow::graph::{parse_set_value, validate_bytes, Overrides, Validated};
 use latentflow::plugins::{Discovery, Refusal, Registry};
 use latentflow::{bench, dot, provenance, schema, ui, watch};
 
@@ -271,19 +271,25 @@ fn overrides(args: &GraphArgs) -> Result<Overrides> {
     })
 }
 
-fn read_graph(path: &Path) -> Result<String> {
+fn read_graph(path: &Path) -> Result<Vec<u8>> {
     let is_png = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("png"));
     if is_png {
-        return provenance::graph_from_png(path).map_err(anyhow::Error::msg);
+        let text = provenance::graph_from_png(path).map_err(anyhow::Error::msg)?;
+        return Ok(text.into_bytes());
     }
-    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
 fn load_and_validate(args: &GraphArgs, registry: &Registry) -> Result<Validated> {
-    let text = read_graph(&args.graph)?;
-    Ok(validate(&args.graph, &text, registry, &overrides(args)?))
+    let bytes = read_graph(&args.graph)?;
+    Ok(validate_bytes(
+        &args.graph,
+        &bytes,
+        registry,
+        &overrides(args)?,
+    ))
 }
 
 fn print_diagnostics(v: &Validated) {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use notify::{RecursiveMode, Watcher};
 
 use crate::exec::{Event, Executor, RunOptions};
-use crate::graph::{validate, Overrides};
+use crate::graph::{validate_bytes, Overrides};
 use crate::plugins::{loader, Discovery, Registry};
 use crate::provenance;
 
@@ -70,7 +70,7 @@ pub fn watch(cfg: WatchConfig, mut registry: Registry) -> Result<usize, WatchErr
     let mut exec = Executor::new(Some(cfg.cache_bytes));
     let mut runs = 0usize;
     let run_once = |registry: &Registry, exec: &mut Executor| {
-        let text = match std::fs::read_to_string(&cfg.graph) {
+        let bytes = match std::fs::read(&cfg.graph) {
             Ok(t) => t,
             Err(e) => {
                 events.emit(&Event::GraphChanged {
@@ -81,7 +81,7 @@ pub fn watch(cfg: WatchConfig, mut registry: Registry) -> Result<usize, WatchErr
                 return;
             }
         };
-        let v = validate(&cfg.graph, &text, registry, &cfg.overrides);
+        let v = validate_bytes(&cfg.graph, &bytes, registry, &cfg.overrides);
         let rendered: Vec<String> = v.diagnostics.iter().map(|d| d.to_string()).collect();
         events.emit(&Event::GraphChanged {
             path: cfg.graph.display().to_string(),

@@ -4,9 +4,10 @@ pub mod diag;
 pub mod file;
 pub mod params;
 pub mod plan;
+pub mod source;
 pub mod typecheck;
 pub mod validate;
 
 pub use diag::{Diagnostic, Pos, Severity};
 pub use plan::{Plan, PlanNode, Source};
-pub use validate::{node_seed, parse_set_value, validate, Overrides, Validated};
+pub use validate::{node_seed, parse_set_value, validate, validate_bytes, Overrides, Validated};

@@ -47,6 +47,22 @@ pub fn parse_set_value(raw: &str) -> Json {
         .unwrap_or_else(|| Json::from(raw))
 }
 
+/// Validates the graph file `file` from its bytes (UTF-8, or UTF-16 with a byte-order mark).
+pub fn validate_bytes(
+    file: &Path,
+    bytes: &[u8],
+    registry: &Registry,
+    overrides: &Overrides,
+) -> Validated {
+    match super::source::decode(file, bytes) {
+        Ok(text) => validate(file, &text, registry, overrides),
+        Err(d) => Validated {
+            plan: None,
+            diagnostics: vec![d],
+        },
+    }
+}
+
 /// Validates the YAML text of the graph at `file`.
 ///
 /// JSON documents (what tools generate) take a fast path through `serde_json`; when that finds
