@@ -7,6 +7,7 @@ pub mod plan;
 pub mod source;
 pub mod typecheck;
 pub mod validate;
+pub mod yaml_positions;
 
 pub use diag::{Diagnostic, Pos, Severity};
 pub use plan::{Plan, PlanNode, Source};

@@ -158,8 +158,13 @@ impl<'a> Validator<'a> {
         let parsed: GraphFile = match serde_saphyr::from_str_with_options(text, options) {
             Ok(g) => g,
             Err(e) => {
-                let pos = e.location().map(Pos::from).unwrap_or_default();
                 let message = yaml_message(&e);
+                // Some problems the deserializer places vaguely: find their token.
+                if let Some((pos, precise)) = super::yaml_positions::locate(&message, text) {
+                    self.err("yaml", pos, precise);
+                    return None;
+                }
+                let pos = e.location().map(Pos::from).unwrap_or_default();
                 let hint = yaml_hint(&message);
                 self.err("yaml", pos, message).hint = hint;
                 return None;
