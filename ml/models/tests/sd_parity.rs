@@ -437,3 +437,31 @@ fn a_tokenizer_folder_with_only_tokenizer_json_matches_too() {
     assert_eq!((tok.bos, tok.eos, tok.pad), (49406, 49407, 49407));
     check_tokenizer(&tok, "tokenizer.json");
 }
+
+#[test]
+fn a_broken_vocab_or_merges_file_is_named() {
+    let src = fixtures().join("tiny-sd/tokenizer");
+    for (file, junk) in [
+        ("vocab.json", "{\"a\": \"not an id\"}"),
+        ("merges.txt", "#version: 0.2\na b c\n"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        for f in [
+            "vocab.json",
+            "merges.txt",
+            "special_tokens_map.json",
+            "tokenizer_config.json",
+        ] {
+            std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+        }
+        std::fs::write(dir.path().join(file), junk).unwrap();
+        let err = ClipTokenizer::load(dir.path())
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&dir.path().join(file).display().to_string()),
+            "{err}"
+        );
+    }
+}

@@ -39,6 +39,27 @@ pub struct ClipTokenizer {
     pub pad: u32,
 }
 
+/// Checks `vocab.json` (an object of token → id) and `merges.txt` (`#version` header, then
+/// pairs) so that a broken one is named; the BPE builder's own errors name neither.
+fn check_vocab_and_merges(vocab: &Path, merges: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(vocab).map_err(|e| err(vocab, e))?;
+    serde_json::from_str::<std::collections::HashMap<String, u32>>(&text)
+        .map_err(|e| err(vocab, format!("not a JSON object of token ids: {e}")))?;
+    let text = std::fs::read_to_string(merges).map_err(|e| err(merges, e))?;
+    let bad = text
+        .lines()
+        .enumerate()
+        .filter(|(i, l)| !(*i == 0 && l.starts_with("#version")) && !l.is_empty())
+        .find(|(_, l)| l.split(' ').count() != 2);
+    match bad {
+        Some((i, l)) => Err(err(
+            merges,
+            format!("line {}: {l:?} is not a pair of tokens", i + 1),
+        )),
+        None => Ok(()),
+    }
+}
+
 impl ClipTokenizer {
     /// From a `tokenizer/` folder (vocab.json + merges.txt, or tokenizer.json) or a
     /// `bpe_simple_vocab_16e6.txt.gz` file.
@@ -57,6 +78,7 @@ impl ClipTokenizer {
                     ));
                 }
             }
+            check_vocab_and_merges(&vocab, &merges)?;
             BPE::from_file(&vocab.to_string_lossy(), &merges.to_string_lossy())
         } else {
             let file = std::fs::File::open(path).map_err(|e| err(path, e))?;
