@@ -391,3 +391,16 @@ pub fn build_example(name: &str, lib_file: &str) -> PathBuf {
     assert!(status.success(), "examples/{name} must build out of tree");
     target.join("debug").join(lib_file)
 }
+
+/// A PNG's width, height and RGB(A) bytes with the channel count.
+pub fn read_png(path: &Path) -> (usize, usize, usize, Vec<u8>) {
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut reader = png::Decoder::new(std::io::BufReader::new(file))
+        .read_info()
+        .expect("png header");
+    let mut buf = vec![0; reader.output_buffer_size().expect("png size")];
+    let info = reader.next_frame(&mut buf).expect("png data");
+    buf.truncate(info.buffer_size());
+    let channels = info.color_type.samples();
+    (info.width as usize, info.height as usize, channels, buf)
+}

@@ -392,6 +392,11 @@ the machine), VAE 43 min (about 0.9 s per step), UNet and text encoder 2 h 21 mi
 per step), export and preview under a minute. `preview.png` is the export's check, rendered by
 diffusers itself (25 DDIM steps, guidance 7.5, seeds 0–7) for the prompts in
 `PREVIEW_PROMPTS`.
+
+Samplers: euler_a (the graphs' default), euler, ddim, ddpm and dpmpp_2m draw what the prompt
+says. lms and unipc at guidance 7.5 do not (dark or orange circles for "a red circle on a blue
+background"), in diffusers exactly as in LatentFlow: their high-order steps overshoot on this
+small model's strongly guided predictions. Lower guidance (`cfg=3`) helps them.
 """
 
 

@@ -1,0 +1,114 @@
+//! The default model (tiny-shapes) draws what the prompt says: colour statistics of its
+//! pictures over several seeds and samplers, and the README's commands and picture.
+
+use latentflow_tests::{graph, read_png, workspace_root, Sandbox};
+
+/// Mean R, G, B of the `size`×`size` box at (`x`, `y`).
+fn mean_rgb(png: &(usize, usize, usize, Vec<u8>), x: usize, y: usize, size: usize) -> [f32; 3] {
+    let (w, _, ch, data) = png;
+    let mut sum = [0f32; 3];
+    for row in y..y + size {
+        for col in x..x + size {
+            for (k, s) in sum.iter_mut().enumerate() {
+                *s += data[(row * w + col) * ch + k] as f32;
+            }
+        }
+    }
+    sum.map(|s| s / (size * size) as f32)
+}
+
+/// Runs `graphs/txt2img.yaml` with `sets` and returns its picture.
+fn draw(sb: &Sandbox, out: &str, sets: &[String]) -> (usize, usize, usize, Vec<u8>) {
+    let g = graph("txt2img.yaml").display().to_string();
+    let mut args = vec!["run", g.as_str(), "-q", "--output-dir", out, "--set"];
+    args.extend(sets.iter().map(String::as_str));
+    sb.run(&args).expect_code(0);
+    read_png(&sb.path().join(out).join("txt2img.png"))
+}
+
+/// The centre of the picture is `centre` and its four corners are `corners`, as far as the
+/// channels that tell the colours apart go: each named channel's mean is within 60 of the
+/// target.
+fn assert_colours(
+    what: &str,
+    png: &(usize, usize, usize, Vec<u8>),
+    centre: [f32; 3],
+    corners: [f32; 3],
+) {
+    let (w, h, ..) = *png;
+    assert_eq!((w, h), (64, 64), "{what}");
+    let close =
+        |got: [f32; 3], want: [f32; 3]| got.iter().zip(want).all(|(g, t)| (g - t).abs() < 60.0);
+    let c = mean_rgb(png, 24, 24, 16);
+    assert!(
+        close(c, centre),
+        "{what}: centre {c:?}, want about {centre:?}"
+    );
+    for (x, y) in [(0, 0), (56, 0), (0, 56), (56, 56)] {
+        let k = mean_rgb(png, x, y, 8);
+        assert!(
+            close(k, corners),
+            "{what}: corner ({x}, {y}) {k:?}, want about {corners:?}"
+        );
+    }
+}
+
+const RED: [f32; 3] = [220.0, 30.0, 35.0];
+const BLUE: [f32; 3] = [35.0, 70.0, 220.0];
+
+#[test]
+fn a_red_circle_on_a_blue_background_over_seeds_and_samplers() {
+    // LMS and UniPC are left out: at guidance 7.5 and 20 steps their high-order updates push
+    // this small model off its colours (dark purple, orange circles), in diffusers exactly as
+    // here; see models/tiny-shapes/RECIPE.md.
+    let sb = Sandbox::new();
+    for (seed, sampler) in [
+        (1, "euler_a"),
+        (2, "ddim"),
+        (3, "dpmpp_2m"),
+        (4, "ddpm"),
+        (5, "euler"),
+    ] {
+        let out = format!("out_{seed}");
+        let sets = [format!("seed={seed}"), format!("sampler={sampler}")];
+        let png = draw(&sb, &out, &sets);
+        assert_colours(&format!("seed {seed}, {sampler}"), &png, RED, BLUE);
+    }
+}
+
+#[test]
+fn the_readme_commands_draw_what_the_readme_shows() {
+    let sb = Sandbox::new();
+    // The main command, at the graph's defaults: the committed picture (pixels within 2 levels
+    // on average; matrix kernels differ between CPUs).
+    let ours = draw(&sb, "main", &["seed=42".into()]);
+    let shown = read_png(&workspace_root().join("docs/txt2img-default.png"));
+    assert_eq!((ours.0, ours.1), (shown.0, shown.1));
+    let diff: f64 = ours
+        .3
+        .iter()
+        .zip(&shown.3)
+        .map(|(a, b)| (*a as f64 - *b as f64).abs())
+        .sum::<f64>()
+        / ours.3.len() as f64;
+    assert!(
+        diff < 2.0,
+        "mean difference {diff} from docs/txt2img-default.png"
+    );
+    // The second command of the quick start.
+    let star = draw(
+        &sb,
+        "star",
+        &["prompt=a yellow star on a purple background".into()],
+    );
+    assert_colours(
+        "the yellow star",
+        &star,
+        [245.0, 215.0, 35.0],
+        [145.0, 50.0, 185.0],
+    );
+    let readme = std::fs::read_to_string(workspace_root().join("README.md")).expect("README");
+    assert!(readme.contains(
+        "latentflow run graphs/txt2img.yaml --set prompt=\"a yellow star on a purple background\""
+    ));
+}
