@@ -6,15 +6,10 @@ use std::path::Path;
 use super::diag::{Diagnostic, Pos};
 
 /// The text of `bytes`, or a diagnostic pointing at the first undecodable byte.
-pub fn decode(file: &Path, bytes: &[u8]) -> Result<String, Diagnostic> {
+pub fn decode(file: &Path, bytes: &[u8]) -> Result<String, Box<Diagnostic>> {
     let not_text = |pos: Pos, what: &str| {
-        Diagnostic::error(
-            "encoding",
-            file,
-            pos,
-            format!("the file is not text: {what}"),
-        )
-        .hint("save the graph as UTF-8")
+        let message = format!("the file is not text: {what}");
+        Box::new(Diagnostic::error("encoding", file, pos, message).hint("save the graph as UTF-8"))
     };
     if let Some(rest) = bytes.strip_prefix(b"\xEF\xBB\xBF") {
         return decode(file, rest);

@@ -58,7 +58,7 @@ pub fn validate_bytes(
         Ok(text) => validate(file, &text, registry, overrides),
         Err(d) => Validated {
             plan: None,
-            diagnostics: vec![d],
+            diagnostics: vec![*d],
         },
     }
 }

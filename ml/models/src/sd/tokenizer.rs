@@ -49,7 +49,7 @@ fn check_vocab_and_merges(vocab: &Path, merges: &Path) -> Result<()> {
     let bad = text
         .lines()
         .enumerate()
-        .filter(|(i, l)| !(*i == 0 && l.starts_with("#version")) && !l.is_empty())
+        .filter(|(i, l)| !(l.is_empty() || *i == 0 && l.starts_with("#version")))
         .find(|(_, l)| l.split(' ').count() != 2);
     match bad {
         Some((i, l)) => Err(err(
