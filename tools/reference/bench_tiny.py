@@ -4,11 +4,11 @@ txt2img (DDIM, CFG 7.5) on a tiny diffusers folder, f32, timed after one warm-up
     tools/reference/.venv/bin/python tools/reference/bench_tiny.py MODEL WIDTH HEIGHT THREADS [RUNS]
 """
 
-import statistics
 import sys
 import time
 
 import torch
+from bench_sd15 import timed
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
 
@@ -29,14 +29,9 @@ def main():
             pipe("a red circle on a blue background", negative_prompt="", num_inference_steps=20,
                  guidance_scale=7.5, height=height, width=width, generator=torch.Generator().manual_seed(0))
 
-    once()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        once()
-        times.append(time.perf_counter() - t0)
-    print(f"diffusers  load {load:.3f} s  pipeline (encode + 20 steps + decode) median {statistics.median(times):.3f} s"
-          f"  min {min(times):.3f} s  ({runs} runs, torch {torch.__version__}, {threads} threads)")
+    t = timed(runs, once)
+    print(f"diffusers  load {load:.3f} s  pipeline (encode + 20 steps + decode) median {t:.3f} s"
+          f"  ({runs} runs after a warm-up, torch {torch.__version__}, {threads} threads)")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-CONFIGS = ROOT / "nodes" / "sd" / "configs" / "sd15"
+CONFIGS = ROOT / "ml" / "models" / "configs" / "sd15"
 
 
 def config(name):
