@@ -150,6 +150,47 @@ pub struct NodeDescriptor {
     /// Capabilities.
     #[serde(default)]
     pub caps: Capabilities,
+    /// Buffers whose size follows from the parameters alone: the host refuses an oversized
+    /// one at validation, before anything runs (the node still checks at run time).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allocates: Vec<SizeRule>,
+}
+
+/// A buffer a node allocates, sized by its parameters: `bytes_each` times the product of
+/// `dims`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SizeRule {
+    /// What is allocated, for the message (`an image of shape`).
+    pub what: String,
+    /// The dimensions, outermost first.
+    pub dims: Vec<Extent>,
+    /// Bytes per element.
+    pub bytes_each: u64,
+}
+
+/// One extent (dimension) of a [`SizeRule`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Extent {
+    /// A fixed size.
+    Fixed(u64),
+    /// The value of an integer parameter.
+    Param(String),
+    /// An integer parameter divided by another (rounding down; a divisor below 1 counts as 1),
+    /// e.g. a latent's height from the image height and the downscale factor.
+    Ratio(String, String),
+}
+
+impl Extent {
+    /// The integer parameter `name`.
+    pub fn param(name: &str) -> Self {
+        Extent::Param(name.to_string())
+    }
+
+    /// Parameter `name` divided by parameter `by`.
+    pub fn ratio(name: &str, by: &str) -> Self {
+        Extent::Ratio(name.to_string(), by.to_string())
+    }
 }
 
 /// A plugin's self-description, returned by its root module as JSON.

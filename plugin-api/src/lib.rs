@@ -50,7 +50,8 @@ pub mod value;
 
 pub use abi_stable;
 pub use descriptor::{
-    Capabilities, NodeDescriptor, ParamKind, ParamSpec, PluginManifest, PluginStats, PortDesc,
+    Capabilities, Extent, NodeDescriptor, ParamKind, ParamSpec, PluginManifest, PluginStats,
+    PortDesc, SizeRule,
 };
 pub use error::{ErrorKind, NodeError};
 pub use host::{HostRef, HostServices, HostServices_TO, LogLevel};

@@ -111,36 +111,54 @@ fn output_paths_cannot_escape_the_output_folder() {
 }
 
 #[test]
-fn sizes_are_checked_before_allocating_and_endless_files_refused() {
+fn sizes_known_from_params_are_refused_before_anything_runs() {
     let sb = Sandbox::new();
     let cases = [
         (
             "core.solid_image",
             "{width: 16384, height: 16384, batch: 4096}",
-            "would take",
         ),
         (
             "core.noise_latent",
             "{width: 16384, height: 16384, batch: 4096, channels: 64, downscale: 1}",
-            "would take",
         ),
         (
             "core.solid_mask",
             "{width: 16384, height: 16384, batch: 4096}",
-            "would take",
-        ),
-        (
-            "core.load_tensor",
-            "{path: /dev/zero}",
-            "not a regular file",
         ),
     ];
-    for (ty, params, needle) in cases {
+    for (ty, params) in cases {
         let yaml = format!("nodes:\n  n: {{type: {ty}, params: {params}}}\n");
+        // Pointed at the largest size written in the graph.
         sb.graph("run", "big.yaml", &yaml, &["-q"])
-            .expect_code(4)
-            .stderr_has(needle);
+            .expect_code(3)
+            .stderr_has("big.yaml:2:")
+            .stderr_has("would take");
     }
+    // The limit is the run's: under a small one, a modest latent is refused too...
+    let yaml =
+        "nodes:\n  n: {type: core.empty_latent, params: {width: 512, height: 512, batch: 64}}\n";
+    let g = sb.write("limited.yaml", yaml);
+    let out = sb
+        .cmd(&["validate", g.to_str().unwrap_or_default()])
+        .env("LATENTFLOW_ALLOC_LIMIT", "1M")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("would take 4.0 MiB but one result may take at most 1.0 MiB"));
+    // ... and passes under the default one.
+    sb.graph("validate", "limited.yaml", yaml, &[])
+        .expect_code(0);
+}
+
+#[test]
+fn endless_and_special_files_are_refused_when_read() {
+    let sb = Sandbox::new();
+    let yaml = "nodes:\n  n: {type: core.load_tensor, params: {path: /dev/zero}}\n";
+    sb.graph("run", "zero.yaml", yaml, &["-q"])
+        .expect_code(4)
+        .stderr_has("not a regular file");
 }
 
 #[test]

@@ -390,6 +390,14 @@ pub fn nodes() -> Vec<NodeDef> {
             .param(Param::int("batch").default(1).range(1.0, 4096.0))
             .param(Param::float("red").default(0.0).range(0.0, 1.0))
             .param(Param::float("green").default(0.0).range(0.0, 1.0))
-            .param(Param::float("blue").default(0.0).range(0.0, 1.0)),
+            .param(Param::float("blue").default(0.0).range(0.0, 1.0))
+            .allocates(
+                "an image of shape",
+                ["batch", "height", "width"]
+                    .map(Extent::param)
+                    .into_iter()
+                    .chain([Extent::Fixed(3)]),
+                4,
+            ),
     ]
 }

@@ -182,6 +182,16 @@ pub fn nodes() -> Vec<NodeDef> {
                 .range(1.0, 64.0)
                 .doc("pixels per latent cell"),
         )
+        .allocates(
+            "a latent of shape",
+            [
+                Extent::param("batch"),
+                Extent::param("channels"),
+                Extent::ratio("height", "downscale"),
+                Extent::ratio("width", "downscale"),
+            ],
+            4,
+        )
     };
     vec![
         shape_params(

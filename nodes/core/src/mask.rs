@@ -114,7 +114,12 @@ pub fn nodes() -> Vec<NodeDef> {
                 .doc("A mask of one value.")
                 .output("mask", PortType::Mask, "N×H×W")
                 .param(Param::float("value").default(1.0).range(0.0, 1.0))
-                .param(Param::int("batch").default(1).range(1.0, 4096.0)),
+                .param(Param::int("batch").default(1).range(1.0, 4096.0))
+                .allocates(
+                    "a mask of shape",
+                    ["batch", "height", "width"].map(Extent::param),
+                    4,
+                ),
         ),
         size(
             NodeDef::new("core.rect_mask", rect_mask)
@@ -123,7 +128,8 @@ pub fn nodes() -> Vec<NodeDef> {
                 .param(Param::int("x").default(0).min(0.0))
                 .param(Param::int("y").default(0).min(0.0))
                 .param(Param::int("rect_width").default(256).min(0.0))
-                .param(Param::int("rect_height").default(256).min(0.0)),
+                .param(Param::int("rect_height").default(256).min(0.0))
+                .allocates("a mask of shape", ["height", "width"].map(Extent::param), 4),
         ),
     ]
 }

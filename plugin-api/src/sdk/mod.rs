@@ -40,7 +40,9 @@ pub use plugin::{guard, PluginDef};
 /// Everything a plugin author usually needs.
 pub mod prelude {
     pub use super::{Ctx, Inputs, NodeDef, NodeImpl, Param, Params, PluginDef};
-    pub use crate::{DType, Dim, Family, NodeError, ObjectHandle, PortType, Record, Tensor, Value};
+    pub use crate::{
+        DType, Dim, Extent, Family, NodeError, ObjectHandle, PortType, Record, Tensor, Value,
+    };
     pub use crate::{HostRef, ObjectImpl, Reply};
 }
 

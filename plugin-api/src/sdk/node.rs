@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::descriptor::{Capabilities, NodeDescriptor, PortDesc};
+use crate::descriptor::{Capabilities, Extent, NodeDescriptor, PortDesc, SizeRule};
 use crate::error::NodeError;
 use crate::sdk::{Ctx, Inputs, Param, Params};
 use crate::types::PortType;
@@ -76,6 +76,7 @@ impl NodeDef {
                 outputs: Vec::new(),
                 params: Vec::new(),
                 caps: Capabilities::default(),
+                allocates: Vec::new(),
             },
             factory: Arc::new(factory),
             infer: None,
@@ -148,6 +149,23 @@ impl NodeDef {
     /// Marks the node as having side effects (writing files).
     pub fn side_effects(mut self) -> Self {
         self.desc.caps.side_effects = true;
+        self
+    }
+
+    /// Declares a buffer sized by the parameters (`bytes_each` × the product of `dims`), so that
+    /// the host refuses an oversized one at validation, before anything runs. The node still
+    /// calls [`Ctx::check_alloc`] when it runs.
+    pub fn allocates(
+        mut self,
+        what: &str,
+        dims: impl IntoIterator<Item = Extent>,
+        bytes_each: u64,
+    ) -> Self {
+        self.desc.allocates.push(SizeRule {
+            what: what.into(),
+            dims: dims.into_iter().collect(),
+            bytes_each,
+        });
         self
     }
 

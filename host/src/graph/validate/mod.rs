@@ -10,6 +10,7 @@ mod canonical;
 mod inputs;
 mod nodes;
 mod order;
+mod sizes;
 mod types;
 mod wiring;
 
@@ -74,6 +75,7 @@ pub fn validate(file: &Path, text: &str, registry: &Registry, overrides: &Overri
                 file,
                 registry,
                 diags: Vec::new(),
+                alloc_limit: None,
             };
             let plan = v.check(parsed, overrides);
             if v.diags.is_empty() {
@@ -88,6 +90,7 @@ pub fn validate(file: &Path, text: &str, registry: &Registry, overrides: &Overri
         file,
         registry,
         diags: Vec::new(),
+        alloc_limit: None,
     };
     let plan = v.run(text, overrides);
     let mut diagnostics = v.diags;
@@ -104,6 +107,8 @@ struct Validator<'a> {
     file: &'a Path,
     registry: &'a Registry,
     diags: Vec<Diagnostic>,
+    /// The allocation limit, read when a node first declares a size.
+    alloc_limit: Option<u64>,
 }
 
 struct GraphInput {

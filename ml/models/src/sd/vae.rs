@@ -350,7 +350,16 @@ impl Vae {
 
     /// Builds the VAE from a config and weights; `source` names it in messages.
     pub fn from_weights(config: VaeConfig, weights: &Weights, source: &Path) -> Result<Self> {
-        let vb = weights.var_builder(DType::F32, &Device::Cpu)?;
+        Self::new(
+            config,
+            weights.var_builder(DType::F32, &Device::Cpu)?,
+            source,
+        )
+    }
+
+    /// Builds the VAE from a checked config and a variable builder; `source` names the weights
+    /// in messages.
+    pub fn new(config: VaeConfig, vb: VarBuilder, source: &Path) -> Result<Self> {
         let mismatch = |e: candle_core::Error| ModelError::mismatch(source.to_path_buf(), "VAE", e);
         let encoder = Encoder::new(&vb, &config).map_err(mismatch)?;
         let decoder = Decoder::new(&vb, &config).map_err(mismatch)?;
