@@ -21,12 +21,23 @@ pub enum Edit {
     Token(usize, usize),
 }
 
-/// Up to `max` edits.
+/// Up to `max` edits with any bytes (binary formats).
 pub fn edits(max: usize) -> impl Strategy<Value = Vec<Edit>> {
+    edits_of(max, any::<u8>().boxed(), 2)
+}
+
+/// Up to `max` edits that mostly write printable ASCII (text formats: most mutants stay valid
+/// UTF-8 and reach the parser and the checks behind it).
+pub fn text_edits(max: usize) -> impl Strategy<Value = Vec<Edit>> {
+    let byte = prop_oneof![12 => 0x20u8..0x7f, 2 => Just(b'\n'), 1 => any::<u8>()];
+    edits_of(max, byte.boxed(), 1)
+}
+
+fn edits_of(max: usize, byte: BoxedStrategy<u8>, flips: u32) -> impl Strategy<Value = Vec<Edit>> {
     let edit = prop_oneof![
-        4 => (any::<usize>(), any::<u8>()).prop_map(|(p, b)| Edit::Set(p, b)),
-        2 => (any::<usize>(), 0u8..8).prop_map(|(p, b)| Edit::Flip(p, b)),
-        2 => (any::<usize>(), any::<u8>()).prop_map(|(p, b)| Edit::Insert(p, b)),
+        4 => (any::<usize>(), byte.clone()).prop_map(|(p, b)| Edit::Set(p, b)),
+        flips => (any::<usize>(), 0u8..8).prop_map(|(p, b)| Edit::Flip(p, b)),
+        2 => (any::<usize>(), byte).prop_map(|(p, b)| Edit::Insert(p, b)),
         2 => (any::<usize>(), 1usize..16).prop_map(|(p, n)| Edit::Remove(p, n)),
         1 => any::<usize>().prop_map(Edit::Truncate),
         1 => (any::<usize>(), 1usize..64, any::<usize>()).prop_map(|(a, n, b)| Edit::Duplicate(a, n, b)),
