@@ -96,10 +96,16 @@ pub fn load(path: &Path, cache_dir: &Path) -> Result<Plugin, LoadError> {
     let bytes = fs::read(path).map_err(|e| LoadError::new(path, format!("cannot read: {e}")))?;
     super::elf::check(&bytes).map_err(|m| LoadError::new(path, m))?;
     let build = blake3::hash(&bytes).to_hex().to_string();
-    let copy = private_copy(path, &bytes, &build, cache_dir)?;
+    let mut copy = private_copy(path, &bytes, &build, cache_dir)?;
+    let mut opened = lib_header_from_path(&copy);
+    if opened.is_err() && !copy.exists() {
+        // Another process pruned this copy between our check and the open: copy it again.
+        copy = private_copy(path, &bytes, &build, cache_dir)?;
+        opened = lib_header_from_path(&copy);
+    }
     drop(bytes);
 
-    let header = lib_header_from_path(&copy).map_err(|e| summarize(path, e))?;
+    let header = opened.map_err(|e| summarize(path, e))?;
     let module = header
         .init_root_module::<PluginModRef>()
         .map_err(|e| summarize(path, e))?;
@@ -157,6 +163,10 @@ fn private_copy(
         .unwrap_or_default();
     let copy = cache_dir.join(format!("{stem}-{}.{ext}", &build[..16]));
     if copy.exists() {
+        // Mark it as recently used, so that pruning keeps it.
+        if let Ok(f) = fs::File::options().append(true).open(&copy) {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
         return Ok(copy);
     }
     fs::create_dir_all(cache_dir).map_err(|e| {
@@ -170,10 +180,48 @@ fn private_copy(
         &build[..16],
         std::process::id()
     ));
-    fs::write(&tmp, bytes)
-        .and_then(|_| fs::rename(&tmp, &copy))
-        .map_err(|e| LoadError::new(path, format!("cannot copy into plugin cache: {e}")))?;
+    if let Err(e) = fs::write(&tmp, bytes).and_then(|_| fs::rename(&tmp, &copy)) {
+        let _ = fs::remove_file(&tmp);
+        return Err(LoadError::new(
+            path,
+            format!("cannot copy into plugin cache: {e}"),
+        ));
+    }
+    prune(cache_dir, &stem, &ext, &copy);
     Ok(copy)
+}
+
+/// Copies of one library kept in the cache: a `watch` session rebuilding a plugin would
+/// otherwise leave one copy per build behind.
+const COPIES_KEPT: usize = 3;
+
+/// Removes all but the [`COPIES_KEPT`] most recently used copies of `stem`. A process that has
+/// an older copy loaded keeps its mapping (unlinking a mapped file is safe), so only a process
+/// that is about to load a build three rebuilds old can miss it, and then it copies it again.
+fn prune(cache_dir: &Path, stem: &str, ext: &str, keep: &Path) {
+    let Ok(entries) = fs::read_dir(cache_dir) else {
+        return;
+    };
+    let prefix = format!("{stem}-");
+    let suffix = format!(".{ext}");
+    let mut copies: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let build = name.strip_prefix(&prefix)?.strip_suffix(&suffix)?;
+            let is_copy = build.len() == 16 && build.bytes().all(|b| b.is_ascii_hexdigit());
+            let path = e.path();
+            if !is_copy || path == keep {
+                return None;
+            }
+            Some((e.metadata().ok()?.modified().ok()?, path))
+        })
+        .collect();
+    copies.sort_by(|a, b| b.0.cmp(&a.0));
+    for (_, old) in copies.into_iter().skip(COPIES_KEPT - 1) {
+        tracing::debug!(path = %old.display(), "removing an old plugin copy");
+        let _ = fs::remove_file(old);
+    }
 }
 
 /// Turns abi_stable's error (whose layout report can run to hundreds of lines) into one line.
@@ -273,7 +321,37 @@ pub const ROOT_MODULE_NAME: &str = <PluginModRef as RootModule>::NAME;
 
 #[cfg(test)]
 mod tests {
-    use super::layout_summary;
+    use super::{layout_summary, private_copy, COPIES_KEPT};
+    use std::path::Path;
+
+    #[test]
+    fn the_cache_keeps_only_the_latest_copies_of_a_library() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = dir.path().join("cache");
+        let lib = Path::new("/plugins/libfoo.so");
+        let other = Path::new("/plugins/libfoo-extra.so");
+        let kept = private_copy(other, b"other", &"f".repeat(64), &cache).expect("copy");
+        let mut copies = Vec::new();
+        for build in 0..6u8 {
+            let hash = build.to_string().repeat(64);
+            copies.push(private_copy(lib, &[build], &hash, &cache).expect("copy"));
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let (gone, left) = copies.split_at(copies.len() - COPIES_KEPT);
+        assert!(gone.iter().all(|p| !p.exists()), "old copies pruned");
+        assert!(left.iter().all(|p| p.exists()), "latest copies kept");
+        assert!(kept.exists(), "another library's copy is not touched");
+        // Reusing an old-but-kept copy marks it as recent.
+        let reused = private_copy(lib, &[3], &"3".repeat(64), &cache).expect("reuse");
+        assert_eq!(reused, left[0]);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        private_copy(lib, &[9], &"9".repeat(64), &cache).expect("copy");
+        assert!(reused.exists() && !left[1].exists());
+        assert_eq!(
+            std::fs::read_dir(&cache).expect("dir").count(),
+            COPIES_KEPT + 1
+        );
+    }
 
     #[test]
     fn layout_report_becomes_one_line() {
