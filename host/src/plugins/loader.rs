@@ -217,7 +217,7 @@ fn prune(cache_dir: &Path, stem: &str, ext: &str, keep: &Path) {
             Some((e.metadata().ok()?.modified().ok()?, path))
         })
         .collect();
-    copies.sort_by(|a, b| b.0.cmp(&a.0));
+    copies.sort_by_key(|c| std::cmp::Reverse(c.0));
     for (_, old) in copies.into_iter().skip(COPIES_KEPT - 1) {
         tracing::debug!(path = %old.display(), "removing an old plugin copy");
         let _ = fs::remove_file(old);
