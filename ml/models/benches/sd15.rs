@@ -3,8 +3,10 @@
 //!
 //! Needs a diffusers folder of SD 1.5 size (random weights are fine):
 //!   tools/reference/.venv/bin/python tools/reference/make_sd15_random.py target/sd15-random
-//!   LATENTFLOW_SD15=$PWD/target/sd15-random cargo bench -p latentflow-sd --bench sd15
+//!   LATENTFLOW_SD15=$PWD/target/sd15-random cargo bench -p latentflow-models --bench sd15
 //! `tools/bench/sd15.sh` runs this and the PyTorch reference side by side.
+//!
+//! It runs with the SD plugin's allocator (mimalloc): the numbers are what the plugin gets.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -13,6 +15,9 @@ use candle_core::{DType, Device, Tensor};
 use latentflow_models::sd::encode_prompt;
 use latentflow_models::sd::loader::{self as models, Source};
 use latentflow_models::sd::unet::Extras as Hooks;
+
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
