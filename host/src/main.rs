@@ -1,5 +1,6 @@
 //! The `latentflow` command line.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -94,7 +95,7 @@ struct GraphArgs {
     /// The graph file.
     graph: PathBuf,
     /// Override graph inputs: NAME=VALUE, repeatable, several after one `--set`.
-    #[arg(long = "set", value_name = "NAME=VALUE", num_args = 1..)]
+    #[arg(long = "set", value_name = "NAME=VALUE")]
     set: Vec<String>,
     /// Run seed (default: the graph's `seed`, else 0).
     #[arg(long)]
@@ -135,7 +136,7 @@ struct WatchArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(split_set_values(std::env::args_os()));
     init_tracing(cli.verbose, cli.quiet);
     match real_main(cli) {
         Ok(code) => ExitCode::from(code),
@@ -144,6 +145,38 @@ fn main() -> ExitCode {
             ExitCode::from(exit::ERROR)
         }
     }
+}
+
+/// Rewrites `--set A=1 B=2` as `--set A=1 --set B=2`. A run of values after `--set` ends at the
+/// first word without `=`, so `run --set steps=4 graph.yaml` reads `graph.yaml` as the graph
+/// (a greedy multi-value option would take it as a third value and report no graph).
+fn split_set_values(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    let mut out = Vec::new();
+    let mut in_set = false;
+    let mut rest_positional = false;
+    for arg in args {
+        if rest_positional {
+            out.push(arg);
+            continue;
+        }
+        let text = arg.to_string_lossy();
+        if text == "--" {
+            rest_positional = true;
+            in_set = false;
+        } else if text == "--set" || text.starts_with("--set=") {
+            in_set = true;
+        } else if in_set && !text.starts_with('-') && text.contains('=') {
+            if out.last().is_some_and(|last: &OsString| last != "--set") {
+                out.push("--set".into());
+            }
+        } else if !(in_set && out.last().is_some_and(|last: &OsString| last == "--set")) {
+            // The value right after `--set` is its own, with or without `=` (clap then reports
+            // it); anything else ends the run.
+            in_set = false;
+        }
+        out.push(arg);
+    }
+    out
 }
 
 fn init_tracing(verbose: bool, quiet: bool) {
@@ -439,4 +472,42 @@ fn print_nodes(registry: &Registry, json: bool) -> Result<()> {
         }
     }
     emit(&s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_set_values;
+    use std::ffi::OsString;
+
+    fn split(line: &str) -> Vec<String> {
+        split_set_values(line.split(' ').map(OsString::from))
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn several_values_after_one_set_become_separate_options() {
+        assert_eq!(
+            split("lf run g.yaml --set a=1 b=2 -q"),
+            ["lf", "run", "g.yaml", "--set", "a=1", "--set", "b=2", "-q"]
+        );
+        assert_eq!(
+            split("lf run --set a=1 b=x=y g.yaml --set c=3"),
+            ["lf", "run", "--set", "a=1", "--set", "b=x=y", "g.yaml", "--set", "c=3"]
+        );
+        // A malformed value stays the option's, so clap or the override parser reports it.
+        assert_eq!(
+            split("lf run --set oops g.yaml"),
+            ["lf", "run", "--set", "oops", "g.yaml"]
+        );
+        assert_eq!(
+            split("lf run -- --set a=1"),
+            ["lf", "run", "--", "--set", "a=1"]
+        );
+        assert_eq!(
+            split("lf run --set=a=1 b=2 g.yaml"),
+            ["lf", "run", "--set=a=1", "--set", "b=2", "g.yaml"]
+        );
+    }
 }
