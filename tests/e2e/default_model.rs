@@ -156,3 +156,50 @@ fn the_inpainting_graph_paints_its_prompt_into_the_masked_middle_only() {
         }
     }
 }
+
+/// Runs `graphs/lora.yaml` with `sets` and returns its picture.
+fn draw_with_lora(sb: &Sandbox, out: &str, sets: &[String]) -> (usize, usize, usize, Vec<u8>) {
+    let g = graph("lora.yaml").display().to_string();
+    let mut args = vec!["run", g.as_str(), "-q", "--output-dir", out, "--set"];
+    args.extend(sets.iter().map(String::as_str));
+    sb.run(&args).expect_code(0);
+    read_png(&sb.path().join(out).join("lora.png"))
+}
+
+/// How many pixels are clearly red (R at least 80 above G and B).
+fn red_pixels(png: &(usize, usize, usize, Vec<u8>)) -> usize {
+    let (_, _, ch, data) = png;
+    data.chunks(*ch)
+        .filter(|p| p[0] as i32 - (p[1].max(p[2]) as i32) >= 80)
+        .count()
+}
+
+#[test]
+fn the_lora_graph_teaches_the_default_model_a_ring() {
+    // graphs/lora.yaml by default: "a red ring on a blue background" with the ring LoRA. The
+    // base model (strength 0) has never seen "ring" and draws a red disc; with the LoRA the
+    // middle stays blue inside a red ring.
+    let sb = Sandbox::new();
+    for seed in [1, 2, 3] {
+        let with = draw_with_lora(&sb, &format!("ring_{seed}"), &[format!("seed={seed}")]);
+        let [r, _, b] = mean_rgb(&with, 30, 30, 4);
+        assert!(b > r + 60.0, "seed {seed}: centre {:?} is not blue", [r, b]);
+        let red = red_pixels(&with);
+        assert!(red >= 150, "seed {seed}: only {red} red pixels, no ring");
+        let without = draw_with_lora(
+            &sb,
+            &format!("disc_{seed}"),
+            &[
+                format!("seed={seed}"),
+                "strength_model=0".into(),
+                "strength_clip=0".into(),
+            ],
+        );
+        let [r, _, b] = mean_rgb(&without, 30, 30, 4);
+        assert!(
+            r > b + 60.0,
+            "seed {seed}, no LoRA: centre {:?} is not red",
+            [r, b]
+        );
+    }
+}
