@@ -17,13 +17,23 @@ fn mean_rgb(png: &(usize, usize, usize, Vec<u8>), x: usize, y: usize, size: usiz
     sum.map(|s| s / (size * size) as f32)
 }
 
-/// Runs `graphs/txt2img.yaml` with `sets` and returns its picture.
-fn draw(sb: &Sandbox, out: &str, sets: &[String]) -> (usize, usize, usize, Vec<u8>) {
-    let g = graph("txt2img.yaml").display().to_string();
+/// Runs `graphs/<name>.yaml` with `sets` and returns the picture it saves as `<name>.png`.
+fn draw_graph(
+    sb: &Sandbox,
+    name: &str,
+    out: &str,
+    sets: &[String],
+) -> (usize, usize, usize, Vec<u8>) {
+    let g = graph(&format!("{name}.yaml")).display().to_string();
     let mut args = vec!["run", g.as_str(), "-q", "--output-dir", out, "--set"];
     args.extend(sets.iter().map(String::as_str));
     sb.run(&args).expect_code(0);
-    read_png(&sb.path().join(out).join("txt2img.png"))
+    read_png(&sb.path().join(out).join(format!("{name}.png")))
+}
+
+/// Runs `graphs/txt2img.yaml` with `sets` and returns its picture.
+fn draw(sb: &Sandbox, out: &str, sets: &[String]) -> (usize, usize, usize, Vec<u8>) {
+    draw_graph(sb, "txt2img", out, sets)
 }
 
 /// The centre of the picture is `centre` and its four corners are `corners`, as far as the
@@ -123,23 +133,10 @@ fn the_inpainting_graph_paints_its_prompt_into_the_masked_middle_only() {
     let sb = Sandbox::new();
     let input = read_png(&graph("inputs/blue.png"));
     let blue = mean_rgb(&input, 0, 0, 8);
-    let g = graph("inpaint.yaml").display().to_string();
     for (seed, sampler) in [(1, "ddim"), (2, "euler_a"), (3, "dpmpp_2m")] {
-        let out = format!("out_{seed}");
         let what = format!("inpaint seed {seed}, {sampler}");
-        let (seed, sampler) = (format!("seed={seed}"), format!("sampler={sampler}"));
-        sb.run(&[
-            "run",
-            &g,
-            "-q",
-            "--output-dir",
-            &out,
-            "--set",
-            &seed,
-            &sampler,
-        ])
-        .expect_code(0);
-        let png = read_png(&sb.path().join(&out).join("inpaint.png"));
+        let sets = [format!("seed={seed}"), format!("sampler={sampler}")];
+        let png = draw_graph(&sb, "inpaint", &format!("out_{seed}"), &sets);
         assert_eq!((png.0, png.1), (64, 64), "{what}");
         let [r, g, b] = mean_rgb(&png, 28, 28, 8);
         assert!(
@@ -157,15 +154,6 @@ fn the_inpainting_graph_paints_its_prompt_into_the_masked_middle_only() {
     }
 }
 
-/// Runs `graphs/lora.yaml` with `sets` and returns its picture.
-fn draw_with_lora(sb: &Sandbox, out: &str, sets: &[String]) -> (usize, usize, usize, Vec<u8>) {
-    let g = graph("lora.yaml").display().to_string();
-    let mut args = vec!["run", g.as_str(), "-q", "--output-dir", out, "--set"];
-    args.extend(sets.iter().map(String::as_str));
-    sb.run(&args).expect_code(0);
-    read_png(&sb.path().join(out).join("lora.png"))
-}
-
 /// How many pixels are clearly red (R at least 80 above G and B).
 fn red_pixels(png: &(usize, usize, usize, Vec<u8>)) -> usize {
     let (_, _, ch, data) = png;
@@ -181,13 +169,19 @@ fn the_lora_graph_teaches_the_default_model_a_ring() {
     // middle stays blue inside a red ring.
     let sb = Sandbox::new();
     for seed in [1, 2, 3] {
-        let with = draw_with_lora(&sb, &format!("ring_{seed}"), &[format!("seed={seed}")]);
+        let with = draw_graph(
+            &sb,
+            "lora",
+            &format!("ring_{seed}"),
+            &[format!("seed={seed}")],
+        );
         let [r, _, b] = mean_rgb(&with, 30, 30, 4);
         assert!(b > r + 60.0, "seed {seed}: centre {:?} is not blue", [r, b]);
         let red = red_pixels(&with);
         assert!(red >= 150, "seed {seed}: only {red} red pixels, no ring");
-        let without = draw_with_lora(
+        let without = draw_graph(
             &sb,
+            "lora",
             &format!("disc_{seed}"),
             &[
                 format!("seed={seed}"),
