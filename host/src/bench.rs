@@ -113,6 +113,7 @@ pub fn run(args: &BenchArgs, discovery: &Discovery) -> Result<(), BenchError> {
         dirs: vec![core.clone()],
         exe_dir: None,
         cache_dir: cache_dir.clone(),
+        isolate: Default::default(),
     };
     let (registry, _) = Registry::load(&only_core);
     let file = scratch.join("chain.yaml");
@@ -238,6 +239,7 @@ fn reload_latency(core: &Path, scratch: &Path, reps: usize) -> Result<f64, Bench
         dirs: vec![dir.clone()],
         exe_dir: None,
         cache_dir: scratch.join("cache"),
+        isolate: Default::default(),
     };
     let (registry, _) = Registry::load(&discovery);
     let stamps = Arc::new(Timestamps(Mutex::new(Vec::new())));

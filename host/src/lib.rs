@@ -8,6 +8,7 @@ pub mod bench;
 pub mod dot;
 pub mod exec;
 pub mod graph;
+pub mod isolate;
 pub mod limits;
 pub mod plugins;
 pub mod provenance;

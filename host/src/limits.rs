@@ -26,7 +26,7 @@ pub fn parse_size(s: &str) -> Option<u64> {
 }
 
 /// Total physical memory in bytes (Linux: `/proc/meminfo`).
-fn physical_memory() -> Option<u64> {
+pub fn physical_memory() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;

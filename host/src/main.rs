@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use latentflow::exec::{EventSink, Executor, JsonLinesSink, RunOptions, RunStatus};
 use latentflow::graph::{parse_set_value, validate_bytes, Overrides, Validated};
 use latentflow::plugins::{Discovery, Refusal, Registry};
-use latentflow::{bench, dot, provenance, schema, ui, watch};
+use latentflow::{bench, dot, isolate, provenance, schema, ui, watch};
 
 // mimalloc: graph parsing and validation allocate many small objects. Plugins keep their own
 // allocators; everything that crosses the ABI is released by the library that made it.
@@ -54,6 +54,24 @@ struct Cli {
     /// Emit machine-readable events on standard output.
     #[arg(long, global = true, value_enum)]
     events: Option<EventFormat>,
+
+    /// Run every plugin in a worker process of its own, so that a crash inside a plugin fails
+    /// its node instead of the host. A folder holding a `.latentflow-isolate` file isolates the
+    /// plugins in it.
+    #[arg(long, global = true)]
+    isolate: bool,
+
+    /// Run this plugin isolated (its file name without `lib` and extension; repeatable).
+    #[arg(long = "isolate-plugin", global = true, value_name = "NAME")]
+    isolate_plugin: Vec<String>,
+
+    /// Memory limit of each plugin worker (`512M`, `4G`; default: 3/4 of physical memory).
+    #[arg(long = "isolate-memory", global = true, value_name = "SIZE", value_parser = parse_size)]
+    isolate_memory: Option<u64>,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    latentflow::limits::parse_size(s).ok_or_else(|| format!("`{s}` is not a size like 512M or 4G"))
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -136,6 +154,11 @@ struct WatchArgs {
 }
 
 fn main() -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == isolate::WORKER_ARG) {
+        init_tracing(false, false);
+        return ExitCode::from(isolate::worker_main(&args[2..]));
+    }
     let cli = Cli::parse_from(split_set_values(std::env::args_os()));
     init_tracing(cli.verbose, cli.quiet);
     match real_main(cli) {
@@ -197,7 +220,12 @@ fn init_tracing(verbose: bool, quiet: bool) {
 }
 
 fn real_main(cli: Cli) -> Result<u8> {
-    let discovery = Discovery::standard(&cli.plugins);
+    let mut discovery = Discovery::standard(&cli.plugins);
+    discovery.isolate = isolate::Policy {
+        all: cli.isolate,
+        names: cli.isolate_plugin.clone(),
+        memory: cli.isolate_memory,
+    };
     let (registry, refusals) = Registry::load(&discovery);
     let conflicts = report_refusals(&refusals, cli.verbose, cli.quiet);
     let events: Arc<dyn EventSink> = match (cli.events, cli.quiet) {

@@ -181,7 +181,7 @@ fn reload(path: &Path, registry: &mut Registry, exec: &mut Executor, cfg: &Watch
             return false; // Touched but identical.
         }
     }
-    let plugin = match loader::load(path, &cfg.discovery.cache_dir) {
+    let plugin = match cfg.discovery.load(path) {
         Ok(p) => Arc::new(p),
         Err(e) => {
             if let Some(d) = &e.detail {

@@ -121,7 +121,10 @@ impl RunCtx<'_> {
 
         if prep.cacheable {
             if let Some(cache) = &self.exec.cache {
-                let hit = lock(cache).get(&key);
+                let hit = lock(cache)
+                    .get(&key)
+                    // Objects of a crashed worker are gone: run the node again.
+                    .filter(|(values, _)| !crate::isolate::holds_dead_objects(values));
                 if let Some((values, hashes)) = hit {
                     let reason = match previous {
                         Some(p) if p.key == key && !g.upstream_reran.is_empty() => {
@@ -282,13 +285,11 @@ impl RunCtx<'_> {
                 return Ok(Arc::clone(inst));
             }
         }
-        let create = node.ty.plugin.module.create_node();
-        let inst = create(
-            node.ty.desc.type_id.as_str().into(),
-            prep.params_json.as_str().into(),
-        )
-        .into_result()
-        .map_err(|e| format!("could not create the node: {}", e.message))?;
+        let inst = node
+            .ty
+            .plugin
+            .create_node(node.ty.desc.type_id.as_str(), prep.params_json.as_str())
+            .map_err(|e| format!("could not create the node: {}", e.message))?;
         let inst = Arc::new(inst);
         lock(&self.exec.instances).insert(node.id.clone(), (prep.static_key, Arc::clone(&inst)));
         Ok(inst)

@@ -5,10 +5,15 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use std::sync::Arc;
+
 use abi_stable::library::{lib_header_from_path, LibraryError, RootModule};
 use latentflow_plugin_api::{
-    NodeDescriptor, PluginManifest, PluginModRef, PluginStats, PortType, API_VERSION,
+    NodeBox, NodeDescriptor, NodeError, PluginManifest, PluginModRef, PluginStats, PortType,
+    API_VERSION,
 };
+
+use crate::isolate::{Isolated, Policy};
 
 /// A loaded plugin generation. Libraries are never unloaded: a newer build of the same file is
 /// loaded from its own content-addressed copy and the old one stays mapped.
@@ -23,8 +28,8 @@ pub struct Plugin {
     pub loaded_from: PathBuf,
     /// blake3 of the library bytes (hex): the plugin's build identity.
     pub build: String,
-    /// The root module.
-    pub module: PluginModRef,
+    /// Where its code runs.
+    pub backend: Backend,
     /// Node types it provides.
     pub nodes: Vec<NodeDescriptor>,
     /// Node types it declares that this host cannot read, with the reason (a plugin built
@@ -45,19 +50,51 @@ impl std::fmt::Debug for Plugin {
     }
 }
 
+/// Where a plugin's code runs.
+#[derive(Clone)]
+pub enum Backend {
+    /// Loaded into the host process.
+    InProcess(PluginModRef),
+    /// In a worker process of its own (`--isolate`).
+    Isolated(Arc<Isolated>),
+}
+
 impl Plugin {
     /// The plugin's tensor-traffic counters.
     pub fn stats(&self) -> PluginStats {
-        (self.module.stats())()
+        match &self.backend {
+            Backend::InProcess(m) => (m.stats())(),
+            Backend::Isolated(w) => w.stats(),
+        }
+    }
+
+    /// Whether it runs in a worker process.
+    pub fn isolated(&self) -> Option<&Arc<Isolated>> {
+        match &self.backend {
+            Backend::Isolated(w) => Some(w),
+            Backend::InProcess(_) => None,
+        }
     }
 
     /// The output types of node `type_id` with `params` (JSON), refined by the plugin.
     pub fn infer(&self, type_id: &str, params: &str) -> Result<Vec<PortType>, String> {
-        let json = (self.module.infer())(type_id.into(), params.into())
-            .into_result()
-            .map_err(|e| e.message.to_string())?;
-        serde_json::from_str(json.as_str())
+        let json: String = match &self.backend {
+            Backend::InProcess(m) => (m.infer())(type_id.into(), params.into())
+                .into_result()
+                .map(Into::into),
+            Backend::Isolated(w) => w.infer(type_id, params),
+        }
+        .map_err(|e| e.message.to_string())?;
+        serde_json::from_str(&json)
             .map_err(|e| format!("the plugin's type inference is not readable: {e}"))
+    }
+
+    /// Creates an instance of node type `type_id` with `params` (JSON).
+    pub fn create_node(&self, type_id: &str, params: &str) -> Result<NodeBox, NodeError> {
+        match &self.backend {
+            Backend::InProcess(m) => (m.create_node())(type_id.into(), params.into()).into_result(),
+            Backend::Isolated(w) => w.create_node(type_id, params),
+        }
     }
 }
 
@@ -90,13 +127,36 @@ pub fn is_library(path: &Path) -> bool {
     path.extension().is_some_and(|e| e == suffix)
 }
 
-/// Loads the library at `path`, loading from a private copy in `cache_dir` named by content hash.
+/// Loads the library at `path` into this process, from a private copy in `cache_dir` named by
+/// content hash.
 pub fn load(path: &Path, cache_dir: &Path) -> Result<Plugin, LoadError> {
+    load_as(path, cache_dir, None)
+}
+
+/// Loads the library at `path`: into this process, or, with `isolate`, into a worker process of
+/// its own.
+pub fn load_as(
+    path: &Path,
+    cache_dir: &Path,
+    isolate: Option<&Policy>,
+) -> Result<Plugin, LoadError> {
     let started = Instant::now();
     let bytes = fs::read(path).map_err(|e| LoadError::new(path, format!("cannot read: {e}")))?;
     super::elf::check(&bytes).map_err(|m| LoadError::new(path, m))?;
     let build = blake3::hash(&bytes).to_hex().to_string();
     let mut copy = private_copy(path, &bytes, &build, cache_dir)?;
+    if let Some(policy) = isolate {
+        drop(bytes);
+        let worker = Isolated::start(&copy, path, policy.memory_limit())
+            .map_err(|m| LoadError::new(path, m))?;
+        let json = worker.manifest().map_err(|e| {
+            LoadError::new(
+                path,
+                format!("plugin failed to describe itself: {}", e.message),
+            )
+        })?;
+        return finish(path, copy, build, Backend::Isolated(worker), &json, started);
+    }
     let mut opened = lib_header_from_path(&copy);
     if opened.is_err() && !copy.exists() {
         // Another process pruned this copy between our check and the open: copy it again.
@@ -115,7 +175,26 @@ pub fn load(path: &Path, cache_dir: &Path) -> Result<Plugin, LoadError> {
             format!("plugin failed to describe itself: {}", e.message),
         )
     })?;
-    let manifest: PluginManifest = serde_json::from_str(json.as_str())
+    finish(
+        path,
+        copy,
+        build,
+        Backend::InProcess(module),
+        json.as_str(),
+        started,
+    )
+}
+
+/// Reads the manifest of a loaded library.
+fn finish(
+    path: &Path,
+    copy: PathBuf,
+    build: String,
+    backend: Backend,
+    json: &str,
+    started: Instant,
+) -> Result<Plugin, LoadError> {
+    let manifest: PluginManifest = serde_json::from_str(json)
         .map_err(|e| LoadError::new(path, format!("the plugin's manifest is not readable: {e}")))?;
     let mut nodes = Vec::with_capacity(manifest.nodes.len());
     let mut unreadable = Vec::new();
@@ -140,7 +219,7 @@ pub fn load(path: &Path, cache_dir: &Path) -> Result<Plugin, LoadError> {
         path: path.to_path_buf(),
         loaded_from: copy,
         build,
-        module,
+        backend,
         nodes,
         unreadable,
         load_seconds: started.elapsed().as_secs_f64(),

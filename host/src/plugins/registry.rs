@@ -7,6 +7,7 @@ use std::sync::Arc;
 use latentflow_plugin_api::NodeDescriptor;
 
 use super::loader::{self, LoadError, Plugin};
+use crate::isolate::Policy;
 
 /// A node type and the plugin that provides it.
 #[derive(Debug, Clone)]
@@ -28,6 +29,8 @@ pub struct Discovery {
     pub exe_dir: Option<PathBuf>,
     /// Where content-addressed private copies are kept.
     pub cache_dir: PathBuf,
+    /// Which plugins run in worker processes.
+    pub isolate: Policy,
 }
 
 impl Discovery {
@@ -49,6 +52,7 @@ impl Discovery {
             dirs,
             exe_dir,
             cache_dir,
+            isolate: Policy::default(),
         }
     }
 
@@ -79,6 +83,12 @@ impl Discovery {
             }
         }
         out
+    }
+
+    /// Loads one library the way this discovery says (isolated or not).
+    pub fn load(&self, file: &Path) -> Result<Plugin, LoadError> {
+        let isolate = self.isolate.applies(file).then_some(&self.isolate);
+        loader::load_as(file, &self.cache_dir, isolate)
     }
 
     /// The folders to watch for rebuilt libraries.
@@ -149,7 +159,7 @@ impl Registry {
         let mut reg = Registry::default();
         let mut refusals = Vec::new();
         for file in discovery.files() {
-            match loader::load(&file, &discovery.cache_dir) {
+            match discovery.load(&file) {
                 Ok(p) => {
                     if let Err(r) = reg.add(Arc::new(p)) {
                         refusals.push(r);
