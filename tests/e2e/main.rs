@@ -4,6 +4,7 @@ mod cli;
 mod default_model;
 mod execution;
 mod graphs;
+mod isolation;
 mod plugins;
 mod sampling;
 mod sd_pipeline;

@@ -373,3 +373,131 @@ impl Drop for RemoteObject {
         self.side.peer().release_later(self.id);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::isolate::wire::{Body, Envelope};
+    use latentflow_plugin_api::Tensor;
+
+    /// A side with no other process behind it.
+    struct Alone(Peer);
+
+    impl Side for Alone {
+        fn peer(&self) -> &Peer {
+            &self.0
+        }
+        fn request(
+            &self,
+            _host: Option<&HostRef<'_>>,
+            _req: Request,
+            _fds: Vec<OwnedFd>,
+        ) -> Result<(Vec<Flat>, Vec<OwnedFd>), NodeError> {
+            Err(NodeError::failed("nobody there"))
+        }
+    }
+
+    #[test]
+    fn values_round_trip_and_objects_come_home() {
+        let side: Arc<dyn Side> = Arc::new(Alone(Peer::default()));
+        let t = Tensor::from_vec(vec![1f32, 2.0, 3.0], &[3]).expect("tensor");
+        let values = vec![
+            Value::List(vec![
+                Value::Int(-3),
+                Value::Float(f64::NAN),
+                Value::Str("é".into()),
+            ]),
+            Value::Record(Record::new("R").with("t", Value::Tensor(t))),
+            Value::None,
+        ];
+        let mut fds = Vec::new();
+        let flat = side.peer().encode(&values, &mut fds).expect("encode");
+        let back = decode(&side, flat, fds).expect("decode");
+        assert_eq!(back.len(), 3);
+        let Value::List(items) = &back[0] else {
+            panic!("a list")
+        };
+        assert_eq!(items[0].as_int(), Some(-3));
+        assert!(items[1].as_float().is_some_and(f64::is_nan));
+        let Value::Record(r) = &back[1] else {
+            panic!("a record")
+        };
+        let t = r.get("t").and_then(Value::as_tensor).expect("tensor");
+        assert_eq!(t.to_f32_vec().expect("read"), vec![1.0, 2.0, 3.0]);
+
+        // A proxy for the other side's object goes back as theirs, not as a new export.
+        let remote = proxy(
+            &side,
+            WireObject {
+                id: 7,
+                yours: false,
+                interface: "Box".into(),
+                family: String::new(),
+                describe: "a box".into(),
+            },
+        );
+        let flat = side
+            .peer()
+            .encode(&[Value::Object(remote.clone())], &mut Vec::new())
+            .expect("encode");
+        assert!(matches!(&flat[0], Flat::Object(o) if o.yours && o.id == 7));
+        assert!(!holds_dead_objects(&[Value::Object(remote.clone())]));
+        side.peer().mark_dead();
+        assert!(holds_dead_objects(&[Value::List(vec![Value::Object(
+            remote.clone()
+        )])]));
+        drop(remote);
+        assert_eq!(side.peer().take_releases(), vec![7]);
+    }
+
+    #[test]
+    fn deep_or_truncated_values_are_refused() {
+        let side: Arc<dyn Side> = Arc::new(Alone(Peer::default()));
+        let deep: Vec<Flat> = (0..10_000).map(|_| Flat::List(1)).collect();
+        let err = decode(&side, deep, Vec::new()).expect_err("too deep");
+        assert!(err.message.contains("deeper"), "{}", err.message);
+        let cut = vec![Flat::List(3), Flat::Int(1)];
+        assert!(decode(&side, cut, Vec::new()).is_err());
+        let orphan = vec![Flat::Object(WireObject {
+            id: 99,
+            yours: true,
+            interface: String::new(),
+            family: String::new(),
+            describe: String::new(),
+        })];
+        assert!(decode(&side, orphan, Vec::new()).is_err());
+    }
+
+    #[test]
+    fn random_bytes_never_decode_into_a_panic() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let side: Arc<dyn Side> = Arc::new(Alone(Peer::default()));
+        let valid = Envelope {
+            releases: vec![1, 2],
+            body: Body::Reply(Ok(vec![Flat::List(2), Flat::Int(1), Flat::Str("x".into())])),
+        }
+        .encode()
+        .expect("encode");
+        for _ in 0..20_000 {
+            let mut bytes = valid.clone();
+            for _ in 0..(next() % 4 + 1) {
+                let i = (next() as usize) % bytes.len();
+                bytes[i] = next() as u8;
+            }
+            bytes.truncate((next() as usize) % (bytes.len() + 1));
+            if let Ok(Envelope {
+                body: Body::Reply(Ok(flat)),
+                ..
+            }) = Envelope::decode(&bytes)
+            {
+                let _ = decode(&side, flat, Vec::new());
+            }
+        }
+    }
+}
