@@ -189,12 +189,98 @@ pub fn run(args: &BenchArgs, discovery: &Discovery) -> Result<(), BenchError> {
         median(nocache)
     );
 
+    isolation_costs(&core, &scratch, args.reps)?;
+
     let reload = reload_latency(&core, &scratch, args.reps)?;
     println!(
         "| hot reload: library settled → re-run finished (median of {}) | {:.1} ms |",
         args.reps, reload
     );
     let _ = std::fs::remove_dir_all(&scratch);
+    Ok(())
+}
+
+/// A latent of `mib` MiB (f32, 4 channels) scaled by `hops` nodes in a row: each hop moves it
+/// out of the plugin and into the next node.
+fn tensor_chain_yaml(mib: usize, hops: usize) -> String {
+    // 4 channels × (side/8)² × 4 bytes = mib MiB.
+    let side = ((mib << 20) as f64 / 16.0).sqrt() as usize * 8;
+    let mut s = format!(
+        "version: 1\nnodes:\n  t0:\n    type: core.empty_latent\n    params: {{width: {side}, height: {side}, channels: 4}}\n"
+    );
+    for i in 1..=hops {
+        let _ = writeln!(
+            s,
+            "  t{i}:\n    type: core.latent_scale\n    inputs: {{latent: t{}}}\n    params: {{scale: 2.0}}",
+            i - 1
+        );
+    }
+    s
+}
+
+/// The cost of `--isolate`: per node call, and per MiB of tensor moved, against in-process.
+fn isolation_costs(core: &Path, scratch: &Path, reps: usize) -> Result<(), BenchError> {
+    let cache_dir = scratch.join("cache");
+    let registry = |isolate: bool| {
+        let discovery = Discovery {
+            dirs: vec![core.to_path_buf()],
+            exe_dir: None,
+            cache_dir: cache_dir.clone(),
+            isolate: crate::isolate::Policy {
+                all: isolate,
+                ..Default::default()
+            },
+        };
+        Registry::load(&discovery).0
+    };
+    let (plain, isolated) = (registry(false), registry(true));
+    if isolated
+        .plugins()
+        .first()
+        .and_then(|p| p.isolated())
+        .is_none()
+    {
+        return Err(BenchError::Other(
+            "could not start an isolated core plugin".into(),
+        ));
+    }
+    let file = scratch.join("isolation.yaml");
+    let mut opts = RunOptions::new(Arc::new(NullSink));
+    opts.output_dir = scratch.to_path_buf();
+    let time = |registry: &Registry, yaml: &str| -> Result<f64, BenchError> {
+        let plan = validate(&file, yaml, registry, &Overrides::default())
+            .plan
+            .ok_or_else(|| BenchError::Other("isolation graph invalid".into()))?;
+        let mut times = Vec::new();
+        for _ in 0..reps.max(3) {
+            let mut exec = Executor::new(None);
+            let r = exec.run(&plan, &opts);
+            if r.counts().2 > 0 {
+                return Err(BenchError::Other("isolation graph failed".into()));
+            }
+            times.push(r.ms);
+        }
+        Ok(median(times))
+    };
+    let n = 1000;
+    let chain = chain_yaml(n);
+    let (a, b) = (time(&plain, &chain)?, time(&isolated, &chain)?);
+    println!(
+        "| node call, {n}-node chain: in-process / isolated | {:.1} µs / {:.1} µs (+{:.1} µs per call) |",
+        a * 1e3 / n as f64,
+        b * 1e3 / n as f64,
+        (b - a) * 1e3 / n as f64
+    );
+    for mib in [16, 64] {
+        let hops = 4;
+        let yaml = tensor_chain_yaml(mib, hops);
+        let (a, b) = (time(&plain, &yaml)?, time(&isolated, &yaml)?);
+        let moved = (mib * (hops + 1)) as f64;
+        println!(
+            "| {mib} MiB latent through {hops} nodes: in-process / isolated | {a:.1} ms / {b:.1} ms (+{:.2} ms per MiB moved) |",
+            (b - a) / moved
+        );
+    }
     Ok(())
 }
 

@@ -122,6 +122,9 @@ fn isolated_runs_draw_the_same_pictures_as_in_process_runs() {
         compared += 1;
     }
     assert!(compared >= 4, "{compared} outputs compared");
+    let readme = std::fs::read_to_string(latentflow_tests::workspace_root().join("README.md"))
+        .expect("README");
+    assert!(readme.contains("latentflow run graphs/txt2img.yaml --isolate"));
 }
 
 #[test]
@@ -145,7 +148,7 @@ fn the_worker_restarts_after_a_crash_and_dead_objects_are_not_served_from_the_ca
         .replace("add: 1", "add: 2")
         .replace("crash.segfault", "crash.echo");
     let tmp = sb.path().join(".g.yaml.swp");
-    std::fs::write(&tmp, v2).expect("write");
+    std::fs::write(&tmp, &v2).expect("write");
     std::fs::rename(&tmp, &g).expect("rename");
     w.wait_for("the second run", wait, |ev| count(ev, "run_finished") >= 2);
     let events = w.events();
@@ -175,4 +178,29 @@ fn the_worker_restarts_after_a_crash_and_dead_objects_are_not_served_from_the_ca
         .find(|e| e["event"] == "run_finished")
         .expect("finished");
     assert_eq!(finished["status"], "ok", "{finished:#}");
+
+    // The new worker outlives the run that started it: a third run serves the Box from the
+    // cache and opens it in the same worker.
+    let v3 = format!("# third\n{}", v2.replace("add: 2", "add: 3"));
+    std::fs::write(&tmp, v3).expect("write");
+    std::fs::rename(&tmp, &g).expect("rename");
+    w.wait_for("the third run", wait, |ev| count(ev, "run_finished") >= 3);
+    let events = w.events();
+    let starts: Vec<usize> = events
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e["event"] == "run_started")
+        .map(|(i, _)| i)
+        .collect();
+    let third = &events[starts[2]..];
+    assert!(
+        third
+            .iter()
+            .any(|e| e["event"] == "node_cached" && e["node"] == "box"),
+        "the Box stayed alive: {third:#?}"
+    );
+    assert!(
+        third.iter().all(|e| e["event"] != "node_failed"),
+        "{third:#?}"
+    );
 }

@@ -90,6 +90,7 @@ fn load_plugins() -> (Sandbox, Registry) {
         dirs: vec![plugins.path().join("plugins")],
         exe_dir: None,
         cache_dir: plugins.path().join("cache"),
+        isolate: Default::default(),
     };
     let (registry, refused) = Registry::load(&discovery);
     assert!(refused.is_empty(), "plugins refused: {refused:?}");

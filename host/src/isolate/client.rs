@@ -208,9 +208,7 @@ impl Process {
         cmd.stdin(Stdio::from(OwnedFd::from(theirs)))
             .stdout(writer.try_clone().map_err(fail)?)
             .stderr(writer);
-        let child = cmd.spawn().map_err(fail)?;
-        // Our copies of the child's ends must close, or its output never ends.
-        drop(cmd);
+        let child = spawn_from_a_lasting_thread(cmd).map_err(fail)?;
 
         let output = Arc::new(Mutex::new(VecDeque::new()));
         let (done_tx, done_rx) = mpsc::channel();
@@ -326,6 +324,36 @@ impl Process {
             }
         }
     }
+}
+
+type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
+
+/// Starts `cmd` from a thread that lives as long as the process. The worker asks the kernel to
+/// kill it when its parent goes, and "parent" means the thread that started it: a worker
+/// started from an executor thread would die with that thread. The command (holding our copies
+/// of the child's ends of its pipes) is dropped once the child runs, so its output can end.
+fn spawn_from_a_lasting_thread(cmd: Command) -> std::io::Result<Child> {
+    static SPAWNER: std::sync::OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> =
+        std::sync::OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnRequest>();
+        std::thread::Builder::new()
+            .name("latentflow-worker-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .ok();
+        Mutex::new(tx)
+    });
+    let (reply, answer) = mpsc::channel();
+    lock(spawner)
+        .send((cmd, reply))
+        .map_err(|_| std::io::Error::other("the worker spawner thread is gone"))?;
+    answer
+        .recv()
+        .map_err(|_| std::io::Error::other("the worker spawner thread is gone"))?
 }
 
 fn mib(bytes: u64) -> String {

@@ -11,7 +11,7 @@ use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 
 use latentflow_plugin_api::{DLDevice, DType, Tensor};
-use memmap2::Mmap;
+use memmap2::{Mmap, MmapOptions};
 use rustix::fs::{fcntl_add_seals, fcntl_get_seals, memfd_create, MemfdFlags, SealFlags};
 use serde::{Deserialize, Serialize};
 
@@ -175,7 +175,9 @@ pub fn import(w: &WireTensor, fds: &mut [Option<OwnedFd>]) -> Result<Tensor, Str
     }
     // SAFETY: the segment is sealed against writes and resizing, so the mapping stays valid and
     // its contents never change.
-    let map = unsafe { Mmap::map(&file) }.map_err(|e| format!("cannot map shared memory: {e}"))?;
+    // Populated up front: one call instead of a page fault per 4 KiB on first read.
+    let map = unsafe { MmapOptions::new().populate().map(&file) }
+        .map_err(|e| format!("cannot map shared memory: {e}"))?;
     // SAFETY: `offset` and every element lie inside the mapping (checked above), which the
     // segment keeps alive and unmodified.
     let data = unsafe { map.as_ptr().add(w.offset as usize) };
