@@ -16,7 +16,7 @@ use latentflow_plugin_api::abi_stable::sabi_trait::TD_Opaque;
 use latentflow_plugin_api::abi_stable::std_types::{RResult, RStr, RString, RVec};
 use latentflow_plugin_api::abi_value::{from_abi_vec, to_abi_vec, AbiValue};
 use latentflow_plugin_api::{
-    ErrorKind, HostRef, HostServices, HostServices_TO, LogLevel, Node, NodeBox, NodeError, Node_TO,
+    HostRef, HostServices, HostServices_TO, LogLevel, Node, NodeBox, NodeError, Node_TO,
     PluginStats, Value,
 };
 
@@ -483,20 +483,10 @@ impl Process {
         match session::call(&conn, &self.peer, self, host, req, fds) {
             Ok(answer) => {
                 lock(&self.pool).push(conn);
-                answer.map_err(|e| NodeError {
-                    kind: ErrorKind(e.kind),
-                    message: e.message.into(),
-                })
+                answer.map_err(NodeError::from)
             }
             Err(broken) => Err(self.crashed(&broken)),
         }
-    }
-}
-
-fn wire_error(e: NodeError) -> WireError {
-    WireError {
-        kind: e.kind.0,
-        message: e.message.into(),
     }
 }
 
@@ -532,7 +522,7 @@ impl Serve for Process {
                 "a worker asked the host for {other:?}, which only a worker answers"
             ))),
         };
-        (reply.map_err(wire_error), out)
+        (reply.map_err(WireError::from), out)
     }
 }
 

@@ -85,13 +85,6 @@ pub fn worker_main(args: &[OsString]) -> u8 {
     }
 }
 
-fn wire_error(e: NodeError) -> WireError {
-    WireError {
-        kind: e.kind.0,
-        message: e.message.into(),
-    }
-}
-
 impl Worker {
     fn serve_connection(&self, conn: Arc<Conn>) {
         CURRENT.with(|c| *c.borrow_mut() = Some(Arc::clone(&conn)));
@@ -195,7 +188,9 @@ impl Serve for Worker {
         fds: Vec<OwnedFd>,
     ) -> (Result<Vec<Flat>, WireError>, Vec<OwnedFd>) {
         let mut out = Vec::new();
-        let reply = self.handle(conn, req, fds, &mut out).map_err(wire_error);
+        let reply = self
+            .handle(conn, req, fds, &mut out)
+            .map_err(WireError::from);
         (reply, out)
     }
 }
@@ -218,10 +213,7 @@ impl Side for Worker {
             )
         })?;
         match session::call(&conn, &self.peer, self, host, req, fds) {
-            Ok(answer) => answer.map_err(|e| NodeError {
-                kind: latentflow_plugin_api::ErrorKind(e.kind),
-                message: e.message.into(),
-            }),
+            Ok(answer) => answer.map_err(NodeError::from),
             Err(_) => std::process::exit(0), // The host is gone.
         }
     }

@@ -57,6 +57,24 @@ pub struct WireError {
     pub message: String,
 }
 
+impl From<latentflow_plugin_api::NodeError> for WireError {
+    fn from(e: latentflow_plugin_api::NodeError) -> Self {
+        WireError {
+            kind: e.kind.0,
+            message: e.message.into(),
+        }
+    }
+}
+
+impl From<WireError> for latentflow_plugin_api::NodeError {
+    fn from(e: WireError) -> Self {
+        latentflow_plugin_api::NodeError {
+            kind: latentflow_plugin_api::ErrorKind(e.kind),
+            message: e.message.into(),
+        }
+    }
+}
+
 /// What a call in a worker may ask of the host without a round trip.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Facts {
