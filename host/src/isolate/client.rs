@@ -67,11 +67,6 @@ impl Isolated {
         Ok(me)
     }
 
-    /// How many workers have been started (1 until the first crash).
-    pub fn starts(&self) -> u64 {
-        self.starts.load(Ordering::Relaxed)
-    }
-
     /// The live worker, started now if there is none or the last one died.
     fn process(&self) -> Result<Arc<Process>, String> {
         let mut current = lock(&self.current);
