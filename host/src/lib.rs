@@ -7,9 +7,11 @@
 pub mod bench;
 pub mod dot;
 pub mod exec;
+pub mod foreign;
 pub mod graph;
 pub mod isolate;
 pub mod limits;
+pub mod models;
 pub mod plugins;
 pub mod provenance;
 pub mod schema;

@@ -93,12 +93,26 @@ pub fn check(
         ParamKind::Path => {
             let s = value.as_str().ok_or_else(|| wrong("a path string"))?;
             let p = Path::new(s);
-            let resolved = if s.is_empty() || p.is_absolute() {
+            let mut resolved = if s.is_empty() || p.is_absolute() {
                 // Empty means "none"; it stays empty.
                 p.to_path_buf()
             } else {
                 base_dir.join(p)
             };
+            // Not a file: maybe a model name (a Hugging Face repo id, a file in the model
+            // folders).
+            if !s.is_empty() && !resolved.exists() {
+                match crate::models::resolve_missing(s, &resolved) {
+                    Ok(Some(found)) => resolved = found,
+                    Ok(None) => {}
+                    Err(message) => {
+                        return Err(ParamProblem {
+                            message: format!("parameter `{name}`: {message}"),
+                            hint: Some("give a path, a Hugging Face repo id in the local cache (org/name[@revision]), or a name in the model folders of $LATENTFLOW_MODEL_PATHS (ComfyUI's extra_model_paths.yaml format); `latentflow models` lists what is found".into()),
+                        })
+                    }
+                }
+            }
             Ok(Json::from(resolved.to_string_lossy().into_owned()))
         }
         ParamKind::Enum => {

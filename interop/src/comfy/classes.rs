@@ -55,6 +55,33 @@ pub fn widgets(class: &str) -> Option<&'static [&'static str]> {
     })
 }
 
+/// The value ComfyUI gives a widget the workflow does not store (its input's default).
+pub fn default_widget(class: &str, name: &str) -> Option<Json> {
+    Some(match (class, name) {
+        ("SaveImage", "filename_prefix") => Json::from("ComfyUI"),
+        ("KSampler", "denoise") => Json::from(1.0),
+        (_, "seed" | "noise_seed") => Json::from(0),
+        (_, "steps") => Json::from(20),
+        (_, "cfg") => Json::from(8.0),
+        (_, "sampler_name") => Json::from("euler"),
+        (_, "scheduler") => Json::from("normal"),
+        ("KSamplerAdvanced", "add_noise") => Json::from("enable"),
+        ("KSamplerAdvanced", "start_at_step") => Json::from(0),
+        ("KSamplerAdvanced", "end_at_step") => Json::from(10000),
+        ("EmptyLatentImage", "width" | "height") => Json::from(512),
+        ("EmptyLatentImage", "batch_size") => Json::from(1),
+        ("VAEEncodeForInpaint", "grow_mask_by") => Json::from(6),
+        ("LoraLoader", "strength_model" | "strength_clip") => Json::from(1.0),
+        ("ControlNetApply" | "ControlNetApplyAdvanced", "strength") => Json::from(1.0),
+        ("ControlNetApplyAdvanced", "start_percent") => Json::from(0.0),
+        ("ControlNetApplyAdvanced", "end_percent") => Json::from(1.0),
+        ("CLIPSetLastLayer", "stop_at_clip_layer") => Json::from(-1),
+        ("LatentUpscale" | "ImageScale", "crop") => Json::from("disabled"),
+        ("CLIPTextEncode", "text") => Json::from(""),
+        _ => return None,
+    })
+}
+
 /// Pairs widget values with names, skipping [`CONTROL`] when the workflow left it out.
 pub fn name_widgets(names: &[&str], values: &[Json]) -> Vec<(String, Json)> {
     let with_control = names.contains(&CONTROL);

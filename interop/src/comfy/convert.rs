@@ -265,10 +265,13 @@ impl<'a> Converter<'a> {
                     ),
                 )),
             },
-            None => Err(self.unmapped(
-                node,
-                format!("widget `{name}` has no value in the workflow"),
-            )),
+            None => match classes::default_widget(&node.class, name) {
+                Some(v) => Ok(v),
+                None => Err(self.unmapped(
+                    node,
+                    format!("widget `{name}` has no value in the workflow"),
+                )),
+            },
         }
     }
 

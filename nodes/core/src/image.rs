@@ -112,11 +112,36 @@ fn encode(encoder: impl ImageEncoder, img: &RgbImage) -> std::io::Result<()> {
         .map_err(std::io::Error::other)
 }
 
-fn write_png(path: &Path, img: &RgbImage, metadata: &str) -> Result<(), NodeError> {
+/// The PNG text keyword A1111 writes its generation settings under, and galleries read.
+pub const PARAMETERS_KEY: &str = "parameters";
+
+/// The A1111-style settings the host prepared for save node `node` (in the run metadata's
+/// `parameters` object), with the image size appended.
+fn parameters_text(metadata: &str, node: &str, w: usize, h: usize) -> Option<String> {
+    let meta: serde_json::Value = serde_json::from_str(metadata).ok()?;
+    let text = meta.get("parameters")?.get(node)?.as_str()?;
+    Some(format!("{text}, Size: {w}x{h}"))
+}
+
+fn write_png(
+    path: &Path,
+    img: &RgbImage,
+    metadata: &str,
+    parameters: Option<&str>,
+) -> Result<(), NodeError> {
     write_atomic(path, |f| {
         let mut enc = png::Encoder::new(BufWriter::new(f), img.width(), img.height());
         enc.set_color(png::ColorType::Rgb);
         enc.set_depth(png::BitDepth::Eight);
+        if let Some(text) = parameters {
+            // tEXt is Latin-1; prompts are often not, so non-Latin-1 text goes in iTXt.
+            if text.chars().all(|c| (c as u32) < 256) {
+                enc.add_text_chunk(PARAMETERS_KEY.to_string(), text.to_string())
+            } else {
+                enc.add_itxt_chunk(PARAMETERS_KEY.to_string(), text.to_string())
+            }
+            .map_err(std::io::Error::other)?;
+        }
         enc.add_itxt_chunk(GRAPH_KEY.to_string(), metadata.to_string())
             .map_err(std::io::Error::other)?;
         let mut writer = enc.write_header().map_err(std::io::Error::other)?;
@@ -143,13 +168,14 @@ fn save(
         f => f.to_string(),
     };
     let metadata = ctx.run_metadata();
+    let parameters = parameters_text(&metadata, &ctx.node_id(), w, h);
     let mut written = Vec::with_capacity(n);
     let per = h * w * 3;
     for i in 0..n {
         let img = to_rgb8(&data[i * per..(i + 1) * per], h, w)?;
         let path = output_path(&ctx.output_dir(), &numbered(filename, i, n))?;
         match format.as_str() {
-            "png" => write_png(&path, &img, &metadata)?,
+            "png" => write_png(&path, &img, &metadata, parameters.as_deref())?,
             "jpg" | "jpeg" => write_atomic(&path, |f| {
                 encode(
                     image::codecs::jpeg::JpegEncoder::new_with_quality(BufWriter::new(f), quality),
@@ -198,7 +224,7 @@ fn preview_image(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, N
         let small = image::imageops::resize(&img, tw, th, FilterType::Triangle);
         let name = numbered(&format!("previews/{}.png", ctx.node_id()), i, n);
         let path = output_path(&ctx.output_dir(), &name)?;
-        write_png(&path, &small, &metadata)?;
+        write_png(&path, &small, &metadata, None)?;
         written.push(Value::from(path.to_string_lossy().into_owned()));
     }
     Ok(vec![Value::List(written.into_iter().collect())])

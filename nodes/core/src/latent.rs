@@ -96,7 +96,15 @@ fn latent_blend(_: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, Node
 
 fn resize_latent(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
     let a = latent_in(inputs, "latent")?;
-    let (h, w) = (p.usize("height")?, p.usize("width")?);
+    let f = p.usize("downscale")?.max(1);
+    let (h, w) = (p.usize("height")? / f, p.usize("width")? / f);
+    if h == 0 || w == 0 {
+        return Err(NodeError::invalid(format!(
+            "{}×{} at {f} per latent cell is less than one cell",
+            p.usize("width")?,
+            p.usize("height")?
+        )));
+    }
     ctx.check_alloc("the resized latent", &[a.dims()[0], a.dims()[1], h, w], 4)?;
     let r = match p.str("method")? {
         "nearest" => a.upsample_nearest2d(h, w),
@@ -224,11 +232,12 @@ pub fn nodes() -> Vec<NodeDef> {
             .output("latent", c(), "blend")
             .param(Param::float("factor").default(0.5).range(0.0, 1.0)),
         NodeDef::new("core.resize_latent", resize_latent)
-            .doc("Resizes latents (sizes in latent cells).")
+            .doc("Resizes latents. Sizes are in latent cells, or in pixels with `downscale` pixels per cell (8 for SD).")
             .input("latent", c(), "input")
             .output("latent", c(), "resized")
-            .param(Param::int("width").default(64).range(1.0, 4096.0))
-            .param(Param::int("height").default(64).range(1.0, 4096.0))
+            .param(Param::int("width").default(64).range(1.0, 65536.0))
+            .param(Param::int("height").default(64).range(1.0, 65536.0))
+            .param(Param::int("downscale").default(1).range(1.0, 64.0).doc("units per latent cell: 1 = sizes in latent cells, 8 = in SD pixels"))
             .param(Param::choice("method", &["bilinear", "nearest"]).default("bilinear")),
         NodeDef::new("core.crop_latent", crop_latent)
             .doc("Crops latents (in latent cells).")

@@ -92,6 +92,38 @@ struct Controlled {
     start: f64,
     end: f64,
     guess_mode: bool,
+    /// Crop and resize the image to the latent's size (ComfyUI's behaviour) instead of
+    /// requiring the generated size.
+    resize: bool,
+}
+
+/// ComfyUI's `common_upscale(…, "nearest-exact", "center")`: crops the middle to the target's
+/// aspect ratio, then picks the source pixel whose centre is nearest each target pixel's.
+fn crop_and_resize(image: &CTensor, th: usize, tw: usize) -> candle_core::Result<CTensor> {
+    let (_, _, h, w) = image.dims4()?;
+    let (old, new) = (w as f64 / h as f64, tw as f64 / th as f64);
+    let (mut x0, mut y0, mut cw, mut ch) = (0, 0, w, h);
+    if old > new {
+        x0 = ((w as f64 - w as f64 * new / old) / 2.0).round() as usize;
+        cw = w - 2 * x0;
+    } else if old < new {
+        y0 = ((h as f64 - h as f64 * old / new) / 2.0).round() as usize;
+        ch = h - 2 * y0;
+    }
+    let pick = |n_in: usize, n_out: usize, offset: usize| -> Vec<u32> {
+        (0..n_out)
+            .map(|i| {
+                let src = ((i as f64 + 0.5) * n_in as f64 / n_out as f64).floor() as usize;
+                (offset + src.min(n_in - 1)) as u32
+            })
+            .collect()
+    };
+    let rows = CTensor::new(pick(ch, th, y0), image.device())?;
+    let cols = CTensor::new(pick(cw, tw, x0), image.device())?;
+    image
+        .index_select(&rows, 2)?
+        .index_select(&cols, 3)?
+        .contiguous()
 }
 
 impl Controlled {
@@ -123,9 +155,14 @@ impl Controlled {
             self.image.dim(2).map_err(fail)?,
             self.image.dim(3).map_err(fail)?,
         );
-        if ih % h != 0 || iw % w != 0 || ih / h != iw / w {
+        let fitted;
+        let mut control = &self.image;
+        if self.resize && (ih != h * 8 || iw != w * 8) {
+            fitted = crop_and_resize(&self.image, h * 8, w * 8).map_err(fail)?;
+            control = &fitted;
+        } else if ih % h != 0 || iw % w != 0 || ih / h != iw / w {
             return Err(NodeError::invalid(format!(
-                "the control image is {iw}×{ih}; the latent {w}×{h} needs an image of the generated size"
+                "the control image is {iw}×{ih}; the latent {w}×{h} needs an image of the generated size (or set fit: resize)"
             )));
         }
         // Guess mode with CFG: the ControlNet sees only the positive half.
@@ -140,7 +177,7 @@ impl Controlled {
         } else {
             (xs, cs, b)
         };
-        let image = self.image.repeat((n, 1, 1, 1)).map_err(fail)?;
+        let image = control.repeat((n, 1, 1, 1)).map_err(fail)?;
         let out = self.controlnet.call(
             host,
             "residuals",
@@ -247,6 +284,7 @@ fn apply(inputs: &Inputs, p: &Params) -> Result<Controlled, NodeError> {
         start,
         end,
         guess_mode: p.bool("guess_mode")?,
+        resize: p.str("fit")? == "resize",
     })
 }
 
@@ -272,6 +310,7 @@ pub fn nodes() -> Vec<NodeDef> {
             .param(Param::float("strength").default(1.0).range(0.0, 10.0).doc("controlnet_conditioning_scale"))
             .param(Param::float("start").default(0.0).range(0.0, 1.0).doc("first fraction of the steps to control"))
             .param(Param::float("end").default(1.0).range(0.0, 1.0).doc("last fraction of the steps to control"))
-            .param(Param::bool("guess_mode").default(false)),
+            .param(Param::bool("guess_mode").default(false))
+            .param(Param::choice("fit", &["exact", "resize"]).default("exact").doc("exact: the image must be the generated size; resize: crop its middle to the latent's aspect ratio and resize it (nearest-exact), as ComfyUI does")),
     ]
 }
