@@ -22,19 +22,7 @@ pub struct Converted {
 
 /// Whether `json` is a ComfyUI workflow rather than a LatentFlow graph.
 pub fn is_comfy(json: &Json) -> bool {
-    let Some(obj) = json.as_object() else {
-        return false;
-    };
-    if obj.contains_key("nodes") && obj.contains_key("links") {
-        return true;
-    }
-    if obj.get("prompt").is_some_and(Json::is_object) {
-        return true;
-    }
-    !obj.is_empty()
-        && obj
-            .values()
-            .all(|v| v.get("class_type").is_some_and(Json::is_string))
+    comfy::is_workflow(json)
 }
 
 /// Converts a ComfyUI workflow.

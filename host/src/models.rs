@@ -8,6 +8,9 @@ use std::sync::OnceLock;
 
 use latentflow_interop::locate::{LocateError, Locations};
 
+/// How to name a model, for hints.
+pub const HINT: &str = "give a path, a Hugging Face repo id in the local cache (org/name[@revision]), or a name in the model folders of --model-paths / $LATENTFLOW_MODEL_PATHS (ComfyUI's extra_model_paths.yaml format); `latentflow models` lists what is found";
+
 static LOCATIONS: OnceLock<Result<Locations, String>> = OnceLock::new();
 
 /// The locations the environment names, read once per process.

@@ -141,7 +141,11 @@ impl Sandbox {
             .current_dir(self.path())
             .env("LATENTFLOW_CACHE_DIR", self.path().join(".plugin-cache"))
             .env_remove("LATENTFLOW_PLUGIN_PATH")
-            .env_remove("RUST_BACKTRACE");
+            .env_remove("RUST_BACKTRACE")
+            // Model names resolve only in what the test sets up.
+            .env_remove("LATENTFLOW_MODEL_PATHS")
+            .env_remove("HF_HUB_CACHE")
+            .env("HF_HOME", self.path().join("hf"));
         c
     }
 

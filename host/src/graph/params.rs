@@ -108,7 +108,7 @@ pub fn check(
                     Err(message) => {
                         return Err(ParamProblem {
                             message: format!("parameter `{name}`: {message}"),
-                            hint: Some("give a path, a Hugging Face repo id in the local cache (org/name[@revision]), or a name in the model folders of $LATENTFLOW_MODEL_PATHS (ComfyUI's extra_model_paths.yaml format); `latentflow models` lists what is found".into()),
+                            hint: Some(crate::models::HINT.into()),
                         })
                     }
                 }

@@ -46,6 +46,7 @@ pub fn widgets(class: &str) -> Option<&'static [&'static str]> {
         "ControlNetApply" => &["strength"],
         "ControlNetApplyAdvanced" => &["strength", "start_percent", "end_percent"],
         "LatentUpscale" | "ImageScale" => &["upscale_method", "width", "height", "crop"],
+        "LatentUpscaleBy" => &["upscale_method", "scale_by"],
         "PrimitiveInt"
         | "PrimitiveFloat"
         | "PrimitiveString"
@@ -77,6 +78,7 @@ pub fn default_widget(class: &str, name: &str) -> Option<Json> {
         ("ControlNetApplyAdvanced", "end_percent") => Json::from(1.0),
         ("CLIPSetLastLayer", "stop_at_clip_layer") => Json::from(-1),
         ("LatentUpscale" | "ImageScale", "crop") => Json::from("disabled"),
+        ("LatentUpscaleBy", "scale_by") => Json::from(1.5),
         ("CLIPTextEncode", "text") => Json::from(""),
         _ => return None,
     })

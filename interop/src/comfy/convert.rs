@@ -86,6 +86,9 @@ impl Val {
     }
 }
 
+/// The message for a class the converter does not know.
+pub const NO_EQUIVALENT: &str = "no LatentFlow equivalent";
+
 /// A failure already reported.
 struct Reported;
 
@@ -128,7 +131,7 @@ impl<'a> Converter<'a> {
                 }
             }
         }
-        let live: Vec<String> = self
+        let roots: Vec<String> = self
             .wf
             .nodes
             .values()
@@ -138,17 +141,59 @@ impl<'a> Converter<'a> {
             })
             .map(|n| n.id.clone())
             .collect();
-        if live.is_empty() {
+        if roots.is_empty() {
             self.report.unmapped.push(Issue {
                 node: String::new(),
                 class: String::new(),
                 message: "the workflow has no output node (SaveImage or PreviewImage): ComfyUI would run nothing".into(),
             });
         }
-        for id in live {
+        // Every class without an equivalent among the nodes that run, listed up front, so the
+        // report is complete even where one blocks the nodes after it.
+        for id in self.live(&roots) {
+            let Some(node) = self.wf.node(&id) else {
+                continue;
+            };
+            if classes::widgets(&node.class).is_none() {
+                let message = self.unknown_message(&node.class);
+                self.unmapped(node, message);
+            }
+        }
+        for id in roots {
             let _ = self.convert(&id);
         }
         (self.graph, self.report)
+    }
+
+    /// The nodes `roots` depend on, with them, in id order.
+    fn live(&self, roots: &[String]) -> Vec<String> {
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut stack: Vec<String> = roots.to_vec();
+        while let Some(id) = stack.pop() {
+            if !seen.insert(id.clone()) {
+                continue;
+            }
+            if let Some(n) = self.wf.node(&id) {
+                for (_, i) in &n.inputs {
+                    if let Input::Link { node, .. } = i {
+                        stack.push(node.clone());
+                    }
+                }
+            }
+        }
+        self.wf
+            .nodes
+            .values()
+            .filter(|n| seen.contains(&n.id))
+            .map(|n| n.id.clone())
+            .collect()
+    }
+
+    fn unknown_message(&self, class: &str) -> String {
+        match self.wf.subgraphs.get(class) {
+            Some(name) => format!("a subgraph (`{name}`); subgraphs are not expanded"),
+            None => NO_EQUIVALENT.to_string(),
+        }
     }
 
     /// Names the text encodes that feed a sampler's positive or negative input.
@@ -748,9 +793,9 @@ impl<'a> Converter<'a> {
                 );
                 Ok(vec![Val::Done])
             }
-            "LatentUpscale" => {
+            "LatentUpscale" | "LatentUpscaleBy" => {
                 let (latent, mask) = self.latent(node, "samples")?;
-                let (w, h, method) = self.scale_widgets(node)?;
+                let method = self.widget_str(node, "upscale_method")?;
                 let method = match method.as_str() {
                     "bilinear" => "bilinear",
                     "nearest-exact" => {
@@ -765,31 +810,39 @@ impl<'a> Converter<'a> {
                         "bilinear"
                     }
                 };
-                let w = self.hoist(
-                    node,
-                    "upscale_width",
-                    "int",
-                    Json::from(w),
-                    "upscaled width in pixels",
-                );
-                let h = self.hoist(
-                    node,
-                    "upscale_height",
-                    "int",
-                    Json::from(h),
-                    "upscaled height in pixels",
-                );
+                let size = if node.class == "LatentUpscaleBy" {
+                    let by = self.widget_num(node, "scale_by")?;
+                    vec![("scale", Param::Lit(by))]
+                } else {
+                    let (w, h) = self.scale_widgets(node)?;
+                    let w = self.hoist(
+                        node,
+                        "upscale_width",
+                        "int",
+                        Json::from(w),
+                        "upscaled width in pixels",
+                    );
+                    let h = self.hoist(
+                        node,
+                        "upscale_height",
+                        "int",
+                        Json::from(h),
+                        "upscaled height in pixels",
+                    );
+                    vec![
+                        ("width", w),
+                        ("height", h),
+                        ("downscale", lit(Json::from(8))),
+                    ]
+                };
+                let mut params = size;
+                params.push(("method", lit(Json::from(method))));
                 let id = self.emit(
                     node,
                     "upscale",
                     "core.resize_latent",
                     vec![("latent", latent)],
-                    vec![
-                        ("width", w),
-                        ("height", h),
-                        ("downscale", lit(Json::from(8))),
-                        ("method", lit(Json::from(method))),
-                    ],
+                    params,
                 );
                 Ok(vec![Val::Latent {
                     port: Port::of(&id, "latent"),
@@ -798,7 +851,8 @@ impl<'a> Converter<'a> {
             }
             "ImageScale" => {
                 let image = self.port_of(node, "image", "IMAGE")?;
-                let (w, h, method) = self.scale_widgets(node)?;
+                let (w, h) = self.scale_widgets(node)?;
+                let method = self.widget_str(node, "upscale_method")?;
                 let method = match method.as_str() {
                     "bilinear" | "bicubic" | "lanczos" => method,
                     "nearest-exact" => "nearest".to_string(),
@@ -845,13 +899,8 @@ impl<'a> Converter<'a> {
                 let v = self.widget(node, "value")?;
                 Ok(vec![Val::Const(v)])
             }
-            class => {
-                let message = match self.wf.subgraphs.get(class) {
-                    Some(name) => format!("a subgraph (`{name}`); subgraphs are not expanded"),
-                    None => "no LatentFlow equivalent".to_string(),
-                };
-                Err(self.unmapped(node, message))
-            }
+            // Reported by the pre-pass in `run`.
+            _ => Err(Reported),
         }
     }
 
@@ -896,10 +945,9 @@ impl<'a> Converter<'a> {
         format!("{stem}.png")
     }
 
-    fn scale_widgets(&mut self, node: &Node) -> R<(i64, i64, String)> {
+    fn scale_widgets(&mut self, node: &Node) -> R<(i64, i64)> {
         let w = self.widget_int(node, "width")?;
         let h = self.widget_int(node, "height")?;
-        let method = self.widget_str(node, "upscale_method")?;
         if w <= 0 || h <= 0 {
             return Err(self.unmapped(node, "a width or height of 0 (keep the aspect ratio) needs the input's size, which is known only when it runs"));
         }
@@ -911,7 +959,7 @@ impl<'a> Converter<'a> {
                 );
             }
         }
-        Ok((w, h, method))
+        Ok((w, h))
     }
 
     fn control(&mut self, node: &Node) -> R<Vec<Val>> {
@@ -927,6 +975,9 @@ impl<'a> Converter<'a> {
         } else {
             (Json::from(0.0), Json::from(1.0))
         };
+        if start.as_f64() != Some(0.0) || end.as_f64() != Some(1.0) {
+            self.note(node, "start_percent/end_percent become fractions of the steps (diffusers' control_guidance_start/end); ComfyUI measures them along the sigma schedule");
+        }
         let control = Control {
             applied_by: node.id.clone(),
             controlnet,
@@ -951,28 +1002,9 @@ impl<'a> Converter<'a> {
 
     fn sampler(&mut self, node: &Node) -> R<Vec<Val>> {
         let advanced = node.class == "KSamplerAdvanced";
-        let mut model = self.port_of(node, "model", "MODEL")?;
-        let (pos, pos_controls) = self.cond(node, "positive")?;
-        let (neg, neg_controls) = self.cond(node, "negative")?;
-        let (latent, mask) = self.latent(node, "latent_image")?;
-        let seed = self.widget_num(node, if advanced { "noise_seed" } else { "seed" })?;
-        let steps = self.widget_int(node, "steps")?;
-        let cfg = self.widget_num(node, "cfg")?;
+        // Names first: the report lists them even when an input fails too.
         let sampler_name = self.widget_str(node, "sampler_name")?;
         let scheduler_name = self.widget_str(node, "scheduler")?;
-        let denoise = if advanced {
-            let add_noise = self.widget_str(node, "add_noise")?;
-            let start = self.widget_int(node, "start_at_step")?;
-            let end = self.widget_int(node, "end_at_step")?;
-            if add_noise != "enable" || start != 0 || end < steps {
-                return Err(self.unmapped(node, format!(
-                    "running steps {start}..{end} of {steps} (add_noise {add_noise}) hands a partly denoised latent on; samplers.sample always runs a schedule to its end"
-                )));
-            }
-            Json::from(1.0)
-        } else {
-            self.widget_num(node, "denoise")?
-        };
         let Some(s) = classes::sampler(&sampler_name) else {
             return Err(self.unmapped(
                 node,
@@ -990,6 +1022,26 @@ impl<'a> Converter<'a> {
                     classes::SCHEDULERS
                 ),
             ));
+        };
+        let mut model = self.port_of(node, "model", "MODEL")?;
+        let (pos, pos_controls) = self.cond(node, "positive")?;
+        let (neg, neg_controls) = self.cond(node, "negative")?;
+        let (latent, mask) = self.latent(node, "latent_image")?;
+        let seed = self.widget_num(node, if advanced { "noise_seed" } else { "seed" })?;
+        let steps = self.widget_int(node, "steps")?;
+        let cfg = self.widget_num(node, "cfg")?;
+        let denoise = if advanced {
+            let add_noise = self.widget_str(node, "add_noise")?;
+            let start = self.widget_int(node, "start_at_step")?;
+            let end = self.widget_int(node, "end_at_step")?;
+            if add_noise != "enable" || start != 0 || end < steps {
+                return Err(self.unmapped(node, format!(
+                    "running steps {start}..{end} of {steps} (add_noise {add_noise}) hands a partly denoised latent on; samplers.sample always runs a schedule to its end"
+                )));
+            }
+            Json::from(1.0)
+        } else {
+            self.widget_num(node, "denoise")?
         };
         if let Some(n) = s.note {
             self.note(node, n);

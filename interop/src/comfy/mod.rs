@@ -17,7 +17,7 @@ use std::fmt;
 
 use serde_json::Value as Json;
 
-pub use convert::tally;
+pub use convert::{tally, NO_EQUIVALENT};
 pub use workflow::Format;
 
 /// One finding about one ComfyUI node.
@@ -85,6 +85,23 @@ pub enum ImportError {
         /// Everything found.
         report: Report,
     },
+}
+
+/// Whether `json` looks like a ComfyUI workflow (UI format, API format, or a `/prompt` body).
+pub fn is_workflow(json: &Json) -> bool {
+    let Some(obj) = json.as_object() else {
+        return false;
+    };
+    if obj.get("nodes").is_some_and(Json::is_array) && obj.contains_key("links") {
+        return true;
+    }
+    if obj.get("prompt").is_some_and(Json::is_object) {
+        return true;
+    }
+    !obj.is_empty()
+        && obj
+            .values()
+            .all(|v| v.get("class_type").is_some_and(Json::is_string))
 }
 
 /// Converts the workflow in `text`; `source` names it in the graph's header comment.

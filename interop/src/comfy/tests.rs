@@ -87,15 +87,27 @@ fn unmapped_nodes_are_listed_with_id_and_class_and_nothing_is_written() {
 
 #[test]
 fn nodes_that_lead_to_no_output_are_not_converted() {
-    // An unknown node whose output only feeds a dead branch never runs in ComfyUI.
+    // An upscaler feeding only a VAE encode nobody uses never runs in ComfyUI.
     let wf = API_TXT2IMG.replace(
         "\"9\":",
-        "\"20\": {\"class_type\": \"UpscaleModelLoader\", \"inputs\": {\"model_name\": \"x.pth\"}},\n  \"21\": {\"class_type\": \"ImageUpscaleWithModel\", \"inputs\": {\"upscale_model\": [\"20\", 0], \"image\": [\"8\", 0]}},\n  \"9\":",
+        "\"20\": {\"class_type\": \"UpscaleModelLoader\", \"inputs\": {\"model_name\": \"x.pth\"}},\n  \"21\": {\"class_type\": \"ImageUpscaleWithModel\", \"inputs\": {\"upscale_model\": [\"20\", 0], \"image\": [\"8\", 0]}},\n  \"22\": {\"class_type\": \"VAEEncode\", \"inputs\": {\"pixels\": [\"21\", 0], \"vae\": [\"4\", 2]}},\n  \"9\":",
     );
-    // 21 is consumed by nobody: it is listed; 20 only through it.
+    let g = import(&wf, "x.json").unwrap();
+    assert!(
+        !g.yaml.contains("node 22") && !g.yaml.contains("node 21"),
+        "{}",
+        g.yaml
+    );
+    // Unconsumed, the upscaler may be an output (a custom saver, say): then it is listed, with
+    // the loader it needs.
+    let wf = wf.replace(
+        "\"22\": {\"class_type\": \"VAEEncode\"",
+        "\"22\": {\"class_type\": \"UpscaleSaver\"",
+    );
     let text = import(&wf, "x.json").unwrap_err().to_string();
+    assert!(text.contains("node 20 (UpscaleModelLoader)"), "{text}");
     assert!(text.contains("node 21 (ImageUpscaleWithModel)"), "{text}");
-    assert!(!text.contains("node 20 "), "{text}");
+    assert!(text.contains("node 22 (UpscaleSaver)"), "{text}");
 }
 
 /// A UI-format workflow as the editor saves it: positional widgets with the seed's

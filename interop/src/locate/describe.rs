@@ -309,7 +309,8 @@ mod tests {
     #[test]
     fn tells_the_families_apart_by_their_keys() {
         let dir = tempfile::tempdir().unwrap();
-        let cases: &[(&str, &[(&str, &[u64])])] = &[
+        type Tensors<'a> = &'a [(&'a str, &'a [u64])];
+        let cases: &[(&str, Tensors)] = &[
             (
                 "SD1",
                 &[

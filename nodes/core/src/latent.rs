@@ -97,7 +97,16 @@ fn latent_blend(_: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, Node
 fn resize_latent(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
     let a = latent_in(inputs, "latent")?;
     let f = p.usize("downscale")?.max(1);
-    let (h, w) = (p.usize("height")? / f, p.usize("width")? / f);
+    let scale = p.f64("scale")?;
+    let (h, w) = if scale > 0.0 {
+        let (_, _, h, w) = a.dims4().map_err(fail)?;
+        (
+            (h as f64 * scale).round() as usize,
+            (w as f64 * scale).round() as usize,
+        )
+    } else {
+        (p.usize("height")? / f, p.usize("width")? / f)
+    };
     if h == 0 || w == 0 {
         return Err(NodeError::invalid(format!(
             "{}×{} at {f} per latent cell is less than one cell",
@@ -232,12 +241,13 @@ pub fn nodes() -> Vec<NodeDef> {
             .output("latent", c(), "blend")
             .param(Param::float("factor").default(0.5).range(0.0, 1.0)),
         NodeDef::new("core.resize_latent", resize_latent)
-            .doc("Resizes latents. Sizes are in latent cells, or in pixels with `downscale` pixels per cell (8 for SD).")
+            .doc("Resizes latents to a size (in latent cells, or in pixels with `downscale` pixels per cell: 8 for SD) or by a factor (`scale`).")
             .input("latent", c(), "input")
             .output("latent", c(), "resized")
             .param(Param::int("width").default(64).range(1.0, 65536.0))
             .param(Param::int("height").default(64).range(1.0, 65536.0))
             .param(Param::int("downscale").default(1).range(1.0, 64.0).doc("units per latent cell: 1 = sizes in latent cells, 8 = in SD pixels"))
+            .param(Param::float("scale").default(0.0).range(0.0, 64.0).doc("when above 0: scale both sides by this factor (rounded) instead of width and height"))
             .param(Param::choice("method", &["bilinear", "nearest"]).default("bilinear")),
         NodeDef::new("core.crop_latent", crop_latent)
             .doc("Crops latents (in latent cells).")

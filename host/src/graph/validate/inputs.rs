@@ -57,12 +57,35 @@ impl Validator<'_> {
                 Some(var) => {
                     var.value = value.clone();
                     // A relative path on the command line means relative to where it was typed.
+                    // When nothing is there, the value may name a model.
                     if var.kind.as_deref() == Some("path") {
                         if let Some(s) = value.as_str().filter(|s| !s.is_empty()) {
                             if std::path::Path::new(s).is_relative() {
                                 if let Ok(cwd) = std::env::current_dir() {
-                                    var.value =
-                                        Json::from(cwd.join(s).to_string_lossy().into_owned());
+                                    let here = cwd.join(s);
+                                    let found = if here.exists() {
+                                        Ok(None)
+                                    } else {
+                                        crate::models::resolve_missing(s, &here)
+                                    };
+                                    match found {
+                                        Ok(found) => {
+                                            var.value = Json::from(
+                                                found
+                                                    .unwrap_or(here)
+                                                    .to_string_lossy()
+                                                    .into_owned(),
+                                            )
+                                        }
+                                        Err(message) => {
+                                            self.err(
+                                                "unknown-model",
+                                                Pos { line: 1, column: 1 },
+                                                format!("--set {name}: {message}"),
+                                            )
+                                            .hint = Some(crate::models::HINT.into());
+                                        }
+                                    }
                                 }
                             }
                         }

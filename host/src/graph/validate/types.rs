@@ -21,6 +21,14 @@ impl Validator<'_> {
         ty: &NodeType,
         declared: Vec<latentflow_plugin_api::PortType>,
     ) -> Vec<latentflow_plugin_api::PortType> {
+        // A node whose parameters were already refused would only report them missing.
+        if self
+            .diags
+            .iter()
+            .any(|x| x.is_error() && x.node.as_deref() == Some(d.id.as_str()))
+        {
+            return declared;
+        }
         let params = Json::Object(d.params.clone()).to_string();
         match ty.plugin.infer(&ty.desc.type_id, &params) {
             Ok(refined) if refined.len() == declared.len() => {

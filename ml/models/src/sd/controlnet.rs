@@ -115,6 +115,12 @@ pub struct ControlNet {
 }
 
 impl ControlNet {
+    /// Control-image pixels per latent cell: each stride-2 convolution of the conditioning
+    /// embedding halves the image (8 for SD's ControlNets).
+    pub fn image_downscale(&self) -> usize {
+        1 << (self.embed_blocks.len() / 2)
+    }
+
     /// Loads a diffusers `ControlNetModel` folder, or a single-file `.safetensors` ControlNet in
     /// the original layout (`control_model.*` or bare `input_blocks.*`, `zero_convs.*`,
     /// `input_hint_block.*`, `middle_block_out.*`) with the config of `config_dir` (a diffusers

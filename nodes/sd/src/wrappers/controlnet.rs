@@ -60,7 +60,15 @@ impl ObjectImpl for ControlNetObject {
             .and_then(Value::as_float)
             .ok_or_else(|| NodeError::invalid("ControlNet.residuals: t must be a number"))?;
         let ctx = tensor_arg(&args, 2, "the conditioning")?;
-        let image = tensor_arg(&args, 3, "the control image")?;
+        let mut image = tensor_arg(&args, 3, "the control image")?;
+        if matches!(args.get(6), Some(Value::Bool(true))) {
+            // Fit the image to the latent, as ComfyUI does.
+            let f = self.model.image_downscale();
+            let (h, w) = (x.dim(2).map_err(fail)? * f, x.dim(3).map_err(fail)? * f);
+            if image.dim(2).map_err(fail)? != h || image.dim(3).map_err(fail)? != w {
+                image = crop_and_resize(&image, h, w).map_err(fail)?;
+            }
+        }
         let scale = args.get(4).and_then(Value::as_float).unwrap_or(1.0);
         let guess = matches!(args.get(5), Some(Value::Bool(true)));
         let r = self
@@ -155,12 +163,7 @@ impl Controlled {
             self.image.dim(2).map_err(fail)?,
             self.image.dim(3).map_err(fail)?,
         );
-        let fitted;
-        let mut control = &self.image;
-        if self.resize && (ih != h * 8 || iw != w * 8) {
-            fitted = crop_and_resize(&self.image, h * 8, w * 8).map_err(fail)?;
-            control = &fitted;
-        } else if ih % h != 0 || iw % w != 0 || ih / h != iw / w {
+        if !self.resize && (ih % h != 0 || iw % w != 0 || ih / h != iw / w) {
             return Err(NodeError::invalid(format!(
                 "the control image is {iw}×{ih}; the latent {w}×{h} needs an image of the generated size (or set fit: resize)"
             )));
@@ -177,7 +180,7 @@ impl Controlled {
         } else {
             (xs, cs, b)
         };
-        let image = control.repeat((n, 1, 1, 1)).map_err(fail)?;
+        let image = self.image.repeat((n, 1, 1, 1)).map_err(fail)?;
         let out = self.controlnet.call(
             host,
             "residuals",
@@ -188,6 +191,7 @@ impl Controlled {
                 Value::Tensor(from_candle(&image)?),
                 Value::Float(self.strength),
                 Value::Bool(self.guess_mode),
+                Value::Bool(self.resize),
             ],
         )?;
         let mut it = out.into_iter();
