@@ -602,23 +602,45 @@ fn list_models(json: bool) -> Result<u8> {
         );
         return Ok(0);
     }
-    let mut out = format!(
-        "{:<48} {:<12} {:<18} {:>9} {:<6} {}\n",
-        "NAME", "KIND", "FAMILY", "SIZE", "DTYPE", "PATH"
-    );
-    for (f, d) in described {
-        let (family, size, dtype) = match &d {
-            Ok(i) => (i.family.clone(), human_size(i.bytes), i.dtype.clone()),
-            Err(e) => (format!("unreadable: {e}"), String::new(), String::new()),
-        };
+    let rows: Vec<[String; 6]> = described
+        .iter()
+        .map(|(f, d)| {
+            let (family, size, dtype) = match d {
+                Ok(i) => (i.family.clone(), human_size(i.bytes), i.dtype.clone()),
+                Err(e) => (format!("unreadable: {e}"), String::new(), String::new()),
+            };
+            [
+                f.name.clone(),
+                f.kind.clone(),
+                family,
+                size,
+                dtype,
+                f.path.display().to_string(),
+            ]
+        })
+        .collect();
+    let header = ["NAME", "KIND", "FAMILY", "SIZE", "DTYPE", "PATH"].map(String::from);
+    let mut width = [0usize; 5];
+    for r in rows.iter().chain(std::iter::once(&header)) {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in std::iter::once(&header).chain(&rows) {
         out.push_str(&format!(
-            "{:<48} {:<12} {:<18} {:>9} {:<6} {}\n",
-            f.name,
-            f.kind,
-            family,
-            size,
-            dtype,
-            f.path.display()
+            "{:<w0$}  {:<w1$}  {:<w2$}  {:>w3$}  {:<w4$}  {}\n",
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            r[4],
+            r[5],
+            w0 = width[0],
+            w1 = width[1],
+            w2 = width[2],
+            w3 = width[3],
+            w4 = width[4]
         ));
     }
     emit(&out)?;

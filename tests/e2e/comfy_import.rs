@@ -310,6 +310,27 @@ fn a_png_from_comfyui_reruns_through_the_importer() {
     .expect_code(0);
     let yaml = std::fs::read_to_string(&out).unwrap_or_default();
     assert!(yaml.contains("kind: \"euler_a\""), "{yaml}");
+
+    // Only the editor's workflow (ComfyUI's own default template), with the model and sizes
+    // set on the command line.
+    let template = corpus().join("comfyui-workflow-templates-0.1.30/default.json");
+    let workflow = std::fs::read_to_string(&template).expect("the default template");
+    let png = sb.path().join("comfy-ui.png");
+    write_png_with_text(&png, &[("workflow", &workflow)]);
+    let model = root.join("models/tiny-shapes").display().to_string();
+    let set = format!("checkpoint={model}");
+    sb.run(&[
+        "run",
+        png.to_str().unwrap_or_default(),
+        "-q",
+        "--set",
+        &set,
+        "width=64",
+        "height=64",
+        "steps=2",
+    ])
+    .expect_code(0);
+    assert!(sb.output("ComfyUI.png").exists());
 }
 
 /// An A1111 PNG (its `parameters` chunk, as A1111 writes it) re-runs through the txt2img graph,

@@ -627,6 +627,9 @@ impl<'a> Converter<'a> {
                 let Json::String(text) = text else {
                     return Err(self.unmapped(node, "widget `text` should be text"));
                 };
+                if text.contains("embedding:") {
+                    self.note(node, "textual-inversion embeddings (`embedding:NAME`) are not loaded: the words are encoded as text");
+                }
                 let role = self.roles.get(&node.id).copied();
                 let (base, var) = match role {
                     Some("positive") => ("positive", "prompt"),
