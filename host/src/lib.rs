@@ -5,6 +5,7 @@
 //! ([`watch`]).
 
 pub mod bench;
+pub mod catalog;
 pub mod dot;
 pub mod exec;
 pub mod foreign;
@@ -15,5 +16,6 @@ pub mod models;
 pub mod plugins;
 pub mod provenance;
 pub mod schema;
+pub mod serve;
 pub mod ui;
 pub mod watch;

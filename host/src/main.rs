@@ -122,6 +122,9 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Serve an HTTP/WebSocket API (LatentFlow's and a ComfyUI-compatible subset) over a
+    /// persistent job queue.
+    Serve(ServeArgs),
     /// List the models found in the Hugging Face cache and the model folders.
     Models {
         /// Print JSON instead of a table.
@@ -161,6 +164,31 @@ struct RunArgs {
     /// Cancel the remaining nodes as soon as one fails.
     #[arg(long)]
     fail_fast: bool,
+}
+
+#[derive(Args, Clone)]
+struct ServeArgs {
+    /// Address to listen on (anything but loopback needs --token).
+    #[arg(long, default_value = "127.0.0.1:8188")]
+    listen: std::net::SocketAddr,
+    /// Bearer token every request must carry (also read from LATENTFLOW_TOKEN).
+    #[arg(long, env = "LATENTFLOW_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Folder for the job queue (jobs.sqlite), uploads (input/) and outputs (output/).
+    #[arg(long, default_value = "latentflow-data")]
+    data_dir: PathBuf,
+    /// Result cache budget across jobs, in MiB.
+    #[arg(long, default_value_t = 4096)]
+    cache_mib: usize,
+    /// Finished jobs kept in history.
+    #[arg(long, default_value_t = 1000)]
+    history: usize,
+    /// Largest request body (graphs, uploads), in MiB.
+    #[arg(long, default_value_t = 64)]
+    max_body_mib: usize,
+    /// Worker threads per run (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 #[derive(Args, Clone)]
@@ -315,6 +343,22 @@ fn real_main(cli: Cli) -> Result<u8> {
             }
         }
         Command::Run(args) => run(&args, &registry, events, cli.verbose),
+        Command::Serve(args) => {
+            let mut plugin_dirs = discovery.dirs.clone();
+            plugin_dirs.extend(discovery.exe_dir.clone());
+            let cfg = latentflow::serve::ServeConfig {
+                listen: args.listen,
+                token: args.token.filter(|t| !t.is_empty()),
+                data_dir: args.data_dir,
+                cache_bytes: args.cache_mib << 20,
+                history_limit: args.history.max(1),
+                max_body: args.max_body_mib.max(1) << 20,
+                threads: args.threads,
+                plugin_dirs,
+            };
+            latentflow::serve::serve(cfg, registry)?;
+            Ok(0)
+        }
         Command::Watch(args) => {
             let opts = run_options(&args.run, Arc::clone(&events))?;
             install_ctrlc(&opts.cancel);
@@ -671,31 +715,7 @@ fn emit(text: &str) -> Result<()> {
 fn print_nodes(registry: &Registry, json: bool) -> Result<()> {
     use std::fmt::Write as _;
     if json {
-        let list: Vec<serde_json::Value> = registry
-            .types()
-            .map(|t| {
-                let d = &t.desc;
-                serde_json::json!({
-                    "type": d.type_id.as_str(),
-                    "version": d.version.as_str(),
-                    "display_name": d.display_name.as_str(),
-                    "doc": d.doc.as_str(),
-                    "plugin": {"name": t.plugin.name, "version": t.plugin.version, "path": t.plugin.path},
-                    "inputs": d.inputs.iter().map(|p| serde_json::json!({"name": p.name.as_str(), "type": p.ty.to_string(), "optional": p.optional, "doc": p.doc.as_str()})).collect::<Vec<_>>(),
-                    "outputs": d.outputs.iter().map(|p| serde_json::json!({"name": p.name.as_str(), "type": p.ty.to_string(), "doc": p.doc.as_str()})).collect::<Vec<_>>(),
-                    "params": d.params.iter().map(|p| serde_json::json!({
-                        "name": p.name.as_str(), "kind": p.kind.name(),
-                        "default": p.default.clone().and_then(|s| serde_json::from_str::<serde_json::Value>(s.as_str()).ok()),
-                        "min": p.min, "max": p.max,
-                        "choices": p.choices.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
-                        "doc": p.doc.as_str(),
-                    })).collect::<Vec<_>>(),
-                    "deterministic": d.caps.deterministic,
-                    "stateful": d.caps.stateful,
-                    "side_effects": d.caps.side_effects,
-                })
-            })
-            .collect();
+        let list = latentflow::catalog::nodes_json(registry);
         return emit(&(serde_json::to_string_pretty(&list)? + "\n"));
     }
     let mut s = String::new();

@@ -96,7 +96,7 @@ impl Executor {
         let prepared: Vec<Prepared> = plan
             .nodes
             .iter()
-            .map(|node| prepare(node, plan.seed))
+            .map(|node| prepare(node, plan.seed, &opts.output_dir))
             .collect();
 
         let mut succ: Vec<Vec<usize>> = vec![Vec::new(); n];
@@ -243,7 +243,7 @@ pub(super) fn needed_nodes(plan: &Plan) -> Vec<bool> {
     needed
 }
 
-pub(super) fn prepare(node: &PlanNode, run_seed: u64) -> Prepared {
+pub(super) fn prepare(node: &PlanNode, run_seed: u64, output_dir: &std::path::Path) -> Prepared {
     let desc = &node.ty.desc;
     let params_json = serde_json::to_string(&*node.params).unwrap_or_default();
     let seeded = desc.params.iter().any(|p| p.kind == ParamKind::Seed);
@@ -260,6 +260,13 @@ pub(super) fn prepare(node: &PlanNode, run_seed: u64) -> Prepared {
         node.ty.plugin.build.as_bytes(),
         params_json.as_bytes(),
         &seed_bytes,
+        // A node that writes files has done nothing for a run that writes elsewhere (a server
+        // gives each job its own folder).
+        if desc.caps.side_effects {
+            output_dir.as_os_str().as_encoded_bytes()
+        } else {
+            &[]
+        },
     ]);
     Prepared {
         static_key,

@@ -514,6 +514,7 @@ impl<'a> Converter<'a> {
             id: id.clone(),
             ty,
             comment,
+            origin: node.id.clone(),
             inputs: inputs.into_iter().map(|(k, p)| (k, p.0)).collect(),
             params,
         });

@@ -68,6 +68,8 @@ pub struct Imported {
     pub report: Report,
     /// The format the workflow came in.
     pub format: Format,
+    /// Each graph node's ComfyUI node id.
+    pub origin: std::collections::BTreeMap<String, String>,
 }
 
 /// Why a workflow was not converted.
@@ -132,10 +134,16 @@ pub fn import_json(json: &Json, source: &str) -> Result<Imported, ImportError> {
         graph.header.push(n.clone());
     }
     graph.description = format!("Imported from the ComfyUI workflow {source}.");
+    let origin = graph
+        .nodes
+        .iter()
+        .map(|n| (n.id.clone(), n.origin.clone()))
+        .collect();
     Ok(Imported {
         yaml: graph.to_yaml(),
         report,
         format: wf.format,
+        origin,
     })
 }
 

@@ -36,6 +36,8 @@ pub struct GraphNode {
     pub ty: &'static str,
     /// A comment line above the node.
     pub comment: String,
+    /// The ComfyUI node it came from.
+    pub origin: String,
     /// Input port → `node.port`.
     pub inputs: Vec<(&'static str, String)>,
     /// Parameters.
