@@ -9,5 +9,6 @@ mod isolation;
 mod plugins;
 mod sampling;
 mod sd_pipeline;
+mod serve;
 mod validation;
 mod watch;

@@ -373,14 +373,14 @@ async fn upload_image(State(s): State<Arc<Shared>>, mut form: Multipart) -> Resp
         let field = match form.next_field().await {
             Ok(Some(f)) => f,
             Ok(None) => break,
-            Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+            Err(e) => return error(e.status(), e.body_text()),
         };
         match field.name().unwrap_or("") {
             "image" => {
                 let name = field.file_name().and_then(clean_name);
                 let bytes = match field.bytes().await {
                     Ok(b) => b.to_vec(),
-                    Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+                    Err(e) => return error(e.status(), e.body_text()),
                 };
                 match name {
                     Some(n) => data = Some((n, bytes)),

@@ -267,14 +267,14 @@ async fn upload(State(s): State<Arc<Shared>>, mut form: Multipart) -> Response {
         let field = match form.next_field().await {
             Ok(Some(f)) => f,
             Ok(None) => break,
-            Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+            Err(e) => return error(e.status(), e.body_text()),
         };
         let Some(name) = field.file_name().and_then(clean_name) else {
             continue;
         };
         let bytes = match field.bytes().await {
             Ok(b) => b,
-            Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+            Err(e) => return error(e.status(), e.body_text()),
         };
         match store_upload(&s.inputs, &name, &bytes, false).await {
             Ok(n) => saved.push(n),
