@@ -189,6 +189,9 @@ struct ServeArgs {
     /// Worker threads per run (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// A graph file for the browser view to show and redraw whenever it is saved.
+    #[arg(long, value_name = "FILE")]
+    graph: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -355,6 +358,7 @@ fn real_main(cli: Cli) -> Result<u8> {
                 max_body: args.max_body_mib.max(1) << 20,
                 threads: args.threads,
                 plugin_dirs,
+                graph: args.graph,
             };
             latentflow::serve::serve(cfg, registry)?;
             Ok(0)

@@ -461,7 +461,14 @@ fn concurrent_clients_lose_and_duplicate_nothing() {
     let sb = Sandbox::new();
     let server = start(&sb, &sb.path().join("data"), &[]);
     let graph = "nodes:\n  bg:\n    type: core.solid_image\n    params: {width: 8, height: 8, red: $r}\n  save:\n    type: core.save_image\n    inputs: {image: bg}\n    params: {filename: s.png}\ninputs:\n  r: {type: float, default: 0.5}\n";
-    let (clients, each) = (4, 10);
+    // Bounded in CI; `LATENTFLOW_LOAD=CLIENTS,JOBS` for a bigger run (BENCHMARKS.md).
+    let (clients, each) = std::env::var("LATENTFLOW_LOAD")
+        .ok()
+        .and_then(|v| {
+            let (c, j) = v.split_once(',')?;
+            Some((c.trim().parse().ok()?, j.trim().parse().ok()?))
+        })
+        .unwrap_or((4usize, 10usize));
     let url = server.url("/api/v1/jobs");
     let started = Instant::now();
     let handles: Vec<_> = (0..clients)
@@ -471,7 +478,7 @@ fn concurrent_clients_lose_and_duplicate_nothing() {
                 let mut out = Vec::new();
                 for k in 0..each {
                     let t = Instant::now();
-                    let body = json!({"graph": graph, "set": {"r": (c * each + k) as f64 / 100.0}});
+                    let body = json!({"graph": graph, "set": {"r": (c * each + k) as f64 / (clients * each) as f64}});
                     let r: Json = ureq::post(&url)
                         .send_json(body)
                         .expect("queued")
@@ -517,4 +524,165 @@ fn concurrent_clients_lose_and_duplicate_nothing() {
         p(0.99),
         ids.len() as f64 / elapsed.as_secs_f64()
     );
+}
+
+/// The browser view in headless Chromium: the nodes are drawn, the sampler's progress reached
+/// 100 % and the output image is shown (checked in a screenshot and in the DOM).
+#[test]
+fn the_browser_view_shows_the_graph_progress_and_output() {
+    let chromium = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()))
+        .expect("headless Chromium is needed for this test: `apt-get install chromium` (.ci/run installs it)");
+    let sb = Sandbox::new();
+    let server = start(&sb, &sb.path().join("data"), &["--token", "t0k"]);
+    let job: Json = ureq::post(&server.url("/api/v1/jobs"))
+        .set("Authorization", "Bearer t0k")
+        .send_json(json!({"graph": txt2img_yaml(), "set": {"steps": 4}}))
+        .expect("queued")
+        .into_json()
+        .expect("json");
+    let id = job["id"].as_str().unwrap_or_default().to_string();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let j: Json = ureq::get(&server.url(&format!("/api/v1/jobs/{id}")))
+            .set("Authorization", "Bearer t0k")
+            .call()
+            .expect("job")
+            .into_json()
+            .expect("json");
+        if j["state"] == "succeeded" {
+            break;
+        }
+        assert!(j["state"] != "failed" && Instant::now() < deadline, "{j}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let page = server.url(&format!("/?job={id}&token=t0k"));
+    let shot = sb.path().join("view.png");
+    let browse = |extra: &[&str]| {
+        Command::new(chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--window-size=1400,900",
+                "--virtual-time-budget=8000",
+            ])
+            .args(extra)
+            .arg(&page)
+            .output()
+            .expect("chromium runs")
+    };
+    let dom = browse(&["--dump-dom"]);
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    for node in [
+        "ckpt", "positive", "negative", "empty", "sample", "decode", "save",
+    ] {
+        assert!(
+            dom.contains(&format!("data-node=\"{node}\"")),
+            "node {node} not drawn:\n{dom}"
+        );
+    }
+    assert!(dom.contains("class=\"node done\""), "{dom}");
+    assert!(dom.contains(">100%<"), "{dom}");
+    assert!(dom.contains("Denoiser{family=sd1}"), "typed ports: {dom}");
+    let shot_arg = format!("--screenshot={}", shot.display());
+    let out = browse(&[&shot_arg]);
+    assert!(shot.exists(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (w, h, ch, px) = latentflow_tests::read_png(&shot);
+    let at = |x: usize, y: usize| {
+        let i = (y * w + x) * ch;
+        (px[i], px[i + 1], px[i + 2])
+    };
+    let (mut done_fill, mut blue, mut longest_bar) = (0usize, 0usize, 0usize);
+    for y in 0..h {
+        let mut run = 0;
+        for x in 0..w {
+            let (r, g, b) = at(x, y);
+            // Finished nodes are filled #cfe8d0.
+            if (r as i32 - 207).abs() < 6
+                && (g as i32 - 232).abs() < 6
+                && (b as i32 - 208).abs() < 6
+            {
+                done_fill += 1;
+            }
+            // The picture: tiny-shapes paints a blue background.
+            if b > 150 && r < 100 && g < 100 {
+                blue += 1;
+            }
+            // The progress bar is #43a047.
+            if (r as i32 - 67).abs() < 12
+                && (g as i32 - 160).abs() < 12
+                && (b as i32 - 71).abs() < 12
+            {
+                run += 1;
+                longest_bar = longest_bar.max(run);
+            } else {
+                run = 0;
+            }
+        }
+    }
+    assert!(
+        done_fill > 5_000,
+        "finished nodes are drawn ({done_fill} px)"
+    );
+    assert!(
+        longest_bar > 60,
+        "the progress bar is full ({longest_bar} px)"
+    );
+    assert!(blue > 20_000, "the output image is shown ({blue} blue px)");
+}
+
+/// With `--graph FILE`, the view is told when the file is saved, and reads the new text.
+#[test]
+fn the_view_follows_edits_of_the_graph_file() {
+    let sb = Sandbox::new();
+    let file = sb.write("g.yaml", &txt2img_yaml());
+    let server = start(
+        &sb,
+        &sb.path().join("data"),
+        &["--graph", file.to_str().unwrap_or_default()],
+    );
+    let (mut ws, _) =
+        tungstenite::connect(format!("ws://{}/api/v1/events", server.addr)).expect("events socket");
+    let page: Json = server.get("/api/v1/graph-file");
+    assert!(page["text"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("samplers.sample"));
+    std::thread::sleep(Duration::from_millis(600));
+    std::fs::write(
+        &file,
+        txt2img_yaml().replace(
+            "steps: {type: int, default: 20}",
+            "steps: {type: int, default: 7}",
+        ),
+    )
+    .expect("edit");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        while let Ok(m) = ws.read() {
+            if let tungstenite::Message::Text(t) = m {
+                if t.contains("graph_file_changed") {
+                    let _ = tx.send(());
+                    return;
+                }
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("graph_file_changed event");
+    let page: Json = server.get("/api/v1/graph-file");
+    assert!(page["text"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("default: 7"));
+    // The page and its script are served by the binary.
+    let html = ureq::get(&server.url("/"))
+        .call()
+        .expect("page")
+        .into_string()
+        .unwrap_or_default();
+    assert!(html.contains("ui/app.js"));
 }

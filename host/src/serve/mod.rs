@@ -16,6 +16,7 @@ pub mod events;
 pub mod native;
 pub mod runner;
 pub mod store;
+pub mod view;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -53,6 +54,8 @@ pub struct ServeConfig {
     pub threads: Option<usize>,
     /// Plugin folders, which the data folder must stay out of.
     pub plugin_dirs: Vec<PathBuf>,
+    /// A graph file the browser view shows and redraws on every save.
+    pub graph: Option<PathBuf>,
 }
 
 /// Why the server could not start.
@@ -91,6 +94,8 @@ pub struct Shared {
     pub threads: Option<usize>,
     token: Option<String>,
     counter: std::sync::atomic::AtomicU64,
+    /// The `--graph` file, if any.
+    pub graph_file: Option<PathBuf>,
 }
 
 impl Shared {
@@ -241,6 +246,9 @@ async fn require_token(
     let Some(token) = &shared.token else {
         return next.run(req).await;
     };
+    if view::is_public(req.uri().path()) {
+        return next.run(req).await;
+    }
     let header = req
         .headers()
         .get(axum::http::header::AUTHORIZATION)
@@ -287,6 +295,7 @@ pub fn contained(root: &Path, rel: &str) -> Option<PathBuf> {
 /// Builds the router.
 pub fn router(shared: Arc<Shared>, max_body: usize) -> Router {
     Router::new()
+        .merge(view::routes())
         .merge(native::routes())
         .merge(comfy::routes())
         .nest("/api", comfy::routes())
@@ -330,7 +339,9 @@ pub fn serve(cfg: ServeConfig, registry: Registry) -> Result<(), ServeError> {
         threads: cfg.threads,
         token: cfg.token.clone(),
         counter: Default::default(),
+        graph_file: cfg.graph.clone(),
     });
+    view::watch_graph_file(shared.clone());
     let runner_shared = shared.clone();
     let cache = cfg.cache_bytes;
     std::thread::Builder::new()

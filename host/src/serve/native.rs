@@ -29,6 +29,8 @@ pub fn routes() -> Router<Arc<Shared>> {
         .route("/api/v1/uploads", post(upload))
         .route("/api/v1/nodes", get(nodes))
         .route("/api/v1/validate", post(validate))
+        .route("/api/v1/plan", post(plan))
+        .route("/api/v1/jobs/{id}/plan", get(job_plan))
         .route("/api/v1/events", get(events))
 }
 
@@ -310,6 +312,93 @@ async fn validate(State(s): State<Arc<Shared>>, AxJson(body): AxJson<GraphBody>)
         Ok(v) => {
             AxJson(json!({"valid": v.plan.is_some(), "diagnostics": v.diagnostics})).into_response()
         }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// The graph as the browser view draws it: nodes with typed ports, params and positions, and
+/// edges with their types; with the diagnostics.
+fn plan_json(v: &crate::graph::Validated) -> Json {
+    let Some(plan) = &v.plan else {
+        return json!({"valid": false, "diagnostics": v.diagnostics, "nodes": [], "edges": []});
+    };
+    let mut nodes = Vec::new();
+    let mut edges = Vec::new();
+    for n in &plan.nodes {
+        let d = &n.ty.desc;
+        let inputs: Vec<Json> = d
+            .inputs
+            .iter()
+            .map(|p| json!({"name": p.name.as_str(), "type": p.ty.to_string(), "optional": p.optional}))
+            .collect();
+        let outputs: Vec<Json> = d
+            .outputs
+            .iter()
+            .zip(&n.output_types)
+            .map(|(p, t)| json!({"name": p.name.as_str(), "type": t.to_string()}))
+            .collect();
+        for (k, src) in n.inputs.iter().enumerate() {
+            if let crate::graph::Source::Node { node, port } = src {
+                let from = &plan.nodes[*node];
+                edges.push(json!({
+                    "from": from.id, "from_port": from.ty.desc.outputs.get(*port).map(|p| p.name.to_string()),
+                    "to": n.id, "to_port": d.inputs.get(k).map(|p| p.name.to_string()),
+                    "type": from.output_types.get(*port).map(|t| t.to_string()),
+                }));
+            }
+        }
+        nodes.push(json!({
+            "id": n.id, "type": d.type_id.as_str(), "inputs": inputs, "outputs": outputs,
+            "params": &*n.params, "line": n.pos.line, "column": n.pos.column,
+        }));
+    }
+    json!({"valid": true, "diagnostics": v.diagnostics, "nodes": nodes, "edges": edges})
+}
+
+async fn plan(State(s): State<Arc<Shared>>, AxJson(body): AxJson<GraphBody>) -> Response {
+    let (graph, set) = match parse_body(&body) {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    let v = tokio::task::spawn_blocking(move || {
+        let path = s.inputs.join("graph.yaml");
+        plan_json(&validate_bytes(
+            &path,
+            graph.as_bytes(),
+            &s.registry,
+            &Overrides { set, seed: None },
+        ))
+    })
+    .await;
+    match v {
+        Ok(j) => AxJson(j).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn job_plan(State(s): State<Arc<Shared>>, AxPath(id): AxPath<String>) -> Response {
+    let job = match s.lock_store().get(&id) {
+        Ok(Some(j)) => j,
+        Ok(None) => return error(StatusCode::NOT_FOUND, format!("no job `{id}`")),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let v = tokio::task::spawn_blocking(move || {
+        let path = s.inputs.join(format!("{}.graph", job.id));
+        let mut j = plan_json(&validate_bytes(
+            &path,
+            job.graph.as_bytes(),
+            &s.registry,
+            &Overrides {
+                set: job.set.clone(),
+                seed: None,
+            },
+        ));
+        j["graph"] = Json::from(job.graph.clone());
+        j
+    })
+    .await;
+    match v {
+        Ok(j) => AxJson(j).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

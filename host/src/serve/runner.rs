@@ -87,7 +87,13 @@ fn run_job(shared: &Shared, exec: &mut Executor, job: Job) {
             json!({"node": Json::Null, "prompt_id": job.id}),
         );
         let mut store = shared.lock_store();
-        if let Err(e) = store.finish(&job.id, State::Failed, &Json::Null, Some(&error)) {
+        if let Err(e) = store.finish(
+            &job.id,
+            State::Failed,
+            &Json::Null,
+            Some(&error),
+            &Json::Null,
+        ) {
             tracing::error!("{e}");
         }
     };
@@ -156,6 +162,21 @@ fn run_job(shared: &Shared, exec: &mut Executor, job: Job) {
         outputs.insert(node.clone(), Json::from(files));
     }
     let outputs = Json::Object(outputs);
+    let nodes: serde_json::Map<String, Json> = report
+        .outcomes
+        .iter()
+        .map(|o| {
+            let s = match &o.status {
+                crate::exec::Status::Ran => "ran",
+                crate::exec::Status::Cached => "cached",
+                crate::exec::Status::Failed(_) => "failed",
+                crate::exec::Status::Skipped(_) => "skipped",
+                crate::exec::Status::Cancelled => "cancelled",
+            };
+            (o.node.clone(), Json::from(s))
+        })
+        .collect();
+    let nodes = Json::Object(nodes);
     let (state, error) = match report.status {
         RunStatus::Ok => (State::Succeeded, None),
         RunStatus::Cancelled => (State::Cancelled, Some("cancelled".to_string())),
@@ -167,7 +188,7 @@ fn run_job(shared: &Shared, exec: &mut Executor, job: Job) {
             let (node, e) = failed.unwrap_or_default();
             fail(format!("node `{node}` failed: {e}"), Some(node));
             let mut store = shared.lock_store();
-            if let Err(err) = store.finish(&job.id, State::Failed, &outputs, Some(&e)) {
+            if let Err(err) = store.finish(&job.id, State::Failed, &outputs, Some(&e), &nodes) {
                 tracing::error!("{err}");
             }
             return;
@@ -185,7 +206,7 @@ fn run_job(shared: &Shared, exec: &mut Executor, job: Job) {
         json!({"node": Json::Null, "prompt_id": job.id}),
     );
     let mut store = shared.lock_store();
-    if let Err(e) = store.finish(&job.id, state, &outputs, error.as_deref()) {
+    if let Err(e) = store.finish(&job.id, state, &outputs, error.as_deref(), &nodes) {
         tracing::error!("{e}");
     }
 }

@@ -83,6 +83,8 @@ pub struct Job {
     pub outputs: Json,
     /// Why it failed.
     pub error: Option<String>,
+    /// Each node's outcome once the job is over: `{node: "ran" | "cached" | "failed" | …}`.
+    pub nodes: Json,
 }
 
 /// A store error.
@@ -103,7 +105,7 @@ pub struct Store {
 }
 
 const COLUMNS: &str =
-    "id, seq, state, graph, sets, client, comfy, origin, created, started, finished, outputs, error";
+    "id, seq, state, graph, sets, client, comfy, origin, created, started, finished, outputs, error, nodes";
 
 fn now() -> f64 {
     std::time::SystemTime::now()
@@ -150,6 +152,10 @@ fn row_to_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
             j => j,
         },
         error: r.get(12)?,
+        nodes: match json(13)? {
+            Json::Null => Json::Object(Default::default()),
+            j => j,
+        },
     })
 }
 
@@ -191,7 +197,8 @@ impl Store {
                 started REAL,
                 finished REAL,
                 outputs TEXT,
-                error TEXT
+                error TEXT,
+                nodes TEXT
             );
             CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);",
         )?;
@@ -294,10 +301,11 @@ impl Store {
         state: State,
         outputs: &Json,
         error: Option<&str>,
+        nodes: &Json,
     ) -> Result<(), StoreError> {
         self.db.execute(
-            "UPDATE jobs SET state = ?2, finished = ?3, outputs = ?4, error = ?5 WHERE id = ?1",
-            params![id, state.as_str(), now(), outputs.to_string(), error],
+            "UPDATE jobs SET state = ?2, finished = ?3, outputs = ?4, error = ?5, nodes = ?6 WHERE id = ?1",
+            params![id, state.as_str(), now(), outputs.to_string(), error, nodes.to_string()],
         )?;
         self.db.execute(
             "DELETE FROM jobs WHERE state IN ('succeeded', 'failed', 'cancelled') AND seq NOT IN
@@ -412,8 +420,14 @@ mod tests {
         for i in 0..6 {
             s.enqueue(job(&format!("j{i}"))).unwrap();
             s.start_next().unwrap();
-            s.finish(&format!("j{i}"), State::Succeeded, &Json::Null, None)
-                .unwrap();
+            s.finish(
+                &format!("j{i}"),
+                State::Succeeded,
+                &Json::Null,
+                None,
+                &Json::Null,
+            )
+            .unwrap();
         }
         let h: Vec<String> = s.history(10).unwrap().into_iter().map(|j| j.id).collect();
         assert_eq!(h, vec!["j5", "j4", "j3"]);
