@@ -407,6 +407,7 @@ mod tests {
             State::Succeeded,
             &serde_json::json!({"save": ["x.png"]}),
             None,
+            &serde_json::json!({"save": "ran"}),
         )
         .unwrap();
         assert_eq!(s.history(10).unwrap().len(), 2);
