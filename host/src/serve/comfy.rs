@@ -6,7 +6,6 @@
 //! inputs are params); ComfyUI's core class names go through the workflow importer, so a
 //! client that sends a core ComfyUI workflow works unchanged.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -173,14 +172,7 @@ async fn prompt(State(s): State<Arc<Shared>>, AxJson(body): AxJson<PromptBody>) 
             }
         }
     };
-    let origin_map: BTreeMap<String, String> = origin
-        .as_object()
-        .map(|o| {
-            o.iter()
-                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                .collect()
-        })
-        .unwrap_or_default();
+    let origin_map = super::events::origin_map(&origin);
     let sub = Submission {
         id: body.prompt_id.clone(),
         graph,

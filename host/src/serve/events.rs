@@ -35,6 +35,18 @@ pub enum Note {
     },
 }
 
+/// Our node id → ComfyUI node id, from a job's stored `origin` object.
+pub fn origin_map(origin: &Json) -> BTreeMap<String, String> {
+    origin
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Where events go.
 pub type Hub = broadcast::Sender<Note>;
 

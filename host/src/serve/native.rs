@@ -293,27 +293,8 @@ async fn nodes(State(s): State<Arc<Shared>>) -> Response {
     AxJson(crate::catalog::nodes_json(&s.registry)).into_response()
 }
 
-async fn validate(State(s): State<Arc<Shared>>, AxJson(body): AxJson<GraphBody>) -> Response {
-    let (graph, set) = match parse_body(&body) {
-        Ok(x) => x,
-        Err(r) => return *r,
-    };
-    let v = tokio::task::spawn_blocking(move || {
-        let path = s.inputs.join("graph.yaml");
-        validate_bytes(
-            &path,
-            graph.as_bytes(),
-            &s.registry,
-            &Overrides { set, seed: None },
-        )
-    })
-    .await;
-    match v {
-        Ok(v) => {
-            AxJson(json!({"valid": v.plan.is_some(), "diagnostics": v.diagnostics})).into_response()
-        }
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+async fn validate(s: State<Arc<Shared>>, body: AxJson<GraphBody>) -> Response {
+    plan_or_validate(s, body, false).await
 }
 
 /// The graph as the browser view draws it: nodes with typed ports, params and positions, and
@@ -355,19 +336,33 @@ fn plan_json(v: &crate::graph::Validated) -> Json {
     json!({"valid": true, "diagnostics": v.diagnostics, "nodes": nodes, "edges": edges})
 }
 
-async fn plan(State(s): State<Arc<Shared>>, AxJson(body): AxJson<GraphBody>) -> Response {
+async fn plan(s: State<Arc<Shared>>, body: AxJson<GraphBody>) -> Response {
+    plan_or_validate(s, body, true).await
+}
+
+/// Validates a graph; with `full`, returns the drawable graph too.
+async fn plan_or_validate(
+    State(s): State<Arc<Shared>>,
+    AxJson(body): AxJson<GraphBody>,
+    full: bool,
+) -> Response {
     let (graph, set) = match parse_body(&body) {
         Ok(x) => x,
         Err(r) => return *r,
     };
     let v = tokio::task::spawn_blocking(move || {
         let path = s.inputs.join("graph.yaml");
-        plan_json(&validate_bytes(
+        let v = validate_bytes(
             &path,
             graph.as_bytes(),
             &s.registry,
             &Overrides { set, seed: None },
-        ))
+        );
+        if full {
+            plan_json(&v)
+        } else {
+            json!({"valid": v.plan.is_some(), "diagnostics": v.diagnostics})
+        }
     })
     .await;
     match v {

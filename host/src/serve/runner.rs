@@ -1,7 +1,6 @@
 //! The thread that runs jobs, one at a time, oldest first, with one executor for the life of
 //! the server: models stay loaded and repeated sub-graphs come from the cache across jobs.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -58,15 +57,7 @@ fn files_of(values: &[Value], root: &Path) -> Vec<String> {
 }
 
 fn run_job(shared: &Shared, exec: &mut Executor, job: Job) {
-    let origin: BTreeMap<String, String> = job
-        .origin
-        .as_object()
-        .map(|o| {
-            o.iter()
-                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                .collect()
-        })
-        .unwrap_or_default();
+    let origin = super::events::origin_map(&job.origin);
     let sink = Arc::new(JobSink {
         hub: shared.hub.clone(),
         job: job.id.clone(),
