@@ -20,11 +20,6 @@ pub struct Converted {
     pub notes: Vec<String>,
 }
 
-/// Whether `json` is a ComfyUI workflow rather than a LatentFlow graph.
-pub fn is_comfy(json: &Json) -> bool {
-    comfy::is_workflow(json)
-}
-
 /// Converts a ComfyUI workflow.
 pub fn from_comfy(text: &str, source: &Path) -> Result<Converted, String> {
     let name = source

@@ -439,7 +439,7 @@ fn read_graph(path: &Path, args: &GraphArgs) -> Result<Vec<u8>> {
             std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
         let comfy = has_extension(path, "json")
             && serde_json::from_slice::<serde_json::Value>(&bytes)
-                .is_ok_and(|j| foreign::is_comfy(&j));
+                .is_ok_and(|j| latentflow_interop::comfy::is_workflow(&j));
         if !comfy {
             return Ok(bytes);
         }

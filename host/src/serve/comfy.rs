@@ -47,9 +47,9 @@ fn native_graph(prompt: &Map<String, Json>, registry: &Registry) -> Result<Json,
     let mut nodes = Map::new();
     for (id, node) in prompt {
         let class = node.get("class_type").and_then(Json::as_str).unwrap_or("");
-        let Some(ty) = registry.get(class) else {
+        if registry.get(class).is_none() {
             return Err(format!("node {id}: unknown class_type `{class}`"));
-        };
+        }
         let mut inputs = Map::new();
         let mut params = Map::new();
         for (name, v) in node
@@ -88,7 +88,6 @@ fn native_graph(prompt: &Map<String, Json>, registry: &Registry) -> Result<Json,
                 params.insert(name.clone(), v.clone());
             }
         }
-        let _ = ty;
         nodes.insert(
             id.clone(),
             json!({"type": class, "inputs": inputs, "params": params}),

@@ -182,11 +182,10 @@ pub async fn file_under(root: &std::path::Path, rel: &str) -> Response {
         return error(StatusCode::BAD_REQUEST, "the path leaves the folder");
     };
     // A regular file only: no devices or FIFOs, and no symlink out of the folder.
-    let meta = match tokio::fs::symlink_metadata(&path).await {
-        Ok(m) if m.is_file() => m,
+    match tokio::fs::symlink_metadata(&path).await {
+        Ok(m) if m.is_file() => {}
         _ => return error(StatusCode::NOT_FOUND, format!("no file `{rel}`")),
-    };
-    let _ = meta;
+    }
     let ty = match path
         .extension()
         .and_then(|e| e.to_str())

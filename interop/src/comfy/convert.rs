@@ -353,7 +353,7 @@ impl<'a> Converter<'a> {
         }
     }
 
-    fn expect<T>(
+    fn take_kind<T>(
         &mut self,
         node: &Node,
         name: &str,
@@ -373,7 +373,7 @@ impl<'a> Converter<'a> {
 
     fn port_of(&mut self, node: &Node, name: &str, want: &'static str) -> R<Port> {
         let v = self.link(node, name)?;
-        self.expect(
+        self.take_kind(
             node,
             name,
             v,
@@ -391,7 +391,7 @@ impl<'a> Converter<'a> {
 
     fn clip(&mut self, node: &Node, name: &str) -> R<(Port, i64)> {
         let v = self.link(node, name)?;
-        self.expect(
+        self.take_kind(
             node,
             name,
             v,
@@ -405,7 +405,7 @@ impl<'a> Converter<'a> {
 
     fn cond(&mut self, node: &Node, name: &str) -> R<(Port, Vec<Control>)> {
         let v = self.link(node, name)?;
-        self.expect(
+        self.take_kind(
             node,
             name,
             v,
@@ -419,7 +419,7 @@ impl<'a> Converter<'a> {
 
     fn latent(&mut self, node: &Node, name: &str) -> R<(Port, Option<Port>)> {
         let v = self.link(node, name)?;
-        self.expect(
+        self.take_kind(
             node,
             name,
             v,
