@@ -8,6 +8,7 @@ pub mod bench;
 pub mod catalog;
 pub mod dot;
 pub mod exec;
+pub mod farm;
 pub mod foreign;
 pub mod graph;
 pub mod isolate;

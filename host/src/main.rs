@@ -125,6 +125,8 @@ enum Command {
     /// Serve an HTTP/WebSocket API (LatentFlow's and a ComfyUI-compatible subset) over a
     /// persistent job queue.
     Serve(ServeArgs),
+    /// Take jobs from a NATS JetStream server (queued by `serve --nats`) and run them.
+    Worker(WorkerArgs),
     /// List the models found in the Hugging Face cache and the model folders.
     Models {
         /// Print JSON instead of a table.
@@ -192,6 +194,41 @@ struct ServeArgs {
     /// A graph file for the browser view to show and redraw whenever it is saved.
     #[arg(long, value_name = "FILE")]
     graph: Option<PathBuf>,
+    /// Queue jobs on this NATS JetStream server for `latentflow worker`s instead of running
+    /// them here (also read from LATENTFLOW_NATS).
+    #[arg(long, value_name = "URL", env = "LATENTFLOW_NATS")]
+    nats: Option<String>,
+}
+
+#[derive(Args, Clone)]
+struct WorkerArgs {
+    /// The NATS JetStream server (`nats://HOST:PORT`; also read from LATENTFLOW_NATS).
+    #[arg(long, value_name = "URL", env = "LATENTFLOW_NATS")]
+    nats: String,
+    /// The pool whose jobs this worker takes (jobs go to a pool whose workers have the
+    /// plugins they need, or the one asked for).
+    #[arg(long, default_value = "default")]
+    pool: String,
+    /// This worker's id in heartbeats and job records (default: HOST-PID).
+    #[arg(long)]
+    id: Option<String>,
+    /// Folder for uploads fetched from the farm (input/) and outputs (output/).
+    #[arg(long, default_value = "latentflow-worker")]
+    data_dir: PathBuf,
+    /// Result cache budget across jobs, in MiB.
+    #[arg(long, default_value_t = 4096)]
+    cache_mib: usize,
+    /// Worker threads per run (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Seconds a job may go without a progress acknowledgement before it is redelivered
+    /// (set when the pool's consumer is created).
+    #[arg(long, default_value_t = 30.0)]
+    ack_wait: f64,
+    /// Deliveries of a job before it goes to the dead-letter stream (set when the pool's
+    /// consumer is created).
+    #[arg(long, default_value_t = 5)]
+    max_deliver: i64,
 }
 
 #[derive(Args, Clone)]
@@ -359,8 +396,30 @@ fn real_main(cli: Cli) -> Result<u8> {
                 threads: args.threads,
                 plugin_dirs,
                 graph: args.graph,
+                nats: args.nats.map(latentflow::farm::FarmConfig::new),
             };
             latentflow::serve::serve(cfg, registry)?;
+            Ok(0)
+        }
+        Command::Worker(args) => {
+            if !(args.ack_wait.is_finite() && args.ack_wait >= 1.0) {
+                anyhow::bail!("--ack-wait: give at least 1 second");
+            }
+            if args.max_deliver < 1 {
+                anyhow::bail!("--max-deliver: give at least 1");
+            }
+            let mut farm = latentflow::farm::FarmConfig::new(args.nats);
+            farm.ack_wait = Duration::from_secs_f64(args.ack_wait);
+            farm.max_deliver = args.max_deliver;
+            let cfg = latentflow::farm::WorkerConfig {
+                farm,
+                pool: args.pool,
+                id: args.id,
+                data_dir: args.data_dir,
+                cache_bytes: args.cache_mib << 20,
+                threads: args.threads,
+            };
+            latentflow::farm::work(cfg, registry)?;
             Ok(0)
         }
         Command::Watch(args) => {

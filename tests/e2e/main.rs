@@ -4,6 +4,7 @@ mod cli;
 mod comfy_import;
 mod default_model;
 mod execution;
+mod farm;
 mod graphs;
 mod isolation;
 mod plugins;

@@ -9,8 +9,8 @@ use latentflow_tests::{workspace_root, Running, Sandbox};
 use serde_json::{json, Value as Json};
 
 /// A running server and its address.
-struct Server {
-    proc: Running,
+pub(crate) struct Server {
+    pub(crate) proc: Running,
     addr: String,
 }
 
@@ -21,7 +21,7 @@ impl Drop for Server {
     }
 }
 
-fn start(sb: &Sandbox, data: &Path, extra: &[&str]) -> Server {
+pub(crate) fn start(sb: &Sandbox, data: &Path, extra: &[&str]) -> Server {
     let mut args = vec![
         "serve",
         "--listen",
@@ -52,11 +52,11 @@ fn start(sb: &Sandbox, data: &Path, extra: &[&str]) -> Server {
 }
 
 impl Server {
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 
-    fn get(&self, path: &str) -> Json {
+    pub(crate) fn get(&self, path: &str) -> Json {
         ureq::get(&self.url(path))
             .call()
             .expect("GET")
@@ -64,7 +64,7 @@ impl Server {
             .expect("JSON")
     }
 
-    fn post(&self, path: &str, body: &Json) -> Result<Json, (u16, Json)> {
+    pub(crate) fn post(&self, path: &str, body: &Json) -> Result<Json, (u16, Json)> {
         match ureq::post(&self.url(path)).send_json(body.clone()) {
             Ok(r) => Ok(r.into_json().unwrap_or(Json::Null)),
             Err(ureq::Error::Status(code, r)) => Err((code, r.into_json().unwrap_or(Json::Null))),
@@ -73,7 +73,7 @@ impl Server {
     }
 
     /// Waits until job `id` is over; returns it.
-    fn wait_job(&self, id: &str, secs: u64) -> Json {
+    pub(crate) fn wait_job(&self, id: &str, secs: u64) -> Json {
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
             let j = self.get(&format!("/api/v1/jobs/{id}"));
@@ -89,7 +89,7 @@ impl Server {
     }
 }
 
-fn txt2img_yaml() -> String {
+pub(crate) fn txt2img_yaml() -> String {
     std::fs::read_to_string(workspace_root().join("graphs/txt2img.yaml"))
         .expect("txt2img graph")
         .replace(

@@ -179,6 +179,7 @@ async fn prompt(State(s): State<Arc<Shared>>, AxJson(body): AxJson<PromptBody>) 
         client: body.client_id.clone(),
         comfy: Some(body.prompt.clone()),
         origin,
+        pool: None,
     };
     match tokio::task::spawn_blocking(move || s.submit(sub)).await {
         Ok(Ok(job)) => {
@@ -216,7 +217,7 @@ async fn prompt(State(s): State<Arc<Shared>>, AxJson(body): AxJson<PromptBody>) 
 }
 
 fn remaining(s: &Shared) -> usize {
-    s.lock_store().pending_count().unwrap_or(0)
+    s.jobs.pending_count().unwrap_or(0)
 }
 
 async fn prompt_info(State(s): State<Arc<Shared>>) -> Response {
@@ -228,7 +229,7 @@ fn queue_item(j: &Job) -> Json {
 }
 
 async fn queue(State(s): State<Arc<Shared>>) -> Response {
-    let jobs = s.lock_store().queue().unwrap_or_default();
+    let jobs = s.jobs.queue().unwrap_or_default();
     let running: Vec<Json> = jobs
         .iter()
         .filter(|j| j.state == JobState::Running)
@@ -252,7 +253,7 @@ struct Edit {
 
 async fn edit_queue(State(s): State<Arc<Shared>>, AxJson(e): AxJson<Edit>) -> Response {
     if e.clear {
-        let _ = s.lock_store().clear_pending();
+        let _ = s.jobs.clear_pending();
     }
     for id in &e.delete {
         s.cancel(id);
@@ -302,7 +303,7 @@ struct MaxItems {
 
 async fn history(State(s): State<Arc<Shared>>, Query(q): Query<MaxItems>) -> Response {
     let jobs = s
-        .lock_store()
+        .jobs
         .history(q.max_items.unwrap_or(200))
         .unwrap_or_default();
     let mut out = Map::new();
@@ -313,7 +314,7 @@ async fn history(State(s): State<Arc<Shared>>, Query(q): Query<MaxItems>) -> Res
 }
 
 async fn history_one(State(s): State<Arc<Shared>>, AxPath(id): AxPath<String>) -> Response {
-    let job = s.lock_store().get(&id).ok().flatten();
+    let job = s.jobs.get(&id).ok().flatten();
     let mut out = Map::new();
     if let Some(j) = job.filter(|j| j.state.is_final()) {
         out.insert(j.id.clone(), history_entry(&j));
@@ -322,7 +323,7 @@ async fn history_one(State(s): State<Arc<Shared>>, AxPath(id): AxPath<String>) -
 }
 
 async fn edit_history(State(s): State<Arc<Shared>>, AxJson(e): AxJson<Edit>) -> Response {
-    let mut store = s.lock_store();
+    let store = &s.jobs;
     let r = if e.clear {
         store.delete_history(None)
     } else {
@@ -344,16 +345,16 @@ struct ViewQuery {
 }
 
 async fn view(State(s): State<Arc<Shared>>, Query(q): Query<ViewQuery>) -> Response {
-    let root = match q.kind.as_deref() {
-        Some("input") => &s.inputs,
-        _ => &s.outputs,
-    };
+    let input = q.kind.as_deref() == Some("input");
     let rel = if q.subfolder.is_empty() {
         q.filename.clone()
     } else {
         format!("{}/{}", q.subfolder, q.filename)
     };
-    file_under(root, &rel).await
+    if !input {
+        super::native::fetch_output(&s, &rel).await;
+    }
+    file_under(if input { &s.inputs } else { &s.outputs }, &rel).await
 }
 
 async fn upload_image(State(s): State<Arc<Shared>>, mut form: Multipart) -> Response {
@@ -403,8 +404,19 @@ async fn upload_image(State(s): State<Arc<Shared>>, mut form: Multipart) -> Resp
         .unwrap_or_default();
     let dir = parts.iter().fold(s.inputs.clone(), |d, p| d.join(p));
     match store_upload(&dir, &name, &bytes, overwrite).await {
-        Ok(n) => AxJson(json!({"name": n, "subfolder": parts.join("/"), "type": "input"}))
-            .into_response(),
+        Ok(n) => {
+            let rel = parts
+                .iter()
+                .chain([&n])
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("/");
+            if let Err(r) = super::native::share_upload(&s, &rel, &bytes).await {
+                return r;
+            }
+            AxJson(json!({"name": n, "subfolder": parts.join("/"), "type": "input"}))
+                .into_response()
+        }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }

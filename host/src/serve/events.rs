@@ -3,7 +3,7 @@
 //! go only to the client that submitted the job.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value as Json};
 use tokio::sync::broadcast;
@@ -50,10 +50,21 @@ pub fn origin_map(origin: &Json) -> BTreeMap<String, String> {
 /// Where events go.
 pub type Hub = broadcast::Sender<Note>;
 
+/// Where one job's events go: the hub here, or a worker's NATS subjects.
+pub type Notify = Arc<dyn Fn(Note) + Send + Sync>;
+
+/// A [`Notify`] that sends to `hub`.
+pub fn to_hub(hub: &Hub) -> Notify {
+    let hub = hub.clone();
+    Arc::new(move |note| {
+        let _ = hub.send(note);
+    })
+}
+
 /// An event sink for one job.
 pub struct JobSink {
-    /// The hub.
-    pub hub: Hub,
+    /// Where its events go.
+    pub notify: Notify,
     /// The job id.
     pub job: String,
     /// The ComfyUI client, if the job came from one.
@@ -75,7 +86,7 @@ impl JobSink {
 
     /// Sends a ComfyUI message to the job's client.
     pub fn comfy(&self, kind: &str, data: Json) {
-        let _ = self.hub.send(Note::Comfy {
+        (self.notify)(Note::Comfy {
             client: self.client.clone(),
             message: json!({"type": kind, "data": data}),
         });
@@ -88,7 +99,7 @@ impl EventSink for JobSink {
         if let Some(o) = native.as_object_mut() {
             o.insert("job".into(), Json::from(self.job.clone()));
         }
-        let _ = self.hub.send(Note::Native(native));
+        (self.notify)(Note::Native(native));
         let id = &self.job;
         match event {
             Event::NodeStarted { node, .. } => {

@@ -1,8 +1,9 @@
 //! `latentflow serve`: an HTTP and WebSocket server over a persistent job queue.
 //!
-//! - [`store`]: jobs in SQLite (pending jobs survive restarts).
-//! - [`runner`]: one thread runs the jobs with one long-lived executor (models and cached
-//!   results stay between jobs).
+//! - [`queue`]: where jobs wait ([`queue::JobQueue`]): on one machine, [`store`] (SQLite:
+//!   pending jobs survive restarts) drained by [`runner`] (one thread, one long-lived executor:
+//!   models and cached results stay between jobs); with `--nats`, a JetStream stream drained by
+//!   `latentflow worker`s ([`crate::farm`]).
 //! - [`events`]: run events to sockets, natively and as ComfyUI messages.
 //! - [`native`]: LatentFlow's API under `/api/v1`.
 //! - [`comfy`]: the subset of ComfyUI's API that scripts and clients use, at `/` and `/api/`.
@@ -14,14 +15,14 @@
 pub mod comfy;
 pub mod events;
 pub mod native;
+pub mod queue;
 pub mod runner;
 pub mod store;
 pub mod view;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, Request, State as AxState};
 use axum::http::StatusCode;
@@ -33,6 +34,7 @@ use serde_json::{json, Value as Json};
 use crate::graph::{validate_bytes, Diagnostic, Overrides};
 use crate::plugins::Registry;
 use events::{Hub, Note};
+use queue::{JobQueue, LocalQueue};
 use store::{Job, NewJob, Store, StoreError};
 
 /// How to serve.
@@ -56,6 +58,8 @@ pub struct ServeConfig {
     pub plugin_dirs: Vec<PathBuf>,
     /// A graph file the browser view shows and redraws on every save.
     pub graph: Option<PathBuf>,
+    /// A NATS server: jobs go to `latentflow worker`s through JetStream instead of running here.
+    pub nats: Option<crate::farm::FarmConfig>,
 }
 
 /// Why the server could not start.
@@ -73,23 +77,23 @@ pub enum ServeError {
     /// The store.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The NATS server.
+    #[error(transparent)]
+    Farm(#[from] crate::farm::FarmError),
 }
 
 /// State shared by the HTTP handlers and the runner.
 pub struct Shared {
     /// The plugins.
     pub registry: Registry,
-    store: Mutex<Store>,
-    /// Signalled when a job is queued.
-    pub wake: Condvar,
+    /// The jobs.
+    pub jobs: Arc<dyn JobQueue>,
     /// Events.
     pub hub: Hub,
     /// Uploads (ComfyUI's input folder); relative paths in graphs resolve here.
     pub inputs: PathBuf,
     /// Job outputs, one folder per job.
     pub outputs: PathBuf,
-    /// The job running now and its cancel flag.
-    pub running: Mutex<Option<(String, Arc<AtomicBool>)>>,
     /// Worker threads per run.
     pub threads: Option<usize>,
     token: Option<String>,
@@ -99,14 +103,9 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// The store, locked.
-    pub fn lock_store(&self) -> MutexGuard<'_, Store> {
-        self.store.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Tells every ComfyUI socket how many jobs remain.
     pub fn status_changed(&self) {
-        let remaining = self.lock_store().pending_count().unwrap_or(0);
+        let remaining = self.jobs.pending_count().unwrap_or(0);
         let _ = self.hub.send(Note::Comfy {
             client: None,
             message: json!({"type": "status", "data": {"status": {"exec_info": {"queue_remaining": remaining}}}}),
@@ -159,48 +158,42 @@ impl Shared {
         if v.plan.is_none() {
             return Err(Rejected::Invalid(v.diagnostics));
         }
-        let job = self.lock_store().enqueue(NewJob {
+        let plan = v.plan.as_ref();
+        let needs = plan.map(crate::farm::plugins_needed).unwrap_or_default();
+        let job = self.jobs.enqueue(NewJob {
             id,
             graph: sub.graph,
             set: sub.set,
             client: sub.client,
             comfy: sub.comfy,
             origin: sub.origin,
+            pool: sub.pool,
+            needs,
         });
         match job {
             Ok(job) => {
-                self.wake.notify_all();
                 self.status_changed();
                 Ok(job)
             }
             Err(StoreError::Duplicate(id)) => Err(Rejected::Duplicate(id)),
+            Err(StoreError::NoWorker(why)) => Err(Rejected::BadRequest(why)),
             Err(e) => Err(Rejected::Internal(e.to_string())),
         }
     }
 
-    /// Cancels a job: pending ones are dropped, the running one is stopped between nodes and
+    /// Cancels a job: pending ones are dropped, running ones are stopped between nodes and
     /// steps. Returns whether anything was cancelled.
     pub fn cancel(&self, id: &str) -> bool {
-        if let Some((running, flag)) = &*self.running.lock().unwrap_or_else(|e| e.into_inner()) {
-            if running == id {
-                flag.store(true, std::sync::atomic::Ordering::Relaxed);
-                return true;
-            }
-        }
-        let done = self.lock_store().cancel_pending(id).unwrap_or(false);
+        let done = self.jobs.cancel(id);
         if done {
             self.status_changed();
         }
         done
     }
 
-    /// Cancels the running job, if any; returns its id.
-    pub fn interrupt(&self) -> Option<String> {
-        let r = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        r.as_ref().map(|(id, flag)| {
-            flag.store(true, std::sync::atomic::Ordering::Relaxed);
-            id.clone()
-        })
+    /// Cancels the running jobs; returns their ids.
+    pub fn interrupt(&self) -> Vec<String> {
+        self.jobs.interrupt()
     }
 }
 
@@ -218,6 +211,8 @@ pub struct Submission {
     pub comfy: Option<Json>,
     /// Our node id → ComfyUI node id.
     pub origin: Json,
+    /// The worker pool to run it in (a farm's; `None`: any that has the plugins).
+    pub pool: Option<String>,
 }
 
 /// Why a submission was refused.
@@ -326,33 +321,49 @@ pub fn serve(cfg: ServeConfig, registry: Registry) -> Result<(), ServeError> {
     let outputs = data.join("output");
     std::fs::create_dir_all(&inputs).map_err(io)?;
     std::fs::create_dir_all(&outputs).map_err(io)?;
-    let store = Store::open(&data.join("jobs.sqlite"), cfg.history_limit)?;
-    let (hub, _) = tokio::sync::broadcast::channel(1024);
+    let (hub, _) = tokio::sync::broadcast::channel(4096);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(io)?;
+    let (jobs, local): (Arc<dyn JobQueue>, Option<Arc<LocalQueue>>) = match &cfg.nats {
+        Some(farm) => {
+            let front = rt.block_on(crate::farm::Front::connect(
+                farm.clone(),
+                hub.clone(),
+                outputs.clone(),
+                cfg.history_limit,
+            ))?;
+            (front, None)
+        }
+        None => {
+            let store = Store::open(&data.join("jobs.sqlite"), cfg.history_limit)?;
+            let caps = crate::farm::capabilities(&registry, "local", "local", cfg.threads);
+            let local = Arc::new(LocalQueue::new(store, caps));
+            (local.clone(), Some(local))
+        }
+    };
     let shared = Arc::new(Shared {
         registry,
-        store: Mutex::new(store),
-        wake: Condvar::new(),
+        jobs,
         hub,
         inputs,
         outputs,
-        running: Mutex::new(None),
         threads: cfg.threads,
         token: cfg.token.clone(),
         counter: Default::default(),
         graph_file: cfg.graph.clone(),
     });
     view::watch_graph_file(shared.clone());
-    let runner_shared = shared.clone();
-    let cache = cfg.cache_bytes;
-    std::thread::Builder::new()
-        .name("latentflow-runner".into())
-        .spawn(move || runner::run(runner_shared, cache))
-        .map_err(io)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(io)?;
+    if let Some(local) = local {
+        let runner_shared = shared.clone();
+        let cache = cfg.cache_bytes;
+        std::thread::Builder::new()
+            .name("latentflow-runner".into())
+            .spawn(move || runner::run(runner_shared, local, cache))
+            .map_err(io)?;
+    }
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await

@@ -32,6 +32,7 @@ pub fn routes() -> Router<Arc<Shared>> {
         .route("/api/v1/plan", post(plan))
         .route("/api/v1/jobs/{id}/plan", get(job_plan))
         .route("/api/v1/events", get(events))
+        .route("/api/v1/workers", get(workers))
 }
 
 /// A graph with inputs, as clients send it.
@@ -45,6 +46,10 @@ pub struct GraphBody {
     /// A job id of the client's choosing (a resubmission with it is queued once).
     #[serde(default)]
     id: Option<String>,
+    /// The worker pool to run it in (`serve --nats`; default: one whose workers have the
+    /// plugins it needs).
+    #[serde(default)]
+    pool: Option<String>,
 }
 
 /// Graph text and `--set` inputs.
@@ -105,6 +110,7 @@ async fn submit(State(s): State<Arc<Shared>>, AxJson(body): AxJson<GraphBody>) -
         client: None,
         comfy: None,
         origin: Json::Null,
+        pool: body.pool.clone(),
     };
     match tokio::task::spawn_blocking(move || s.submit(sub)).await {
         Ok(Ok(job)) => (
@@ -118,7 +124,7 @@ async fn submit(State(s): State<Arc<Shared>>, AxJson(body): AxJson<GraphBody>) -
 }
 
 async fn job(State(s): State<Arc<Shared>>, AxPath(id): AxPath<String>) -> Response {
-    match s.lock_store().get(&id) {
+    match s.jobs.get(&id) {
         Ok(Some(j)) => AxJson(j).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, format!("no job `{id}`")),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
@@ -137,7 +143,7 @@ async fn cancel(State(s): State<Arc<Shared>>, AxPath(id): AxPath<String>) -> Res
 }
 
 async fn queue(State(s): State<Arc<Shared>>) -> Response {
-    match s.lock_store().queue() {
+    match s.jobs.queue() {
         Ok(jobs) => {
             let (running, pending): (Vec<_>, Vec<_>) = jobs
                 .into_iter()
@@ -149,7 +155,7 @@ async fn queue(State(s): State<Arc<Shared>>) -> Response {
 }
 
 async fn clear_queue(State(s): State<Arc<Shared>>) -> Response {
-    let n = s.lock_store().clear_pending();
+    let n = s.jobs.clear_pending();
     s.status_changed();
     match n {
         Ok(n) => AxJson(json!({"cancelled": n})).into_response(),
@@ -163,14 +169,14 @@ struct Limit {
 }
 
 async fn history(State(s): State<Arc<Shared>>, Query(q): Query<Limit>) -> Response {
-    match s.lock_store().history(q.limit.unwrap_or(100)) {
+    match s.jobs.history(q.limit.unwrap_or(100)) {
         Ok(jobs) => AxJson(jobs).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 
 async fn clear_history(State(s): State<Arc<Shared>>) -> Response {
-    match s.lock_store().delete_history(None) {
+    match s.jobs.delete_history(None) {
         Ok(()) => AxJson(json!({"cleared": true})).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
@@ -208,7 +214,30 @@ async fn output(
     State(s): State<Arc<Shared>>,
     AxPath((id, file)): AxPath<(String, String)>,
 ) -> Response {
-    file_under(&s.outputs, &format!("{id}/{file}")).await
+    let rel = format!("{id}/{file}");
+    fetch_output(&s, &rel).await;
+    file_under(&s.outputs, &rel).await
+}
+
+/// Brings an output written elsewhere (by a farm worker) into the outputs folder.
+pub async fn fetch_output(s: &Arc<Shared>, rel: &str) {
+    let (s, rel) = (s.clone(), rel.to_string());
+    let _ = tokio::task::spawn_blocking(move || s.jobs.fetch_output(&rel)).await;
+}
+
+/// Shares an upload with the workers elsewhere (a farm's); the error as a response.
+pub async fn share_upload(s: &Arc<Shared>, name: &str, bytes: &[u8]) -> Result<(), Response> {
+    let (s, name, bytes) = (s.clone(), name.to_string(), bytes.to_vec());
+    match tokio::task::spawn_blocking(move || s.jobs.uploaded(&name, &bytes)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(error(StatusCode::BAD_GATEWAY, e.to_string())),
+        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    }
+}
+
+async fn workers(State(s): State<Arc<Shared>>) -> Response {
+    let w = tokio::task::spawn_blocking(move || s.jobs.workers()).await;
+    AxJson(w.unwrap_or(Json::Null)).into_response()
 }
 
 /// Keeps a client's file name to letters, digits, `.`, `-` and `_` (no folders).
@@ -278,7 +307,12 @@ async fn upload(State(s): State<Arc<Shared>>, mut form: Multipart) -> Response {
             Err(e) => return error(e.status(), e.body_text()),
         };
         match store_upload(&s.inputs, &name, &bytes, false).await {
-            Ok(n) => saved.push(n),
+            Ok(n) => {
+                if let Err(r) = share_upload(&s, &n, &bytes).await {
+                    return r;
+                }
+                saved.push(n)
+            }
             Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
         }
     }
@@ -371,7 +405,7 @@ async fn plan_or_validate(
 }
 
 async fn job_plan(State(s): State<Arc<Shared>>, AxPath(id): AxPath<String>) -> Response {
-    let job = match s.lock_store().get(&id) {
+    let job = match s.jobs.get(&id) {
         Ok(Some(j)) => j,
         Ok(None) => return error(StatusCode::NOT_FOUND, format!("no job `{id}`")),
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),

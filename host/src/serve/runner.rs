@@ -1,32 +1,36 @@
-//! The thread that runs jobs, one at a time, oldest first, with one executor for the life of
-//! the server: models stay loaded and repeated sub-graphs come from the cache across jobs.
+//! Running one job, and the thread that runs a single machine's jobs: one at a time, oldest
+//! first, with one executor for the life of the server (models stay loaded and repeated
+//! sub-graphs come from the cache across jobs). `latentflow worker` runs jobs with the same
+//! [`execute`].
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use latentflow_plugin_api::Value;
 use serde_json::{json, Value as Json};
 
-use super::events::{JobSink, Note};
+use super::events::{to_hub, JobSink, Note, Notify};
+use super::queue::LocalQueue;
 use super::store::{Job, State};
 use super::Shared;
 use crate::exec::{Executor, RunOptions, RunStatus};
-use crate::graph::{validate_bytes, Overrides};
+use crate::graph::{validate_bytes, Overrides, Plan};
+use crate::plugins::Registry;
 
-/// Runs jobs until the process ends.
-pub fn run(shared: Arc<Shared>, cache_bytes: usize) {
+/// Runs the local queue's jobs until the process ends.
+pub fn run(shared: Arc<Shared>, local: Arc<LocalQueue>, cache_bytes: usize) {
     let mut exec = Executor::new(Some(cache_bytes));
     loop {
         let job = {
-            let mut store = shared.lock_store();
+            let mut store = local.lock_store();
             loop {
                 match store.start_next() {
                     Ok(Some(job)) => break job,
                     Ok(None) => {}
                     Err(e) => tracing::error!("{e}"),
                 }
-                store = shared
+                store = local
                     .wake
                     .wait_timeout(store, std::time::Duration::from_millis(500))
                     .map(|(g, _)| g)
@@ -34,9 +38,61 @@ pub fn run(shared: Arc<Shared>, cache_bytes: usize) {
             }
         };
         shared.status_changed();
-        run_job(&shared, &mut exec, job);
+        let cancel = Arc::new(AtomicBool::new(false));
+        local.set_running(Some((job.id.clone(), cancel.clone())));
+        let ctx = JobContext {
+            registry: &shared.registry,
+            inputs: shared.inputs.clone(),
+            outputs: shared.outputs.clone(),
+            threads: shared.threads,
+            notify: to_hub(&shared.hub),
+            cancel,
+        };
+        let end = execute(&ctx, &mut exec, &job, |_| {});
+        local.set_running(None);
+        let finished = local.lock_store().finish(
+            &job.id,
+            end.state,
+            &end.outputs,
+            end.error.as_deref(),
+            &end.nodes,
+        );
+        if let Err(e) = finished {
+            tracing::error!("{e}");
+        }
         shared.status_changed();
     }
+}
+
+/// What a job runs with.
+pub struct JobContext<'a> {
+    /// The plugins.
+    pub registry: &'a Registry,
+    /// Uploads; relative paths in graphs resolve here.
+    pub inputs: PathBuf,
+    /// Outputs go to `outputs/JOB/`.
+    pub outputs: PathBuf,
+    /// Worker threads per run.
+    pub threads: Option<usize>,
+    /// Where its events go.
+    pub notify: Notify,
+    /// Set to stop the run between nodes and steps.
+    pub cancel: Arc<AtomicBool>,
+}
+
+/// How a job ended.
+#[derive(Debug, Clone)]
+pub struct Ended {
+    /// Succeeded, failed or cancelled.
+    pub state: State,
+    /// Files written, by node: `{node: [paths relative to the outputs folder]}`.
+    pub outputs: Json,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Each node's outcome.
+    pub nodes: Json,
+    /// The graph did not validate (a worker terminates such a job rather than retrying it).
+    pub invalid: bool,
 }
 
 fn files_of(values: &[Value], root: &Path) -> Vec<String> {
@@ -56,17 +112,25 @@ fn files_of(values: &[Value], root: &Path) -> Vec<String> {
     out
 }
 
-fn run_job(shared: &Shared, exec: &mut Executor, job: Job) {
+/// Validates `job` again (the plugins may have changed since it was queued) and runs it,
+/// sending ComfyUI's messages and the native events to `ctx.notify`. `validated` sees the plan
+/// before the run starts.
+pub fn execute(
+    ctx: &JobContext<'_>,
+    exec: &mut Executor,
+    job: &Job,
+    validated: impl FnOnce(&Plan),
+) -> Ended {
     let origin = super::events::origin_map(&job.origin);
     let sink = Arc::new(JobSink {
-        hub: shared.hub.clone(),
+        notify: ctx.notify.clone(),
         job: job.id.clone(),
         client: job.client.clone(),
         origin,
         cached: Mutex::new(Vec::new()),
     });
     sink.comfy("execution_start", json!({"prompt_id": job.id}));
-    let fail = |error: String, node: Option<String>| {
+    let fail = |error: String, node: Option<String>, outputs: Json, nodes: Json| {
         sink.comfy(
             "execution_error",
             json!({"prompt_id": job.id, "node_id": node.as_ref().map(|n| sink.comfy_id(n)),
@@ -77,54 +141,46 @@ fn run_job(shared: &Shared, exec: &mut Executor, job: Job) {
             "executing",
             json!({"node": Json::Null, "prompt_id": job.id}),
         );
-        let mut store = shared.lock_store();
-        if let Err(e) = store.finish(
-            &job.id,
-            State::Failed,
-            &Json::Null,
-            Some(&error),
-            &Json::Null,
-        ) {
-            tracing::error!("{e}");
+        Ended {
+            state: State::Failed,
+            outputs,
+            error: Some(error),
+            nodes,
+            invalid: false,
         }
     };
-    // Validated again: the plugins may have changed since it was queued.
+    let empty = || Json::Object(Default::default());
     let overrides = Overrides {
         set: job.set.clone(),
         seed: None,
     };
-    let graph_path = shared.inputs.join(format!("{}.graph", job.id));
-    let v = validate_bytes(
-        &graph_path,
-        job.graph.as_bytes(),
-        &shared.registry,
-        &overrides,
-    );
+    let graph_path = ctx.inputs.join(format!("{}.graph", job.id));
+    let v = validate_bytes(&graph_path, job.graph.as_bytes(), ctx.registry, &overrides);
     let Some(plan) = v.plan else {
         let text: Vec<String> = v.diagnostics.iter().map(|d| d.to_string()).collect();
-        fail(text.join("\n"), None);
-        return;
+        return Ended {
+            invalid: true,
+            ..fail(text.join("\n"), None, empty(), empty())
+        };
     };
-    let output_dir = shared.outputs.join(&job.id);
+    validated(&plan);
+    let output_dir = ctx.outputs.join(&job.id);
     if let Err(e) = std::fs::create_dir_all(&output_dir) {
-        fail(format!("cannot create {}: {e}", output_dir.display()), None);
-        return;
+        let why = format!("cannot create {}: {e}", output_dir.display());
+        return fail(why, None, empty(), empty());
     }
     let mut opts = RunOptions::new(sink.clone());
     opts.output_dir = output_dir;
-    opts.metadata = crate::provenance::metadata(&plan, &shared.registry);
-    if let Some(t) = shared.threads {
+    opts.metadata = crate::provenance::metadata(&plan, ctx.registry);
+    if let Some(t) = ctx.threads {
         opts.threads = t;
     }
-    let cancel = Arc::new(AtomicBool::new(false));
-    opts.cancel = cancel.clone();
-    *shared.running.lock().unwrap_or_else(|e| e.into_inner()) = Some((job.id.clone(), cancel));
+    opts.cancel = ctx.cancel.clone();
     let report = exec.run(&plan, &opts);
-    *shared.running.lock().unwrap_or_else(|e| e.into_inner()) = None;
 
     let mut outputs = serde_json::Map::new();
     for (node, values) in &report.outputs {
-        let files = files_of(values, &shared.outputs);
+        let files = files_of(values, &ctx.outputs);
         if files.is_empty() {
             continue;
         }
@@ -141,8 +197,8 @@ fn run_job(shared: &Shared, exec: &mut Executor, job: Job) {
             json!({"node": comfy, "display_node": comfy, "output": {"images": images}, "prompt_id": job.id}),
         );
         if let Some(first) = files.iter().find(|f| f.ends_with(".png")) {
-            if let Ok(png) = std::fs::read(shared.outputs.join(first)) {
-                let _ = shared.hub.send(Note::Preview {
+            if let Ok(png) = std::fs::read(ctx.outputs.join(first)) {
+                (ctx.notify)(Note::Preview {
                     job: job.id.clone(),
                     client: job.client.clone(),
                     node: (node.clone(), comfy.clone()),
@@ -177,12 +233,14 @@ fn run_job(shared: &Shared, exec: &mut Executor, job: Job) {
                 _ => None,
             });
             let (node, e) = failed.unwrap_or_default();
-            fail(format!("node `{node}` failed: {e}"), Some(node));
-            let mut store = shared.lock_store();
-            if let Err(err) = store.finish(&job.id, State::Failed, &outputs, Some(&e), &nodes) {
-                tracing::error!("{err}");
-            }
-            return;
+            let mut end = fail(
+                format!("node `{node}` failed: {e}"),
+                Some(node),
+                outputs,
+                nodes,
+            );
+            end.error = Some(e);
+            return end;
         }
     };
     match state {
@@ -196,8 +254,11 @@ fn run_job(shared: &Shared, exec: &mut Executor, job: Job) {
         "executing",
         json!({"node": Json::Null, "prompt_id": job.id}),
     );
-    let mut store = shared.lock_store();
-    if let Err(e) = store.finish(&job.id, state, &outputs, error.as_deref(), &nodes) {
-        tracing::error!("{e}");
+    Ended {
+        state,
+        outputs,
+        error,
+        nodes,
+        invalid: false,
     }
 }

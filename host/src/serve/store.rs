@@ -5,11 +5,11 @@
 use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
 /// Where a job is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
     /// Waiting.
@@ -52,7 +52,7 @@ impl State {
 }
 
 /// A job: a graph with its `--set` inputs, and what became of it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Job {
     /// Its id (a client may choose it).
     pub id: String,
@@ -85,6 +85,16 @@ pub struct Job {
     pub error: Option<String>,
     /// Each node's outcome once the job is over: `{node: "ran" | "cached" | "failed" | …}`.
     pub nodes: Json,
+    /// The farm worker that ran it (`latentflow serve --nats`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    /// How many times a worker started it (more than one after a worker died).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempts: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A store error.
@@ -96,6 +106,12 @@ pub enum StoreError {
     /// A job with this id exists.
     #[error("a job with id `{0}` exists")]
     Duplicate(String),
+    /// No worker can run the job (a farm).
+    #[error("{0}")]
+    NoWorker(String),
+    /// The NATS server failed.
+    #[error("job queue on NATS: {0}")]
+    Farm(String),
 }
 
 /// The job table.
@@ -156,6 +172,8 @@ fn row_to_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
             Json::Null => Json::Object(Default::default()),
             j => j,
         },
+        worker: None,
+        attempts: 0,
     })
 }
 
@@ -173,6 +191,10 @@ pub struct NewJob {
     pub comfy: Option<Json>,
     /// Our node id → ComfyUI node id.
     pub origin: Json,
+    /// The worker pool it asks for (a farm's).
+    pub pool: Option<String>,
+    /// The plugins it needs (a farm routes it to a pool whose workers have them).
+    pub needs: Vec<String>,
 }
 
 impl Store {
@@ -379,6 +401,8 @@ mod tests {
             client: None,
             comfy: None,
             origin: Json::Null,
+            pool: None,
+            needs: Vec::new(),
         }
     }
 
