@@ -31,8 +31,22 @@ impl Drop for Nats {
     }
 }
 
+/// `nats-server` on PATH, else Debian's `/usr/sbin/nats-server`.
+fn nats_server() -> Command {
+    let debian = std::path::Path::new("/usr/sbin/nats-server");
+    let on_path = Command::new("nats-server")
+        .arg("--version")
+        .output()
+        .is_ok();
+    Command::new(if !on_path && debian.exists() {
+        debian.as_os_str()
+    } else {
+        "nats-server".as_ref()
+    })
+}
+
 fn nats() -> Option<Nats> {
-    let version = Command::new("nats-server").arg("--version").output();
+    let version = nats_server().arg("--version").output();
     let Ok(version) = version else {
         assert!(
             std::env::var("LATENTFLOW_REQUIRE_NATS").is_err(),
@@ -47,7 +61,7 @@ fn nats() -> Option<Nats> {
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port();
-    let child = Command::new("nats-server")
+    let child = nats_server()
         .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
         .arg(dir.path())
         .stdout(Stdio::null())
