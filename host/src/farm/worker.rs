@@ -97,7 +97,7 @@ async fn run(cfg: WorkerConfig, registry: Arc<Registry>) -> Result<(), FarmError
     let inputs = inputs.canonicalize().map_err(io)?;
 
     let farm = Farm::connect(cfg.farm.clone(), &format!("latentflow worker {id}")).await?;
-    let consumer: jetstream::consumer::Consumer<pull::Config> = farm
+    let mut consumer: jetstream::consumer::Consumer<pull::Config> = farm
         .jobs
         .get_or_create_consumer(
             &names::consumer(&cfg.pool),
@@ -112,7 +112,6 @@ async fn run(cfg: WorkerConfig, registry: Arc<Registry>) -> Result<(), FarmError
         )
         .await
         .map_err(js_err)?;
-    let mut consumer = consumer;
     let ack_wait = match consumer.info().await {
         Ok(info) => {
             let c = &info.config;
@@ -201,7 +200,6 @@ async fn run(cfg: WorkerConfig, registry: Arc<Registry>) -> Result<(), FarmError
         exec = Some(back);
     }
     let _ = farm.workers.delete(&id).await;
-    let _ = consumer.cached_info();
     eprintln!("latentflow worker {id}: stopped");
     Ok(())
 }
