@@ -8,8 +8,12 @@
 //! and offer seams (stage functions, observers) that callers such as DeepCache or feature
 //! extraction use instead of patching the forward pass.
 
+pub mod ella;
 mod error;
+pub mod llm;
 pub mod sd;
+pub mod sur;
+pub mod t5;
 
 pub use error::{ModelError, ModelErrorKind, Result};
 pub use latentflow_weights::Checked;
