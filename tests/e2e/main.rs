@@ -7,6 +7,7 @@ mod execution;
 mod farm;
 mod graphs;
 mod isolation;
+mod llm;
 mod plugins;
 mod sampling;
 mod sd_pipeline;

@@ -9,17 +9,17 @@ use std::path::PathBuf;
 use latentflow_tests::{graph, read_safetensors_tensor, rel_err, workspace_root, Sandbox};
 
 /// A fixture folder or file under the workspace root.
-fn fixture(rel: &str) -> PathBuf {
+pub(crate) fn fixture(rel: &str) -> PathBuf {
     workspace_root().join("tests/fixtures").join(rel)
 }
 
 /// `name=<fixture path>`, for `--set`.
-fn set_fixture(name: &str, rel: &str) -> String {
+pub(crate) fn set_fixture(name: &str, rel: &str) -> String {
     format!("{name}={}", fixture(rel).display())
 }
 
 /// The text of a graph in `graphs/`.
-fn graph_text(file: &str) -> String {
+pub(crate) fn graph_text(file: &str) -> String {
     std::fs::read_to_string(graph(file)).expect("graph")
 }
 
@@ -35,7 +35,7 @@ fn rewire(text: &str, from: &str, next: &str, to: &str, extra: &str) -> String {
 }
 
 /// Runs `latentflow run <graph> -q [--output-dir out] --set s…`; it must succeed.
-fn run_graph(
+pub(crate) fn run_graph(
     sb: &Sandbox,
     graph: &std::path::Path,
     out: Option<&std::path::Path>,
@@ -53,14 +53,18 @@ fn run_graph(
 }
 
 /// A tensor a graph saved (`core.save_tensor`).
-fn saved(dir: &std::path::Path, file: &str) -> (Vec<usize>, Vec<f32>) {
+pub(crate) fn saved(dir: &std::path::Path, file: &str) -> (Vec<usize>, Vec<f32>) {
     read_safetensors_tensor(&dir.join(file), "tensor")
 }
 
+/// A reference fixture: `name` in `sd-ref/`, or a path under `tests/fixtures` (`llm-ref/…`).
 fn reference(name: &str) -> PathBuf {
-    workspace_root()
-        .join("tests/fixtures/sd-ref")
-        .join(format!("{name}.safetensors"))
+    let rel = if name.contains('/') {
+        format!("{name}.safetensors")
+    } else {
+        format!("sd-ref/{name}.safetensors")
+    };
+    workspace_root().join("tests/fixtures").join(rel)
 }
 
 /// A graph (the text of a file in `graphs/`, or a variant) with the reference's noise wired in
@@ -97,7 +101,12 @@ fn run_and_compare(file: &str, fixture: &str, set: &[&str]) {
     run_model_and_compare(file, fixture, &self::fixture(TINY_SD), set);
 }
 
-fn run_model_and_compare(file: &str, fixture: &str, model: &std::path::Path, set: &[&str]) {
+pub(crate) fn run_model_and_compare(
+    file: &str,
+    fixture: &str,
+    model: &std::path::Path,
+    set: &[&str],
+) {
     run_text_and_compare(file, &graph_text(file), fixture, model, set);
 }
 

@@ -40,6 +40,45 @@ pub fn match_tokens(a: &Tensor, b: &Tensor) -> Result<(Tensor, Tensor), SampleEr
     Ok((a.repeat((1, lcm / la, 1))?, b.repeat((1, lcm / lb, 1))?))
 }
 
+/// Masked conditionings (token features N×L×D with a mask N×L, 1 = token) of different lengths
+/// are padded at the end with zeros, mask 0, to the longer one, as the reference pipelines do
+/// for T5 and LLM features; their widths must agree. A missing mask means every token counts.
+pub fn pad_masked(
+    a: (&Tensor, Option<&Tensor>),
+    b: (&Tensor, Option<&Tensor>),
+) -> Result<((Tensor, Tensor), (Tensor, Tensor)), SampleError> {
+    let (da, db) = (a.0.dims(), b.0.dims());
+    if da.len() != 3 || db.len() != 3 || da[2] != db[2] {
+        return Err(SampleError::Invalid(format!(
+            "negative conditioning {da:?} and positive {db:?} differ (masked conditionings are N×L×D)"
+        )));
+    }
+    let l = da[1].max(db[1]);
+    let pad = |(t, m): (&Tensor, Option<&Tensor>)| -> Result<(Tensor, Tensor), SampleError> {
+        let (n, have, d) = t.dims3()?;
+        let mask = match m {
+            Some(m) if m.dims() == [n, have] => m.to_dtype(t.dtype())?,
+            Some(m) => {
+                return Err(SampleError::Invalid(format!(
+                    "a mask of shape {:?} for a conditioning of {n}×{have} tokens",
+                    m.dims()
+                )))
+            }
+            None => Tensor::ones((n, have), t.dtype(), t.device())?,
+        };
+        if have == l {
+            return Ok((t.clone(), mask));
+        }
+        let zeros = Tensor::zeros((n, l - have, d), t.dtype(), t.device())?;
+        let mzeros = Tensor::zeros((n, l - have), t.dtype(), t.device())?;
+        Ok((
+            Tensor::cat(&[t, &zeros], 1)?,
+            Tensor::cat(&[&mask, &mzeros], 1)?,
+        ))
+    };
+    Ok((pad(a)?, pad(b)?))
+}
+
 /// `t` repeated along the batch until it has `n` items (a batch of 1 broadcasts).
 pub fn batch_to(t: &Tensor, n: usize, what: &str) -> Result<Tensor, SampleError> {
     let have = t.dims().first().copied().unwrap_or(0);
@@ -77,6 +116,21 @@ mod tests {
             match_tokens(&c, &d).is_err(),
             "different widths are an error"
         );
+    }
+
+    #[test]
+    fn masked_conditionings_pad_with_zeros() {
+        let dev = Device::Cpu;
+        let a = Tensor::new(&[[[1f32], [2.0]]], &dev).unwrap();
+        let b = Tensor::new(&[[[3f32], [4.0], [5.0]]], &dev).unwrap();
+        let ((a, ma), (b, mb)) = pad_masked((&a, None), (&b, None)).unwrap();
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(flat(&a), vec![1.0, 2.0, 0.0]);
+        assert_eq!(flat(&ma), vec![1.0, 1.0, 0.0]);
+        assert_eq!(flat(&b), vec![3.0, 4.0, 5.0]);
+        assert_eq!(flat(&mb), vec![1.0, 1.0, 1.0]);
+        let bad = Tensor::ones((1, 5), candle_core::DType::F32, &dev).unwrap();
+        assert!(pad_masked((&a, Some(&bad)), (&b, None)).is_err());
     }
 
     #[test]

@@ -138,24 +138,45 @@ impl StepHook for Remote<'_, '_> {
 }
 
 /// Positive and negative conditioning as one context for the batch (`[negative; positive]`
-/// under guidance).
-fn context(inputs: &Inputs, n: usize, guided: bool) -> Result<(CTensor, bool), NodeError> {
+/// under guidance), with its token mask when either side has one: masked conditionings (T5 or
+/// LLM features) of different lengths are padded with zeros, unmasked ones (CLIP windows)
+/// repeated to a common length.
+fn context(
+    inputs: &Inputs,
+    n: usize,
+    guided: bool,
+) -> Result<(CTensor, Option<CTensor>, bool), NodeError> {
+    let fail = |e: candle_core::Error| NodeError::failed(e.to_string());
+    let batched = |name: &str, what: &str| -> Result<Option<CTensor>, NodeError> {
+        inputs
+            .opt_tensor(name)?
+            .map(|t| guidance::batch_to(&candle(t)?, n, what).map_err(node_error))
+            .transpose()
+    };
     let positive = guidance::batch_to(
         &candle(inputs.tensor("positive")?)?,
         n,
         "positive conditioning",
     )
     .map_err(node_error)?;
-    match inputs.opt_tensor("negative")? {
+    let pos_mask = batched("positive_mask", "positive mask")?;
+    let negative = batched("negative", "negative conditioning")?;
+    let neg_mask = batched("negative_mask", "negative mask")?;
+    match negative {
         Some(neg) if guided => {
-            let neg = guidance::batch_to(&candle(neg)?, n, "negative conditioning")
-                .map_err(node_error)?;
+            if pos_mask.is_some() || neg_mask.is_some() {
+                let ((neg, nm), (pos, pm)) =
+                    guidance::pad_masked((&neg, neg_mask.as_ref()), (&positive, pos_mask.as_ref()))
+                        .map_err(node_error)?;
+                let both = CTensor::cat(&[&neg, &pos], 0).map_err(fail)?;
+                let mask = CTensor::cat(&[&nm, &pm], 0).map_err(fail)?;
+                return Ok((both, Some(mask), true));
+            }
             let (neg, pos) = guidance::match_tokens(&neg, &positive).map_err(node_error)?;
-            let both =
-                CTensor::cat(&[&neg, &pos], 0).map_err(|e| NodeError::failed(e.to_string()))?;
-            Ok((both, true))
+            let both = CTensor::cat(&[&neg, &pos], 0).map_err(fail)?;
+            Ok((both, None, true))
         }
-        _ => Ok((positive, false)),
+        _ => Ok((positive, pos_mask, false)),
     }
 }
 
@@ -209,7 +230,7 @@ fn sample(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeErro
     }
     let known = candle(latent)?;
     let guidance_scale = p.f64("cfg")?;
-    let (context, guided) = context(inputs, n, guidance_scale != 1.0)?;
+    let (context, mask, guided) = context(inputs, n, guidance_scale != 1.0)?;
 
     let mut noise = match inputs.opt_tensor("noise")? {
         Some(t) => Noise::recorded(t.to_f32_vec()?, numel).map_err(node_error)?,
@@ -265,7 +286,11 @@ fn sample(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeErro
     let mut model = Driven {
         ctx,
         client,
-        cond: Conditioning::context(from_candle(&context)?),
+        cond: Conditioning {
+            context: Some(from_candle(&context)?),
+            mask: mask.as_ref().map(from_candle).transpose()?,
+            ..Default::default()
+        },
         kind,
     };
     let out = run_loop(run, &mut model, &mut noise).map_err(node_error)?;
@@ -285,6 +310,8 @@ pub fn node() -> NodeDef {
             .input("model", PortType::handle_of("Denoiser", f()), "the denoiser")
             .input("positive", PortType::conditioning_of(Dim::var("D"), f()), "conditioning")
             .optional_input("negative", PortType::conditioning_of(Dim::var("D"), f()), "unconditional / negative conditioning (enables CFG)")
+            .optional_input("positive_mask", PortType::tensor(Some(DType::F32), Dim::Fixed(2)), "token mask of the positive conditioning (N×L, 1 = token), as T5 and LLM encoders give it: masked conditionings of different lengths are padded with zeros instead of repeated, and the model sees the mask")
+            .optional_input("negative_mask", PortType::tensor(Some(DType::F32), Dim::Fixed(2)), "token mask of the negative conditioning")
             .input("latent", PortType::latent(Dim::var("C")), "start latent (an empty latent for txt2img)")
             .optional_input("mask", PortType::Mask, "inpainting mask, 1 = repaint (any resolution; binarized at 0.5)")
             .optional_input("noise", PortType::tensor(Some(DType::F32), Dim::Any), "recorded noise to replay instead of the seeded stream: the initial draw, then each stochastic step's")

@@ -435,6 +435,13 @@ pub trait WrapperImpl: Send + Sync + Sized + 'static {
     /// The wrapper to put around a transformed inner model (a LoRA'd one); state that belongs to
     /// one model (caches) must start afresh.
     fn rewrapped(&self) -> Self;
+
+    /// The family the wrapped model answers to, when the wrapper changes what conditioning it
+    /// takes (ELLA turns an `sd1` UNet into a model conditioned on T5 features); `None` keeps the
+    /// inner model's.
+    fn family(&self) -> Option<String> {
+        None
+    }
 }
 
 struct Wrapped<W> {
@@ -450,7 +457,7 @@ impl<W: WrapperImpl> ObjectImpl for Wrapped<W> {
     }
 
     fn family(&self) -> String {
-        self.inner_info.family.clone()
+        self.info().family
     }
 
     fn call(&self, host: HostRef<'_>, method: &str, args: Vec<Value>) -> Reply {
@@ -502,6 +509,10 @@ impl<W: WrapperImpl> Wrapped<W> {
                 self.wrapper.name(),
                 self.inner_info.description
             ),
+            family: self
+                .wrapper
+                .family()
+                .unwrap_or_else(|| self.inner_info.family.clone()),
             ..self.inner_info.clone()
         }
     }
