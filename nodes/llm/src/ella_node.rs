@@ -191,3 +191,68 @@ pub fn node() -> NodeDef {
             Ok(vec![PortType::handle_of(DENOISER, Family::named(T5_FAMILY))])
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wrapper(clip: Option<(CTensor, Option<CTensor>)>, length: Length) -> EllaWrapper {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/tiny-ella.safetensors");
+        EllaWrapper {
+            ella: Arc::new(Ella::load(&path, 4, &Device::Cpu).unwrap()),
+            length,
+            clip,
+        }
+    }
+
+    fn randn(shape: &[usize], seed: u64) -> CTensor {
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n)
+            .map(|i| (((i as u64 * 2654435761 + seed) % 1000) as f32 / 500.0) - 1.0)
+            .collect();
+        CTensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &CTensor, b: &CTensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    #[test]
+    fn clip_tokens_follow_ellas_for_both_guidance_rows() {
+        let (pos, neg) = (randn(&[1, 6, 32], 1), randn(&[1, 6, 32], 2));
+        let w = wrapper(Some((pos.clone(), Some(neg.clone()))), Length::Fixed);
+        let features = randn(&[2, 5, 32], 3);
+        let out = w.context(&features, None, 500.0, true).unwrap();
+        assert_eq!(out.dims(), &[2, 8 + 6, 32]);
+        let ella = w.ella.forward(&features, 500.0).unwrap();
+        assert!(max_diff(&out.narrow(1, 0, 8).unwrap(), &ella) < 1e-6);
+        // [negative; positive]: the negative CLIP context goes with the first row.
+        assert!(max_diff(&out.narrow(0, 0, 1).unwrap().narrow(1, 8, 6).unwrap(), &neg) < 1e-6);
+        assert!(max_diff(&out.narrow(0, 1, 1).unwrap().narrow(1, 8, 6).unwrap(), &pos) < 1e-6);
+        // Under guidance the negative CLIP context is required.
+        let w = wrapper(Some((pos, None)), Length::Fixed);
+        assert!(w.context(&features, None, 500.0, true).is_err());
+        assert!(w.context(&features.narrow(0, 0, 1).unwrap(), None, 500.0, false).is_ok());
+    }
+
+    #[test]
+    fn flexible_rows_see_only_their_tokens() {
+        let w = wrapper(None, Length::Flexible);
+        let features = randn(&[2, 7, 32], 4);
+        let mask = CTensor::new(&[[1f32, 1., 1., 0., 0., 0., 0.], [1., 1., 1., 1., 1., 1., 1.]], &Device::Cpu).unwrap();
+        let out = w.context(&features, Some(&mask), 999.0, true).unwrap();
+        let short = w.ella.forward(&features.narrow(0, 0, 1).unwrap().narrow(1, 0, 3).unwrap(), 999.0).unwrap();
+        assert!(max_diff(&out.narrow(0, 0, 1).unwrap(), &short) < 1e-6);
+        // Fixed length sees the padding: another answer for the short row.
+        let fixed = wrapper(None, Length::Fixed).context(&features, Some(&mask), 999.0, true).unwrap();
+        assert!(max_diff(&fixed.narrow(0, 0, 1).unwrap(), &short) > 1e-4);
+    }
+}
