@@ -152,3 +152,30 @@ fn a_file_that_is_not_an_ella_connector_is_refused_at_validation() {
         .expect_code(3)
         .stderr_has("not an ELLA connector");
 }
+
+#[test]
+fn the_readme_commands_run() {
+    let readme = std::fs::read_to_string(workspace_root().join("README.md")).expect("README");
+    for (cmd, graph, sets, png) in [
+        (
+            "latentflow run graphs/ella.yaml --set length=flexible max_length=0",
+            "ella.yaml",
+            &["length=flexible", "max_length=0"][..],
+            "ella.png",
+        ),
+        (
+            "latentflow run graphs/sur_adapter.yaml --set attend=tokens",
+            "sur_adapter.yaml",
+            &["attend=tokens"][..],
+            "sur_adapter.png",
+        ),
+    ] {
+        assert!(readme.contains(cmd), "README: `{cmd}`");
+        let sb = Sandbox::new();
+        let g = latentflow_tests::graph(graph).display().to_string();
+        let mut args = vec!["run", g.as_str(), "-q", "--set"];
+        args.extend(sets);
+        sb.run(&args).expect_code(0);
+        assert!(sb.output(png).exists(), "{cmd}: {png}");
+    }
+}

@@ -38,8 +38,11 @@ def main():
     t5_dir = dest / "flan-t5-xl"
     if len(sys.argv) > 3 and sys.argv[3] == "load":
         t0 = time.perf_counter()
-        T5EncoderModel.from_pretrained(t5_dir, dtype=torch.bfloat16).eval()
+        model = T5EncoderModel.from_pretrained(t5_dir, dtype=torch.bfloat16).eval()
         print(f"load flan-t5-xl bf16    {time.perf_counter() - t0:8.2f} s   peak RSS {peak_mib():8.0f} MiB")
+        with torch.inference_mode():
+            model(torch.arange(128).unsqueeze(0))
+        print(f"  and one forward pass            peak RSS {peak_mib():8.0f} MiB")
         return
     print(f"torch {torch.__version__} {threads} threads")
     ids = torch.randint(2, 32000, (1, 128), generator=torch.Generator().manual_seed(0))

@@ -68,7 +68,12 @@ fn main() {
             t0.elapsed().as_secs_f64(),
             peak_mib()
         );
-        drop(m);
+        let ids = Tensor::from_vec((0..128u32).collect::<Vec<_>>(), (1, 128), &dev).expect("ids");
+        m.forward(&ids, None).expect("forward");
+        println!(
+            "  and one forward pass            peak RSS {:8.0} MiB",
+            peak_mib()
+        );
         return;
     }
     let threads = std::thread::available_parallelism()

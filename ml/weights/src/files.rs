@@ -9,6 +9,7 @@ use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
 use crate::inspect::regular_file;
+use crate::reader::TensorFiles;
 use crate::WeightsError;
 
 /// Maps a model parameter name (diffusers / transformers spelling) to the name stored in the
@@ -172,18 +173,15 @@ impl Weights {
         self.rename.as_ref()
     }
 
-    /// A var builder over the memory-mapped files; tensors are converted to `dtype` on access.
+    /// A var builder over the files; each tensor is read when the model asks for it and
+    /// converted to `dtype`, so the weights are held once (no mapping stays resident).
     pub fn var_builder(
         &self,
         dtype: DType,
         device: &Device,
     ) -> Result<VarBuilder<'static>, WeightsError> {
-        // SAFETY: the files are mapped read-only; changing them while mapped is not supported.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&self.files, dtype, device) }
-            .map_err(|source| WeightsError::Candle {
-                path: self.files[0].clone(),
-                source,
-            })?;
+        let files = TensorFiles::open(&self.files)?;
+        let vb = VarBuilder::from_backend(Box::new(files), dtype, device.clone());
         Ok(match &self.rename {
             Some(r) => {
                 let r = r.clone();

@@ -9,6 +9,7 @@ mod error;
 mod files;
 pub mod inspect;
 pub mod lora;
+pub mod reader;
 mod store;
 
 pub use config::{checks, read_config, Checked, ConfigSource, FieldError};
@@ -16,4 +17,5 @@ pub use error::{ConfigError, WeightsError};
 pub use files::{Rename, Weights};
 pub use inspect::Header;
 pub use lora::MergeError;
+pub use reader::TensorFiles;
 pub use store::Store;

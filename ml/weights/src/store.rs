@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::files::{Rename, Weights};
-use crate::inspect::regular_file;
+use crate::reader::TensorFiles;
 use crate::WeightsError;
 
 /// Tensors by stored name, plus the renaming that maps model names onto them.
@@ -25,26 +25,20 @@ impl Store {
     pub fn load(weights: &Weights, keep: impl Fn(&str) -> bool) -> Result<Self, WeightsError> {
         let mut tensors = HashMap::new();
         for file in weights.files() {
-            regular_file(file)?;
-            let err = |source: candle_core::Error| WeightsError::Candle {
-                path: file.clone(),
-                source,
-            };
-            // SAFETY: the file is mapped read-only while its tensors are copied out.
-            let st =
-                unsafe { candle_core::safetensors::MmapedSafetensors::new(file) }.map_err(err)?;
-            for (name, _) in st.tensors() {
-                if keep(&name) {
-                    let t = st
-                        .load(&name, &Device::Cpu)
-                        .and_then(|t| t.to_dtype(DType::F32))
-                        .map_err(|e| WeightsError::Tensor {
-                            path: file.clone(),
-                            name: name.clone(),
-                            reason: e.to_string(),
-                        })?;
-                    tensors.insert(name, t);
-                }
+            // One file at a time, one tensor at a time: nothing is held twice.
+            let files = TensorFiles::open(std::slice::from_ref(file))?;
+            let mut names: Vec<&str> = files.names().filter(|n| keep(n)).collect();
+            names.sort_unstable();
+            for name in names {
+                let t = files
+                    .read(name, &Device::Cpu)
+                    .and_then(|t| t.to_dtype(DType::F32))
+                    .map_err(|e| WeightsError::Tensor {
+                        path: file.clone(),
+                        name: name.to_string(),
+                        reason: e.to_string(),
+                    })?;
+                tensors.insert(name.to_string(), t);
             }
         }
         Ok(Self {

@@ -240,19 +240,33 @@ mod tests {
         // Under guidance the negative CLIP context is required.
         let w = wrapper(Some((pos, None)), Length::Fixed);
         assert!(w.context(&features, None, 500.0, true).is_err());
-        assert!(w.context(&features.narrow(0, 0, 1).unwrap(), None, 500.0, false).is_ok());
+        assert!(w
+            .context(&features.narrow(0, 0, 1).unwrap(), None, 500.0, false)
+            .is_ok());
     }
 
     #[test]
     fn flexible_rows_see_only_their_tokens() {
         let w = wrapper(None, Length::Flexible);
         let features = randn(&[2, 7, 32], 4);
-        let mask = CTensor::new(&[[1f32, 1., 1., 0., 0., 0., 0.], [1., 1., 1., 1., 1., 1., 1.]], &Device::Cpu).unwrap();
+        let mask = CTensor::new(
+            &[[1f32, 1., 1., 0., 0., 0., 0.], [1., 1., 1., 1., 1., 1., 1.]],
+            &Device::Cpu,
+        )
+        .unwrap();
         let out = w.context(&features, Some(&mask), 999.0, true).unwrap();
-        let short = w.ella.forward(&features.narrow(0, 0, 1).unwrap().narrow(1, 0, 3).unwrap(), 999.0).unwrap();
+        let short = w
+            .ella
+            .forward(
+                &features.narrow(0, 0, 1).unwrap().narrow(1, 0, 3).unwrap(),
+                999.0,
+            )
+            .unwrap();
         assert!(max_diff(&out.narrow(0, 0, 1).unwrap(), &short) < 1e-6);
         // Fixed length sees the padding: another answer for the short row.
-        let fixed = wrapper(None, Length::Fixed).context(&features, Some(&mask), 999.0, true).unwrap();
+        let fixed = wrapper(None, Length::Fixed)
+            .context(&features, Some(&mask), 999.0, true)
+            .unwrap();
         assert!(max_diff(&fixed.narrow(0, 0, 1).unwrap(), &short) > 1e-4);
     }
 }

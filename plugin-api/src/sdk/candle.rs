@@ -117,8 +117,12 @@ pub fn to_candle(t: &Tensor, device: &Device) -> Result<candle_core::Tensor, Nod
 mod tests {
     use super::*;
 
+    /// The copy counters are process-wide: the tests that read them run one at a time.
+    static COUNTERS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     #[test]
     fn round_trip_without_copy_on_export() {
+        let _one = COUNTERS.lock().unwrap_or_else(|e| e.into_inner());
         let c = candle_core::Tensor::arange(0f32, 12f32, &Device::Cpu)
             .unwrap()
             .reshape((3, 4))
@@ -134,6 +138,7 @@ mod tests {
 
     #[test]
     fn own_tensors_come_back_without_a_copy() {
+        let _one = COUNTERS.lock().unwrap_or_else(|e| e.into_inner());
         let c = candle_core::Tensor::arange(0f32, 6f32, &Device::Cpu).unwrap();
         let t = from_candle(&c).unwrap();
         let before = stats::snapshot();
@@ -152,6 +157,7 @@ mod tests {
 
     #[test]
     fn transposed_view_exports_strides() {
+        let _one = COUNTERS.lock().unwrap_or_else(|e| e.into_inner());
         let c = candle_core::Tensor::arange(0f32, 6f32, &Device::Cpu)
             .unwrap()
             .reshape((2, 3))
