@@ -5,7 +5,7 @@ Builds, with seeded random weights and explicit small configs:
 * tests/fixtures/tiny-t5/ (transformers folder, f32 weights rounded to bf16 values, a trained
   64-piece Unigram tokenizer.json), tests/fixtures/tiny-t5-sharded/ (the same weights in bf16,
   two shards and an index) and tests/fixtures/tiny-t5-f16.safetensors (one file, f16);
-* tests/fixtures/tiny-llm/{llama,qwen2,qwen3}/ (transformers folders with a byte-level BPE
+* tests/fixtures/tiny-llm/{llama,mistral,qwen2,qwen3}/ (transformers folders with a byte-level BPE
   tokenizer.json; Llama with llama3 RoPE scaling and grouped-query attention, Qwen2 with q/k/v
   biases, Qwen3 with q/k norms and a head width that is not hidden/heads);
 * tests/fixtures/tiny-ella.safetensors: the authors' `ELLA` module on a tiny config, every
@@ -48,6 +48,8 @@ from diffusers import StableDiffusionPipeline
 from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2ForCausalLM,
@@ -188,6 +190,7 @@ def make_llms(tok):
         )),
         "qwen2": (Qwen2Config, Qwen2ForCausalLM, dict(rope_parameters=dict(rope_type="default", rope_theta=1000000.0))),
         "qwen3": (Qwen3Config, Qwen3ForCausalLM, dict(head_dim=16, rope_parameters=dict(rope_type="default", rope_theta=1000000.0))),
+        "mistral": (MistralConfig, MistralForCausalLM, dict(sliding_window=None, rope_parameters=dict(rope_type="default", rope_theta=10000.0))),
     }
     prompts = ["a photo of a cat, best quality", "two dogs playing in the snow at night"]
     for i, (name, (Config, Model, extra)) in enumerate(families.items()):

@@ -118,7 +118,7 @@ fn t5_bf16_compute_stays_close() {
 
 #[test]
 fn decoder_hidden_states_match_transformers() {
-    for family in ["llama", "qwen2", "qwen3"] {
+    for family in ["llama", "mistral", "qwen2", "qwen3"] {
         let r = load(&format!("llm-ref/llm_{family}.safetensors"));
         let dir = fixtures().join("tiny-llm").join(family);
         let model = Decoder::load(&dir, DType::F32, &Device::Cpu).unwrap();

@@ -40,13 +40,16 @@ pub fn match_tokens(a: &Tensor, b: &Tensor) -> Result<(Tensor, Tensor), SampleEr
     Ok((a.repeat((1, lcm / la, 1))?, b.repeat((1, lcm / lb, 1))?))
 }
 
+/// Token features N×L×D with their mask N×L.
+pub type Masked = (Tensor, Tensor);
+
 /// Masked conditionings (token features N×L×D with a mask N×L, 1 = token) of different lengths
 /// are padded at the end with zeros, mask 0, to the longer one, as the reference pipelines do
 /// for T5 and LLM features; their widths must agree. A missing mask means every token counts.
 pub fn pad_masked(
     a: (&Tensor, Option<&Tensor>),
     b: (&Tensor, Option<&Tensor>),
-) -> Result<((Tensor, Tensor), (Tensor, Tensor)), SampleError> {
+) -> Result<(Masked, Masked), SampleError> {
     let (da, db) = (a.0.dims(), b.0.dims());
     if da.len() != 3 || db.len() != 3 || da[2] != db[2] {
         return Err(SampleError::Invalid(format!(
@@ -54,7 +57,7 @@ pub fn pad_masked(
         )));
     }
     let l = da[1].max(db[1]);
-    let pad = |(t, m): (&Tensor, Option<&Tensor>)| -> Result<(Tensor, Tensor), SampleError> {
+    let pad = |(t, m): (&Tensor, Option<&Tensor>)| -> Result<Masked, SampleError> {
         let (n, have, d) = t.dims3()?;
         let mask = match m {
             Some(m) if m.dims() == [n, have] => m.to_dtype(t.dtype())?,

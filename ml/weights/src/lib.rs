@@ -1,5 +1,5 @@
 //! Where a model's numbers come from: `.safetensors` files (single, in a folder, or sharded
-//! with an index), memory-mapped, optionally under renamed keys; their headers, read without
+//! with an index), read tensor by tensor with positioned reads (`reader`), optionally under renamed keys; their headers, read without
 //! loading anything; JSON configurations; and low-rank (LoRA) updates merged into them.
 //!
 //! Models are built from a [`candle_nn::VarBuilder`] made here and never see a path.

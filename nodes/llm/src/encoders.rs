@@ -68,7 +68,7 @@ fn exists(path: &Path) -> Result<(), NodeError> {
 /// A text encoder with its tokenizer.
 enum Model {
     T5(T5Encoder),
-    Llm(Decoder),
+    Llm(Box<Decoder>),
 }
 
 struct EncoderObject {
@@ -178,7 +178,7 @@ fn load_llm(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
     let tok = tokenizer_path(&path, opt_path(p, "tokenizer")?);
     let tokenizer = TextTokenizer::from_file(&tok, 0).map_err(fail)?;
     let obj = EncoderObject {
-        model: Arc::new(Model::Llm(model)),
+        model: Arc::new(Model::Llm(Box::new(model))),
         tokenizer,
         name: path.display().to_string(),
     };
@@ -205,7 +205,7 @@ pub fn nodes() -> Vec<NodeDef> {
     let mask_port = || PortType::tensor(Some(DType::F32), Dim::Fixed(2));
     vec![
         NodeDef::new("llm.load_t5", load_t5)
-            .doc("Loads transformers' T5EncoderModel (flan-t5, t5-v1_1, mT5): a folder with config.json and its weights (model.safetensors or shards with their index), or one .safetensors file with `config`; f32, f16 or bf16 weights, memory-mapped. The tokenizer is read from tokenizer.json. The config is checked before anything runs.")
+            .doc("Loads transformers' T5EncoderModel (flan-t5, t5-v1_1, mT5): a folder with config.json and its weights (model.safetensors or shards with their index), or one .safetensors file with `config`; f32, f16 or bf16 weights, read once (never held twice). The tokenizer is read from tokenizer.json. The config is checked before anything runs.")
             .param(Param::path("path").doc("a transformers T5 folder, or a single .safetensors file"))
             .param(Param::path("config").default("").doc("single files: the config.json (or its folder); empty: the folder of the file or of `path`"))
             .param(Param::path("tokenizer").default("").doc("tokenizer.json or its folder; empty: next to the model, or ../tokenizer"))

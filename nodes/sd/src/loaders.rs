@@ -168,7 +168,7 @@ pub fn nodes() -> Vec<NodeDef> {
     vec![
         model_path(
             NodeDef::new("sd.load_checkpoint", load_checkpoint)
-                .doc("Loads a Stable Diffusion 1.x/2.x model: a diffusers folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/) or a single-file .safetensors checkpoint with the original LDM key names. Every architecture parameter comes from the config files; weights are memory-mapped, f32/f16/bf16 load (computed in f32); a model used by several nodes is loaded once. The model's family (sd1, sd2) is read from its config before anything runs.")
+                .doc("Loads a Stable Diffusion 1.x/2.x model: a diffusers folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/) or a single-file .safetensors checkpoint with the original LDM key names. Every architecture parameter comes from the config files; weights are read once, tensor by tensor, f32/f16/bf16 load (computed in f32); a model used by several nodes is loaded once. The model's family (sd1, sd2) is read from its config before anything runs.")
                 .output("model", PortType::handle_of("Denoiser", f()), "the UNet, as a denoiser for samplers")
                 .output("clip", PortType::handle_of("Clip", f()), "tokenizer and text encoder")
                 .output("vae", PortType::handle("Vae"), "the VAE")

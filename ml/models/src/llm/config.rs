@@ -69,6 +69,13 @@ pub struct DecoderConfig {
     /// `silu` (all of these families).
     #[serde(default = "silu")]
     pub hidden_act: String,
+    /// Mistral's (and Qwen2's, when `use_sliding_window`) attention window; prompts longer than
+    /// it are refused rather than encoded differently from the reference.
+    #[serde(default)]
+    pub sliding_window: Option<usize>,
+    /// Qwen2/Qwen3: whether `sliding_window` applies.
+    #[serde(default)]
+    pub use_sliding_window: Option<bool>,
 }
 
 fn eps() -> f64 {
@@ -118,6 +125,15 @@ impl DecoderConfig {
         match self.model_type.as_str() {
             "qwen2" => self.attention_bias.unwrap_or(true),
             _ => self.attention_bias.unwrap_or(false),
+        }
+    }
+
+    /// The attention window, when one applies.
+    pub fn window(&self) -> Option<usize> {
+        match self.model_type.as_str() {
+            "mistral" => self.sliding_window,
+            "qwen2" | "qwen3" if self.use_sliding_window == Some(true) => self.sliding_window,
+            _ => None,
         }
     }
 

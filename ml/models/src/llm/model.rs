@@ -204,6 +204,11 @@ impl Decoder {
         }
         let dev = ids.device();
         let c = &self.config;
+        if let Some(w) = c.window().filter(|&w| l > w) {
+            return Err(ModelError::invalid(format!(
+                "{l} tokens exceed this model's sliding attention window of {w}; shorten the prompt"
+            )));
+        }
         let mut x = self.embed.forward(ids)?.to_dtype(self.dtype)?;
         if at == 0 {
             return Ok(x);

@@ -342,7 +342,7 @@ pub struct Vae {
 }
 
 impl Vae {
-    /// Loads a diffusers `vae/` folder. Weights are memory-mapped and converted to f32.
+    /// Loads a diffusers `vae/` folder. Weights are read tensor by tensor and converted to f32.
     pub fn load(dir: &Path) -> Result<Self> {
         let config = VaeConfig::from_file(&dir.join("config.json"))?;
         Self::from_weights(config, &Weights::folder(dir)?, dir)

@@ -145,7 +145,7 @@ impl Checked for T5Config {
                 "is smaller than the exact range of the buckets",
             ));
         }
-        if !(self.layer_norm_epsilon > 0.0) {
+        if self.layer_norm_epsilon.is_nan() || self.layer_norm_epsilon <= 0.0 {
             return Err(FieldError::new("layer_norm_epsilon", "must be positive"));
         }
         Ok(())

@@ -173,7 +173,7 @@ impl T5Encoder {
     }
 
     /// Loads a transformers T5 folder (`config.json` and its weights, sharded or not) or, with
-    /// `config`, a single `.safetensors` file; weights are memory-mapped and converted to
+    /// `config`, a single `.safetensors` file; each weight is read once and converted to
     /// `dtype` (`F32` or `BF16`) once.
     pub fn load(path: &Path, config: Option<&Path>, dtype: DType, device: &Device) -> Result<Self> {
         let (cfg_path, weights) = if path.is_dir() {
