@@ -7,7 +7,6 @@ The second form loads the bf16 T5 in bf16 and prints the process's peak RSS.
 
 import pathlib
 import resource
-import statistics
 import sys
 import time
 
@@ -15,16 +14,8 @@ import torch
 from transformers import T5EncoderModel
 
 HERE = pathlib.Path(__file__).resolve().parent
-
-
-def timed(n, f):
-    f()
-    runs = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        f()
-        runs.append(time.perf_counter() - t0)
-    return statistics.median(runs)
+sys.path.insert(0, str(HERE))
+from bench_sd15 import timed  # noqa: E402
 
 
 def peak_mib():

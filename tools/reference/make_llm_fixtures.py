@@ -2,8 +2,8 @@
 
 Builds, with seeded random weights and explicit small configs:
 
-* tests/fixtures/tiny-t5/ (transformers folder, f32 weights rounded to bf16 values, a trained
-  64-piece Unigram tokenizer.json), tests/fixtures/tiny-t5-sharded/ (the same weights in bf16,
+* tests/fixtures/tiny-t5/ (transformers folder, f32 weights rounded to bf16 values, a Unigram
+  tokenizer.json with a written-out vocabulary), tests/fixtures/tiny-t5-sharded/ (the same weights in bf16,
   two shards and an index) and tests/fixtures/tiny-t5-f16.safetensors (one file, f16);
 * tests/fixtures/tiny-llm/{llama,mistral,qwen2,qwen3}/ (transformers folders with a byte-level BPE
   tokenizer.json; Llama with llama3 RoPE scaling and grouped-query attention, Qwen2 with q/k/v
@@ -35,9 +35,15 @@ Run (after make_sd_fixtures.py, whose tiny pipeline it uses):
 """
 
 import argparse
+import contextlib
+import os
 import pathlib
 import sys
 import types
+
+# The tokenizer trainers are deterministic only on one thread.
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+os.environ["RAYON_NUM_THREADS"] = "1"
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -103,18 +109,32 @@ def round_bf16(module):
 
 
 def t5_tokenizer(dest):
-    from tokenizers import SentencePieceUnigramTokenizer
+    """A T5-style Unigram tokenizer (NFKC, Metaspace, `</s>` appended, pad 0, eos 1, unk 2)
+    with a vocabulary written out rather than trained: the trainer's results vary from run to
+    run (hash-map order), and fixtures must not."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
     from tokenizers.processors import TemplateProcessing
 
-    sp = SentencePieceUnigramTokenizer()
-    sp.train_from_iterator(
-        CORPUS * 4, vocab_size=64, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"
-    )
+    words = sorted({w for line in CORPUS for w in line.replace(",", " ,").split()})
+    chars = sorted({c for line in CORPUS for c in line if c != " "})
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -3.0)]
+    vocab += [("▁" + w, -4.0 - 0.01 * i) for i, w in enumerate(words) if len(w) > 1]
+    vocab += [(c, -6.0 - 0.01 * i) for i, c in enumerate(chars)]
+    vocab += [("▁" + c, -5.0 - 0.01 * i) for i, c in enumerate(chars)]
+    seen, unique = set(), []
+    for piece, score in vocab:
+        if piece not in seen:
+            seen.add(piece)
+            unique.append((piece, score))
+    sp = Tokenizer(models.Unigram(unique, unk_id=2, byte_fallback=False))
+    sp.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(Regex(" {2,}"), " ")])
+    sp.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    sp.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
     sp.post_processor = TemplateProcessing(
         single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
     )
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=sp._tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+        tokenizer_object=sp, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
     )
     assert tok.pad_token_id == 0 and tok.eos_token_id == 1, (tok.pad_token_id, tok.eos_token_id)
     tok.save_pretrained(dest)
@@ -313,36 +333,24 @@ def ella_loops(ella_model, inference, ella):
         flex_pos = t5([PROMPT], max_length=None)
         flex_neg = t5([NEGATIVE], max_length=None)
 
-    def fixed(**kw):
-        return inference.generate_image_with_fixed_max_length(pipe, t5, PROMPT, output_type="np", **kw)
-
-    # The authors' flexible path uses "" as the negative prompt; use the same negative as the
-    # other fixtures by giving it to their embedder the way their function does.
-    def flexible(**kw):
+    # The authors' functions encode "" as the negative prompt; the other fixtures use NEGATIVE,
+    # so their embedder is given NEGATIVE wherever they pass "".
+    @contextlib.contextmanager
+    def negative_for_empty():
         orig = t5.forward
-
-        def patched(caption, *a, **k):
-            caption = [NEGATIVE if c == "" else c for c in caption]
-            return orig(caption, *a, **k)
-
-        t5.forward = patched
+        t5.forward = lambda caption, *a, **k: orig([NEGATIVE if c == "" else c for c in caption], *a, **k)
         try:
-            return inference.generate_image_with_flexible_max_length(pipe, t5, PROMPT, output_type="np", **kw)
+            yield
         finally:
             t5.forward = orig
 
     def fixed_with_negative(**kw):
-        orig = t5.forward
+        with negative_for_empty():
+            return inference.generate_image_with_fixed_max_length(pipe, t5, PROMPT, output_type="np", **kw)
 
-        def patched(caption, *a, **k):
-            caption = [NEGATIVE if c == "" else c for c in caption]
-            return orig(caption, *a, **k)
-
-        t5.forward = patched
-        try:
-            return fixed(**kw)
-        finally:
-            t5.forward = orig
+    def flexible(**kw):
+        with negative_for_empty():
+            return inference.generate_image_with_flexible_max_length(pipe, t5, PROMPT, output_type="np", **kw)
 
     record_loop(pipe, "ella_fixed", {"t5_positive": fixed_pos}, fixed_with_negative)
     record_loop(pipe, "ella_flexible", {"t5_positive": flex_pos, "t5_negative": flex_neg}, flexible)

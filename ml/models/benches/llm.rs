@@ -12,31 +12,10 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use latentflow_models::ella::Ella;
 use latentflow_models::t5::T5Encoder;
+use latentflow_testutil::time_forced as time;
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn time(n: usize, mut f: impl FnMut() -> Tensor) -> f64 {
-    let force = |t: Tensor| {
-        t.to_dtype(DType::F32)
-            .and_then(|t| t.sum_all())
-            .and_then(|t| t.to_scalar::<f32>())
-    };
-    force(f()).ok();
-    let runs = (0..n)
-        .map(|_| {
-            let t0 = Instant::now();
-            force(f()).ok();
-            t0.elapsed().as_secs_f64()
-        })
-        .collect();
-    median(runs)
-}
 
 /// The process's peak resident set (VmHWM), MiB.
 fn peak_mib() -> f64 {

@@ -15,32 +15,10 @@ use candle_core::{DType, Device, Tensor};
 use latentflow_models::sd::encode_prompt;
 use latentflow_models::sd::loader::{self as models, Source};
 use latentflow_models::sd::unet::Extras as Hooks;
+use latentflow_testutil::time_forced as time;
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-/// One warm-up, then `n` timed runs; forces the result each time.
-fn time(n: usize, mut f: impl FnMut() -> Tensor) -> f64 {
-    let force = |t: Tensor| {
-        t.to_dtype(DType::F32)
-            .and_then(|t| t.sum_all())
-            .and_then(|t| t.to_scalar::<f32>())
-    };
-    force(f()).ok();
-    let runs = (0..n)
-        .map(|_| {
-            let t0 = Instant::now();
-            force(f()).ok();
-            t0.elapsed().as_secs_f64()
-        })
-        .collect();
-    median(runs)
-}
 
 fn main() {
     let Some(dir) = std::env::var_os("LATENTFLOW_SD15").map(PathBuf::from) else {

@@ -1,11 +1,12 @@
 //! Neural-network blocks that several model families share, with the parameter names of
 //! diffusers so that checkpoints load unchanged: ResNet blocks, the spatial transformer, timestep
-//! and patch embeddings, adaptive layer norms. Built from a `VarBuilder`; compute goes through
+//! and patch embeddings, adaptive and RMS layer norms. Built from a `VarBuilder`; compute goes through
 //! `latentflow-kernels`.
 
 pub mod adaln;
 pub mod embeddings;
 pub mod resnet;
+pub mod rms_norm;
 pub mod transformer2d;
 
 pub use adaln::{plain_layer_norm, AdaLayerNormZero, Modulation};
@@ -14,6 +15,7 @@ pub use embeddings::{
     TimestepLabelEmbedding,
 };
 pub use resnet::{ResnetBlock, ResnetConfig};
+pub use rms_norm::RmsNorm;
 pub use transformer2d::{
     Attention, AttentionHook, BasicTransformerBlock, Transformer2D, Transformer2DConfig,
 };

@@ -49,3 +49,28 @@ pub fn files_with_ext(dir: &Path, ext: &str) -> Vec<PathBuf> {
     v.sort();
     v
 }
+
+/// The median of `v` (benchmarks report it).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// One warm-up, then the median wall time of `n` runs of `f`, its result forced each time
+/// (summed on the CPU), in seconds.
+pub fn time_forced(n: usize, mut f: impl FnMut() -> Tensor) -> f64 {
+    let force = |t: Tensor| {
+        t.to_dtype(DType::F32)
+            .and_then(|t| t.sum_all())
+            .and_then(|t| t.to_scalar::<f32>())
+    };
+    force(f()).ok();
+    let runs = (0..n)
+        .map(|_| {
+            let t0 = std::time::Instant::now();
+            force(f()).ok();
+            t0.elapsed().as_secs_f64()
+        })
+        .collect();
+    median(runs)
+}

@@ -6,33 +6,11 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{embedding, linear_b, linear_no_bias, Embedding, Linear, VarBuilder};
+use latentflow_nn::RmsNorm;
 use latentflow_weights::Weights;
 
 use super::config::{DecoderConfig, Rope};
 use crate::{Checked, ModelError, Result};
-
-/// Llama's RMS norm: the statistics in f32, the weight applied in the compute dtype.
-struct RmsNorm {
-    weight: Tensor,
-    eps: f64,
-}
-
-impl RmsNorm {
-    fn new(d: usize, eps: f64, vb: VarBuilder) -> candle_core::Result<Self> {
-        Ok(Self {
-            weight: vb.get(d, "weight")?,
-            eps,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let dtype = x.dtype();
-        let x32 = x.to_dtype(DType::F32)?;
-        let var = x32.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = x32.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        self.weight.broadcast_mul(&normed.to_dtype(dtype)?)
-    }
-}
 
 struct Layer {
     input_norm: RmsNorm,

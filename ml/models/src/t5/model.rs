@@ -7,35 +7,13 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{embedding, linear_no_bias, Embedding, Linear, VarBuilder};
+use latentflow_nn::RmsNorm;
 use latentflow_weights::Weights;
 
 use super::config::{Activation, FeedForward, T5Config};
 use crate::{Checked, ModelError, Result};
-
-/// transformers' `T5LayerNorm`: `w · x / √(mean(x²) + ε)`, the statistics in f32.
-struct RmsNorm {
-    weight: Tensor,
-    eps: f64,
-}
-
-impl RmsNorm {
-    fn new(d: usize, eps: f64, vb: VarBuilder) -> candle_core::Result<Self> {
-        Ok(Self {
-            weight: vb.get(d, "weight")?,
-            eps,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let dtype = x.dtype();
-        let x32 = x.to_dtype(DType::F32)?;
-        let var = x32.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = x32.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        normed.to_dtype(dtype)?.broadcast_mul(&self.weight)
-    }
-}
 
 struct Attention {
     q: Linear,
