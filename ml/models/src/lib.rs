@@ -13,6 +13,7 @@ mod error;
 pub mod llm;
 pub mod sd;
 pub mod sur;
+pub mod vq;
 pub mod t5;
 
 pub use error::{ModelError, ModelErrorKind, Result};

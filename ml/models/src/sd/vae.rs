@@ -182,7 +182,7 @@ impl MidBlock {
 }
 
 /// The encoder up to the posterior mean.
-struct Encoder {
+pub(crate) struct Encoder {
     conv_in: Conv,
     down: Vec<(Vec<ResnetBlock>, Option<Conv>)>,
     mid: MidBlock,
@@ -193,7 +193,19 @@ struct Encoder {
 }
 
 impl Encoder {
+    /// The AutoencoderKL's encoder: moments of 2×latent channels, `quant_conv` over them.
     fn new(vb: &VarBuilder, c: &VaeConfig) -> candle_core::Result<Self> {
+        let m = 2 * c.latent_channels;
+        Self::with_outputs(vb, c, m, c.use_quant_conv.then_some((m, m)))
+    }
+
+    /// An encoder whose `conv_out` gives `out` channels, then `quant_conv` (in, out) if any.
+    pub(crate) fn with_outputs(
+        vb: &VarBuilder,
+        c: &VaeConfig,
+        out_channels: usize,
+        quant: Option<(usize, usize)>,
+    ) -> candle_core::Result<Self> {
         let enc = vb.pp("encoder");
         let chans = &c.block_out_channels;
         let conv_in = Conv::new(c.in_channels, chans[0], 3, pad1(), enc.pp("conv_in"))?;
@@ -218,18 +230,16 @@ impl Encoder {
             down.push((resnets, downsample));
         }
         let last = chans[chans.len() - 1];
-        let quant_conv = if c.use_quant_conv {
-            let m = 2 * c.latent_channels;
-            Some(Conv::new(m, m, 1, Default::default(), vb.pp("quant_conv"))?)
-        } else {
-            None
+        let quant_conv = match quant {
+            Some((i, o)) => Some(Conv::new(i, o, 1, Default::default(), vb.pp("quant_conv"))?),
+            None => None,
         };
         Ok(Encoder {
             conv_in,
             down,
             mid: MidBlock::new(enc.pp("mid_block"), last, c)?,
             norm: GroupNorm::new(c.norm_num_groups, last, 1e-6, enc.pp("conv_norm_out"))?,
-            conv_out: Conv::new(last, 2 * c.latent_channels, 3, pad1(), enc.pp("conv_out"))?,
+            conv_out: Conv::new(last, out_channels, 3, pad1(), enc.pp("conv_out"))?,
             quant_conv,
             latent_channels: c.latent_channels,
         })
@@ -237,6 +247,11 @@ impl Encoder {
 
     /// The posterior mean: the first half of the encoder's moments.
     fn mean(&self, image: &Tensor) -> candle_core::Result<Tensor> {
+        self.forward(image)?.narrow(1, 0, self.latent_channels)
+    }
+
+    /// `quant_conv(conv_out(…))` of an image.
+    pub(crate) fn forward(&self, image: &Tensor) -> candle_core::Result<Tensor> {
         let mut xs = self.conv_in.forward(image)?;
         for (resnets, downsample) in &self.down {
             for r in resnets {
@@ -253,12 +268,12 @@ impl Encoder {
         if let Some(q) = &self.quant_conv {
             moments = q.forward(&moments)?;
         }
-        moments.narrow(1, 0, self.latent_channels)
+        Ok(moments)
     }
 }
 
 /// The decoder.
-struct Decoder {
+pub(crate) struct Decoder {
     post_quant_conv: Option<Conv>,
     conv_in: Conv,
     mid: MidBlock,
@@ -268,20 +283,29 @@ struct Decoder {
 }
 
 impl Decoder {
+    /// The AutoencoderKL's decoder, `post_quant_conv` over the latent channels.
     fn new(vb: &VarBuilder, c: &VaeConfig) -> candle_core::Result<Self> {
+        let l = c.latent_channels;
+        Self::with_inputs(vb, c, c.use_post_quant_conv.then_some((l, l)))
+    }
+
+    /// A decoder with `post_quant_conv` (in, out) if any.
+    pub(crate) fn with_inputs(
+        vb: &VarBuilder,
+        c: &VaeConfig,
+        post_quant: Option<(usize, usize)>,
+    ) -> candle_core::Result<Self> {
         let dec = vb.pp("decoder");
         let rev: Vec<usize> = c.block_out_channels.iter().rev().copied().collect();
-        let post_quant_conv = if c.use_post_quant_conv {
-            let l = c.latent_channels;
-            Some(Conv::new(
-                l,
-                l,
+        let post_quant_conv = match post_quant {
+            Some((i, o)) => Some(Conv::new(
+                i,
+                o,
                 1,
                 Default::default(),
                 vb.pp("post_quant_conv"),
-            )?)
-        } else {
-            None
+            )?),
+            None => None,
         };
         let mut up = Vec::with_capacity(rev.len());
         let mut prev = rev[0];
@@ -311,7 +335,8 @@ impl Decoder {
         })
     }
 
-    fn forward(&self, z: &Tensor) -> candle_core::Result<Tensor> {
+    /// `decoder(post_quant_conv(z))`.
+    pub(crate) fn forward(&self, z: &Tensor) -> candle_core::Result<Tensor> {
         let z = match &self.post_quant_conv {
             Some(p) => p.forward(z)?,
             None => z.clone(),
