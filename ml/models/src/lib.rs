@@ -13,8 +13,9 @@ mod error;
 pub mod llm;
 pub mod sd;
 pub mod sur;
-pub mod vq;
 pub mod t5;
+pub mod tiramisu;
+pub mod vq;
 
 pub use error::{ModelError, ModelErrorKind, Result};
 pub use latentflow_weights::Checked;

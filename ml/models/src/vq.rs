@@ -218,7 +218,11 @@ impl VqModel {
     pub fn decode_codes(&self, codes: &Tensor) -> Result<Tensor> {
         let (n, h, w) = codes.dims3()?;
         let k = self.config.num_vq_embeddings as u32;
-        let max = codes.flatten_all()?.max(0)?.to_dtype(DType::U32)?.to_scalar::<u32>()?;
+        let max = codes
+            .flatten_all()?
+            .max(0)?
+            .to_dtype(DType::U32)?
+            .to_scalar::<u32>()?;
         if max >= k {
             return Err(ModelError::invalid(format!(
                 "code {max} of a {k}-entry codebook"

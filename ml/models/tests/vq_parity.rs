@@ -15,8 +15,20 @@ fn vq_model_matches_diffusers() {
     assert!(e <= 1e-5, "latent: error {e:e}");
     let codes = vq.codes(&r["latent"]).unwrap();
     assert_eq!(
-        codes.to_dtype(DType::I64).unwrap().flatten_all().unwrap().to_vec1::<i64>().unwrap(),
-        r["codes"].to_dtype(DType::I64).unwrap().flatten_all().unwrap().to_vec1::<i64>().unwrap()
+        codes
+            .to_dtype(DType::I64)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<i64>()
+            .unwrap(),
+        r["codes"]
+            .to_dtype(DType::I64)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<i64>()
+            .unwrap()
     );
     let lp = vq.code_log_probs(&r["latent"]).unwrap();
     let e = rel_err(&lp, &r["code_log_probs"]);
@@ -29,5 +41,9 @@ fn vq_model_matches_diffusers() {
         assert!(e <= 1e-5, "{name}: error {e:e}");
     }
     let bad = candle_core::Tensor::new(&[[[40u32]]], &candle_core::Device::Cpu).unwrap();
-    assert!(vq.decode_codes(&bad).unwrap_err().to_string().contains("32-entry codebook"));
+    assert!(vq
+        .decode_codes(&bad)
+        .unwrap_err()
+        .to_string()
+        .contains("32-entry codebook"));
 }
