@@ -7,7 +7,11 @@
 //!   states;
 //! - [`poon_domingos`]: the image structure of Poon & Domingos (2011): every rectangle of a grid
 //!   is split along cuts at multiples of `delta`, each region holds `regions` sum nodes over the
-//!   element-wise products of its halves' nodes, single pixels hold `regions` input nodes.
+//!   element-wise products of its halves' nodes, single pixels hold `regions` input nodes;
+//! - [`quad_tree`]: the image structure of Tiramisu's released circuits (pyjuice's
+//!   `generate_pd_circuit` with `factor_half = false`): each region is halved along both sides
+//!   at once, `latents` element-wise products of its (up to) four parts, and `latents` sums each
+//!   over all of those products.
 
 use std::collections::HashMap;
 
@@ -295,4 +299,62 @@ fn region(
     };
     memo.insert((x, y, w, h), nodes.clone());
     nodes
+}
+
+/// The halves of `[s, e)` as Tiramisu's `construct_divisions` (without `factor_half`) cuts them.
+fn halves(s: usize, e: usize) -> Vec<(usize, usize)> {
+    if e - s == 1 {
+        vec![(s, e)]
+    } else {
+        let m = s + (e - s) / 2;
+        vec![(s, m), (m, e)]
+    }
+}
+
+/// The quad-tree structure over a `width`×`height` grid (row-major) of variables with `k`
+/// values each, `latents` nodes per region (the root region has one sum).
+pub fn quad_tree(
+    width: usize,
+    height: usize,
+    k: usize,
+    latents: usize,
+    seed: u64,
+) -> Result<Circuit, PcError> {
+    if width == 0 || height == 0 || k == 0 || latents == 0 {
+        return Err(PcError::Invalid(
+            "a quad tree needs a grid, values and latents".into(),
+        ));
+    }
+    let mut b = Builder::new(seed);
+    let root = quad(&mut b, (0, height, 0, width), width, k, latents, true);
+    debug_assert_eq!(root.len(), 1);
+    Circuit::new(vec![k; width * height], b.nodes)
+}
+
+fn quad(
+    b: &mut Builder,
+    (hs, he, ws, we): (usize, usize, usize, usize),
+    width: usize,
+    k: usize,
+    latents: usize,
+    root: bool,
+) -> Vec<usize> {
+    if he - hs == 1 && we - ws == 1 {
+        let inputs: Vec<usize> = (0..latents).map(|_| b.input(hs * width + ws, k)).collect();
+        return if root { vec![b.sum(inputs)] } else { inputs };
+    }
+    let mut parts = Vec::new();
+    for h in halves(hs, he) {
+        for w in halves(ws, we) {
+            parts.push(quad(b, (h.0, h.1, w.0, w.1), width, k, latents, false));
+        }
+    }
+    let products: Vec<usize> = (0..latents)
+        .map(|i| {
+            let children = parts.iter().map(|p| p[i]).collect();
+            b.push(Node::Product { children })
+        })
+        .collect();
+    let count = if root { 1 } else { latents };
+    (0..count).map(|_| b.sum(products.clone())).collect()
 }

@@ -4,7 +4,7 @@
 
 use latentflow_pc::evidence::Observation;
 use latentflow_pc::learn::em;
-use latentflow_pc::structure::{chow_liu_tree, hclt, mixture, poon_domingos};
+use latentflow_pc::structure::{chow_liu_tree, hclt, mixture, poon_domingos, quad_tree};
 use latentflow_pc::{conditional, format, forward, Circuit, Evidence, Node, Semantics};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -85,6 +85,7 @@ fn circuits(rng: &mut ChaCha8Rng) -> Vec<(String, Circuit)> {
         "pd 3x2 delta 2".into(),
         poon_domingos(2, 3, 2, &[2], 3, 8).unwrap(),
     ));
+    out.push(("quad tree 3x2".into(), quad_tree(3, 2, 3, 2, 9).unwrap()));
     out
 }
 
