@@ -12,5 +12,6 @@ mod plugins;
 mod sampling;
 mod sd_pipeline;
 mod serve;
+mod tpm;
 mod validation;
 mod watch;
