@@ -1,7 +1,6 @@
 //! Errors, dtypes and tensors between the ABI and the model library.
 
-use candle_core::{DType as CDType, Device, Tensor as CTensor};
-use latentflow_plugin_api::sdk::candle::to_candle;
+use candle_core::DType as CDType;
 use latentflow_plugin_api::sdk::prelude::*;
 
 /// A library error as a node failure (its message names the file, tensor or field).
@@ -9,12 +8,7 @@ pub fn fail(e: impl std::fmt::Display) -> NodeError {
     NodeError::failed(e.to_string())
 }
 
-/// An FFI tensor as an f32 candle tensor on the CPU.
-pub fn f32_tensor(t: &Tensor) -> Result<CTensor, NodeError> {
-    to_candle(t, &Device::Cpu)?
-        .to_dtype(CDType::F32)
-        .map_err(fail)
-}
+pub use latentflow_plugin_api::sdk::candle::to_candle_f32 as f32_tensor;
 
 /// The compute dtype a `dtype` parameter names.
 pub fn compute_dtype(p: &Params) -> Result<CDType, NodeError> {

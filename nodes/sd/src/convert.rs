@@ -1,8 +1,8 @@
 //! Argument reading and tensor conversion shared by the plugin's objects and nodes.
 
-use candle_core::{DType as CDType, Device, Tensor as CTensor};
+use candle_core::Tensor as CTensor;
 use latentflow_models::sd::lora;
-use latentflow_plugin_api::sdk::candle::{from_candle, to_candle};
+use latentflow_plugin_api::sdk::candle::from_candle;
 use latentflow_plugin_api::sdk::prelude::*;
 use latentflow_weights::lora::{Applied, Update};
 
@@ -11,12 +11,7 @@ pub fn fail(e: impl std::fmt::Display) -> NodeError {
     NodeError::failed(e.to_string())
 }
 
-/// An FFI tensor as an f32 candle tensor on the CPU.
-pub fn f32_tensor(t: &Tensor) -> Result<CTensor, NodeError> {
-    to_candle(t, &Device::Cpu)?
-        .to_dtype(CDType::F32)
-        .map_err(fail)
-}
+pub use latentflow_plugin_api::sdk::candle::to_candle_f32 as f32_tensor;
 
 /// Candle tensors as a list value.
 pub fn list_value(ts: &[CTensor]) -> Result<Value, NodeError> {

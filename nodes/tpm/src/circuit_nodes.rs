@@ -123,25 +123,42 @@ fn candle_nn_softmax(x: &CTensor) -> Result<CTensor, NodeError> {
     e.broadcast_div(&s).map_err(fail)
 }
 
-fn circuit_marginals(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
-    let lp = f32_tensor(inputs.tensor("soft_codes")?)?;
-    let (n, h, w, k) = lp.dims4().map_err(fail)?;
-    let weights = soft_weights(&lp, p.f64("temperature")?)?
-        .reshape((n, h * w, k))
-        .map_err(fail)?;
-    let out = inputs.object("circuit")?.call(
+/// `Circuit.marginals(weights, semantics)` as an f32 tensor.
+fn marginals(
+    ctx: &Ctx,
+    circuit: &ObjectHandle,
+    weights: &CTensor,
+    semantics: &str,
+) -> Result<CTensor, NodeError> {
+    let out = circuit.call(
         ctx.host(),
         "marginals",
         vec![
-            Value::Tensor(from_candle(&weights)?),
-            Value::from(p.str("semantics")?.to_string()),
+            Value::Tensor(from_candle(weights)?),
+            Value::from(semantics.to_string()),
         ],
     )?;
     let m = out
         .first()
         .and_then(Value::as_tensor)
         .ok_or_else(|| NodeError::failed("Circuit.marginals returned no tensor"))?;
-    let m = f32_tensor(m)?.reshape((n, h, w, k)).map_err(fail)?;
+    f32_tensor(m)
+}
+
+fn circuit_marginals(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
+    let lp = f32_tensor(inputs.tensor("soft_codes")?)?;
+    let (n, h, w, k) = lp.dims4().map_err(fail)?;
+    let weights = soft_weights(&lp, p.f64("temperature")?)?
+        .reshape((n, h * w, k))
+        .map_err(fail)?;
+    let m = marginals(
+        ctx,
+        inputs.object("circuit")?,
+        &weights,
+        p.str("semantics")?,
+    )?
+    .reshape((n, h, w, k))
+    .map_err(fail)?;
     Ok(vec![Value::Tensor(from_candle(&m)?)])
 }
 
@@ -206,19 +223,7 @@ fn circuit_inpaint(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>,
             .collect();
         let weights: Vec<f32> = e.iter().flatten().map(|&x| x as f32).collect();
         let wt = CTensor::from_vec(weights, (1, vars, k), &Device::Cpu).map_err(fail)?;
-        let out = circuit_handle.call(
-            ctx.host(),
-            "marginals",
-            vec![
-                Value::Tensor(from_candle(&wt)?),
-                Value::from(p.str("semantics")?.to_string()),
-            ],
-        )?;
-        let r = out
-            .first()
-            .and_then(Value::as_tensor)
-            .ok_or_else(|| NodeError::failed("Circuit.marginals returned no tensor"))?;
-        let r: Vec<f64> = f32_tensor(r)?
+        let r: Vec<f64> = marginals(ctx, circuit_handle, &wt, p.str("semantics")?)?
             .to_dtype(CDType::F64)
             .and_then(|t| t.flatten_all())
             .and_then(|t| t.to_vec1())

@@ -113,6 +113,14 @@ pub fn to_candle(t: &Tensor, device: &Device) -> Result<candle_core::Tensor, Nod
         .map_err(candle_err)
 }
 
+/// Imports a tensor as f32 on the CPU, the form most model code computes in (converted when it
+/// is stored otherwise).
+pub fn to_candle_f32(t: &Tensor) -> Result<candle_core::Tensor, NodeError> {
+    to_candle(t, &Device::Cpu)?
+        .to_dtype(candle_core::DType::F32)
+        .map_err(candle_err)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
