@@ -4,10 +4,11 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use candle_core::{DType as CDType, Device, Tensor as CTensor, D};
+use candle_core::{DType as CDType, Device, Tensor as CTensor};
 use latentflow_models::tiramisu::evidence::{
     known_fractions, patch_distribution, temperature, tempered,
 };
+use latentflow_models::tiramisu::mixing::draw;
 use latentflow_pc::learn::em;
 use latentflow_pc::structure::{chow_liu_tree, hclt, mixture};
 use latentflow_pc::{format, forward, Circuit, Evidence};
@@ -113,14 +114,9 @@ fn save_circuit(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, No
 
 /// Soft codes (log-probabilities N×h×w×K) as evidence weights at `tau`.
 fn soft_weights(lp: &CTensor, tau: f64) -> Result<CTensor, NodeError> {
-    candle_nn_softmax(&(lp / tau).map_err(fail)?)
-}
-
-fn candle_nn_softmax(x: &CTensor) -> Result<CTensor, NodeError> {
-    let m = x.max_keepdim(D::Minus1).map_err(fail)?;
-    let e = x.broadcast_sub(&m).and_then(|t| t.exp()).map_err(fail)?;
-    let s = e.sum_keepdim(D::Minus1).map_err(fail)?;
-    e.broadcast_div(&s).map_err(fail)
+    (lp / tau)
+        .and_then(|t| candle_nn::ops::softmax_last_dim(&t))
+        .map_err(fail)
 }
 
 /// `Circuit.marginals(weights, semantics)` as an f32 tensor.
@@ -234,15 +230,7 @@ fn circuit_inpaint(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>,
             }
             let d = patch_distribution(&r[i * k..(i + 1) * k], &e[i], q(i), f[i], top_k);
             let pick = if sample {
-                let s: f64 = d.iter().sum();
-                let u = rng.random_range(0.0..1.0) * s;
-                let mut acc = 0.0;
-                d.iter()
-                    .position(|x| {
-                        acc += x;
-                        u < acc
-                    })
-                    .unwrap_or(k - 1)
+                draw(&d, rng.random_range(0.0..1.0))
             } else {
                 d.iter()
                     .enumerate()

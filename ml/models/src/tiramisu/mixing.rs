@@ -88,16 +88,20 @@ pub fn geometric_mixture(p: &[f64; BINS], q: &[f64; BINS], alpha: f64) -> [f64; 
     out
 }
 
-/// A bin drawn from `p` with `u` uniform in [0, 1).
-pub fn draw(p: &[f64; BINS], u: f64) -> usize {
+/// An index drawn from non-negative `weights` (normalised or not) with `u` uniform in [0, 1).
+pub fn draw(weights: &[f64], u: f64) -> usize {
+    let target = u * weights.iter().sum::<f64>();
     let mut acc = 0.0;
-    for (i, x) in p.iter().enumerate() {
+    for (i, x) in weights.iter().enumerate() {
         acc += x;
-        if u < acc {
+        if target < acc {
             return i;
         }
     }
-    p.iter().rposition(|&x| x > 0.0).unwrap_or(BINS - 1)
+    weights
+        .iter()
+        .rposition(|&x| x > 0.0)
+        .unwrap_or(weights.len().saturating_sub(1))
 }
 
 #[cfg(test)]

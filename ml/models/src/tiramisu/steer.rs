@@ -111,17 +111,7 @@ pub fn steer(
         let mut codes = Vec::with_capacity(cfg.samples * ph * pw);
         for _ in 0..cfg.samples {
             for d in &dists {
-                let s: f64 = d.iter().sum();
-                let u = rng.random_range(0.0..1.0) * s;
-                let mut acc = 0.0;
-                let pick = d
-                    .iter()
-                    .position(|p| {
-                        acc += p;
-                        u < acc
-                    })
-                    .unwrap_or(k - 1);
-                codes.push(pick as u32);
+                codes.push(draw(d, rng.random_range(0.0..1.0)) as u32);
             }
         }
         let grid = Tensor::from_vec(codes, (cfg.samples, ph, pw), &Device::Cpu)?;
