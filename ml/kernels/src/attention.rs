@@ -26,6 +26,9 @@ const SCORE_BLOCK: usize = 4 << 20;
 
 /// `softmax(q·kᵀ + mask)·v` for q B×heads×Lq×d, k and v B×heads×Lk×d.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, opts: Attend) -> candle_core::Result<Tensor> {
+    if q.track_op() || k.track_op() || v.track_op() {
+        return differentiable(q, k, v, opts);
+    }
     if opts.mask.is_some() || opts.probabilities.is_some() {
         let mut scores = q.matmul(&k.t()?)?;
         if let Some(m) = opts.mask {
@@ -38,6 +41,20 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, opts: Attend) -> candle_cor
         return probs.matmul(v);
     }
     blocked(q, k, v)
+}
+
+/// The same product from operations candle can differentiate (its last-axis softmax kernel has
+/// no backward pass), for inputs that record their operations.
+fn differentiable(q: &Tensor, k: &Tensor, v: &Tensor, opts: Attend) -> candle_core::Result<Tensor> {
+    let mut scores = q.matmul(&k.t()?)?;
+    if let Some(m) = opts.mask {
+        scores = scores.broadcast_add(m)?;
+    }
+    let probs = candle_nn::ops::softmax(&scores, candle_core::D::Minus1)?;
+    if let Some(sink) = opts.probabilities {
+        sink(&probs);
+    }
+    probs.matmul(v)
 }
 
 fn blocked(q: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {

@@ -128,7 +128,11 @@ impl Module for Conv {
             (Some(w), candle_core::Device::Cpu, candle_core::DType::F32) if self.kernel == 1 => {
                 self.pointwise_forward(x, w)
             }
-            (Some(w), candle_core::Device::Cpu, candle_core::DType::F32) if x.dim(3)? > 1 => {
+            // The im2col buffer is built outside candle's graph: inputs that record their
+            // operations for gradients take candle's (differentiable) convolution.
+            (Some(w), candle_core::Device::Cpu, candle_core::DType::F32)
+                if x.dim(3)? > 1 && !x.track_op() =>
+            {
                 self.im2col_forward(x, w)
             }
             _ => self.inner.forward(x),

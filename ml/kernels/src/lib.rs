@@ -9,7 +9,9 @@
 pub mod attention;
 pub mod conv;
 pub mod norm;
+pub mod resample;
 
 pub use attention::{attention, Attend};
 pub use conv::Conv;
 pub use norm::GroupNorm;
+pub use resample::upsample_nearest;

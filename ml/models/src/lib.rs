@@ -15,6 +15,7 @@ pub mod sd;
 pub mod sur;
 pub mod t5;
 pub mod tiramisu;
+pub mod unet2d;
 pub mod vq;
 
 pub use error::{ModelError, ModelErrorKind, Result};

@@ -14,7 +14,7 @@ pub use embeddings::{
     sincos_positions_2d, timestep_features, PatchEmbed, PatchEmbedConfig, TimestepEmbedding,
     TimestepLabelEmbedding,
 };
-pub use resnet::{ResnetBlock, ResnetConfig};
+pub use resnet::{Resample, ResnetBlock, ResnetConfig, TimeNorm};
 pub use rms_norm::RmsNorm;
 pub use transformer2d::{
     Attention, AttentionHook, BasicTransformerBlock, Transformer2D, Transformer2DConfig,

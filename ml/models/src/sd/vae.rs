@@ -144,6 +144,7 @@ fn resnet_cfg(c: &VaeConfig) -> ResnetConfig {
         eps: 1e-6,
         temb: None,
         output_scale: 1.0,
+        ..ResnetConfig::default()
     }
 }
 

@@ -97,6 +97,7 @@ fn resnet(
         eps: c.norm_eps,
         temb: Some(temb),
         output_scale: scale,
+        ..ResnetConfig::default()
     };
     ResnetBlock::new(vb, cin, cout, cfg)
 }
