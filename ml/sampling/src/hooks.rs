@@ -19,6 +19,13 @@ pub struct StepContext<'a> {
     pub next_level: Option<(f64, f64)>,
     /// The unit noise the run started from.
     pub initial_noise: &'a Tensor,
+    /// The model's variance of p(x_{t−1} | x_t) per element, the latent's shape, when the
+    /// sampler knows it (learned-range models under CoPaint); TPM steering uses it as the spread
+    /// of x̂0.
+    pub variance: Option<&'a Tensor>,
+    /// The step's place in a respaced process, when the sampler runs one (CoPaint): the index
+    /// of its timestep, counting down, and the process's length.
+    pub position: Option<(usize, usize)>,
 }
 
 /// The two points of a step where hooks are called: x̂0, the predicted clean sample (only for

@@ -5,10 +5,12 @@
 //! The crate knows nothing of plugins: a caller implements [`sampler::Model`] over whatever runs
 //! the network.
 
+pub mod copaint;
 pub mod guidance;
 pub mod hallucination;
 pub mod hooks;
 pub mod noise;
+pub mod respace;
 pub mod sampler;
 pub mod schedulers;
 

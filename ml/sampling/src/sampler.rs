@@ -131,6 +131,8 @@ pub fn sample(
             timestep: t,
             next_level: (i + 1 < steps).then(|| sched.noise_coefficients(i + 1)),
             initial_noise: &initial,
+            variance: None,
+            position: None,
         };
         if wants_x0 {
             let mut x0 = sched.predict_x0(&pred, kind, &x)?;

@@ -199,6 +199,33 @@ impl UNet2DModel {
         Ok(self.run(x, t, labels)?)
     }
 
+    /// `cotangentᵀ · ∂output/∂x` at `x` (the shape of `x`), by candle's backward pass;
+    /// `cotangent` has the output's shape.
+    pub fn vjp(
+        &self,
+        x: &Tensor,
+        t: f64,
+        labels: Option<&[u32]>,
+        cotangent: &Tensor,
+    ) -> Result<Tensor> {
+        self.check_input(x, labels)?;
+        let want = [x.dim(0)?, self.config.out_channels, x.dim(2)?, x.dim(3)?];
+        if cotangent.dims() != want {
+            return Err(ModelError::shape(
+                "UNet2DModel cotangent",
+                format!("{want:?}"),
+                cotangent.dims(),
+            ));
+        }
+        let var = candle_core::Var::from_tensor(&x.to_dtype(DType::F32)?)?;
+        let out = self.run(var.as_tensor(), t, labels)?;
+        let grads = (out * cotangent)?.sum_all()?.backward()?;
+        match grads.get(var.as_tensor()) {
+            Some(g) => Ok(g.clone()),
+            None => Ok(x.zeros_like()?),
+        }
+    }
+
     fn run(&self, x: &Tensor, t: f64, labels: Option<&[u32]>) -> candle_core::Result<Tensor> {
         let c = &self.config;
         let b = x.dim(0)?;
