@@ -12,6 +12,7 @@ mod plugins;
 mod sampling;
 mod sd_pipeline;
 mod serve;
+mod tiramisu;
 mod tpm;
 mod validation;
 mod watch;

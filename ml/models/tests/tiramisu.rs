@@ -1,7 +1,7 @@
 //! One Tiramisu steering step on the tiny VQ model and a random circuit over its patches.
 
 use candle_core::{DType, Device, Tensor};
-use latentflow_models::tiramisu::{steer, SteerConfig};
+use latentflow_models::tiramisu::{steer, Direct, SteerConfig};
 use latentflow_models::vq::VqModel;
 use latentflow_pc::structure::mixture;
 use latentflow_testutil::{fixtures, load};
@@ -23,7 +23,17 @@ fn run(cfg: &SteerConfig, seed: u64) -> (Vec<f32>, Vec<f32>, f64) {
     }
     let mask = Tensor::from_vec(m, (1, 1, 24, 32), &Device::Cpu).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let out = steer(x0, &variance, &mask, 240.0, 250.0, &vq, &pc, cfg, &mut rng).unwrap();
+    let out = steer(
+        x0,
+        &variance,
+        &mask,
+        240.0,
+        250.0,
+        &Direct { vq: &vq, pc: &pc },
+        cfg,
+        &mut rng,
+    )
+    .unwrap();
     assert_eq!(out.dims(), x0.dims());
     let flat = |t: &Tensor| {
         t.to_dtype(DType::F32)

@@ -25,12 +25,15 @@ struct Blend(Mutex<InpaintBlend>);
 impl SamplerHookImpl for Blend {
     fn see(&self, _: HostRef, at: HookPoint, step: &HookStep, x: &Tensor) -> Replacement {
         let noise = candle(&step.initial_noise)?;
+        let variance = step.variance.as_ref().map(candle).transpose()?;
         let ctx = StepContext {
             index: step.index,
             total: step.total,
             timestep: step.timestep,
             next_level: step.next_level,
             initial_noise: &noise,
+            variance: variance.as_ref(),
+            position: step.position,
         };
         let mut blend = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let out = blend

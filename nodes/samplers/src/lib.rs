@@ -3,8 +3,10 @@
 //!
 //! `samplers.sample` drives a denoiser made by another plugin through the typed `Denoiser`
 //! protocol (`latentflow_plugin_api::sdk::denoiser`); `samplers.schedule` exposes the schedule
-//! itself; `samplers.inpaint_blend` is a sampler hook.
+//! itself; `samplers.inpaint_blend` is a sampler hook; `samplers.copaint` inpaints by CoPaint with
+//! a denoiser that gives gradients.
 
+mod copaint;
 mod hallucination;
 mod hooks;
 mod sample;
@@ -86,7 +88,7 @@ pub fn plugin() -> PluginDef {
             .output("init_noise_sigma", PortType::Float, "scale of the initial noise")
             .param(Param::choice("prediction", &["epsilon", "v_prediction", "sample"]).default("epsilon")),
     );
-    [schedule, sample::node()]
+    [schedule, sample::node(), copaint::node()]
         .into_iter()
         .chain(hallucination::nodes())
         .chain(hooks::nodes())

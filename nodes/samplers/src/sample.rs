@@ -41,11 +41,11 @@ pub fn node_error(e: SampleError) -> NodeError {
     }
 }
 
-fn model_error(e: NodeError) -> SampleError {
+pub(crate) fn model_error(e: NodeError) -> SampleError {
     SampleError::Model(Box::new(e))
 }
 
-fn candle(t: &Tensor) -> Result<CTensor, NodeError> {
+pub(crate) fn candle(t: &Tensor) -> Result<CTensor, NodeError> {
     to_candle(t, &Device::Cpu)?
         .to_dtype(candle_core::DType::F32)
         .map_err(|e| NodeError::failed(e.to_string()))
@@ -97,9 +97,38 @@ impl Model for Driven<'_, '_> {
 }
 
 /// A hook from another plugin, as the loop sees it.
-struct Remote<'a, 'h> {
+pub(crate) struct Remote<'a, 'h> {
     ctx: &'a Ctx<'h>,
     client: HookClient<'a>,
+}
+
+/// The `hooks` input's handles.
+pub(crate) fn hook_handles(inputs: &Inputs) -> Result<Vec<ObjectHandle>, NodeError> {
+    inputs
+        .list("hooks")?
+        .iter()
+        .map(|v| {
+            v.as_object()
+                .cloned()
+                .ok_or_else(|| NodeError::invalid("hooks must be SamplerHook handles"))
+        })
+        .collect()
+}
+
+/// Sampler hooks behind `handles`, as the loop sees them.
+pub(crate) fn remotes<'a, 'h>(
+    ctx: &'a Ctx<'h>,
+    handles: &'a [ObjectHandle],
+) -> Result<Vec<Remote<'a, 'h>>, NodeError> {
+    handles
+        .iter()
+        .map(|h| {
+            Ok(Remote {
+                ctx,
+                client: HookClient::new(ctx.host(), h)?,
+            })
+        })
+        .collect()
 }
 
 impl Remote<'_, '_> {
@@ -110,6 +139,12 @@ impl Remote<'_, '_> {
             timestep: ctx.timestep,
             next_level: ctx.next_level,
             initial_noise: from_candle(ctx.initial_noise).map_err(model_error)?,
+            variance: ctx
+                .variance
+                .map(from_candle)
+                .transpose()
+                .map_err(model_error)?,
+            position: ctx.position,
         })
     }
 
@@ -243,24 +278,8 @@ fn sample(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeErro
         }
         None => None,
     };
-    let handles: Vec<ObjectHandle> = inputs
-        .list("hooks")?
-        .iter()
-        .map(|v| {
-            v.as_object()
-                .cloned()
-                .ok_or_else(|| NodeError::invalid("hooks must be SamplerHook handles"))
-        })
-        .collect::<Result<_, _>>()?;
-    let mut remotes = handles
-        .iter()
-        .map(|h| {
-            Ok(Remote {
-                ctx,
-                client: HookClient::new(ctx.host(), h)?,
-            })
-        })
-        .collect::<Result<Vec<_>, NodeError>>()?;
+    let handles = hook_handles(inputs)?;
+    let mut remotes = remotes(ctx, &handles)?;
     let mut hooks: Vec<&mut dyn StepHook> = Vec::new();
     if let Some(b) = blend.as_mut() {
         hooks.push(b);

@@ -13,6 +13,7 @@ mod convert;
 mod loaders;
 mod seghead_node;
 mod text_nodes;
+mod unet2d_node;
 mod unet_denoiser;
 mod vae_nodes;
 mod vae_object;
@@ -50,7 +51,7 @@ pub fn plugin() -> PluginDef {
         .chain(vae_nodes::nodes())
         .chain(wrappers::nodes())
         .chain(attention_nodes::nodes())
-        .chain([seghead_node::node()])
+        .chain([seghead_node::node(), unet2d_node::node()])
         .fold(
             PluginDef::new("sd", env!("CARGO_PKG_VERSION")),
             PluginDef::node,

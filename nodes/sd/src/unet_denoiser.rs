@@ -240,10 +240,10 @@ impl DenoiserImpl for UNetDenoiser {
             let records = records.into_inner().unwrap_or_else(|e| e.into_inner());
             self.accumulate(c, (h, w), records);
         }
-        Ok(DenoiseOutput {
-            prediction: latentflow_plugin_api::sdk::candle::from_candle(&out)?,
-            kind: self.prediction,
-        })
+        Ok(DenoiseOutput::new(
+            latentflow_plugin_api::sdk::candle::from_candle(&out)?,
+            self.prediction,
+        ))
     }
 
     fn call_extra(&self, _: HostRef, call: Call) -> Option<Reply> {

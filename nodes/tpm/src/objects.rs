@@ -1,7 +1,8 @@
 //! The plugin's objects: `Vq` (a VQ model) and `Circuit` (a probabilistic circuit).
 //!
 //! - `Vq.encode(image N×H×W×3 in [0, 1])` → `[codes N×h×w, log_probs N×h×w×K]`;
-//!   `Vq.decode(codes)` → `[image]`; `Vq.info()` → `[downscale, codebook size]`.
+//!   `Vq.decode(codes)` → `[image]`; `Vq.decode_raw(codes)` → `[N×C×H×W in [−1, 1], unclamped]`;
+//!   `Vq.info()` → `[downscale, codebook size]`.
 //! - `Circuit.marginals(weights N×n×K, semantics)` → `[N×n×K]`: per evidence row and variable a
 //!   weight per value (all ones: missing); `Circuit.save(path)`; `Circuit.info()` →
 //!   `[variables, values of variable 0, nodes, edges]`.
@@ -63,6 +64,18 @@ impl ObjectImpl for VqObject {
                     .and_then(|t| t.permute((0, 2, 3, 1)))
                     .and_then(|t| t.contiguous())
                     .map_err(fail)?;
+                Ok(vec![Value::Tensor(from_candle(&img)?)])
+            }
+            "decode_raw" => {
+                let codes = tensor_arg(&args, 0, method)?;
+                if codes.rank() != 3 {
+                    return Err(NodeError::invalid(format!(
+                        "codes must be N×h×w, got {:?}",
+                        codes.dims()
+                    )));
+                }
+                let codes = codes.to_dtype(CDType::U32).map_err(fail)?;
+                let img = self.vq.decode_codes(&codes).map_err(fail)?;
                 Ok(vec![Value::Tensor(from_candle(&img)?)])
             }
             "info" => Ok(vec![

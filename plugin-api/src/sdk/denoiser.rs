@@ -8,6 +8,7 @@
 //! |---|---|---|
 //! | `info` | none | a [`DenoiserInfo`] record |
 //! | `denoise` | a [`DenoiseRequest`] record | a [`DenoiseOutput`] record |
+//! | `vjp` | a [`DenoiseRequest`] record and a cotangent tensor (the output's shape) | the tensor cotangentᵀ · ∂prediction/∂x (x's shape) |
 //! | `with_…` (e.g. `with_lora`) | method-specific | a new denoiser first, then method-specific values |
 //! | anything else | method-specific | method-specific (queries such as `features`) |
 //!
@@ -58,6 +59,8 @@ pub mod kinds {
 
 /// Well-known names of [`Conditioning::extra`] entries and [`DenoiseRequest::options`].
 pub mod names {
+    /// Class labels of class-conditional models: an int64 tensor with one label per batch row.
+    pub const CLASS_LABELS: &str = "class_labels";
     /// ControlNet residuals for the UNet's skip connections: a list of tensors (summed by
     /// chained ControlNets).
     pub const CONTROL_DOWN: &str = "control.down";
@@ -300,12 +303,27 @@ pub struct DenoiseOutput {
     pub prediction: Tensor,
     /// What it is.
     pub kind: PredictionKind,
+    /// For models that learn their variance (ADM's `learn_sigma`): the extra output channels,
+    /// v ∈ [−1, 1] per element, interpolating log β̃ₜ (−1) and log βₜ (1); the prediction's shape.
+    pub learned_range: Option<Tensor>,
 }
 
 impl DenoiseOutput {
+    /// A prediction without a learned variance.
+    pub fn new(prediction: Tensor, kind: PredictionKind) -> Self {
+        DenoiseOutput {
+            prediction,
+            kind,
+            learned_range: None,
+        }
+    }
+
     /// As a record.
     pub fn to_record(&self) -> Record {
-        let r = Record::new(kinds::OUTPUT).with("kind", self.kind.name());
+        let mut r = Record::new(kinds::OUTPUT).with("kind", self.kind.name());
+        if let Some(v) = &self.learned_range {
+            r.set("learned_range", v.clone());
+        }
         r.with("prediction", self.prediction.clone())
     }
 
@@ -314,7 +332,12 @@ impl DenoiseOutput {
         r.expect_kind(kinds::OUTPUT)?;
         let kind = PredictionKind::parse(r.str("kind")?)?;
         let prediction = r.tensor("prediction")?.clone();
-        Ok(DenoiseOutput { prediction, kind })
+        let learned_range = r.get("learned_range").and_then(Value::as_tensor).cloned();
+        Ok(DenoiseOutput {
+            prediction,
+            kind,
+            learned_range,
+        })
     }
 }
 
@@ -357,12 +380,41 @@ pub trait DenoiserImpl: Send + Sync + 'static {
     /// The model output for a request.
     fn denoise(&self, host: HostRef, req: DenoiseRequest) -> Denoised;
 
+    /// `cotangentᵀ · ∂prediction/∂x` at the request's `x`: gradients through the model, for
+    /// samplers that optimise the latent (CoPaint). Models that cannot differentiate keep the
+    /// default, an error saying so.
+    fn vjp(
+        &self,
+        host: HostRef,
+        req: DenoiseRequest,
+        cotangent: &Tensor,
+    ) -> Result<Tensor, NodeError> {
+        let _ = (host, req, cotangent);
+        Err(no_gradients(&self.info().description))
+    }
+
     /// Methods beyond `info` and `denoise` (queries such as `features`, transforms such as
     /// `with_lora`); `None` when it has no method of that name.
     fn call_extra(&self, host: HostRef, call: Call) -> Option<Reply> {
         let _ = (host, call);
         None
     }
+}
+
+fn no_gradients(who: &str) -> NodeError {
+    NodeError::invalid(format!(
+        "{who} cannot give gradients (the `vjp` method): use a model whose plugin implements it, such as sd.load_unet2d's, without wrappers"
+    ))
+}
+
+fn vjp_args(args: &[Value]) -> Result<(DenoiseRequest, &Tensor), NodeError> {
+    let req = DenoiseRequest::from_record(record_arg(args, "vjp")?)?;
+    let cot = args.get(1).and_then(Value::as_tensor).ok_or_else(|| {
+        NodeError::invalid(format!(
+            "{DENOISER}.vjp takes a request and a cotangent tensor"
+        ))
+    })?;
+    Ok((req, cot))
 }
 
 fn record_arg<'a>(args: &'a [Value], method: &str) -> Result<&'a Record, NodeError> {
@@ -388,6 +440,10 @@ impl<T: DenoiserImpl> ObjectImpl for AsObject<T> {
             "denoise" => {
                 let req = DenoiseRequest::from_record(record_arg(&args, method)?)?;
                 Ok(vec![self.0.denoise(host, req)?.to_record().into()])
+            }
+            "vjp" => {
+                let (req, cot) = vjp_args(&args)?;
+                Ok(vec![Value::Tensor(self.0.vjp(host, req, cot)?)])
             }
             other => self
                 .0
@@ -492,6 +548,9 @@ impl<W: WrapperImpl> ObjectImpl for Wrapped<W> {
                     ))),
                 }
             }
+            // A wrapper changes the function, so the inner model's gradients are not its own:
+            // only a wrapper that answers `vjp` itself (in `call_own`) gives them.
+            "vjp" => Err(no_gradients(&self.info().description)),
             _ => self.inner.call(host, method, args),
         }
     }
@@ -599,6 +658,20 @@ impl<'a> DenoiserClient<'a> {
         match out.first() {
             Some(Value::Record(r)) => DenoiseOutput::from_record(r),
             _ => Err(NodeError::failed("denoise returned no record")),
+        }
+    }
+
+    /// `cotangentᵀ · ∂prediction/∂x` at the request's `x` (see [`DenoiserImpl::vjp`]).
+    pub fn vjp(
+        &self,
+        host: HostRef,
+        req: DenoiseRequest,
+        cotangent: &Tensor,
+    ) -> Result<Tensor, NodeError> {
+        let args = vec![req.to_record().into(), Value::Tensor(cotangent.clone())];
+        match self.handle.call(host, "vjp", args)?.into_iter().next() {
+            Some(Value::Tensor(t)) => Ok(t),
+            _ => Err(NodeError::failed("vjp returned no tensor")),
         }
     }
 }

@@ -10,7 +10,10 @@
 //!
 //! A `HookStep` record has `index`, `total`, `timestep`, the coefficients `next_a`, `next_b`
 //! that noise a clean sample to the level the latent has after this step (a·x0 + b·noise; absent
-//! after the last step), and `initial_noise`, the unit noise the run started from.
+//! after the last step), `initial_noise`, the unit noise the run started from, and, when the
+//! sampler knows them, `variance` (the model's variance of p(x_{t−1} | x_t), the latent's shape)
+//! and `t_index`, `t_count` (the step's timestep index in a respaced process, counting down, and
+//! the process's length).
 
 use crate::error::NodeError;
 use crate::host::HostRef;
@@ -35,6 +38,11 @@ pub struct HookStep {
     pub next_level: Option<(f64, f64)>,
     /// The unit noise the run started from.
     pub initial_noise: Tensor,
+    /// The model's variance of p(x_{t−1} | x_t), when the sampler knows it.
+    pub variance: Option<Tensor>,
+    /// The step's timestep index in a respaced process (counting down) and its length, when the
+    /// sampler runs one.
+    pub position: Option<(usize, usize)>,
 }
 
 impl HookStep {
@@ -48,6 +56,13 @@ impl HookStep {
         if let Some((a, b)) = self.next_level {
             r.set("next_a", a);
             r.set("next_b", b);
+        }
+        if let Some(v) = &self.variance {
+            r.set("variance", v.clone());
+        }
+        if let Some((i, n)) = self.position {
+            r.set("t_index", i as i64);
+            r.set("t_count", n as i64);
         }
         r
     }
@@ -64,6 +79,13 @@ impl HookStep {
             timestep: r.float("timestep")?,
             next_level,
             initial_noise: r.tensor("initial_noise")?.clone(),
+            variance: r.get("variance").and_then(Value::as_tensor).cloned(),
+            position: match (r.get("t_index"), r.get("t_count")) {
+                (Some(Value::Int(i)), Some(Value::Int(n))) if *i >= 0 && *n > *i => {
+                    Some((*i as usize, *n as usize))
+                }
+                _ => None,
+            },
         })
     }
 }

@@ -56,6 +56,12 @@ impl Validator<'_> {
             match vars.get_mut(name) {
                 Some(var) => {
                     var.value = value.clone();
+                    // `--set name=10` for a string input means the text "10".
+                    if matches!(var.kind.as_deref(), Some("string") | Some("path"))
+                        && (value.is_number() || value.is_boolean())
+                    {
+                        var.value = Json::from(value.to_string());
+                    }
                     // A relative path on the command line means relative to where it was typed.
                     // When nothing is there, the value may name a model.
                     if var.kind.as_deref() == Some("path") {

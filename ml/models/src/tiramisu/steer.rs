@@ -1,5 +1,6 @@
 //! One Tiramisu steering step: the denoiser's x̂0 (known pixels pasted) and variance in, a
-//! steered x̃0 out.
+//! steered x̃0 out. The VQ model and the circuit are reached through [`TpmParts`], so the step
+//! runs on models in this process ([`Direct`]) or behind plugin handles alike.
 
 use candle_core::{DType, Device, Tensor};
 use latentflow_pc::evidence::Observation;
@@ -49,6 +50,64 @@ impl Default for SteerConfig {
     }
 }
 
+/// What a steering step asks of the VQ model and the circuit.
+pub trait TpmParts {
+    /// Image pixels per patch side.
+    fn patch(&self) -> usize;
+    /// Codes per patch (the codebook's size).
+    fn codes(&self) -> usize;
+    /// Variables of the circuit.
+    fn variables(&self) -> usize;
+    /// Soft code probabilities of images N×C×H×W in [−1, 1]: N·h·w rows of K, row-major.
+    fn code_probs(&self, images: &Tensor) -> Result<Vec<f64>>;
+    /// The circuit's conditional marginals (one row of K per variable) given soft evidence (one
+    /// weight row per variable), in the semantics of `cfg`.
+    fn conditional(&self, evidence: &[Vec<f64>], semantics: Semantics) -> Result<Vec<Vec<f64>>>;
+    /// Images S×C×H×W in [−1, 1] (not clamped) of code grids S×h×w.
+    fn decode(&self, codes: &Tensor) -> Result<Tensor>;
+}
+
+/// A VQ model and a circuit in this process.
+pub struct Direct<'a> {
+    /// The VQ model.
+    pub vq: &'a VqModel,
+    /// The circuit over its patches.
+    pub pc: &'a Circuit,
+}
+
+impl TpmParts for Direct<'_> {
+    fn patch(&self) -> usize {
+        self.vq.downscale()
+    }
+    fn codes(&self) -> usize {
+        self.vq.config.num_vq_embeddings
+    }
+    fn variables(&self) -> usize {
+        if self.pc.cards().iter().all(|&k| k == self.codes()) {
+            self.pc.num_vars()
+        } else {
+            0
+        }
+    }
+    fn code_probs(&self, images: &Tensor) -> Result<Vec<f64>> {
+        f64s(&self.vq.code_log_probs(&self.vq.encode(images)?)?.exp()?)
+    }
+    fn conditional(&self, evidence: &[Vec<f64>], semantics: Semantics) -> Result<Vec<Vec<f64>>> {
+        let e = Evidence(
+            evidence
+                .iter()
+                .map(|e| Observation::Soft(e.clone()))
+                .collect(),
+        );
+        Ok(conditional(self.pc, &[e], semantics)
+            .map_err(|e| ModelError::invalid(format!("Tiramisu circuit: {e}")))?
+            .remove(0))
+    }
+    fn decode(&self, codes: &Tensor) -> Result<Tensor> {
+        self.vq.decode_codes(codes)
+    }
+}
+
 fn f64s(t: &Tensor) -> Result<Vec<f64>> {
     Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?)
 }
@@ -62,8 +121,7 @@ pub fn steer(
     mask: &Tensor,
     t: f64,
     total: f64,
-    vq: &VqModel,
-    pc: &Circuit,
+    parts: &dyn TpmParts,
     cfg: &SteerConfig,
     rng: &mut ChaCha8Rng,
 ) -> Result<Tensor> {
@@ -75,22 +133,28 @@ pub fn steer(
             variance.dims(),
         ));
     }
-    let patch = vq.downscale();
-    let k = vq.config.num_vq_embeddings;
+    let patch = parts.patch();
+    let k = parts.codes();
     let (ph, pw) = (h / patch, w / patch);
     if ph * patch != h || pw * patch != w {
         return Err(ModelError::invalid(format!(
             "Tiramisu: the image {w}×{h} is not a whole number of {patch}-pixel VQ patches"
         )));
     }
-    if pc.num_vars() != ph * pw || pc.cards().iter().any(|&kc| kc != k) {
+    if parts.variables() != ph * pw {
         return Err(ModelError::invalid(format!(
-            "Tiramisu: the circuit is over {} variables; the VQ model gives {ph}×{pw} patches of {k} codes",
-            pc.num_vars()
+            "Tiramisu: the circuit is over {} variables of {k} values; the VQ model gives {ph}×{pw} patches of {k} codes",
+            parts.variables()
         )));
     }
     let alpha = mixing_factor(t, total, cfg.alpha_start, cfg.alpha_end, cfg.alpha_k);
-    let q_all = f64s(&vq.code_log_probs(&vq.encode(x0)?)?.exp()?)?;
+    let q_all = parts.code_probs(x0)?;
+    if q_all.len() != n * ph * pw * k {
+        return Err(ModelError::invalid(format!(
+            "Tiramisu: {} soft-code values for {n}×{ph}×{pw} patches of {k} codes",
+            q_all.len()
+        )));
+    }
     let mask_all: Vec<f32> = mask.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
     let (mean_all, var_all) = (f64s(x0)?, f64s(variance)?);
     let mut out = Vec::with_capacity(n * c * h * w);
@@ -100,10 +164,12 @@ pub fn steer(
         let e: Vec<Vec<f64>> = (0..ph * pw)
             .map(|i| tempered(q(i), temperature(f[i], cfg.tau_min, cfg.tau_max)))
             .collect();
-        let evidence = Evidence(e.iter().map(|e| Observation::Soft(e.clone())).collect());
-        let r = conditional(pc, &[evidence], cfg.semantics)
-            .map_err(|e| ModelError::invalid(format!("Tiramisu circuit: {e}")))?
-            .remove(0);
+        let r = parts.conditional(&e, cfg.semantics)?;
+        if r.len() != ph * pw || r.iter().any(|r| r.len() != k) {
+            return Err(ModelError::invalid(
+                "Tiramisu: the circuit's marginals do not match its patches",
+            ));
+        }
         let dists: Vec<Vec<f64>> = (0..ph * pw)
             .map(|i| patch_distribution(&r[i], &e[i], q(i), f[i], cfg.top_k))
             .collect();
@@ -115,7 +181,14 @@ pub fn steer(
             }
         }
         let grid = Tensor::from_vec(codes, (cfg.samples, ph, pw), &Device::Cpu)?;
-        let images = f64s(&vq.decode_codes(&grid)?)?; // S×C×H×W
+        let images = f64s(&parts.decode(&grid)?)?; // S×C×H×W
+        if images.len() != cfg.samples * c * h * w {
+            return Err(ModelError::invalid(format!(
+                "Tiramisu: the VQ decoder gave {} values for {} images of {c}×{h}×{w}",
+                images.len(),
+                cfg.samples
+            )));
+        }
         let plane = c * h * w;
         for p in 0..plane {
             let vals: Vec<f64> = (0..cfg.samples).map(|s| images[s * plane + p]).collect();

@@ -127,7 +127,7 @@ enum Sampler {
     /// A 3×3 convolution of stride 2 (down) or nearest ×2 then a 3×3 convolution (up).
     Conv(Conv),
     /// A ResNet that pools or upsamples inside.
-    Resnet(ResnetBlock),
+    Resnet(Box<ResnetBlock>),
 }
 
 impl Sampler {
@@ -182,7 +182,12 @@ impl DownBlock {
         let sampler = if last {
             Sampler::None
         } else if resnet_sampler {
-            Sampler::Resnet(s.resnet(vb.pp("downsamplers.0"), cout, cout, Resample::Down)?)
+            Sampler::Resnet(Box::new(s.resnet(
+                vb.pp("downsamplers.0"),
+                cout,
+                cout,
+                Resample::Down,
+            )?))
         } else {
             let cfg = Conv2dConfig {
                 padding,
@@ -265,7 +270,12 @@ impl UpBlock {
         let sampler = if last {
             Sampler::None
         } else if resnet_sampler {
-            Sampler::Resnet(s.resnet(vb.pp("upsamplers.0"), ch.out, ch.out, Resample::Up)?)
+            Sampler::Resnet(Box::new(s.resnet(
+                vb.pp("upsamplers.0"),
+                ch.out,
+                ch.out,
+                Resample::Up,
+            )?))
         } else {
             let pad = Conv2dConfig {
                 padding: 1,
@@ -287,7 +297,7 @@ impl UpBlock {
     }
 
     /// ResNets this block has (as many skips it takes).
-    pub fn len(&self) -> usize {
+    pub fn skips(&self) -> usize {
         self.resnets.len()
     }
 

@@ -155,7 +155,11 @@ impl UNet2DModel {
     pub fn check_input(&self, x: &Tensor, labels: Option<&[u32]>) -> Result<()> {
         let d = x.dims();
         let f = self.config.downscale();
-        if d.len() != 4 || d[1] != self.config.in_channels || d[2] % f != 0 || d[3] % f != 0 {
+        if d.len() != 4
+            || d[1] != self.config.in_channels
+            || !d[2].is_multiple_of(f)
+            || !d[3].is_multiple_of(f)
+        {
             return Err(ModelError::shape(
                 "UNet2DModel input",
                 format!(
@@ -257,7 +261,7 @@ impl UNet2DModel {
             h = m.forward(&h, &emb)?;
         }
         for u in &self.up {
-            let take = u.len();
+            let take = u.skips();
             let from = skips.len() - take;
             h = u.forward(&h, &skips[from..], &emb)?;
             skips.truncate(from);

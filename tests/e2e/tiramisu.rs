@@ -1,0 +1,96 @@
+//! Tiramisu end to end (graphs/tiramisu.yaml): CoPaint on the tiny ADM model with the circuit's
+//! steering hook keeps the known region exactly, steering changes the hole and only while it is
+//! active, and models that cannot give gradients are refused.
+
+use latentflow_tests::{graph, Sandbox};
+
+use crate::sd_pipeline::{graph_text, saved, set_fixture};
+
+const SAVES: &str = "  s_fill: {type: core.save_tensor, inputs: {tensor: fill.image}, params: {filename: filled.safetensors}}\n  s_pic: {type: core.save_tensor, inputs: {tensor: picture}, params: {filename: picture.safetensors}}\n  s_mask: {type: core.save_tensor, inputs: {tensor: mask}, params: {filename: mask.safetensors}}\n";
+
+/// The filled image, the picture and the mask of a run of `text` with `sets`.
+fn run(text: &str, sets: &[&str]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let sb = Sandbox::new();
+    let g = sb.write("tiramisu.yaml", &format!("{text}{SAVES}"));
+    let mut args = vec!["run", g.to_str().unwrap_or_default(), "-q"];
+    if !sets.is_empty() {
+        args.push("--set");
+        args.extend_from_slice(sets);
+    }
+    sb.run(&args).expect_code(0);
+    let out = sb.path().join("output");
+    let (shape, filled) = saved(&out, "filled.safetensors");
+    assert_eq!(shape, vec![1, 16, 16, 3]);
+    (
+        filled,
+        saved(&out, "picture.safetensors").1,
+        saved(&out, "mask.safetensors").1,
+    )
+}
+
+fn graph_with_inputs_dir() -> String {
+    // The sandboxed copy resolves `../tests/fixtures` and `inputs/` from the graphs folder.
+    let dir = graph("tiramisu.yaml")
+        .parent()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    graph_text("tiramisu.yaml")
+        .replace("../tests/fixtures", &format!("{dir}/../tests/fixtures"))
+        .replace("default: inputs/", &format!("default: {dir}/inputs/"))
+}
+
+#[test]
+fn the_known_region_is_kept_and_steering_changes_only_what_it_should() {
+    let text = graph_with_inputs_dir();
+    let (steered, picture, mask) = run(&text, &["steer_frac=0.5", "respacing=10"]);
+    let (plain, _, _) = run(&text, &["steer_frac=1.0", "respacing=10"]);
+    let (no_hook, _, _) = run(&text.replace(", hooks: steer}", "}"), &["respacing=10"]);
+    let (again, _, _) = run(&text, &["steer_frac=0.5", "respacing=10"]);
+    let (mut hole, mut differ) = (0, 0);
+    for (i, m) in mask.iter().enumerate() {
+        for c in 0..3 {
+            let j = i * 3 + c;
+            if *m < 0.5 {
+                for out in [&steered, &plain, &no_hook] {
+                    assert!(
+                        (out[j] - picture[j]).abs() < 1e-6,
+                        "known pixel {i} changed"
+                    );
+                }
+            } else {
+                hole += 1;
+                differ += usize::from((steered[j] - plain[j]).abs() > 1e-3);
+            }
+        }
+    }
+    assert!(
+        hole > 0 && hole < mask.len() * 3,
+        "the mask covers part of the picture"
+    );
+    assert!(
+        differ * 4 > hole,
+        "steering changed {differ} of {hole} hole values"
+    );
+    assert_eq!(plain, no_hook, "an inactive hook leaves the run as it is");
+    assert_eq!(steered, again, "seeded");
+}
+
+#[test]
+fn models_without_gradients_are_refused_before_running() {
+    let sb = Sandbox::new();
+    let text = graph_with_inputs_dir()
+        .replace(
+            "  model:\n    type: sd.load_unet2d\n    params: {path: $model}\n",
+            "  model:\n    type: sd.load_checkpoint\n    params: {path: $model}\n",
+        )
+        .replace("inputs: {model: model,", "inputs: {model: model.model,");
+    let g = sb.write("sd.yaml", &text);
+    sb.run(&[
+        "validate",
+        g.to_str().unwrap_or_default(),
+        "--set",
+        &set_fixture("model", "tiny-sd"),
+    ])
+    .expect_code(3)
+    .stderr_has("family=unet2d");
+}
