@@ -94,3 +94,50 @@ fn models_without_gradients_are_refused_before_running() {
     .expect_code(3)
     .stderr_has("family=unet2d");
 }
+
+/// The sampled latent of graphs/tiramisu_sd.yaml with `sets`, from `text`.
+fn run_sd(text: &str, sets: &[&str]) -> Vec<f32> {
+    let sb = Sandbox::new();
+    let save = "  s_latent: {type: core.save_tensor, inputs: {tensor: sample.latent}, params: {filename: latent.safetensors}}\n";
+    let g = sb.write("tiramisu_sd.yaml", &format!("{text}{save}"));
+    let mut args = vec![
+        "run",
+        g.to_str().unwrap_or_default(),
+        "-q",
+        "--set",
+        "steps=6",
+        "size=32",
+    ];
+    args.extend_from_slice(sets);
+    sb.run(&args).expect_code(0);
+    let (shape, latent) = saved(&sb.path().join("output"), "latent.safetensors");
+    assert_eq!(shape[..2], [1, 4]);
+    latent
+}
+
+#[test]
+fn latent_space_steering_through_the_vae_changes_the_sample_only_while_active() {
+    let dir = graph("tiramisu_sd.yaml")
+        .parent()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let text = graph_text("tiramisu_sd.yaml")
+        .replace("../models/", &format!("{dir}/../models/"))
+        .replace("../tests/fixtures", &format!("{dir}/../tests/fixtures"))
+        .replace("default: inputs/", &format!("default: {dir}/inputs/"));
+    let steered = run_sd(&text, &["steer_frac=0.5"]);
+    let plain = run_sd(&text, &["steer_frac=1.0"]);
+    let no_hook = run_sd(&text.replace(", hooks: steer}", "}"), &[]);
+    assert_eq!(plain, no_hook, "an inactive hook leaves the run as it is");
+    let differ = steered
+        .iter()
+        .zip(&plain)
+        .filter(|(a, b)| (*a - *b).abs() > 1e-3)
+        .count();
+    assert!(
+        differ * 10 > steered.len(),
+        "steering changed {differ} of {} latent values",
+        steered.len()
+    );
+    assert_eq!(steered, run_sd(&text, &["steer_frac=0.5"]), "seeded");
+}

@@ -22,11 +22,15 @@ fn convert(src: &Path, dst: &Path) -> (bool, String) {
         .arg(dst)
         .output()
         .expect("python3 runs (the converter needs only its standard library)");
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn reference(name: &str) -> (Vec<Vec<usize>>, Vec<f64>) {
-    let bytes = std::fs::read(root().join(format!("tests/fixtures/pc-ref/{name}.safetensors"))).unwrap();
+    let bytes =
+        std::fs::read(root().join(format!("tests/fixtures/pc-ref/{name}.safetensors"))).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let x = st.tensor("x").unwrap();
     let n = x.shape()[1];
@@ -50,7 +54,10 @@ fn converted_pyjuice_circuits_give_the_reference_likelihoods() {
     let dir = tempfile::tempdir().unwrap();
     for name in ["hclt", "pd"] {
         let dst = dir.path().join(format!("{name}.safetensors"));
-        let (ok, err) = convert(&root().join(format!("tests/fixtures/pc-ref/{name}.jpc")), &dst);
+        let (ok, err) = convert(
+            &root().join(format!("tests/fixtures/pc-ref/{name}.jpc")),
+            &dst,
+        );
         assert!(ok, "{name}: {err}");
         let c = format::load(&dst).unwrap();
         let (xs, logp) = reference(name);
@@ -59,7 +66,9 @@ fn converted_pyjuice_circuits_give_the_reference_likelihoods() {
         for (i, (g, w)) in got.iter().zip(&logp).enumerate() {
             assert!((g - w).abs() <= 1e-6, "{name}: assignment {i}: {g} vs {w}");
         }
-        let z = forward(&c, &[Evidence::missing(c.num_vars())]).unwrap().log_z()[0];
+        let z = forward(&c, &[Evidence::missing(c.num_vars())])
+            .unwrap()
+            .log_z()[0];
         assert!(z.abs() < 1e-9, "{name}: normalised, log Z = {z}");
     }
 }

@@ -19,12 +19,12 @@ pub struct StepContext<'a> {
     pub next_level: Option<(f64, f64)>,
     /// The unit noise the run started from.
     pub initial_noise: &'a Tensor,
-    /// The model's variance of p(x_{t−1} | x_t) per element, the latent's shape, when the
-    /// sampler knows it (learned-range models under CoPaint); TPM steering uses it as the spread
-    /// of x̂0.
+    /// The variance of p(x_{t−1} | x_t) per element, the latent's shape, given to x̂0 hooks:
+    /// learned-range models' own under CoPaint, DDPM's posterior variance in the plain loop;
+    /// TPM steering uses it as the spread of x̂0.
     pub variance: Option<&'a Tensor>,
-    /// The step's place in a respaced process, when the sampler runs one (CoPaint): the index
-    /// of its timestep, counting down, and the process's length.
+    /// The step's place in its process: the index of its timestep counting down (CoPaint: in
+    /// the respaced process; the plain loop: steps left − 1) and the process's length.
     pub position: Option<(usize, usize)>,
 }
 

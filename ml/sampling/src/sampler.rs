@@ -125,14 +125,21 @@ pub fn sample(
                 (p, kind)
             }
         };
+        let next_level = (i + 1 < steps).then(|| sched.noise_coefficients(i + 1));
+        let variance = if wants_x0 {
+            let fixed = posterior_variance(sched.noise_coefficients(i), next_level);
+            Some(Tensor::full(fixed as f32, x.dims(), x.device())?)
+        } else {
+            None
+        };
         let ctx = StepContext {
             index: i - first,
             total,
             timestep: t,
-            next_level: (i + 1 < steps).then(|| sched.noise_coefficients(i + 1)),
+            next_level,
             initial_noise: &initial,
-            variance: None,
-            position: None,
+            variance: variance.as_ref(),
+            position: Some((total - 1 - (i - first), total)),
         };
         if wants_x0 {
             let mut x0 = sched.predict_x0(&pred, kind, &x)?;
@@ -169,6 +176,27 @@ pub fn sample(
     model.progress(total, total)?;
     out.latent = x;
     Ok(out)
+}
+
+/// DDPM's posterior variance β̃ = (1 − ᾱ_prev)/(1 − ᾱ_t)·(1 − ᾱ_t/ᾱ_prev) between the levels
+/// (a, b) of this step and the next (ᾱ = a²/(a² + b²), which covers the σ grids too; after the
+/// last step ᾱ_prev = 1): the spread of x̂0 that x̂0 hooks such as TPM steering use when the
+/// model has no learned variance.
+pub fn posterior_variance(now: (f64, f64), next: Option<(f64, f64)>) -> f64 {
+    let bar = |(a, b): (f64, f64)| {
+        let d = a * a + b * b;
+        if d > 0.0 {
+            a * a / d
+        } else {
+            1.0
+        }
+    };
+    let a_t = bar(now);
+    let a_prev = next.map(bar).unwrap_or(1.0);
+    if a_t >= 1.0 || a_prev <= 0.0 {
+        return 0.0;
+    }
+    ((1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev)).max(0.0)
 }
 
 fn check_shape(pred: &Tensor, want: &[usize]) -> Result<(), SampleError> {

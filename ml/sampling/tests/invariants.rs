@@ -106,3 +106,23 @@ fn hallucination_score_equals_numpy_population_variance() {
     }
     assert!(got[1] < got[0] / 1000.0, "the settled sample scores lowest");
 }
+
+/// The variance x̂0 hooks get from the plain loop: DDPM's posterior variance between a step's
+/// ᾱ and the next's, the same from the (√ᾱ, √(1−ᾱ)) and the σ parameterisations, 0 after the
+/// last step.
+#[test]
+fn hooks_get_ddpms_posterior_variance_in_every_parameterisation() {
+    use latentflow_sampling::sampler::posterior_variance;
+    let cfg = Config::sd(Kind::Ddim { eta: 0.0 });
+    let table = cfg.table.clone();
+    let s = Scheduler::new(cfg, 10).expect("scheduler");
+    let (t, t_prev) = (s.timesteps()[3] as i64, s.timesteps()[4] as i64);
+    let (a, ap) = (table.alpha_bar(t), table.alpha_bar(t_prev));
+    let want = (1.0 - ap) / (1.0 - a) * (1.0 - a / ap);
+    let vp = posterior_variance(s.noise_coefficients(3), Some(s.noise_coefficients(4)));
+    assert!((vp - want).abs() < 1e-12, "{vp} vs {want}");
+    let sigma = |a: f64| ((1.0 - a) / a).sqrt();
+    let ve = posterior_variance((1.0, sigma(a)), Some((1.0, sigma(ap))));
+    assert!((ve - want).abs() < 1e-12, "{ve} vs {want}");
+    assert_eq!(posterior_variance(s.noise_coefficients(9), None), 0.0);
+}

@@ -3,12 +3,14 @@
 //! mixture of the denoiser's distribution (x̂0 with the known pixels pasted, the model's
 //! variance) and the circuit's (S code grids drawn from its conditionals given soft VQ codes,
 //! decoded). The VQ model and the circuit are reached through their handles, so they may come
-//! from any plugin; the sampler must hand over the model's variance (samplers.copaint does).
+//! from any plugin; the sampler hands over the model's variance (samplers.copaint: the learned
+//! range; samplers.sample: DDPM's posterior variance). With a `vae` it steers a latent-space
+//! sampler (Stable Diffusion) through the decoded image.
 
 use std::sync::Mutex;
 
 use candle_core::{DType as CDType, Device, Tensor as CTensor};
-use latentflow_models::tiramisu::{steer, SteerConfig, TpmParts};
+use latentflow_models::tiramisu::{steer, LatentCodec, Space, SteerConfig, TpmParts};
 use latentflow_models::{ModelError, Result as ModelResult};
 use latentflow_pc::Semantics;
 use latentflow_plugin_api::sdk::candle::from_candle;
@@ -125,14 +127,55 @@ impl TpmParts for Handles<'_, '_> {
     }
 }
 
+/// A `Vae` handle as the latent codec: images N×C×H×W in [−1, 1] ↔ its scaled latents.
+struct VaeCodec<'a, 'h> {
+    host: HostRef<'h>,
+    vae: &'a ObjectHandle,
+}
+
+impl LatentCodec for VaeCodec<'_, '_> {
+    fn decode(&self, z: &CTensor) -> ModelResult<CTensor> {
+        let out = self
+            .vae
+            .call(
+                self.host.sabi_reborrow(),
+                "decode",
+                vec![Value::Tensor(from_candle(z).map_err(model_err)?)],
+            )
+            .map_err(model_err)?;
+        let img = tensor_out(out, "Vae.decode")?; // N×H×W×C in [0, 1]
+        Ok(img.permute((0, 3, 1, 2))?.affine(2.0, -1.0)?.contiguous()?)
+    }
+    fn encode(&self, images: &CTensor) -> ModelResult<CTensor> {
+        let pixels = ((images + 1.0)? / 2.0)?
+            .clamp(0f32, 1f32)?
+            .permute((0, 2, 3, 1))?
+            .contiguous()?;
+        let out = self
+            .vae
+            .call(
+                self.host.sabi_reborrow(),
+                "encode",
+                vec![Value::Tensor(from_candle(&pixels).map_err(model_err)?)],
+            )
+            .map_err(model_err)?;
+        tensor_out(out, "Vae.encode")
+    }
+}
+
 struct Tiramisu {
     vq: ObjectHandle,
+    /// The autoencoder of a latent-space sampler (Stable Diffusion); none in pixel space.
+    vae: Option<ObjectHandle>,
+    /// The known image's latent and the latent keep mask, made at the first steered step.
+    latent: Mutex<Option<(CTensor, CTensor)>>,
+    /// The repaint mask as given (for the latent's keep mask).
+    repaint_mask: CTensor,
     circuit: ObjectHandle,
     /// Sizes read from the handles once.
     sizes: (usize, usize, usize),
     /// Known image N×C×H×W in [−1, 1], 1-where-known at the image's shape and N×1×H×W.
     known: CTensor,
-    keep: CTensor,
     keep1: CTensor,
     steer_frac: f64,
     cfg: SteerConfig,
@@ -154,24 +197,14 @@ impl Tiramisu {
         }
         let variance = step.variance.as_ref().ok_or_else(|| {
             NodeError::invalid(
-                "tpm.tiramisu needs the model's variance of each step: use it with samplers.copaint",
+                "tpm.tiramisu needs the model's variance of each step: use it with samplers.copaint or samplers.sample",
             )
         })?;
         let x0 = f32_tensor(x0)?;
         let variance = f32_tensor(variance)?;
-        if x0.dims() != self.known.dims() {
-            return Err(NodeError::invalid(format!(
-                "tpm.tiramisu was made for images of {:?}; the sampler's x̂0 is {:?}",
-                self.known.dims(),
-                x0.dims()
-            )));
-        }
-        let mu = ((&x0 * self.keep.affine(-1.0, 1.0).map_err(fail)?).map_err(fail)?
-            + (&self.known * &self.keep).map_err(fail)?)
-        .map_err(fail)?;
         let (patch, codes, variables) = self.sizes;
         let parts = Handles {
-            host,
+            host: host.sabi_reborrow(),
             vq: &self.vq,
             circuit: &self.circuit,
             patch,
@@ -179,16 +212,40 @@ impl Tiramisu {
             variables,
         };
         let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
-        let out = steer(
-            &mu,
-            &variance,
-            &self.keep1,
-            t as f64,
-            total as f64,
-            &parts,
-            &self.cfg,
-            &mut rng,
-        )
+        let out = match &self.vae {
+            None => {
+                if x0.dims() != self.known.dims() {
+                    return Err(NodeError::invalid(format!(
+                        "tpm.tiramisu was made for images of {:?}; the sampler's x̂0 is {:?} (a latent? connect the VAE to `vae`)",
+                        self.known.dims(),
+                        x0.dims()
+                    )));
+                }
+                steer(&x0, &variance, &self.known, &self.keep1, &Space::Pixels, t as f64, total as f64, &parts, &self.cfg, &mut rng)
+            }
+            Some(vae) => {
+                let codec = VaeCodec { host: host.sabi_reborrow(), vae };
+                let mut latent = self.latent.lock().unwrap_or_else(|e| e.into_inner());
+                if latent.is_none() {
+                    let z = codec.encode(&self.known).map_err(fail)?;
+                    let repaint = latentflow_sampling::hooks::latent_mask(&self.repaint_mask, z.dims())
+                        .map_err(|e| NodeError::invalid(e.to_string()))?;
+                    *latent = Some((z, repaint.affine(-1.0, 1.0).map_err(fail)?));
+                }
+                let Some((known, keep)) = latent.as_ref() else {
+                    return Ok(None);
+                };
+                if x0.dims() != known.dims() {
+                    return Err(NodeError::invalid(format!(
+                        "the VAE makes latents of {:?} from the image; the sampler's x̂0 is {:?}",
+                        known.dims(),
+                        x0.dims()
+                    )));
+                }
+                let space = Space::Latent { codec: &codec, known, keep };
+                steer(&x0, &variance, &self.known, &self.keep1, &space, t as f64, total as f64, &parts, &self.cfg, &mut rng)
+            }
+        }
         .map_err(fail)?;
         Ok(Some(from_candle(&out)?))
     }
@@ -243,7 +300,7 @@ fn sizes(ctx: &Ctx, inputs: &Inputs) -> Result<(usize, usize, usize), NodeError>
 fn tiramisu(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
     let (patch, codes, variables) = sizes(ctx, inputs)?;
     let image = f32_tensor(inputs.tensor("image")?)?;
-    let (n, h, w, c) = image.dims4().map_err(fail)?;
+    let (n, h, w, _) = image.dims4().map_err(fail)?;
     if h % patch != 0 || w % patch != 0 || (h / patch) * (w / patch) != variables {
         return Err(NodeError::invalid(format!(
             "a {w}×{h} image makes {}×{} patches of {patch} pixels; the circuit is over {variables} variables",
@@ -260,10 +317,6 @@ fn tiramisu(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeEr
     let repaint = latentflow_sampling::hooks::latent_mask(&mask, &[n, 1, h, w])
         .map_err(|e| NodeError::invalid(e.to_string()))?;
     let keep1 = repaint.affine(-1.0, 1.0).map_err(fail)?;
-    let keep = keep1
-        .broadcast_as((n, c, h, w))
-        .and_then(|t| t.contiguous())
-        .map_err(fail)?;
     let cfg = SteerConfig {
         top_k: p.usize("top_k")?,
         samples: p.usize("samples")?,
@@ -273,13 +326,21 @@ fn tiramisu(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeEr
         alpha_end: p.f64("alpha_end")?,
         alpha_k: p.f64("alpha_k")?,
         semantics: semantics(p.str("semantics")?)?,
+        range: p.f64("range")?,
+    };
+    let vae = if inputs.is_connected("vae") {
+        Some(inputs.object("vae")?.clone())
+    } else {
+        None
     };
     let hook = Tiramisu {
         vq: inputs.object("vq")?.clone(),
+        vae,
+        latent: Mutex::new(None),
+        repaint_mask: mask,
         circuit: inputs.object("circuit")?.clone(),
         sizes: (patch, codes, variables),
         known,
-        keep,
         keep1,
         steer_frac: p.f64("steer_frac")?,
         cfg,
@@ -297,6 +358,7 @@ pub fn node() -> NodeDef {
         .input("circuit", PortType::handle("Circuit"), "a circuit over the VQ model's patches")
         .input("image", PortType::Image, "the image being inpainted (its known region)")
         .input("mask", PortType::Mask, "1 = repaint")
+        .optional_input("vae", PortType::handle("Vae"), "for latent-space samplers (Stable Diffusion with samplers.sample): x̂0 is decoded for the soft codes, the circuit's samples are encoded back, and the mixture is per latent element")
         .output("hook", PortType::handle("SamplerHook"), "the steering hook")
         .param(Param::float("steer_frac").default(0.9).range(0.0, 1.0).doc("steer while t > steer_frac·T (celeba 0.9: the first 10% of the steps)"))
         .param(Param::int("top_k").default(d.top_k as i64).range(0.0, 1e6).doc("codes outside the encoder's top k get 1e-8 (0: no cut)"))
@@ -307,5 +369,6 @@ pub fn node() -> NodeDef {
         .param(Param::float("alpha_end").default(d.alpha_end).range(0.0, 1.0).doc("α at t = 0"))
         .param(Param::float("alpha_k").default(d.alpha_k).range(0.0, 100.0).doc("α's decay rate"))
         .param(Param::choice("semantics", &["flows", "posterior"]).default("flows").doc("flows: pyjuice's conditional, what Tiramisu uses; posterior: the Bayes posterior"))
+        .param(Param::float("range").default(d.range).range(1e-6, 1e6).doc("the 256 bins span [−range, range]: 1 for pixels; Stable Diffusion's scaled latents need about 4"))
         .param(Param::seed("seed").default(0).doc("seed of the code and bin draws, or `random`"))
 }

@@ -17,4 +17,4 @@ pub mod mixing;
 pub mod schedule;
 pub mod steer;
 
-pub use steer::{steer, Direct, SteerConfig, TpmParts};
+pub use steer::{steer, Direct, LatentCodec, Space, SteerConfig, TpmParts};

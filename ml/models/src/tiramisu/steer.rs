@@ -1,6 +1,11 @@
 //! One Tiramisu steering step: the denoiser's x̂0 (known pixels pasted) and variance in, a
 //! steered x̃0 out. The VQ model and the circuit are reached through [`TpmParts`], so the step
 //! runs on models in this process ([`Direct`]) or behind plugin handles alike.
+//!
+//! In pixel space (ADM, the authors' setting) the mixture is per pixel. In an autoencoder's
+//! latent space (Stable Diffusion, [`Space::Latent`]) the circuit's side goes through pixels: x̂0
+//! is decoded for the soft codes, the S decoded code grids are encoded back, and the mixture is
+//! per latent element between the denoiser's Gaussian and the encoded samples' Gaussian.
 
 use candle_core::{DType, Device, Tensor};
 use latentflow_pc::evidence::Observation;
@@ -33,6 +38,8 @@ pub struct SteerConfig {
     pub alpha_k: f64,
     /// Which conditional the circuit answers (pyjuice's flows).
     pub semantics: Semantics,
+    /// The bins span [−range, range] (1: pixels; latents need more).
+    pub range: f64,
 }
 
 impl Default for SteerConfig {
@@ -46,6 +53,7 @@ impl Default for SteerConfig {
             alpha_end: 1.0,
             alpha_k: 2.0,
             semantics: Semantics::Flows,
+            range: 1.0,
         }
     }
 }
@@ -112,25 +120,64 @@ fn f64s(t: &Tensor) -> Result<Vec<f64>> {
     Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?)
 }
 
-/// The steered x̂0 for `x0` (N×C×H×W in [−1, 1], known pixels pasted in), the denoiser's
-/// `variance` (same shape), `mask` (N×1×H×W, 1 = known) at timestep `t` of `total`.
+/// Where the sampler works.
+pub enum Space<'a> {
+    /// Pixels in [−1, 1].
+    Pixels,
+    /// An autoencoder's latents.
+    Latent {
+        /// The autoencoder.
+        codec: &'a dyn LatentCodec,
+        /// The known image's latent.
+        known: &'a Tensor,
+        /// 1 where the latent is known, the latent's shape.
+        keep: &'a Tensor,
+    },
+}
+
+/// An autoencoder between images (N×C×H×W in [−1, 1]) and latents.
+pub trait LatentCodec {
+    /// Images of latents.
+    fn decode(&self, z: &Tensor) -> Result<Tensor>;
+    /// Latents of images.
+    fn encode(&self, images: &Tensor) -> Result<Tensor>;
+}
+
+/// `a` where `keep` is 0, `b` where it is 1 (`keep` broadcast over channels).
+fn paste(a: &Tensor, b: &Tensor, keep: &Tensor) -> Result<Tensor> {
+    let keep = keep.broadcast_as(a.dims())?;
+    Ok(((a * keep.affine(-1.0, 1.0)?)? + (b * keep)?)?)
+}
+
+/// The steered x̂0 for the sampler's `x0` (N×C×H×W, pixels in [−1, 1] or latents, see
+/// `space`) with the denoiser's `variance` (same shape), given the `image` being inpainted
+/// (N×C′×H×W pixels in [−1, 1]) and `keep` (N×1×H×W, 1 = known) at timestep `t` of `total`.
 #[allow(clippy::too_many_arguments)]
 pub fn steer(
     x0: &Tensor,
     variance: &Tensor,
-    mask: &Tensor,
+    image: &Tensor,
+    keep: &Tensor,
+    space: &Space,
     t: f64,
     total: f64,
     parts: &dyn TpmParts,
     cfg: &SteerConfig,
     rng: &mut ChaCha8Rng,
 ) -> Result<Tensor> {
-    let (n, c, h, w) = x0.dims4()?;
-    if variance.dims() != x0.dims() || mask.dims() != [n, 1, h, w] {
+    let (n, ci, h, w) = image.dims4()?;
+    if keep.dims() != [n, 1, h, w] || variance.dims() != x0.dims() || x0.dim(0)? != n {
         return Err(ModelError::shape(
-            "Tiramisu variance and mask",
-            format!("{n}×{c}×{h}×{w} and {n}×1×{h}×{w}"),
-            variance.dims(),
+            "Tiramisu x̂0, variance and mask",
+            format!(
+                "x̂0 and variance of one shape, mask {n}×1×{h}×{w} for the {n}×{ci}×{h}×{w} image"
+            ),
+            keep.dims(),
+        ));
+    }
+    if !cfg.range.is_finite() || cfg.range <= 0.0 {
+        return Err(ModelError::invalid(
+            "Tiramisu: the bins' range must be positive",
         ));
     }
     let patch = parts.patch();
@@ -147,33 +194,75 @@ pub fn steer(
             parts.variables()
         )));
     }
+    // The denoiser's mean in the sampler's space, and the pixels the VQ encoder sees.
+    let (mean, pixels) = match space {
+        Space::Pixels => {
+            if x0.dims() != image.dims() {
+                return Err(ModelError::shape(
+                    "Tiramisu x̂0",
+                    format!("{:?}", image.dims()),
+                    x0.dims(),
+                ));
+            }
+            let m = paste(x0, image, keep)?;
+            (m.clone(), m)
+        }
+        Space::Latent {
+            codec,
+            known,
+            keep: keep_latent,
+        } => {
+            if known.dims() != x0.dims() || keep_latent.dims() != x0.dims() {
+                return Err(ModelError::shape(
+                    "Tiramisu known latent",
+                    format!("{:?}", x0.dims()),
+                    known.dims(),
+                ));
+            }
+            let decoded = codec.decode(x0)?;
+            if decoded.dims() != image.dims() {
+                return Err(ModelError::shape(
+                    "Tiramisu decoded x̂0",
+                    format!("{:?}", image.dims()),
+                    decoded.dims(),
+                ));
+            }
+            (
+                paste(x0, known, keep_latent)?,
+                paste(&decoded, image, keep)?,
+            )
+        }
+    };
+    let plane: usize = x0.dims()[1..].iter().product();
     let alpha = mixing_factor(t, total, cfg.alpha_start, cfg.alpha_end, cfg.alpha_k);
-    let q_all = parts.code_probs(x0)?;
+    let q_all = parts.code_probs(&pixels)?;
     if q_all.len() != n * ph * pw * k {
         return Err(ModelError::invalid(format!(
             "Tiramisu: {} soft-code values for {n}×{ph}×{pw} patches of {k} codes",
             q_all.len()
         )));
     }
-    let mask_all: Vec<f32> = mask.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-    let (mean_all, var_all) = (f64s(x0)?, f64s(variance)?);
-    let mut out = Vec::with_capacity(n * c * h * w);
+    let mask_all: Vec<f32> = keep.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    let (mean_all, var_all) = (f64s(&mean)?, f64s(variance)?);
+    let (r, r2) = (cfg.range, cfg.range * cfg.range);
+    let mut out = Vec::with_capacity(n * plane);
     for b in 0..n {
         let f = known_fractions(&mask_all[b * h * w..(b + 1) * h * w], h, w, patch);
         let q = |i: usize| &q_all[(b * ph * pw + i) * k..(b * ph * pw + i + 1) * k];
         let e: Vec<Vec<f64>> = (0..ph * pw)
             .map(|i| tempered(q(i), temperature(f[i], cfg.tau_min, cfg.tau_max)))
             .collect();
-        let r = parts.conditional(&e, cfg.semantics)?;
-        if r.len() != ph * pw || r.iter().any(|r| r.len() != k) {
+        let marg = parts.conditional(&e, cfg.semantics)?;
+        if marg.len() != ph * pw || marg.iter().any(|r| r.len() != k) {
             return Err(ModelError::invalid(
                 "Tiramisu: the circuit's marginals do not match its patches",
             ));
         }
         let dists: Vec<Vec<f64>> = (0..ph * pw)
-            .map(|i| patch_distribution(&r[i], &e[i], q(i), f[i], cfg.top_k))
+            .map(|i| patch_distribution(&marg[i], &e[i], q(i), f[i], cfg.top_k))
             .collect();
-        // S code grids, each patch drawn independently, decoded together.
+        // S code grids, each patch drawn independently, decoded together (and encoded back in
+        // latent space).
         let mut codes = Vec::with_capacity(cfg.samples * ph * pw);
         for _ in 0..cfg.samples {
             for d in &dists {
@@ -181,17 +270,26 @@ pub fn steer(
             }
         }
         let grid = Tensor::from_vec(codes, (cfg.samples, ph, pw), &Device::Cpu)?;
-        let images = f64s(&parts.decode(&grid)?)?; // S×C×H×W
-        if images.len() != cfg.samples * c * h * w {
-            return Err(ModelError::invalid(format!(
-                "Tiramisu: the VQ decoder gave {} values for {} images of {c}×{h}×{w}",
-                images.len(),
-                cfg.samples
-            )));
+        let decoded = parts.decode(&grid)?;
+        if decoded.dims() != [cfg.samples, ci, h, w] {
+            return Err(ModelError::shape(
+                "Tiramisu decoded samples",
+                format!("{}×{ci}×{h}×{w}", cfg.samples),
+                decoded.dims(),
+            ));
         }
-        let plane = c * h * w;
+        let samples = match space {
+            Space::Pixels => decoded,
+            Space::Latent { codec, .. } => codec.encode(&decoded)?,
+        };
+        let samples = f64s(&samples)?;
+        if samples.len() != cfg.samples * plane {
+            return Err(ModelError::invalid(
+                "Tiramisu: the encoded samples do not match x̂0",
+            ));
+        }
         for p in 0..plane {
-            let vals: Vec<f64> = (0..cfg.samples).map(|s| images[s * plane + p]).collect();
+            let vals: Vec<f64> = (0..cfg.samples).map(|s| samples[s * plane + p]).collect();
             let m = vals.iter().sum::<f64>() / vals.len() as f64;
             let v = if vals.len() > 1 {
                 vals.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (vals.len() - 1) as f64
@@ -199,11 +297,12 @@ pub fn steer(
                 0.0
             };
             let i = b * plane + p;
-            let prior = denoiser_bins(mean_all[i], var_all[i]);
-            let post = circuit_bins(m, v, PC_FLOOR);
+            // Bins span [−range, range]: values scale by 1/range, variances by 1/range².
+            let prior = denoiser_bins(mean_all[i] / r, var_all[i] / r2);
+            let post = circuit_bins(m / r, v / r2, PC_FLOOR);
             let mix = geometric_mixture(&prior, &post, alpha);
-            out.push(bin_value(draw(&mix, rng.random_range(0.0..1.0))) as f32);
+            out.push((bin_value(draw(&mix, rng.random_range(0.0..1.0))) * r) as f32);
         }
     }
-    Ok(Tensor::from_vec(out, (n, c, h, w), &Device::Cpu)?)
+    Ok(Tensor::from_vec(out, x0.dims(), &Device::Cpu)?)
 }
