@@ -141,3 +141,24 @@ fn latent_space_steering_through_the_vae_changes_the_sample_only_while_active() 
     );
     assert_eq!(steered, run_sd(&text, &["steer_frac=0.5"]), "seeded");
 }
+
+#[test]
+fn a_wrapped_model_gives_no_gradients_and_says_so() {
+    let sb = Sandbox::new();
+    let text = graph_with_inputs_dir()
+        .replace(
+            "  vq:\n    type: tpm.load_vq",
+            "  cached:\n    type: sd.deepcache\n    inputs: {model: model}\n  vq:\n    type: tpm.load_vq",
+        )
+        .replace("inputs: {model: model,", "inputs: {model: cached,");
+    let g = sb.write("wrapped.yaml", &text);
+    sb.run(&[
+        "run",
+        g.to_str().unwrap_or_default(),
+        "-q",
+        "--set",
+        "respacing=4",
+    ])
+    .expect_code(4)
+    .stderr_has("cannot give gradients");
+}
