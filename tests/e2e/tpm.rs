@@ -83,5 +83,14 @@ fn files_that_are_not_circuits_or_vq_models_are_refused_before_running() {
 #[test]
 fn the_readme_command_is_the_graph_run_by_the_tests() {
     let readme = std::fs::read_to_string(workspace_root().join("README.md")).expect("README");
-    assert!(readme.contains("latentflow run graphs/tpm_inpaint.yaml\n"));
+    // The graphs run with their defaults in graphs.rs (every_example_graph_runs); the converter
+    // command is the one ml/pc/tests/pyjuice_convert.rs runs.
+    for command in [
+        "latentflow run graphs/tpm_inpaint.yaml\n",
+        "latentflow run graphs/tiramisu.yaml\n",
+        "latentflow run graphs/tiramisu_sd.yaml\n",
+        "python3 tools/convert/pyjuice_circuit.py circuit.jpc circuit.safetensors\n",
+    ] {
+        assert!(readme.contains(command), "README lacks {command:?}");
+    }
 }
