@@ -25,6 +25,21 @@ pub struct VqObject {
     pub name: String,
 }
 
+impl VqObject {
+    /// The decoded image (N×C×H×W in [−1, 1]) of the codes (N×h×w) in `args[0]`.
+    fn decode_arg(&self, args: &[Value], method: &str) -> Result<CTensor, NodeError> {
+        let codes = tensor_arg(args, 0, method)?;
+        if codes.rank() != 3 {
+            return Err(NodeError::invalid(format!(
+                "codes must be N×h×w, got {:?}",
+                codes.dims()
+            )));
+        }
+        let codes = codes.to_dtype(CDType::U32).map_err(fail)?;
+        self.vq.decode_codes(&codes).map_err(fail)
+    }
+}
+
 impl ObjectImpl for VqObject {
     fn interface(&self) -> String {
         "Vq".into()
@@ -50,15 +65,7 @@ impl ObjectImpl for VqObject {
                 ])
             }
             "decode" => {
-                let codes = tensor_arg(&args, 0, method)?;
-                if codes.rank() != 3 {
-                    return Err(NodeError::invalid(format!(
-                        "codes must be N×h×w, got {:?}",
-                        codes.dims()
-                    )));
-                }
-                let codes = codes.to_dtype(CDType::U32).map_err(fail)?;
-                let img = self.vq.decode_codes(&codes).map_err(fail)?;
+                let img = self.decode_arg(&args, method)?;
                 let img = ((img / 2.0).and_then(|t| t + 0.5))
                     .and_then(|t| t.clamp(0f32, 1f32))
                     .and_then(|t| t.permute((0, 2, 3, 1)))
@@ -67,15 +74,7 @@ impl ObjectImpl for VqObject {
                 Ok(vec![Value::Tensor(from_candle(&img)?)])
             }
             "decode_raw" => {
-                let codes = tensor_arg(&args, 0, method)?;
-                if codes.rank() != 3 {
-                    return Err(NodeError::invalid(format!(
-                        "codes must be N×h×w, got {:?}",
-                        codes.dims()
-                    )));
-                }
-                let codes = codes.to_dtype(CDType::U32).map_err(fail)?;
-                let img = self.vq.decode_codes(&codes).map_err(fail)?;
+                let img = self.decode_arg(&args, method)?;
                 Ok(vec![Value::Tensor(from_candle(&img)?)])
             }
             "info" => Ok(vec![
