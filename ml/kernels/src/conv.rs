@@ -2,8 +2,15 @@
 //! the VAE's compute) run as one matrix product over an im2col buffer built in row bands, and
 //! 1×1 convolutions as a plain matrix product; both are several times faster than candle's
 //! generic conv2d on the CPU. Everything else goes to candle.
+//!
+//! Inputs that record gradients take the 3×3 path as a custom op whose backward gives only the
+//! input's gradient, itself a 3×3 convolution (with the kernel transposed and flipped) on the
+//! same path: candle's own backward computes the kernel's gradient too, unused when the weights
+//! are constants, and runs the transposed convolution as a direct loop.
 
-use candle_core::{Module, Tensor};
+use std::sync::Arc;
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Module, Shape, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
 
 /// Bytes of im2col buffer per band (bounds memory for large images).
@@ -15,6 +22,8 @@ pub struct Conv {
     /// O×(C·k²) weight matrix for the fast paths (k = 1 or 3).
     matrix: Option<Tensor>,
     kernel: usize,
+    /// The 3×3 path as a differentiable op (for inputs that record gradients).
+    input_op: Option<Arc<Box<dyn CustomOp1 + Send + Sync>>>,
 }
 
 impl Conv {
@@ -34,10 +43,19 @@ impl Conv {
         } else {
             None
         };
+        let input_op = match &matrix {
+            Some(w) if k == 3 && !inner.weight().track_op() => {
+                let op: Box<dyn CustomOp1 + Send + Sync> =
+                    Box::new(Conv3x3::new(w.clone(), inner.weight())?);
+                Some(Arc::new(op))
+            }
+            _ => None,
+        };
         Ok(Self {
             inner,
             matrix,
             kernel: k,
+            input_op,
         })
     }
 
@@ -55,38 +73,109 @@ impl Conv {
     }
 
     fn im2col_forward(&self, x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, c, h, wd) = x.dims4()?;
-        let o = w.dim(0)?;
-        let x = x.contiguous()?;
-        let (storage, layout) = x.storage_and_layout();
-        let data = match &*storage {
-            candle_core::Storage::Cpu(cpu) => &cpu.as_slice::<f32>()?[layout.start_offset()..],
-            _ => candle_core::bail!("im2col conv needs a CPU tensor"),
-        };
-        let band = (BAND_BYTES / (c * 9 * wd * 4).max(1)).clamp(1, h);
-        let mut outs = Vec::with_capacity(b);
-        for bi in 0..b {
-            let img = &data[bi * c * h * wd..(bi + 1) * c * h * wd];
-            let mut bands = Vec::with_capacity(h.div_ceil(band));
-            let mut y0 = 0;
-            while y0 < h {
-                let n = band.min(h - y0);
-                let cols = im2col_band(img, c, h, wd, y0, n);
-                let cols = Tensor::from_vec(cols, (c * 9, n * wd), x.device())?;
-                bands.push(w.matmul(&cols)?.reshape((o, n, wd))?);
-                y0 += n;
-            }
-            outs.push(if bands.len() == 1 {
-                bands.remove(0)
-            } else {
-                Tensor::cat(&bands, 1)?
-            });
-        }
-        let out = Tensor::stack(&outs, 0)?;
+        let out = im2col_conv(x, w)?;
+        self.add_bias(out)
+    }
+
+    fn add_bias(&self, out: Tensor) -> candle_core::Result<Tensor> {
         match self.inner.bias() {
-            Some(bias) => out.broadcast_add(&bias.reshape((1, o, 1, 1))?),
+            Some(bias) => out.broadcast_add(&bias.reshape((1, bias.dim(0)?, 1, 1))?),
             None => Ok(out),
         }
+    }
+}
+
+/// The 3×3, padding-1 convolution of `x` (N×C×H×W, f32, CPU) with the O×(C·9) matrix `w`,
+/// without bias, outside candle's graph.
+fn im2col_conv(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    let (b, c, h, wd) = x.dims4()?;
+    let o = w.dim(0)?;
+    let x = x.contiguous()?;
+    let (storage, layout) = x.storage_and_layout();
+    let data = match &*storage {
+        candle_core::Storage::Cpu(cpu) => &cpu.as_slice::<f32>()?[layout.start_offset()..],
+        _ => candle_core::bail!("im2col conv needs a CPU tensor"),
+    };
+    let band = (BAND_BYTES / (c * 9 * wd * 4).max(1)).clamp(1, h);
+    let mut outs = Vec::with_capacity(b);
+    for bi in 0..b {
+        let img = &data[bi * c * h * wd..(bi + 1) * c * h * wd];
+        let mut bands = Vec::with_capacity(h.div_ceil(band));
+        let mut y0 = 0;
+        while y0 < h {
+            let n = band.min(h - y0);
+            let cols = im2col_band(img, c, h, wd, y0, n);
+            let cols = Tensor::from_vec(cols, (c * 9, n * wd), x.device())?;
+            bands.push(w.matmul(&cols)?.reshape((o, n, wd))?);
+            y0 += n;
+        }
+        outs.push(if bands.len() == 1 {
+            bands.remove(0)
+        } else {
+            Tensor::cat(&bands, 1)?
+        });
+    }
+    Tensor::stack(&outs, 0)
+}
+
+/// The 3×3 path as a candle op with constant weights: forward through [`im2col_conv`], and a
+/// backward that gives the input's gradient only, the gradient convolved with the kernel
+/// transposed (C×O) and flipped in both spatial axes, on the same path.
+struct Conv3x3 {
+    /// O×(C·9).
+    forward: Tensor,
+    /// C×(O·9): entry (c, o·9 + ky·3 + kx) = weight (o, c, 2 − ky, 2 − kx).
+    backward: Tensor,
+}
+
+impl Conv3x3 {
+    fn new(matrix: Tensor, weight: &Tensor) -> candle_core::Result<Self> {
+        let (o, c, _, _) = weight.dims4()?;
+        let flip = Tensor::from_vec((0..3u32).rev().collect::<Vec<_>>(), 3, weight.device())?;
+        let backward = weight
+            .index_select(&flip, 2)?
+            .index_select(&flip, 3)?
+            .transpose(0, 1)?
+            .contiguous()?
+            .reshape((c, o * 9))?;
+        Ok(Self {
+            forward: matrix,
+            backward,
+        })
+    }
+}
+
+impl CustomOp1 for Conv3x3 {
+    fn name(&self) -> &'static str {
+        "latentflow-conv3x3"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (b, c, h, w) = layout.shape().dims4()?;
+        let data = storage.as_slice::<f32>()?;
+        let x = match layout.contiguous_offsets() {
+            Some((start, end)) => {
+                Tensor::from_slice(&data[start..end], (b, c, h, w), &candle_core::Device::Cpu)?
+            }
+            None => candle_core::bail!("latentflow-conv3x3 takes a contiguous input"),
+        };
+        let out = im2col_conv(&x, &self.forward)?;
+        let shape = out.shape().clone();
+        let values = out.flatten_all()?.to_vec1::<f32>()?;
+        Ok((CpuStorage::F32(values), shape))
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        im2col_conv(&grad.detach(), &self.backward).map(Some)
     }
 }
 
@@ -129,11 +218,13 @@ impl Module for Conv {
                 self.pointwise_forward(x, w)
             }
             // The im2col buffer is built outside candle's graph: inputs that record their
-            // operations for gradients take candle's (differentiable) convolution.
-            (Some(w), candle_core::Device::Cpu, candle_core::DType::F32)
-                if x.dim(3)? > 1 && !x.track_op() =>
-            {
-                self.im2col_forward(x, w)
+            // operations for gradients take it as a custom op with its own backward.
+            (Some(w), candle_core::Device::Cpu, candle_core::DType::F32) if x.dim(3)? > 1 => {
+                match (&self.input_op, x.track_op()) {
+                    (_, false) => self.im2col_forward(x, w),
+                    (Some(op), true) => self.add_bias(x.contiguous()?.apply_op1_arc(op.clone())?),
+                    (None, true) => self.inner.forward(x),
+                }
             }
             _ => self.inner.forward(x),
         }
@@ -164,5 +255,47 @@ mod tests {
             let d = d.to_scalar::<f32>().unwrap();
             assert!(d < 1e-5, "k={k}: {d}");
         }
+    }
+
+    #[test]
+    fn the_fast_path_gives_candles_input_gradient() {
+        let dev = Device::Cpu;
+        let weights: std::collections::HashMap<String, Tensor> = [
+            (
+                "weight",
+                Tensor::randn(0f32, 1.0, (7, 5, 3, 3), &dev).unwrap(),
+            ),
+            ("bias", Tensor::randn(0f32, 1.0, 7, &dev).unwrap()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let vb = VarBuilder::from_tensors(weights, DType::F32, &dev);
+        let cfg = Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        let conv = Conv::new(5, 7, 3, cfg, vb).unwrap();
+        assert!(conv.input_op.is_some());
+        let x = candle_core::Var::randn(0f32, 1.0, (2, 5, 9, 13), &dev).unwrap();
+        let probe = Tensor::randn(0f32, 1.0, (2, 7, 9, 13), &dev).unwrap();
+        let grad = |y: Tensor| {
+            let loss = (y * &probe).unwrap().sum_all().unwrap();
+            loss.backward().unwrap().get(x.as_tensor()).unwrap().clone()
+        };
+        let fast_y = conv.forward(x.as_tensor()).unwrap();
+        let slow_y = conv.inner.forward(x.as_tensor()).unwrap();
+        let max = |t: Tensor| {
+            t.abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        assert!(max((&fast_y - &slow_y).unwrap()) < 1e-4);
+        let (fast, slow) = (grad(fast_y), grad(slow_y));
+        let d = max((&fast - &slow).unwrap()) / max(slow);
+        assert!(d < 1e-5, "input gradient: relative error {d}");
     }
 }
