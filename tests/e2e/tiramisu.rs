@@ -75,6 +75,43 @@ fn the_known_region_is_kept_and_steering_changes_only_what_it_should() {
     assert_eq!(steered, again, "seeded");
 }
 
+/// The authors draw 10 per image and keep the 2 that fit the known region best.
+#[test]
+fn several_draws_per_image_keep_the_best_fitting_ones_with_the_known_region() {
+    let sb = Sandbox::new();
+    let g = sb.write(
+        "tiramisu.yaml",
+        &format!("{}{SAVES}", graph_with_inputs_dir()),
+    );
+    let sets = [
+        "respacing=6",
+        "steer_frac=0.5",
+        "samples=3",
+        "keep_samples=2",
+    ];
+    let mut args = vec!["run", g.to_str().unwrap_or_default(), "-q", "--set"];
+    args.extend_from_slice(&sets);
+    sb.run(&args).expect_code(0);
+    let out = sb.path().join("output");
+    let (shape, filled) = saved(&out, "filled.safetensors");
+    assert_eq!(shape, vec![2, 16, 16, 3]);
+    let picture = saved(&out, "picture.safetensors").1;
+    let mask = saved(&out, "mask.safetensors").1;
+    for k in 0..2 {
+        for (i, m) in mask.iter().enumerate() {
+            for c in 0..3 {
+                let j = i * 3 + c;
+                if *m < 0.5 {
+                    assert!(
+                        (filled[k * 768 + j] - picture[j]).abs() < 1e-6,
+                        "draw {k}: known pixel {i}"
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn models_without_gradients_are_refused_before_running() {
     let sb = Sandbox::new();

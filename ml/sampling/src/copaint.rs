@@ -337,3 +337,84 @@ pub fn variance(
     let fixed = d.posterior_log_variance_clipped[i].exp() as f32;
     Ok(Tensor::full(fixed, (n, channels, h, w), output.device())?)
 }
+
+/// The authors' last step (`resample_based_on_x_prev`): of `samples` (N×C×H×W, draws for one
+/// known image), picks `keep` indices by how well each fits the `known` image (C×H×W or
+/// 1×C×H×W) where `keep_mask` (broadcastable) is 1. Each sample's squared error on the known
+/// region, divided by the errors' mean, gives the weights softmax(temperature / error); sample
+/// i is taken ⌊keep·w_i⌋ times and the rest are drawn without replacement in proportion to the
+/// fractional parts (uniform weights if any is not finite). Indices come in ascending order.
+pub fn resample_by_fit(
+    samples: &Tensor,
+    known: &Tensor,
+    keep_mask: &Tensor,
+    keep: usize,
+    temperature: f64,
+    rng: &mut impl rand::Rng,
+) -> Result<Vec<usize>, SampleError> {
+    let n = samples.dim(0)?;
+    if n == 0 || keep == 0 {
+        return Err(SampleError::Invalid(
+            "resampling needs at least one sample and one to keep".into(),
+        ));
+    }
+    let known = known.broadcast_as(samples.dims())?;
+    let errors: Vec<f64> = samples
+        .broadcast_sub(&known)?
+        .broadcast_mul(keep_mask)?
+        .sqr()?
+        .flatten_from(1)?
+        .sum(1)?
+        .to_dtype(DType::F64)?
+        .to_vec1()?;
+    let mean = errors.iter().sum::<f64>() / n as f64;
+    let logits: Vec<f64> = errors.iter().map(|e| temperature / (e / mean)).collect();
+    let top = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let mut w: Vec<f64> = logits.iter().map(|l| (l - top).exp()).collect();
+    let total: f64 = w.iter().sum();
+    if w.iter().any(|v| !v.is_finite()) || !total.is_finite() || total < 1e-6 {
+        w = vec![1.0; n];
+    }
+    let total: f64 = w.iter().sum();
+    let scaled: Vec<f64> = w.iter().map(|v| keep as f64 * v / total).collect();
+    let mut picked: Vec<usize> = Vec::with_capacity(keep);
+    for (i, s) in scaled.iter().enumerate() {
+        picked.extend(std::iter::repeat_n(i, s.floor() as usize));
+    }
+    let mut rest: Vec<f64> = scaled.iter().map(|s| s - s.floor()).collect();
+    while picked.len() < keep {
+        let sum: f64 = rest.iter().sum();
+        let i = if sum > 0.0 {
+            let mut u = rng.random_range(0.0..sum);
+            let mut chosen = n - 1;
+            for (i, r) in rest.iter().enumerate() {
+                if u < *r {
+                    chosen = i;
+                    break;
+                }
+                u -= r;
+            }
+            chosen
+        } else {
+            rng.random_range(0..n)
+        };
+        rest[i] = 0.0;
+        picked.push(i);
+    }
+    picked.truncate(keep);
+    picked.sort_unstable();
+    Ok(picked)
+}
+
+/// Each image of the batch `t` repeated `times` times in a row (image i at i·times + j): the
+/// layout of several draws per image in one CoPaint batch.
+pub fn repeat_draws(t: &Tensor, times: usize) -> Result<Tensor, SampleError> {
+    if times <= 1 {
+        return Ok(t.clone());
+    }
+    let index: Vec<u32> = (0..t.dim(0)? as u32)
+        .flat_map(|i| std::iter::repeat_n(i, times))
+        .collect();
+    let len = index.len();
+    Ok(t.index_select(&Tensor::from_vec(index, len, t.device())?, 0)?)
+}

@@ -126,3 +126,74 @@ fn hooks_get_ddpms_posterior_variance_in_every_parameterisation() {
     assert!((ve - want).abs() < 1e-12, "{ve} vs {want}");
     assert_eq!(posterior_variance(s.noise_coefficients(9), None), 0.0);
 }
+
+mod copaint_resampling {
+    use candle_core::{Device, Tensor};
+    use latentflow_sampling::copaint::resample_by_fit;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    /// Three 1×2×2 samples whose errors on the known left column are `errors` (squared sums).
+    fn samples(errors: [f32; 3]) -> (Tensor, Tensor, Tensor) {
+        let dev = Device::Cpu;
+        let mut v = Vec::new();
+        for e in errors {
+            let d = (e / 2.0).sqrt();
+            // The right column differs wildly: it is masked out.
+            v.extend([d, 50.0, d, -50.0]);
+        }
+        let s = Tensor::from_vec(v, (3, 1, 2, 2), &dev).unwrap();
+        let known = Tensor::zeros((1, 1, 2, 2), candle_core::DType::F32, &dev).unwrap();
+        let mask = Tensor::from_vec(vec![1f32, 0.0, 1.0, 0.0], (1, 1, 2, 2), &dev).unwrap();
+        (s, known, mask)
+    }
+
+    #[test]
+    fn the_best_fitting_sample_takes_the_places_at_the_authors_temperature() {
+        let (s, k, m) = samples([0.1, 1.0, 1.0]);
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        assert_eq!(
+            resample_by_fit(&s, &k, &m, 2, 100.0, &mut rng).unwrap(),
+            [0, 0]
+        );
+    }
+
+    #[test]
+    fn equal_fits_keep_every_sample_once_and_broken_weights_fall_back_to_uniform() {
+        let (s, k, m) = samples([0.5, 0.5, 0.5]);
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        assert_eq!(
+            resample_by_fit(&s, &k, &m, 3, 100.0, &mut rng).unwrap(),
+            [0, 1, 2]
+        );
+        // A perfect fit makes a weight infinite: the authors fall back to uniform weights.
+        let (s, k, m) = samples([0.0, 0.5, 0.5]);
+        assert_eq!(
+            resample_by_fit(&s, &k, &m, 3, 100.0, &mut rng).unwrap(),
+            [0, 1, 2]
+        );
+    }
+
+    #[test]
+    fn the_remainder_is_drawn_without_replacement_and_seeded() {
+        let (s, k, m) = samples([0.5, 0.5, 0.5]);
+        let draw = |seed| {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            resample_by_fit(&s, &k, &m, 2, 100.0, &mut rng).unwrap()
+        };
+        for seed in 0..20 {
+            let d = draw(seed);
+            assert_eq!(d, draw(seed));
+            assert!(d[0] < d[1], "two distinct samples: {d:?}");
+        }
+        assert!(
+            (0..20)
+                .map(draw)
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+                > 1
+        );
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        assert!(resample_by_fit(&s, &k, &m, 0, 100.0, &mut rng).is_err());
+    }
+}

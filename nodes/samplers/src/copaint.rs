@@ -7,10 +7,14 @@ use candle_core::{DType as CDType, Device, Tensor as CTensor};
 use latentflow_plugin_api::sdk::candle::from_candle;
 use latentflow_plugin_api::sdk::denoiser::{names, Conditioning, DenoiseRequest, DenoiserClient};
 use latentflow_plugin_api::sdk::prelude::*;
-use latentflow_sampling::copaint::{copaint as run_copaint, CoPaintConfig, CoPaintRun, GradModel};
+use latentflow_sampling::copaint::{
+    copaint as run_copaint, repeat_draws, resample_by_fit, CoPaintConfig, CoPaintRun, GradModel,
+};
 use latentflow_sampling::hooks::latent_mask;
 use latentflow_sampling::respace::{named_betas, space_timesteps, SpacedDiffusion};
 use latentflow_sampling::{Noise, SampleError, StepHook};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 
 use crate::sample::{candle, hook_handles, model_error, node_error, remotes};
 
@@ -77,16 +81,24 @@ impl GradModel for Driven<'_, '_> {
 fn copaint(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
     let client = DenoiserClient::new(inputs.object("model")?)?;
     let image = candle(inputs.tensor("image")?)?;
-    let (n, h, w, c) = image.dims4().map_err(fail)?;
+    let (images, h, w, c) = image.dims4().map_err(fail)?;
+    // Each image is drawn `samples` times (one batch), and `keep_samples` of its draws kept.
+    let per = p.usize("samples")?;
+    let n = images * per;
     ctx.check_alloc("the CoPaint state", &[8, n, c, h, w], 4)?;
+    let image = repeat_draws(&image, per).map_err(node_error)?;
     // Images are N×H×W×C in [0, 1]; the model works on N×C×H×W in [−1, 1].
     let known = image
         .permute((0, 3, 1, 2))
         .and_then(|t| t.affine(2.0, -1.0))
         .and_then(|t| t.contiguous())
         .map_err(fail)?;
-    let repaint =
-        latent_mask(&candle(inputs.tensor("mask")?)?, &[n, c, h, w]).map_err(node_error)?;
+    let mask = candle(inputs.tensor("mask")?)?;
+    let mask = match mask.dims().first() {
+        Some(&b) if b == images && per > 1 => repeat_draws(&mask, per).map_err(node_error)?,
+        _ => mask,
+    };
+    let repaint = latent_mask(&mask, &[n, c, h, w]).map_err(node_error)?;
     let keep = repaint.affine(-1.0, 1.0).map_err(fail)?;
     let base = named_betas(p.str("beta_schedule")?, p.usize("train_steps")?).map_err(node_error)?;
     let keep_steps = space_timesteps(base.len(), p.str("respacing")?).map_err(node_error)?;
@@ -114,7 +126,8 @@ fn copaint(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeErr
         cond.set(names::CLASS_LABELS, Value::Tensor(labels));
     }
     let mut model = Driven { ctx, client, cond };
-    let mut noise = Noise::seeded(p.seed("seed")?);
+    let seed = p.seed("seed")?;
+    let mut noise = Noise::seeded(seed);
     let x_t = noise
         .draw(&[n, c, h, w], &Device::Cpu)
         .map_err(node_error)?;
@@ -132,6 +145,18 @@ fn copaint(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeErr
     let mut result = out.image;
     if p.bool("paste_known")? {
         result = ((result * &repaint).and_then(|r| r + (&known * &keep)?)).map_err(fail)?;
+    }
+    let kept = p.usize("keep_samples")?;
+    if kept > 0 {
+        result = keep_best(
+            &result,
+            &known,
+            &keep,
+            per,
+            kept,
+            p.f64("resample_temperature")?,
+            seed,
+        )?;
     }
     let pixels = ((result + 1.0).and_then(|t| t / 2.0))
         .and_then(|t| t.clamp(0f32, 1f32))
@@ -171,5 +196,39 @@ pub fn node() -> NodeDef {
         .param(Param::float("eta").default(0.0).range(0.0, 1.0).doc("DDIM stochasticity"))
         .param(Param::int("class_label").default(-1).range(-1.0, 1e9).doc("class label for class-conditional models (−1: none)"))
         .param(Param::bool("paste_known").default(true).doc("paste the known pixels into the result"))
-        .param(Param::seed("seed").default(0).doc("noise seed, or `random`"))
+        .param(Param::int("samples").default(1).range(1.0, 1024.0).doc("draws per image, in one batch (the authors: 10)"))
+        .param(Param::int("keep_samples").default(0).range(0.0, 1024.0).doc("draws kept per image by their fit to the known region, as the authors' last step (the authors: 2; 0: keep every draw, no resampling)"))
+        .param(Param::float("resample_temperature").default(100.0).range(1e-6, 1e9).doc("temperature of that choice: softmax(temperature / normalised error)"))
+        .param(Param::seed("seed").default(0).doc("noise seed (and of the resampling draw), or `random`"))
+}
+
+/// For each group of `per` draws of one image in `result` (N×C×H×W), the `kept` chosen by
+/// [`resample_by_fit`] against that image's known region.
+fn keep_best(
+    result: &CTensor,
+    known: &CTensor,
+    keep: &CTensor,
+    per: usize,
+    kept: usize,
+    temperature: f64,
+    seed: u64,
+) -> Result<CTensor, NodeError> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7265_7361_6d70_6c65);
+    let keep = keep.broadcast_as(result.dims()).map_err(fail)?;
+    let mut picked = Vec::new();
+    for g in 0..result.dim(0).map_err(fail)? / per {
+        let part = |t: &CTensor| t.narrow(0, g * per, per).map_err(fail);
+        let chosen = resample_by_fit(
+            &part(result)?,
+            &part(known)?.narrow(0, 0, 1).map_err(fail)?,
+            &part(&keep)?.narrow(0, 0, 1).map_err(fail)?,
+            kept,
+            temperature,
+            &mut rng,
+        )
+        .map_err(node_error)?;
+        picked.extend(chosen.into_iter().map(|i| (g * per + i) as u32));
+    }
+    let index = CTensor::from_vec(picked.clone(), picked.len(), result.device()).map_err(fail)?;
+    result.index_select(&index, 0).map_err(fail)
 }

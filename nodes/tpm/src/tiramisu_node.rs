@@ -18,6 +18,7 @@ use latentflow_plugin_api::sdk::hooks::{
     hook_handle, HookPoint, HookStep, Replacement, SamplerHookImpl,
 };
 use latentflow_plugin_api::sdk::prelude::*;
+use latentflow_sampling::copaint::repeat_draws;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -214,14 +215,15 @@ impl Tiramisu {
         let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
         let out = match &self.vae {
             None => {
-                if x0.dims() != self.known.dims() {
+                let Some(times) = draws_per_image(&x0, &self.known) else {
                     return Err(NodeError::invalid(format!(
                         "tpm.tiramisu was made for images of {:?}; the sampler's x̂0 is {:?} (a latent? connect the VAE to `vae`)",
                         self.known.dims(),
                         x0.dims()
                     )));
-                }
-                steer(&x0, &variance, &self.known, &self.keep1, &Space::Pixels, t as f64, total as f64, &parts, &self.cfg, &mut rng)
+                };
+                let (known, keep) = (draws(&self.known, times)?, draws(&self.keep1, times)?);
+                steer(&x0, &variance, &known, &keep, &Space::Pixels, t as f64, total as f64, &parts, &self.cfg, &mut rng)
             }
             Some(vae) => {
                 let codec = VaeCodec { host: host.sabi_reborrow(), vae };
@@ -235,15 +237,17 @@ impl Tiramisu {
                 let Some((known, keep)) = latent.as_ref() else {
                     return Ok(None);
                 };
-                if x0.dims() != known.dims() {
+                let Some(times) = draws_per_image(&x0, known) else {
                     return Err(NodeError::invalid(format!(
                         "the VAE makes latents of {:?} from the image; the sampler's x̂0 is {:?}",
                         known.dims(),
                         x0.dims()
                     )));
-                }
-                let space = Space::Latent { codec: &codec, known, keep };
-                steer(&x0, &variance, &self.known, &self.keep1, &space, t as f64, total as f64, &parts, &self.cfg, &mut rng)
+                };
+                let (known, keep) = (draws(known, times)?, draws(keep, times)?);
+                let space = Space::Latent { codec: &codec, known: &known, keep: &keep };
+                let (image, keep1) = (draws(&self.known, times)?, draws(&self.keep1, times)?);
+                steer(&x0, &variance, &image, &keep1, &space, t as f64, total as f64, &parts, &self.cfg, &mut rng)
             }
         }
         .map_err(fail)?;
@@ -371,4 +375,17 @@ pub fn node() -> NodeDef {
         .param(Param::choice("semantics", &["flows", "posterior"]).default("flows").doc("flows: pyjuice's conditional, what Tiramisu uses; posterior: the Bayes posterior"))
         .param(Param::float("range").default(d.range).range(1e-6, 1e6).doc("the 256 bins span [−range, range]: 1 for pixels; Stable Diffusion's scaled latents need about 4"))
         .param(Param::seed("seed").default(0).doc("seed of the code and bin draws, or `random`"))
+}
+
+/// How many draws of each known image the sampler's batch `x0` holds (samplers.copaint's
+/// `samples`): `None` unless x0 is that many copies' worth of `known`'s shape.
+fn draws_per_image(x0: &CTensor, known: &CTensor) -> Option<usize> {
+    let (n, b) = (x0.dims().first()?, known.dims().first()?);
+    let same_image = x0.dims()[1..] == known.dims()[1..];
+    (same_image && *b > 0 && n % b == 0).then(|| n / b)
+}
+
+/// [`repeat_draws`] with the plugin's error.
+fn draws(t: &CTensor, times: usize) -> std::result::Result<CTensor, NodeError> {
+    repeat_draws(t, times).map_err(|e| NodeError::invalid(e.to_string()))
 }
