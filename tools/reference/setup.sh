@@ -7,4 +7,4 @@ here="$(cd "$(dirname "$0")" && pwd)"
 python3 -m venv "$here/.venv"
 "$here/.venv/bin/pip" install -q --upgrade pip
 "$here/.venv/bin/pip" install -q -r "$here/requirements.txt"
-"$here/.venv/bin/pip" install -q --no-deps DeepCache==0.1.1 pyjuice==2.6.3
+"$here/.venv/bin/pip" install -q --no-deps DeepCache==0.1.1 pyjuice==2.6.3 torch-dct==0.1.6

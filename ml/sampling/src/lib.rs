@@ -6,6 +6,7 @@
 //! the network.
 
 pub mod copaint;
+pub mod dct;
 pub mod guidance;
 pub mod hallucination;
 pub mod hooks;
