@@ -29,7 +29,7 @@ fn dct_matrix(n: usize, device: &Device) -> Result<Tensor, SampleError> {
 }
 
 /// `x` (…×A×…) multiplied along axis `axis` by `m` (A×A): y[…, k, …] = Σ_j m[k, j]·x[…, j, …].
-fn along(x: &Tensor, axis: usize, m: &Tensor) -> Result<Tensor, SampleError> {
+pub(crate) fn along(x: &Tensor, axis: usize, m: &Tensor) -> Result<Tensor, SampleError> {
     let last = x.rank() - 1;
     // The axis goes last and contiguous (a transposed left side times a broadcast right side
     // is wrong in candle 0.11's CPU matmul), then x·mᵀ.

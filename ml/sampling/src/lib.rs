@@ -7,6 +7,7 @@
 
 pub mod copaint;
 pub mod dct;
+pub mod free_init;
 pub mod guidance;
 pub mod hallucination;
 pub mod hooks;

@@ -1,0 +1,79 @@
+//! FreeInit's filters and frequency mix against diffusers' `FreeInitMixin`
+//! (tools/reference/make_freeinit_fixtures.py), and the invariants of the mix.
+
+use candle_core::{DType, Device, Tensor};
+use latentflow_sampling::free_init::{low_pass, mix, FilterKind};
+use latentflow_testutil::load;
+
+/// max |a − b| / max |b|, in f64.
+fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.dims(), b.dims());
+    let f = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+    let max = |t: Tensor| {
+        t.abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    };
+    max((f(a) - f(b)).unwrap()) / max(f(b)).max(1e-300)
+}
+
+#[test]
+fn filters_and_mixes_equal_diffusers() {
+    let r = load("video-ref/free_init.safetensors");
+    let dev = Device::Cpu;
+    for (name, kind, d_s, d_t) in [
+        (
+            "butterworth",
+            FilterKind::Butterworth { order: 4.0 },
+            0.25,
+            0.25,
+        ),
+        ("gaussian", FilterKind::Gaussian, 0.3, 0.5),
+        ("ideal", FilterKind::Ideal, 0.25, 0.25),
+        (
+            "butterworth_order2",
+            FilterKind::Butterworth { order: 2.0 },
+            0.4,
+            0.2,
+        ),
+    ] {
+        let filter = low_pass(5, 6, 7, kind, d_s, d_t, &dev).unwrap();
+        let want = r[&format!("{name}.filter")].get(0).unwrap().get(0).unwrap();
+        // Element-wise: both compute in f64 and store f32.
+        assert_eq!(rel_err(&filter, &want), 0.0, "{name} filter");
+        let mixed = mix(&r["x"], &r["noise"], &filter).unwrap();
+        let e = rel_err(&mixed, &r[&format!("{name}.mixed")]);
+        // diffusers forms the high pass 1 − H in f32 (the filter's dtype), rounding it by up
+        // to 6e-8; ours is exact in f64.
+        assert!(e <= 1e-7, "{name} mix: relative error {e:e}");
+    }
+}
+
+#[test]
+fn an_all_pass_filter_keeps_the_latent_and_a_zero_filter_gives_the_noise() {
+    let r = load("video-ref/free_init.safetensors");
+    let dev = Device::Cpu;
+    let ones = Tensor::ones((5, 6, 7), DType::F32, &dev).unwrap();
+    assert!(rel_err(&mix(&r["x"], &r["noise"], &ones).unwrap(), &r["x"]) <= 1e-12);
+    let zero = low_pass(5, 6, 7, FilterKind::Gaussian, 0.0, 0.25, &dev).unwrap();
+    assert!(rel_err(&mix(&r["x"], &r["noise"], &zero).unwrap(), &r["noise"]) <= 1e-12);
+}
+
+#[test]
+fn bad_filters_and_shapes_are_refused() {
+    let dev = Device::Cpu;
+    assert!(FilterKind::parse("box", 4.0).is_err());
+    assert_eq!(
+        FilterKind::parse("butterworth", 2.0).unwrap(),
+        FilterKind::Butterworth { order: 2.0 }
+    );
+    assert!(low_pass(2, 2, 2, FilterKind::Ideal, -1.0, 0.2, &dev).is_err());
+    assert!(low_pass(2, 2, 2, FilterKind::Ideal, f64::NAN, 0.2, &dev).is_err());
+    let x = Tensor::zeros((1, 4, 3, 8, 8), DType::F32, &dev).unwrap();
+    let wrong = Tensor::ones((3, 8, 9), DType::F32, &dev).unwrap();
+    let e = mix(&x, &x, &wrong).unwrap_err().to_string();
+    assert!(e.contains("F×H×W filter"), "{e}");
+}
