@@ -22,17 +22,23 @@ pub enum FilterKind {
     Gaussian,
     /// 1 where d² ≤ 2·d_s (diffusers' rule, as written there), else 0.
     Ideal,
+    /// The FreeInit authors' box (`box_low_pass_filter`): 1 on a block of ±round(⌊F/2⌋·d_t)
+    /// frames and ±round(⌊H/2⌋·d_s) rows and columns (the height's count for both, rounding
+    /// half to even, as theirs) around the centre; d_s, d_t ≤ 1.
+    Box,
 }
 
 impl FilterKind {
-    /// `butterworth`, `gaussian` or `ideal` (the names diffusers' `free_init_method` takes).
+    /// `butterworth`, `gaussian` or `ideal` (the names diffusers' `free_init_method` takes), or
+    /// `box`.
     pub fn parse(name: &str, order: f64) -> Result<Self, SampleError> {
         match name {
             "butterworth" => Ok(FilterKind::Butterworth { order }),
             "gaussian" => Ok(FilterKind::Gaussian),
             "ideal" => Ok(FilterKind::Ideal),
+            "box" => Ok(FilterKind::Box),
             other => Err(SampleError::Invalid(format!(
-                "unknown FreeInit filter {other:?}: use butterworth, gaussian or ideal"
+                "unknown FreeInit filter {other:?}: use butterworth, gaussian, ideal or box"
             ))),
         }
     }
@@ -57,6 +63,26 @@ pub fn low_pass(
         )));
     }
     let mut m = vec![0f32; frames * height * width];
+    if kind == FilterKind::Box {
+        if d_s > 1.0 || d_t > 1.0 {
+            return Err(SampleError::Invalid(format!(
+                "the box filter's stop frequencies must be at most 1, got {d_s} and {d_t}"
+            )));
+        }
+        if d_s > 0.0 && d_t > 0.0 {
+            let half = |n: usize, d: f64| ((n / 2) as f64 * d).round_ties_even() as usize;
+            let (tf, ts) = (half(frames, d_t), half(height, d_s));
+            let span = |n: usize, t: usize| (n / 2).saturating_sub(t)..(n / 2 + t).min(n);
+            for f in span(frames, tf) {
+                for h in span(height, ts) {
+                    for w in span(width, ts) {
+                        m[(f * height + h) * width + w] = 1.0;
+                    }
+                }
+            }
+        }
+        return Ok(Tensor::from_vec(m, (frames, height, width), device)?);
+    }
     if d_s > 0.0 && d_t > 0.0 {
         let centred = |i: usize, n: usize| 2.0 * i as f64 / n as f64 - 1.0;
         for f in 0..frames {
@@ -71,6 +97,7 @@ pub fn low_pass(
                         }
                         FilterKind::Gaussian => (-d2 / (2.0 * d_s * d_s)).exp(),
                         FilterKind::Ideal => f64::from(u8::from(d2 <= d_s * 2.0)),
+                        FilterKind::Box => 0.0,
                     };
                     m[(f * height + h) * width + w] = v as f32;
                 }

@@ -53,6 +53,24 @@ fn filters_and_mixes_equal_diffusers() {
 }
 
 #[test]
+fn the_box_filter_equals_the_freeinit_authors() {
+    let r = load("video-ref/free_init.safetensors");
+    for (name, d_s, d_t) in [
+        ("box", 0.25, 0.25),
+        ("box_wide", 0.5, 1.0),
+        ("box_half", 0.25, 0.75),
+    ] {
+        let filter = low_pass(5, 6, 7, FilterKind::Box, d_s, d_t, &Device::Cpu).unwrap();
+        let want = r[&format!("{name}.filter")].get(0).unwrap().get(0).unwrap();
+        assert_eq!(rel_err(&filter, &want), 0.0, "{name}");
+    }
+    // Half of two frames rounds to even: no frame is kept, so the filter is zero.
+    let none = low_pass(5, 6, 7, FilterKind::Box, 0.25, 0.25, &Device::Cpu).unwrap();
+    assert_eq!(none.sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+    assert!(low_pass(5, 6, 7, FilterKind::Box, 1.5, 0.25, &Device::Cpu).is_err());
+}
+
+#[test]
 fn an_all_pass_filter_keeps_the_latent_and_a_zero_filter_gives_the_noise() {
     let r = load("video-ref/free_init.safetensors");
     let dev = Device::Cpu;
@@ -65,7 +83,8 @@ fn an_all_pass_filter_keeps_the_latent_and_a_zero_filter_gives_the_noise() {
 #[test]
 fn bad_filters_and_shapes_are_refused() {
     let dev = Device::Cpu;
-    assert!(FilterKind::parse("box", 4.0).is_err());
+    assert!(FilterKind::parse("boxy", 4.0).is_err());
+    assert_eq!(FilterKind::parse("box", 4.0).unwrap(), FilterKind::Box);
     assert_eq!(
         FilterKind::parse("butterworth", 2.0).unwrap(),
         FilterKind::Butterworth { order: 2.0 }
