@@ -122,26 +122,38 @@ fn im2col_conv(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
 /// backward that gives the input's gradient only, the gradient convolved with the kernel
 /// transposed (C×O) and flipped in both spatial axes, on the same path.
 struct Conv3x3 {
-    /// O×(C·9).
+    /// O×(C·9), shared with the layer.
     forward: Tensor,
-    /// C×(O·9): entry (c, o·9 + ky·3 + kx) = weight (o, c, 2 − ky, 2 − kx).
-    backward: Tensor,
+    /// O×C×3×3, shared with the layer.
+    weight: Tensor,
+    /// C×(O·9): entry (c, o·9 + ky·3 + kx) = weight (o, c, 2 − ky, 2 − kx); made at the first
+    /// backward pass, so models that never give gradients do not hold a second copy.
+    backward: std::sync::OnceLock<Tensor>,
 }
 
 impl Conv3x3 {
     fn new(matrix: Tensor, weight: &Tensor) -> candle_core::Result<Self> {
-        let (o, c, _, _) = weight.dims4()?;
-        let flip = Tensor::from_vec((0..3u32).rev().collect::<Vec<_>>(), 3, weight.device())?;
-        let backward = weight
+        Ok(Self {
+            forward: matrix,
+            weight: weight.clone(),
+            backward: std::sync::OnceLock::new(),
+        })
+    }
+
+    fn backward_matrix(&self) -> candle_core::Result<&Tensor> {
+        if let Some(m) = self.backward.get() {
+            return Ok(m);
+        }
+        let w = &self.weight;
+        let (o, c, _, _) = w.dims4()?;
+        let flip = Tensor::from_vec((0..3u32).rev().collect::<Vec<_>>(), 3, w.device())?;
+        let m = w
             .index_select(&flip, 2)?
             .index_select(&flip, 3)?
             .transpose(0, 1)?
             .contiguous()?
             .reshape((c, o * 9))?;
-        Ok(Self {
-            forward: matrix,
-            backward,
-        })
+        Ok(self.backward.get_or_init(|| m))
     }
 }
 
@@ -175,7 +187,7 @@ impl CustomOp1 for Conv3x3 {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        im2col_conv(&grad.detach(), &self.backward).map(Some)
+        im2col_conv(&grad.detach(), self.backward_matrix()?).map(Some)
     }
 }
 
