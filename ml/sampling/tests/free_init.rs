@@ -3,22 +3,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use latentflow_sampling::free_init::{low_pass, mix, FilterKind};
-use latentflow_testutil::load;
-
-/// max |a − b| / max |b|, in f64.
-fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.dims(), b.dims());
-    let f = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
-    let max = |t: Tensor| {
-        t.abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
-    };
-    max((f(a) - f(b)).unwrap()) / max(f(b)).max(1e-300)
-}
+use latentflow_testutil::{load, rel_err_f64 as rel_err};
 
 #[test]
 fn filters_and_mixes_equal_diffusers() {

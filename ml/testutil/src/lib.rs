@@ -39,6 +39,19 @@ pub fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
     max_diff(a, b) / max_abs(b).max(1e-12)
 }
 
+/// max |a − b| / max |b| computed in f64, for bounds below f32's precision.
+pub fn rel_err_f64(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.dims(), b.dims(), "shapes differ");
+    let f64_of = |t: &Tensor| t.to_dtype(DType::F64).expect("f64");
+    let max = |t: Tensor| {
+        t.abs()
+            .and_then(|t| t.max_all())
+            .and_then(|t| t.to_scalar::<f64>())
+            .expect("max |t|")
+    };
+    max((f64_of(a) - f64_of(b)).expect("difference")) / max(f64_of(b)).max(1e-300)
+}
+
 /// The files in `dir` whose extension is `ext`, sorted.
 pub fn files_with_ext(dir: &Path, ext: &str) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
