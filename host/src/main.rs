@@ -484,15 +484,20 @@ fn has_extension(path: &Path, ext: &str) -> bool {
         .is_some_and(|e| e.eq_ignore_ascii_case(ext))
 }
 
-/// The graph text of `path`: a graph file, a PNG (ours, ComfyUI's or A1111's), or a ComfyUI
-/// workflow JSON.
+/// The graph text of `path`: a graph file, a PNG (ours, ComfyUI's or A1111's), an animated
+/// GIF, APNG or WebP of ours, or a ComfyUI workflow JSON.
 fn read_graph(path: &Path, args: &GraphArgs) -> Result<Vec<u8>> {
     let model_set = args
         .set
         .iter()
         .any(|s| s.split_once('=').is_some_and(|(k, _)| k.trim() == "model"));
-    let converted = if has_extension(path, "png") {
+    let converted = if has_extension(path, "png") || has_extension(path, "apng") {
         foreign::from_png(path, model_set).map_err(anyhow::Error::msg)?
+    } else if has_extension(path, "gif") || has_extension(path, "webp") {
+        foreign::Converted {
+            text: provenance::graph_from_video(path).map_err(anyhow::Error::msg)?,
+            notes: Vec::new(),
+        }
     } else {
         let bytes =
             std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;

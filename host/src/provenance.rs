@@ -98,12 +98,7 @@ pub fn embedded(path: &Path) -> Result<Embedded, String> {
             .map(|(_, t)| t.clone())
     };
     if let Some(text) = get(GRAPH_KEY) {
-        let meta: Json = serde_json::from_str(&text)
-            .map_err(|e| format!("the embedded graph is not valid JSON: {e}"))?;
-        let graph = meta.get("graph").cloned().unwrap_or(meta);
-        return serde_json::to_string_pretty(&graph)
-            .map(Embedded::Graph)
-            .map_err(|e| e.to_string());
+        return graph_of(&text).map(Embedded::Graph);
     }
     if let Some(text) = get("prompt") {
         return Ok(Embedded::ComfyPrompt(text));
@@ -118,6 +113,25 @@ pub fn embedded(path: &Path) -> Result<Embedded, String> {
         "{} carries no graph: no `{GRAPH_KEY}` (LatentFlow), `prompt` or `workflow` (ComfyUI) or `parameters` (A1111) text chunk",
         path.display()
     ))
+}
+
+/// The canonical graph inside provenance JSON (`{"graph": …, "seed": …}`), pretty-printed.
+fn graph_of(text: &str) -> Result<String, String> {
+    let meta: Json = serde_json::from_str(text)
+        .map_err(|e| format!("the embedded graph is not valid JSON: {e}"))?;
+    let graph = meta.get("graph").cloned().unwrap_or(meta);
+    serde_json::to_string_pretty(&graph).map_err(|e| e.to_string())
+}
+
+/// Reads the graph embedded (in XMP) in an animated GIF or WebP written by `video.save`.
+pub fn graph_from_video(path: &Path) -> Result<String, String> {
+    match latentflow_media::embedded_graph(path).map_err(|e| e.to_string())? {
+        Some(text) => graph_of(&text),
+        None => Err(format!(
+            "{} carries no LatentFlow graph (no `latentflow:graph` XMP property)",
+            path.display()
+        )),
+    }
 }
 
 /// Reads the graph embedded in a PNG written by `core.save_image`.

@@ -173,8 +173,11 @@ impl fmt::Display for DType {
 /// The type of a node port.
 ///
 /// Images are `N×H×W×C` float tensors in `[0, 1]`; latents are `N×C×H×W` float tensors; masks are
-/// `N×H×W` float tensors in `[0, 1]`; conditioning is `N×T×dim`. Handles are opaque objects made by
-/// one plugin and called by another (a sampler driving a denoiser).
+/// `N×H×W` float tensors in `[0, 1]`; conditioning is `N×T×dim`. Video latents are `N×C×F×H×W`,
+/// a type of their own so that an image latent never silently feeds a video node (or the other
+/// way round); a video is a `Video` record of its frames (an `F×H×W×3` image batch) and its
+/// frame rate. Handles are opaque objects made by one plugin and called by another (a sampler
+/// driving a denoiser).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum PortType {
@@ -209,6 +212,14 @@ pub enum PortType {
         /// Channel count `C`.
         channels: Dim,
     },
+    /// A video latent batch, `N×C×F×H×W` (F frames).
+    VideoLatent {
+        /// Channel count `C`.
+        channels: Dim,
+    },
+    /// A video: a `Video` record with `frames` (an `F×H×W×3` image batch in `[0, 1]`) and `fps`
+    /// (see [`crate::sdk::video::Video`]).
+    Video,
     /// Text conditioning, `N×T×dim`, of a model family.
     Conditioning {
         /// Embedding width.
@@ -245,6 +256,11 @@ impl PortType {
     /// `Latent{channels}`.
     pub fn latent(channels: Dim) -> Self {
         PortType::Latent { channels }
+    }
+
+    /// `VideoLatent{channels}`.
+    pub fn video_latent(channels: Dim) -> Self {
+        PortType::VideoLatent { channels }
     }
 
     /// `Conditioning{dim}` of any family.
@@ -296,6 +312,8 @@ impl PortType {
             PortType::Image => "Image",
             PortType::Mask => "Mask",
             PortType::Latent { .. } => "Latent",
+            PortType::VideoLatent { .. } => "VideoLatent",
+            PortType::Video => "Video",
             PortType::Conditioning { .. } => "Conditioning",
             PortType::Handle { .. } => "Handle",
             PortType::Record { .. } => "Record",
@@ -315,6 +333,7 @@ impl fmt::Display for PortType {
                 write!(f, "Tensor{{dtype={dtype}, rank={rank}}}")
             }
             PortType::Latent { channels } => write!(f, "Latent{{channels={channels}}}"),
+            PortType::VideoLatent { channels } => write!(f, "VideoLatent{{channels={channels}}}"),
             PortType::Conditioning {
                 dim,
                 family: Family::Any,
@@ -345,6 +364,8 @@ mod tests {
             PortType::handle_of("Denoiser", Family::var("F")),
             PortType::conditioning_of(Dim::Fixed(768), Family::named("sd1")),
             PortType::tensor(Some(DType::F32), Dim::Fixed(5)),
+            PortType::video_latent(Dim::Fixed(4)),
+            PortType::Video,
         ];
         for t in types {
             let json = serde_json::to_string(&t).unwrap();

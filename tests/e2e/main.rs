@@ -15,4 +15,5 @@ mod serve;
 mod tiramisu;
 mod tpm;
 mod validation;
+mod video;
 mod watch;

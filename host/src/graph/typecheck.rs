@@ -107,7 +107,11 @@ pub fn unify(out: &PortType, inp: &PortType, params: &Map<String, Json>, b: &mut
         (T::Latent { .. }, T::Tensor { dtype, rank }) => tensor_like(4, None, dtype, rank, b),
         (T::Mask, T::Tensor { dtype, rank }) => tensor_like(3, Some(DType::F32), dtype, rank, b),
         (T::Conditioning { .. }, T::Tensor { dtype, rank }) => tensor_like(3, None, dtype, rank, b),
-        (T::Latent { channels: c1 }, T::Latent { channels: c2 }) => unify_dim(c1, c2, params, b),
+        (T::VideoLatent { .. }, T::Tensor { dtype, rank }) => tensor_like(5, None, dtype, rank, b),
+        (T::Latent { channels: c1 }, T::Latent { channels: c2 })
+        | (T::VideoLatent { channels: c1 }, T::VideoLatent { channels: c2 }) => {
+            unify_dim(c1, c2, params, b)
+        }
         (
             T::Conditioning {
                 dim: d1,
@@ -134,7 +138,7 @@ pub fn unify(out: &PortType, inp: &PortType, params: &Map<String, Json>, b: &mut
             a.kind_name() == c.kind_name()
                 && matches!(
                     a,
-                    T::Bool | T::Int | T::Float | T::String | T::Image | T::Mask
+                    T::Bool | T::Int | T::Float | T::String | T::Image | T::Mask | T::Video
                 )
         }
     }
@@ -162,6 +166,9 @@ pub fn substitute(t: &PortType, params: &Map<String, Json>, b: &Bindings) -> Por
         T::Latent { channels } => T::Latent {
             channels: dim(channels),
         },
+        T::VideoLatent { channels } => T::VideoLatent {
+            channels: dim(channels),
+        },
         T::Conditioning { dim: d, family: f } => T::Conditioning {
             dim: dim(d),
             family: family(f),
@@ -182,6 +189,22 @@ pub fn substitute(t: &PortType, params: &Map<String, Json>, b: &Bindings) -> Por
 pub fn narrows(refined: &PortType, declared: &PortType) -> bool {
     let mut b = Bindings::new();
     refined.kind_name() == declared.kind_name() && unify(refined, declared, &Map::new(), &mut b)
+}
+
+/// The first-party node that converts `out` into `inp`, for kinds that never connect directly.
+pub fn conversion_hint(out: &PortType, inp: &PortType) -> Option<&'static str> {
+    use PortType as T;
+    match (out, inp) {
+        (T::Latent { .. }, T::VideoLatent { .. }) => Some(
+            "frame latents become a video latent through video.latent_from_batch (N·F×C×H×W → N×C×F×H×W)",
+        ),
+        (T::VideoLatent { .. }, T::Latent { .. }) => Some(
+            "a video latent becomes frame latents through video.latent_to_batch (N×C×F×H×W → N·F×C×H×W)",
+        ),
+        (T::Video, T::Image) => Some("a video's frames come out of video.to_frames"),
+        (T::Image, T::Video) => Some("an image batch becomes a video through video.from_frames"),
+        _ => None,
+    }
 }
 
 /// Whether a constant from a graph variable fits a port of type `t`.
@@ -217,6 +240,39 @@ mod tests {
         assert!(unify(
             &PortType::latent(Dim::Any),
             &four,
+            &no_params(),
+            &mut b
+        ));
+    }
+
+    #[test]
+    fn image_and_video_latents_never_mix() {
+        let mut b = Bindings::new();
+        let image = PortType::latent(Dim::Any);
+        let video = PortType::video_latent(Dim::Any);
+        assert!(!unify(&image, &video, &no_params(), &mut b));
+        assert!(!unify(&video, &image, &no_params(), &mut b));
+        assert!(unify(&video, &video, &no_params(), &mut b));
+        assert!(!unify(
+            &PortType::video_latent(Dim::Fixed(16)),
+            &PortType::video_latent(Dim::Fixed(4)),
+            &no_params(),
+            &mut b
+        ));
+        // A video latent is a rank-5 tensor, an image latent a rank-4 one.
+        let rank5 = PortType::tensor(None, Dim::Fixed(5));
+        assert!(unify(&video, &rank5, &no_params(), &mut b));
+        assert!(!unify(&image, &rank5, &no_params(), &mut b));
+        // Frames are not an image batch without the conversion node.
+        assert!(!unify(
+            &PortType::Video,
+            &PortType::Image,
+            &no_params(),
+            &mut b
+        ));
+        assert!(unify(
+            &PortType::Video,
+            &PortType::Video,
             &no_params(),
             &mut b
         ));

@@ -15,6 +15,7 @@ pub mod noise;
 pub mod respace;
 pub mod sampler;
 pub mod schedulers;
+pub mod temporal;
 
 pub use hooks::{HookPoint, InpaintBlend, StepContext, StepHook};
 pub use noise::Noise;

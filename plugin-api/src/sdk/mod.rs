@@ -21,12 +21,14 @@
 
 mod context;
 pub mod denoiser;
+pub mod files;
 pub mod hooks;
 mod inputs;
 mod node;
 mod params;
 mod plugin;
 pub mod stats;
+pub mod video;
 
 #[cfg(feature = "candle")]
 pub mod candle;

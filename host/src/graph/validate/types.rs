@@ -117,7 +117,10 @@ impl Validator<'_> {
                     );
                     d2.node = Some(d.id.clone());
                     d2.hint = Some(
-                        "connect an output of the expected type, or insert a conversion node"
+                        typecheck::conversion_hint(&produced, want)
+                            .unwrap_or(
+                                "connect an output of the expected type, or insert a conversion node",
+                            )
                             .into(),
                     );
                 }

@@ -1,0 +1,146 @@
+//! Temporal smoothing of video latents: Cinemo's DCTInit, FreeInit's noise re-initialisation
+//! and a temporal low-pass filter (glue over `latentflow_sampling::{dct, free_init, temporal}`).
+
+use candle_core::{DType as CDType, Device, Tensor as CTensor};
+use latentflow_plugin_api::sdk::candle::{from_candle, to_candle};
+use latentflow_plugin_api::sdk::prelude::*;
+use latentflow_plugin_api::sdk::video::video_latent_shape;
+use latentflow_sampling::schedulers::{BetaSchedule, NoiseTable};
+use latentflow_sampling::{dct, free_init, temporal, SampleError};
+
+use crate::fail;
+
+fn sample_error(e: SampleError) -> NodeError {
+    match e {
+        SampleError::Invalid(m) => NodeError::invalid(m),
+        other => fail(other),
+    }
+}
+
+/// ᾱ at timestep `param` of the training schedule the node's parameters describe.
+fn alpha_bar(p: &Params, param: &str) -> Result<f64, NodeError> {
+    let schedule = match p.str("beta_schedule")? {
+        "linear" => BetaSchedule::Linear,
+        _ => BetaSchedule::ScaledLinear,
+    };
+    let (start, end) = (p.f64("beta_start")?, p.f64("beta_end")?);
+    if !(0.0 < start && start <= end && end < 1.0) {
+        return Err(NodeError::invalid(format!(
+            "betas must satisfy 0 < beta_start ≤ beta_end < 1, got {start} and {end}"
+        )));
+    }
+    let steps = p.usize("train_steps")?;
+    let t = p.usize(param)?;
+    if t >= steps {
+        return Err(NodeError::invalid(format!(
+            "`{param}` {t} is past the {steps} training timesteps"
+        )));
+    }
+    Ok(NoiseTable::new(schedule, start, end, steps).alpha_bar(t as i64))
+}
+
+/// The training-schedule parameters, with the model family's defaults.
+fn schedule_params(d: NodeDef, start: f64, end: f64, kind: &str) -> NodeDef {
+    d.param(
+        Param::choice("beta_schedule", &["linear", "scaled_linear"])
+            .default(kind)
+            .doc("the training schedule of the model the latents are for"),
+    )
+    .param(Param::float("beta_start").default(start).range(1e-8, 1.0))
+    .param(Param::float("beta_end").default(end).range(1e-8, 1.0))
+    .param(Param::int("train_steps").default(1000).range(1.0, 100000.0))
+}
+
+fn video_in(inputs: &Inputs, name: &str) -> Result<(CTensor, [usize; 5]), NodeError> {
+    let t = inputs.tensor(name)?;
+    let shape = video_latent_shape(name, t)?;
+    Ok((to_candle(t, &Device::Cpu)?, shape))
+}
+
+fn out(t: &CTensor) -> Result<Vec<Value>, NodeError> {
+    let t = t.to_dtype(CDType::F32).map_err(fail)?;
+    Ok(vec![Value::Tensor(from_candle(&t)?)])
+}
+
+fn dct_init(_: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
+    let (noise, [b, c, _, h, w]) = video_in(inputs, "noise")?;
+    let image = to_candle(inputs.tensor("image_latent")?, &Device::Cpu)?;
+    let image = match image.dims() {
+        [1, ic, ih, iw] if b > 1 && [*ic, *ih, *iw] == [c, h, w] => {
+            image.broadcast_as((b, c, h, w)).map_err(fail)?
+        }
+        _ => image,
+    };
+    let ab = alpha_bar(p, "noise_timestep")?;
+    let z = dct::dct_init(&image, &noise, ab, p.f64("cutoff")?).map_err(sample_error)?;
+    out(&z)
+}
+
+fn free_init_mix(_: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
+    let (z0, [_, _, f, h, w]) = video_in(inputs, "latent")?;
+    let (initial, s1) = video_in(inputs, "initial_noise")?;
+    let (fresh, s2) = video_in(inputs, "fresh_noise")?;
+    if s1 != s2 || s1 != [z0.dims()[0], z0.dims()[1], f, h, w] {
+        return Err(NodeError::invalid(format!(
+            "the latent and both noises must have one shape: {:?}, {s1:?} and {s2:?}",
+            z0.dims()
+        )));
+    }
+    let kind =
+        free_init::FilterKind::parse(p.str("filter")?, p.f64("order")?).map_err(sample_error)?;
+    let filter = free_init::low_pass(f, h, w, kind, p.f64("d_s")?, p.f64("d_t")?, &Device::Cpu)
+        .map_err(sample_error)?;
+    // z_T = √ᾱ·z0 + √(1−ᾱ)·ε_init, as diffusers' add_noise (in the latents' f32).
+    let ab = alpha_bar(p, "diffuse_timestep")?;
+    let (a, s) = ((ab as f32).sqrt() as f64, ((1.0 - ab) as f32).sqrt() as f64);
+    let zt = ((z0 * a).and_then(|x| x + (initial * s)?)).map_err(fail)?;
+    out(&free_init::mix(&zt, &fresh, &filter).map_err(sample_error)?)
+}
+
+fn temporal_lowpass(_: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
+    let (x, _) = video_in(inputs, "video_latent")?;
+    let kind =
+        temporal::TemporalFilter::parse(p.str("filter")?, p.f64("order")?).map_err(sample_error)?;
+    out(&temporal::low_pass(&x, 2, kind, p.f64("cutoff")?).map_err(sample_error)?)
+}
+
+pub fn nodes() -> Vec<NodeDef> {
+    let v = || PortType::video_latent(Dim::var("C"));
+    vec![
+        schedule_params(
+            NodeDef::new("video.dct_init", dct_init)
+                .doc("Cinemo's DCTInit: the image latent repeated over the noise's frames and noised to `noise_timestep`, mixed with the noise in 3-D DCT space: the low spatial frequencies (below ⌊H·cutoff⌋ × ⌊W·cutoff⌋, at every temporal frequency) from the noised image, the rest from the noise. Defaults: Cinemo's (t = 975, cutoff 0.23, linear betas 1e-4…0.02).")
+                .input("image_latent", PortType::latent(Dim::var("C")), "1×C×H×W or N×C×H×W: the first frame's latent")
+                .input("noise", v(), "N×C×F×H×W initial noise")
+                .output("latent", v(), "z_T, N×C×F×H×W")
+                .param(Param::int("noise_timestep").default(975).min(0.0).doc("τ: the image is noised to ᾱ_τ"))
+                .param(Param::float("cutoff").default(0.23).range(0.0, 1.0).doc("the low-pass fraction of each spatial axis")),
+            0.0001,
+            0.02,
+            "linear",
+        ),
+        schedule_params(
+            NodeDef::new("video.free_init_mix", free_init_mix)
+                .doc("FreeInit's re-initialisation (diffusers' FreeInitMixin): the last pass's result re-noised to `diffuse_timestep` with the first pass's noise, its low spatio-temporal frequencies kept and the high ones taken from fresh noise. Defaults: diffusers' (Butterworth of order 4, d_s = d_t = 0.25, t = 999, AnimateDiff's linear betas 0.00085…0.012).")
+                .input("latent", v(), "z0 of the previous pass, N×C×F×H×W")
+                .input("initial_noise", v(), "the first pass's initial noise")
+                .input("fresh_noise", v(), "new noise for the high frequencies")
+                .output("latent", v(), "the next pass's initial latent")
+                .param(Param::choice("filter", &["butterworth", "gaussian", "ideal", "box"]).default("butterworth"))
+                .param(Param::float("order").default(4.0).range(0.0, 100.0).doc("Butterworth order"))
+                .param(Param::float("d_s").default(0.25).range(0.0, 1.0).doc("spatial stop frequency"))
+                .param(Param::float("d_t").default(0.25).range(0.0, 1.0).doc("temporal stop frequency"))
+                .param(Param::int("diffuse_timestep").default(999).min(0.0)),
+            0.00085,
+            0.012,
+            "linear",
+        ),
+        NodeDef::new("video.temporal_lowpass", temporal_lowpass)
+            .doc("Smooths a video latent along its frames: Re IFFT(H(f)·FFT(x)) per channel and pixel, H a Butterworth or Gaussian response in normalised temporal frequency (1 = alternating frames). A still video passes unchanged.")
+            .input("video_latent", v(), "N×C×F×H×W")
+            .output("video_latent", v(), "smoothed")
+            .param(Param::choice("filter", &["butterworth", "gaussian"]).default("butterworth"))
+            .param(Param::float("cutoff").default(0.25).range(0.001, 100.0).doc("the stop frequency (1 = the Nyquist frequency of the frame rate)"))
+            .param(Param::float("order").default(4.0).range(0.01, 100.0).doc("Butterworth order")),
+    ]
+}
