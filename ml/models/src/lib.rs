@@ -8,6 +8,7 @@
 //! and offer seams (stage functions, observers) that callers such as DeepCache or feature
 //! extraction use instead of patching the forward pass.
 
+pub mod animatediff;
 pub mod ella;
 mod error;
 pub mod llm;

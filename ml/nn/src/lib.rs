@@ -17,5 +17,6 @@ pub use embeddings::{
 pub use resnet::{Resample, ResnetBlock, ResnetConfig, TimeNorm};
 pub use rms_norm::RmsNorm;
 pub use transformer2d::{
-    Attention, AttentionHook, BasicTransformerBlock, Transformer2D, Transformer2DConfig,
+    Attention, AttentionHook, BasicTransformerBlock, GegluFeedForward, Transformer2D,
+    Transformer2DConfig,
 };

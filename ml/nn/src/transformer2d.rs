@@ -76,6 +76,33 @@ impl Attention {
     }
 }
 
+/// diffusers' `FeedForward` with GEGLU: `ff.net.0.proj` (dim → 2·4·dim), the gate, `ff.net.2`.
+pub struct GegluFeedForward {
+    proj: Linear,
+    out: Linear,
+}
+
+impl GegluFeedForward {
+    /// The layers under `vb` (the block's `ff`).
+    pub fn new(vb: VarBuilder, dim: usize) -> candle_core::Result<Self> {
+        let inner = dim * 4;
+        Ok(Self {
+            proj: linear(dim, inner * 2, vb.pp("net.0.proj"))?,
+            out: linear(inner, dim, vb.pp("net.2"))?,
+        })
+    }
+}
+
+impl Module for GegluFeedForward {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let h = self.proj.forward(x)?;
+        let last = h.rank() - 1;
+        let half = h.dim(last)? / 2;
+        let gated = (h.narrow(last, 0, half)? * h.narrow(last, half, half)?.gelu_erf()?)?;
+        self.out.forward(&gated)
+    }
+}
+
 /// Self-attention, cross-attention and a GEGLU feed-forward, each pre-normed and residual.
 pub struct BasicTransformerBlock {
     norm1: LayerNorm,
@@ -83,8 +110,7 @@ pub struct BasicTransformerBlock {
     norm2: LayerNorm,
     attn2: Attention,
     norm3: LayerNorm,
-    ff_in: Linear,
-    ff_out: Linear,
+    ff: GegluFeedForward,
 }
 
 impl BasicTransformerBlock {
@@ -97,15 +123,13 @@ impl BasicTransformerBlock {
         context_dim: usize,
     ) -> candle_core::Result<Self> {
         let ln = |vb| layer_norm(dim, 1e-5, vb);
-        let ff = dim * 4;
         Ok(Self {
             norm1: ln(vb.pp("norm1"))?,
             attn1: Attention::new(vb.pp("attn1"), dim, dim, heads, dim_head)?,
             norm2: ln(vb.pp("norm2"))?,
             attn2: Attention::new(vb.pp("attn2"), dim, context_dim, heads, dim_head)?,
             norm3: ln(vb.pp("norm3"))?,
-            ff_in: linear(dim, ff * 2, vb.pp("ff.net.0.proj"))?,
-            ff_out: linear(ff, dim, vb.pp("ff.net.2"))?,
+            ff: GegluFeedForward::new(vb.pp("ff"), dim)?,
         })
     }
 
@@ -121,10 +145,7 @@ impl BasicTransformerBlock {
             .attn2
             .forward(&self.norm2.forward(&x)?, Some(context), hook)?
             + &x)?;
-        let h = self.ff_in.forward(&self.norm3.forward(&x)?)?;
-        let half = h.dim(2)? / 2;
-        let gated = (h.narrow(2, 0, half)? * h.narrow(2, half, half)?.gelu_erf()?)?;
-        self.ff_out.forward(&gated)? + x
+        self.ff.forward(&self.norm3.forward(&x)?)? + x
     }
 }
 

@@ -208,6 +208,7 @@ impl DenoiserImpl for UNetDenoiser {
             mid_residual: mid.as_ref(),
             attention: capture.as_ref().map(|_| &hook as _),
             up_layer: None,
+            layer: None,
         };
         let unet = &self.model.unet;
         let out = match req.option(names::DEEPCACHE) {

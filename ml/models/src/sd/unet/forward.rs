@@ -17,6 +17,33 @@ use crate::{Checked, ModelError, Result};
 /// Receives the main-path state after layer `layer` of up block `block`.
 pub type UpLayerHook<'a> = &'a (dyn Fn(usize, usize, &Tensor) + Sync);
 
+/// Where in the network a [`LayerHook`] is called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Site {
+    /// After layer `layer` (ResNet and transformer) of down block `block`.
+    Down {
+        /// The down block.
+        block: usize,
+        /// The layer.
+        layer: usize,
+    },
+    /// After the transformer of the mid block's pair `layer`, before its ResNet.
+    Mid {
+        /// The pair.
+        layer: usize,
+    },
+    /// After layer `layer` of up block `block`.
+    Up {
+        /// The up block.
+        block: usize,
+        /// The layer.
+        layer: usize,
+    },
+}
+
+/// Replaces the main-path state at each [`Site`] (AnimateDiff's motion modules).
+pub type LayerHook<'a> = &'a (dyn Fn(Site, &Tensor) -> candle_core::Result<Tensor> + Sync);
+
 /// What every layer of one pass sees besides its input.
 #[derive(Clone, Copy)]
 pub struct Cond<'a> {
@@ -49,6 +76,19 @@ pub struct Extras<'a> {
     pub attention: Option<AttentionHook<'a>>,
     /// Receives the up path's states (feature extraction).
     pub up_layer: Option<UpLayerHook<'a>>,
+    /// Transforms the main-path state after every layer (motion modules); it sees the state
+    /// before the up-layer hook and before the skip connection is taken.
+    pub layer: Option<LayerHook<'a>>,
+}
+
+impl Extras<'_> {
+    /// `x` through the layer hook at `site` (unchanged without one).
+    pub fn at(&self, site: Site, x: Tensor) -> candle_core::Result<Tensor> {
+        match self.layer {
+            Some(hook) => hook(site, &x),
+            None => Ok(x),
+        }
+    }
 }
 
 /// Where the down path stops: after `layer` layers of block `block` (before its downsampler).
@@ -148,7 +188,7 @@ impl UNet {
                 if stop.is_some_and(|s| s.block == k && j >= s.layer) {
                     break 'blocks;
                 }
-                x = layer.forward(&x, c)?;
+                x = c.extras.at(Site::Down { block: k, layer: j }, layer.forward(&x, c)?)?;
                 skips.push(x.clone());
             }
             if stop.is_some_and(|s| s.block == k) {
@@ -182,8 +222,9 @@ impl UNet {
         let mut x = x.clone();
         if let Some(mid) = &self.parts.mid {
             x = mid.first.forward(&x, Some(c.temb))?;
-            for (attn, res) in &mid.layers {
+            for (j, (attn, res)) in mid.layers.iter().enumerate() {
                 x = attn.forward(&x, c.ctx, c.extras.attention)?;
+                x = c.extras.at(Site::Mid { layer: j }, x)?;
                 x = res.forward(&x, Some(c.temb))?;
             }
         }
@@ -216,6 +257,7 @@ impl UNet {
                     .pop()
                     .ok_or_else(|| candle_core::Error::Msg("ran out of skip connections".into()))?;
                 x = layer.forward(&Tensor::cat(&[&x, &skip], 1)?, c)?;
+                x = c.extras.at(Site::Up { block: u, layer: j }, x)?;
                 if let Some(hook) = c.extras.up_layer {
                     hook(u, j, &x);
                 }

@@ -8,4 +8,4 @@ mod forward;
 
 pub use blocks::{DownBlock, Layer, MidBlock, UpBlock};
 pub use config::{PerBlock, Plan, UNetConfig};
-pub use forward::{Cond, Extras, Stop, UNet, UpLayerHook};
+pub use forward::{Cond, Extras, LayerHook, Site, Stop, UNet, UpLayerHook};
