@@ -1,5 +1,6 @@
 //! End-to-end tests: they build the plugins and run graphs through the real binary.
 
+mod animatediff;
 mod cli;
 mod comfy_import;
 mod default_model;

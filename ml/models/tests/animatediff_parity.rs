@@ -101,5 +101,8 @@ fn frames_interact_only_through_the_motion_modules() {
         .unwrap()
         .to_scalar::<f32>()
         .unwrap();
-    assert!(moved > 1e-4, "the first frame did not see the last: {moved}");
+    assert!(
+        moved > 1e-4,
+        "the first frame did not see the last: {moved}"
+    );
 }

@@ -12,6 +12,29 @@ fn fixture_dir() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-sd")
 }
 
+/// Each item of a batch decodes (and encodes) as it does alone. candle 0.11's batched matmul
+/// with a transposed left side made every item after the first wrong in the mid-block
+/// attention; batches of frames and of images go through here.
+#[test]
+fn a_batch_decodes_and_encodes_item_by_item() {
+    use candle_core::{Device, Tensor};
+    let vae = Vae::load(&fixture_dir().join("vae")).expect("tiny VAE loads");
+    let z = (Tensor::randn(0f32, 1.0, (3, 4, 12, 8), &Device::Cpu).unwrap() * 5.0).unwrap();
+    let img = Tensor::rand(-1f32, 1.0, (3, 3, 24, 16), &Device::Cpu).unwrap();
+    let (dec, enc) = (
+        vae.decode_raw(&z).unwrap(),
+        vae.encode_mean_raw(&img).unwrap(),
+    );
+    for i in 0..3 {
+        let one = vae.decode_raw(&z.narrow(0, i, 1).unwrap()).unwrap();
+        let e = rel_err(&dec.narrow(0, i, 1).unwrap(), &one);
+        assert!(e <= 1e-6, "decoded item {i}: {e:e}");
+        let one = vae.encode_mean_raw(&img.narrow(0, i, 1).unwrap()).unwrap();
+        let e = rel_err(&enc.narrow(0, i, 1).unwrap(), &one);
+        assert!(e <= 1e-6, "encoded item {i}: {e:e}");
+    }
+}
+
 #[test]
 fn decode_and_encode_match_diffusers() {
     let dir = fixture_dir();

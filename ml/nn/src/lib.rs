@@ -7,6 +7,7 @@ pub mod adaln;
 pub mod embeddings;
 pub mod resnet;
 pub mod rms_norm;
+pub mod spatial_attention;
 pub mod transformer2d;
 
 pub use adaln::{plain_layer_norm, AdaLayerNormZero, Modulation};
@@ -16,6 +17,7 @@ pub use embeddings::{
 };
 pub use resnet::{Resample, ResnetBlock, ResnetConfig, TimeNorm};
 pub use rms_norm::RmsNorm;
+pub use spatial_attention::SpatialSelfAttention;
 pub use transformer2d::{
     Attention, AttentionHook, BasicTransformerBlock, GegluFeedForward, Transformer2D,
     Transformer2DConfig,

@@ -12,6 +12,7 @@ mod hooks;
 mod sample;
 
 use latentflow_plugin_api::sdk::prelude::*;
+use latentflow_sampling::schedulers::{BetaSchedule, NoiseTable};
 use latentflow_sampling::{Config, Kind, Prediction, Scheduler, Spacing};
 
 /// Reads the scheduler settings shared by the nodes.
@@ -31,7 +32,23 @@ pub fn config_from(p: &Params) -> Result<Config, NodeError> {
     };
     cfg.spacing = Spacing::parse(p.str("spacing")?);
     cfg.karras = p.bool("karras")?;
+    cfg.table = training_schedule(p)?;
     Ok(cfg)
+}
+
+/// The training noise schedule the parameters name (Stable Diffusion's by default).
+fn training_schedule(p: &Params) -> Result<NoiseTable, NodeError> {
+    let schedule = match p.str("beta_schedule")? {
+        "linear" => BetaSchedule::Linear,
+        _ => BetaSchedule::ScaledLinear,
+    };
+    let (start, end) = (p.f64("beta_start")?, p.f64("beta_end")?);
+    if !(0.0 < start && start <= end && end < 1.0) {
+        return Err(NodeError::invalid(format!(
+            "betas must satisfy 0 < beta_start ≤ beta_end < 1, got {start} and {end}"
+        )));
+    }
+    Ok(NoiseTable::new(schedule, start, end, 1000))
 }
 
 fn schedule(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
@@ -76,6 +93,13 @@ pub fn schedule_params(d: NodeDef) -> NodeDef {
             .range(0.0, 1.0)
             .doc("DDIM stochasticity"),
     )
+    .param(
+        Param::choice("beta_schedule", &["scaled_linear", "linear"])
+            .default("scaled_linear")
+            .doc("the model's training schedule: scaled_linear for Stable Diffusion, linear for AnimateDiff's motion modules"),
+    )
+    .param(Param::float("beta_start").default(0.00085).range(1e-8, 1.0))
+    .param(Param::float("beta_end").default(0.012).range(1e-8, 1.0))
 }
 
 /// The plugin's nodes.
@@ -88,14 +112,19 @@ pub fn plugin() -> PluginDef {
             .output("init_noise_sigma", PortType::Float, "scale of the initial noise")
             .param(Param::choice("prediction", &["epsilon", "v_prediction", "sample"]).default("epsilon")),
     );
-    [schedule, sample::node(), copaint::node()]
-        .into_iter()
-        .chain(hallucination::nodes())
-        .chain(hooks::nodes())
-        .fold(
-            PluginDef::new("samplers", env!("CARGO_PKG_VERSION")),
-            PluginDef::node,
-        )
+    [
+        schedule,
+        sample::node(),
+        sample::video_node(),
+        copaint::node(),
+    ]
+    .into_iter()
+    .chain(hallucination::nodes())
+    .chain(hooks::nodes())
+    .fold(
+        PluginDef::new("samplers", env!("CARGO_PKG_VERSION")),
+        PluginDef::node,
+    )
 }
 
 latentflow_plugin_api::export_plugin!(plugin());

@@ -271,7 +271,12 @@ fn sample(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeErro
         Some(t) => Noise::recorded(t.to_f32_vec()?, numel).map_err(node_error)?,
         None => Noise::seeded(p.seed("seed")?),
     };
-    let mut blend = match inputs.opt_tensor("mask")? {
+    // The video sampler has no mask input.
+    let inpaint = match inputs.is_connected("mask") {
+        true => inputs.opt_tensor("mask")?,
+        false => None,
+    };
+    let mut blend = match inpaint {
         Some(m) => {
             let mask = latent_mask(&candle(m)?, &shape).map_err(node_error)?;
             Some(InpaintBlend::new(known.clone(), mask).map_err(node_error)?)
@@ -320,28 +325,50 @@ fn sample(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeErro
     ])
 }
 
-/// The sampling node.
-pub fn node() -> NodeDef {
+/// The inputs, outputs and parameters both sampling nodes share; `latent` is the latent
+/// port type, `steps` the rank of the recorded steps.
+fn common(d: NodeDef, latent: fn(Dim) -> PortType, what: &str, steps: i64) -> NodeDef {
     let f = || Family::var("F");
     crate::schedule_params(
-        NodeDef::new("samplers.sample", sample)
-            .doc("Denoises a latent with any Denoiser: txt2img (strength 1: starts from pure noise), img2img (strength < 1: noises the input latent part-way), inpainting (mask: 1 = repaint; the rest is blended back every step). Classifier-free guidance when a negative conditioning is given and cfg ≠ 1. Sampler hooks (`hooks`) see and may replace x̂0 and the latent at every step. Noise: one ChaCha8 stream from `seed`, or replayed from the `noise` input.")
-            .input("model", PortType::handle_of("Denoiser", f()), "the denoiser")
+        d.input("model", PortType::handle_of("Denoiser", f()), "the denoiser")
             .input("positive", PortType::conditioning_of(Dim::var("D"), f()), "conditioning")
             .optional_input("negative", PortType::conditioning_of(Dim::var("D"), f()), "unconditional / negative conditioning (enables CFG)")
             .optional_input("positive_mask", PortType::tensor(Some(DType::F32), Dim::Fixed(2)), "token mask of the positive conditioning (N×L, 1 = token), as T5 and LLM encoders give it: masked conditionings of different lengths are padded with zeros instead of repeated, and the model sees the mask")
             .optional_input("negative_mask", PortType::tensor(Some(DType::F32), Dim::Fixed(2)), "token mask of the negative conditioning")
-            .input("latent", PortType::latent(Dim::var("C")), "start latent (an empty latent for txt2img)")
-            .optional_input("mask", PortType::Mask, "inpainting mask, 1 = repaint (any resolution; binarized at 0.5)")
+            .input("latent", latent(Dim::var("C")), &format!("start {what} (an empty one for text-to-{what})"))
             .optional_input("noise", PortType::tensor(Some(DType::F32), Dim::Any), "recorded noise to replay instead of the seeded stream: the initial draw, then each stochastic step's")
             .optional_input("hooks", PortType::list(PortType::handle("SamplerHook")), "per-step hooks, applied in order after the inpainting blend")
-            .output("latent", PortType::latent(Dim::var("C")), "the denoised latent")
-            .output("steps", PortType::tensor(Some(DType::F32), Dim::Fixed(5)), "the latent after every step (steps×N×C×H×W) when record_steps is on; empty otherwise")
-            .output("x0", PortType::tensor(Some(DType::F32), Dim::Fixed(5)), "the model's predicted clean latent x̂0 at every step (steps×N×C×H×W) when record_steps is on; empty otherwise")
+            .output("latent", latent(Dim::var("C")), &format!("the denoised {what}"))
+            .output("steps", PortType::tensor(Some(DType::F32), Dim::Fixed(steps)), "the latent after every step (steps×latent shape) when record_steps is on; empty otherwise")
+            .output("x0", PortType::tensor(Some(DType::F32), Dim::Fixed(steps)), "the model's predicted clean latent x̂0 at every step when record_steps is on; empty otherwise")
             .param(Param::bool("record_steps").default(false).doc("keep the latent and the predicted x̂0 of every step (the `steps` and `x0` outputs)"))
             .param(Param::float("cfg").default(7.5).range(0.0, 100.0).doc("classifier-free guidance scale"))
             .param(Param::seed("seed").default(0).doc("noise seed, or `random`"))
             .param(Param::float("strength").default(1.0).range(0.0, 1.0).doc("img2img: fraction of the schedule to run"))
             .param(Param::choice("prediction", &["auto", "epsilon", "v_prediction", "sample"]).default("auto").doc("auto: ask the model")),
+    )
+}
+
+/// The sampling node.
+pub fn node() -> NodeDef {
+    common(
+        NodeDef::new("samplers.sample", sample)
+            .doc("Denoises a latent with any Denoiser: txt2img (strength 1: starts from pure noise), img2img (strength < 1: noises the input latent part-way), inpainting (mask: 1 = repaint; the rest is blended back every step). Classifier-free guidance when a negative conditioning is given and cfg ≠ 1. Sampler hooks (`hooks`) see and may replace x̂0 and the latent at every step. Noise: one ChaCha8 stream from `seed`, or replayed from the `noise` input.")
+            .optional_input("mask", PortType::Mask, "inpainting mask, 1 = repaint (any resolution; binarized at 0.5)"),
+        PortType::latent,
+        "latent",
+        5,
+    )
+}
+
+/// The video sampling node: the same loop over a video latent, for a video denoiser
+/// (`sd.animatediff`).
+pub fn video_node() -> NodeDef {
+    common(
+        NodeDef::new("samplers.sample_video", sample)
+            .doc("Denoises a video latent (N×C×F×H×W) with a video denoiser (an SD model with motion modules from sd.animatediff): text-to-video from noise, or video-to-video (strength < 1). Classifier-free guidance, hooks and noise as samplers.sample. AnimateDiff's motion modules were trained on linear betas: set beta_schedule linear (graphs/animatediff.yaml does)."),
+        PortType::video_latent,
+        "video latent",
+        6,
     )
 }

@@ -11,6 +11,7 @@ mod attention_nodes;
 mod clip_object;
 mod convert;
 mod loaders;
+mod motion_node;
 mod seghead_node;
 mod text_nodes;
 mod unet2d_node;
@@ -51,7 +52,11 @@ pub fn plugin() -> PluginDef {
         .chain(vae_nodes::nodes())
         .chain(wrappers::nodes())
         .chain(attention_nodes::nodes())
-        .chain([seghead_node::node(), unet2d_node::node()])
+        .chain([
+            seghead_node::node(),
+            unet2d_node::node(),
+            motion_node::node(),
+        ])
         .fold(
             PluginDef::new("sd", env!("CARGO_PKG_VERSION")),
             PluginDef::node,

@@ -1,12 +1,14 @@
 //! The SD UNet as a `Denoiser`: it reads everything wrappers put into a request — ControlNet
 //! residuals in the conditioning, DeepCache and attention-capture options — so any chain of
-//! wrappers ends here. Queries: `features` (VPD taps) and `attention_maps` (DAAM); transform:
-//! `with_lora`.
+//! wrappers ends here. Queries: `features` (VPD taps) and `attention_maps` (DAAM); transforms:
+//! `with_lora`, `with_motion` (AnimateDiff's motion modules: the denoiser then takes video
+//! latents B×C×F×H×W).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use candle_core::Tensor as CTensor;
+use latentflow_models::animatediff::{MotionAdapter, MotionUNet};
 use latentflow_models::sd::daam::Accumulator;
 use latentflow_models::sd::unet::Extras;
 use latentflow_models::sd::{deepcache, lora, Family as SdFamily, LoadedUNet, PredictionType};
@@ -26,6 +28,8 @@ pub struct UNetDenoiser {
     model: Arc<LoadedUNet>,
     name: String,
     prediction: PredictionKind,
+    /// AnimateDiff's motion modules, when applied.
+    motion: Option<Arc<MotionAdapter>>,
     /// DeepCache features by the caller's key.
     deep_cache: Mutex<HashMap<i64, CTensor>>,
     /// Cross-attention accumulators by the caller's key.
@@ -49,6 +53,7 @@ impl UNetDenoiser {
             model,
             name,
             prediction,
+            motion: None,
             deep_cache: Default::default(),
             attention: Default::default(),
         }
@@ -106,12 +111,35 @@ impl UNetDenoiser {
     fn with_lora(&self, args: &[Value]) -> Result<Vec<Value>, NodeError> {
         let (updates, m, path) = crate::convert::lora_args(args, "with_lora")?;
         let (model, applied) = lora::unet_with(&self.model, &updates, m).map_err(fail)?;
-        let obj = UNetDenoiser::new(
+        let mut obj = UNetDenoiser::new(
             Arc::new(model),
             format!("{} + LoRA {path}", self.name),
             Some(self.prediction),
         );
+        obj.motion = self.motion.clone();
         Ok(lora_result(obj.handle(), &applied))
+    }
+
+    /// `with_motion(path)` → `[the denoiser with the motion adapter at path]`.
+    fn with_motion(&self, args: &[Value]) -> Result<Vec<Value>, NodeError> {
+        let path = arg(args, 0, "with_motion")?
+            .as_str()
+            .ok_or_else(|| NodeError::invalid("with_motion: the path must be a string"))?;
+        let unet = &self.model.unet;
+        let adapter = MotionAdapter::load(
+            std::path::Path::new(path),
+            unet.config.norm_num_groups,
+            &candle_core::Device::Cpu,
+        )
+        .map_err(|e| NodeError::invalid(e.to_string()))?;
+        MotionUNet::new(unet, &adapter).map_err(|e| NodeError::invalid(e.to_string()))?;
+        let mut obj = UNetDenoiser::new(
+            self.model.clone(),
+            format!("{} + motion {path}", self.name),
+            Some(self.prediction),
+        );
+        obj.motion = Some(Arc::new(adapter));
+        Ok(vec![Value::Object(obj.handle())])
     }
 
     /// `attention_maps(key)` → tokens × h × w global maps of the last capture.
@@ -161,12 +189,20 @@ impl DenoiserImpl for UNetDenoiser {
 
     fn denoise(&self, _host: HostRef, req: DenoiseRequest) -> Denoised {
         let x = f32_tensor(&req.x)?;
-        let (b, _, h, w) = x.dims4().map_err(|_| {
-            NodeError::invalid(format!(
-                "the SD UNet takes N×C×H×W latents, got {:?}",
-                req.x.shape()
-            ))
-        })?;
+        let dims = x.dims().to_vec();
+        let (b, h, w) = match (&self.motion, dims.as_slice()) {
+            (None, [b, _, h, w]) | (Some(_), [b, _, _, h, w]) => (*b, *h, *w),
+            (None, _) => {
+                return Err(NodeError::invalid(format!(
+                    "the SD UNet takes N×C×H×W latents, got {dims:?} (video latents need motion modules: sd.animatediff)"
+                )))
+            }
+            (Some(_), _) => {
+                return Err(NodeError::invalid(format!(
+                    "this AnimateDiff model takes video latents N×C×F×H×W, got {dims:?}"
+                )))
+            }
+        };
         let ctx = self.context(req.cond.require_context("the SD UNet")?, b)?;
         let down = match req.cond.get(names::CONTROL_DOWN) {
             Some(v) => Some(tensor_list(v, "ControlNet residuals")?),
@@ -211,31 +247,26 @@ impl DenoiserImpl for UNetDenoiser {
             layer: None,
         };
         let unet = &self.model.unet;
-        let out = match req.option(names::DEEPCACHE) {
-            Some(Value::Record(dc)) => {
-                let key = dc.int("key")?;
-                let branch = dc.int("branch")?.max(0) as usize;
-                let mut caches = self.deep_cache.lock().unwrap_or_else(|e| e.into_inner());
-                let mut cache = caches.remove(&key);
-                let out = deepcache::forward(
-                    unet,
-                    &x,
-                    req.timestep,
-                    &ctx,
-                    &extras,
-                    branch,
-                    &mut cache,
-                    dc.flag("refresh"),
-                )
-                .map_err(fail)?;
-                if let Some(c) = cache {
-                    caches.insert(key, c);
-                }
-                out
+        let run = |x: &CTensor, ctx: &CTensor, extras: &Extras| -> Result<CTensor, NodeError> {
+            self.run(x, req.timestep, ctx, extras, &req)
+        };
+        let out = match &self.motion {
+            None => run(&x, &ctx, &extras)?,
+            Some(adapter) => {
+                let m = MotionUNet::new(unet, adapter)
+                    .map_err(|e| NodeError::invalid(e.to_string()))?;
+                let (_, frames) = m
+                    .check_input(&x)
+                    .map_err(|e| NodeError::invalid(e.to_string()))?;
+                let xf = MotionUNet::frames_of(&x).map_err(fail)?;
+                let cf = MotionUNet::context_per_frame(&ctx, frames).map_err(fail)?;
+                let out = m
+                    .with_motion(frames, &extras, |extras| {
+                        run(&xf, &cf, extras).map_err(|e| candle_core::Error::Msg(e.to_string()))
+                    })
+                    .map_err(|e| NodeError::invalid(e.to_string()))?;
+                MotionUNet::video_of(&out, b).map_err(fail)?
             }
-            _ => unet
-                .forward(&x, req.timestep, &ctx, &extras)
-                .map_err(fail)?,
         };
         if let Some(c) = &capture {
             let records = records.into_inner().unwrap_or_else(|e| e.into_inner());
@@ -253,7 +284,46 @@ impl DenoiserImpl for UNetDenoiser {
             "features" => self.features(args),
             "attention_maps" => self.attention_maps(args),
             "with_lora" => self.with_lora(args),
+            "with_motion" => self.with_motion(args),
             _ => return None,
+        })
+    }
+}
+
+impl UNetDenoiser {
+    /// One UNet pass over image latents (or a video's frames), with DeepCache when asked for.
+    fn run(
+        &self,
+        x: &CTensor,
+        t: f64,
+        ctx: &CTensor,
+        extras: &Extras,
+        req: &DenoiseRequest,
+    ) -> Result<CTensor, NodeError> {
+        let unet = &self.model.unet;
+        Ok(match req.option(names::DEEPCACHE) {
+            Some(Value::Record(dc)) => {
+                let key = dc.int("key")?;
+                let branch = dc.int("branch")?.max(0) as usize;
+                let mut caches = self.deep_cache.lock().unwrap_or_else(|e| e.into_inner());
+                let mut cache = caches.remove(&key);
+                let out = deepcache::forward(
+                    unet,
+                    x,
+                    t,
+                    ctx,
+                    extras,
+                    branch,
+                    &mut cache,
+                    dc.flag("refresh"),
+                )
+                .map_err(fail)?;
+                if let Some(c) = cache {
+                    caches.insert(key, c);
+                }
+                out
+            }
+            _ => unet.forward(x, t, ctx, extras).map_err(fail)?,
         })
     }
 }

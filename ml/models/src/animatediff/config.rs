@@ -8,6 +8,9 @@ use crate::sd::unet::PerBlock;
 /// diffusers' `MotionAdapter` config.
 #[derive(Debug, Clone, Deserialize)]
 pub struct MotionAdapterConfig {
+    /// `MotionAdapter` when given (another class's config is not an adapter's).
+    #[serde(rename = "_class_name", default)]
+    pub class_name: Option<String>,
     /// The UNet's channels per level.
     #[serde(default = "sd_channels")]
     pub block_out_channels: Vec<usize>,
@@ -115,6 +118,12 @@ impl MotionAdapterConfig {
 
 impl Checked for MotionAdapterConfig {
     fn check(&self) -> Result<(), FieldError> {
+        if let Some(class) = self.class_name.as_deref().filter(|c| *c != "MotionAdapter") {
+            return Err(FieldError::new(
+                "_class_name",
+                format!("`{class}`: not a motion adapter (MotionAdapter)"),
+            ));
+        }
         if let Some(c) = self.conv_in_channels {
             return Err(FieldError::new(
                 "conv_in_channels",

@@ -29,7 +29,10 @@ pub enum Layout {
 impl Layout {
     /// The layout of the file whose header is `h`.
     pub fn of(h: &Header) -> Layout {
-        if h.tensors.keys().any(|k| k.contains(".temporal_transformer.")) {
+        if h.tensors
+            .keys()
+            .any(|k| k.contains(".temporal_transformer."))
+        {
             Layout::Original
         } else {
             Layout::Diffusers
@@ -102,7 +105,10 @@ pub fn plan_from_names(h: &Header, layout: Layout) -> Result<MotionPlan, String>
     let (mut channels, mut layers, mut transformer_layers) = (vec![], vec![], vec![]);
     for i in 0..levels {
         let p = format!("down_blocks.{i}.motion_modules.");
-        let n = count(&indices(names(), &p), &format!("down block {i}'s motion modules"))?;
+        let n = count(
+            &indices(names(), &p),
+            &format!("down block {i}'s motion modules"),
+        )?;
         let (c, t) = module(format!("{p}0."))?;
         channels.push(c);
         layers.push(n);

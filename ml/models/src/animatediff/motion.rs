@@ -73,10 +73,7 @@ impl TemporalBlock {
                 let t = table("pos_embed.pe")?;
                 (t.clone(), t)
             }
-            Layout::Original => (
-                table(keys::ORIGINAL_PE_1)?,
-                table(keys::ORIGINAL_PE_2)?,
-            ),
+            Layout::Original => (table(keys::ORIGINAL_PE_1)?, table(keys::ORIGINAL_PE_2)?),
         };
         Ok(Self {
             norm1: ln(vb.pp("norm1"))?,
@@ -93,9 +90,15 @@ impl TemporalBlock {
     /// `x` tokens×F×dim.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let f = x.dim(1)?;
-        let n = self.norm1.forward(x)?.broadcast_add(&self.pe1.narrow(1, 0, f)?)?;
+        let n = self
+            .norm1
+            .forward(x)?
+            .broadcast_add(&self.pe1.narrow(1, 0, f)?)?;
         let x = (self.attn1.forward(&n, None, None)? + x)?;
-        let n = self.norm2.forward(&x)?.broadcast_add(&self.pe2.narrow(1, 0, f)?)?;
+        let n = self
+            .norm2
+            .forward(&x)?
+            .broadcast_add(&self.pe2.narrow(1, 0, f)?)?;
         let x = (self.attn2.forward(&n, None, None)? + x)?;
         self.ff.forward(&self.norm3.forward(&x)?)? + x
     }

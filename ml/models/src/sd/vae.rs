@@ -7,11 +7,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
-use candle_transformers::models::stable_diffusion::attention::{
-    AttentionBlock, AttentionBlockConfig,
-};
 use latentflow_kernels::{Conv, GroupNorm};
-use latentflow_nn::{ResnetBlock, ResnetConfig};
+use latentflow_nn::{ResnetBlock, ResnetConfig, SpatialSelfAttention};
 use latentflow_weights::{checks, Checked, FieldError, Weights};
 use serde::Deserialize;
 
@@ -156,21 +153,22 @@ fn resnet(vb: &VarBuilder, j: usize, cin: usize, cout: usize, c: &VaeConfig) -> 
 /// ResNet, self-attention, ResNet.
 struct MidBlock {
     first: ResnetBlock,
-    attention: AttentionBlock,
+    attention: SpatialSelfAttention,
     second: ResnetBlock,
 }
 
 impl MidBlock {
     fn new(vb: VarBuilder, ch: usize, c: &VaeConfig) -> candle_core::Result<Self> {
-        let attn = AttentionBlockConfig {
-            num_head_channels: None,
-            num_groups: c.norm_num_groups,
-            rescale_output_factor: 1.0,
-            eps: 1e-6,
-        };
         Ok(Self {
             first: ResnetBlock::new(vb.pp("resnets.0"), ch, ch, resnet_cfg(c))?,
-            attention: AttentionBlock::new(vb.pp("attentions.0"), ch, attn)?,
+            attention: SpatialSelfAttention::new(
+                vb.pp("attentions.0"),
+                ch,
+                c.norm_num_groups,
+                1e-6,
+                None,
+                1.0,
+            )?,
             second: ResnetBlock::new(vb.pp("resnets.1"), ch, ch, resnet_cfg(c))?,
         })
     }

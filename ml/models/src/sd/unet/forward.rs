@@ -188,7 +188,9 @@ impl UNet {
                 if stop.is_some_and(|s| s.block == k && j >= s.layer) {
                     break 'blocks;
                 }
-                x = c.extras.at(Site::Down { block: k, layer: j }, layer.forward(&x, c)?)?;
+                x = c
+                    .extras
+                    .at(Site::Down { block: k, layer: j }, layer.forward(&x, c)?)?;
                 skips.push(x.clone());
             }
             if stop.is_some_and(|s| s.block == k) {

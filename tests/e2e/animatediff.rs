@@ -1,0 +1,115 @@
+//! AnimateDiff through graphs: graphs/animatediff.yaml against diffusers' AnimateDiffPipeline
+//! (tools/reference/make_animatediff_fixtures.py) at every step and on the decoded frames, as
+//! wrapped by DeepCache too; and the refusals a user meets first.
+
+use latentflow_tests::{graph, rel_err, Sandbox};
+
+use crate::sd_pipeline::{fixture, run_graph, saved};
+
+fn reference() -> std::path::PathBuf {
+    fixture("animatediff-ref/loop.safetensors")
+}
+
+/// graphs/animatediff.yaml with the reference's noise replayed, the steps and float frames
+/// saved, and the video model wrapped by `wrap` (a node type taking `model`) when given.
+fn instrumented(sb: &Sandbox, wrap: Option<&str>) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(graph("animatediff.yaml")).expect("graph");
+    let model = if wrap.is_some() {
+        "wrapped"
+    } else {
+        "video_model"
+    };
+    let wired = text
+        .replacen(
+            "inputs: {model: video_model, positive:",
+            &format!("inputs: {{noise: noise, model: {model}, positive:"),
+            1,
+        )
+        .replacen(
+            "params: {kind: ddim,",
+            "params: {record_steps: true, kind: ddim,",
+            1,
+        );
+    assert!(
+        wired.contains("noise: noise") && wired.contains("record_steps"),
+        "the graph's sampler moved; update this test"
+    );
+    let mut g = wired;
+    g.push_str(&format!(
+        "  noise:\n    type: core.load_tensor\n    params: {{path: {}, name: noise}}\n  save_steps:\n    type: core.save_tensor\n    inputs: {{tensor: sample.steps}}\n    params: {{filename: steps.safetensors}}\n  save_frames:\n    type: core.save_tensor\n    inputs: {{tensor: decode}}\n    params: {{filename: frames.safetensors}}\n",
+        reference().display()
+    ));
+    if let Some(w) = wrap {
+        g.push_str(&format!(
+            "  wrapped:\n    type: {w}\n    inputs: {{model: video_model}}\n    params: {{cache_interval: 1}}\n"
+        ));
+    }
+    sb.write("animatediff.yaml", &g)
+}
+
+fn compare(sb: &Sandbox, what: &str) {
+    let out = sb.path().join("output");
+    let (shape, ours) = saved(&out, "steps.safetensors");
+    let (rshape, theirs) = latentflow_tests::read_safetensors_tensor(&reference(), "latents");
+    assert_eq!(shape, rshape, "{what}: steps × video latent shape");
+    let per = ours.len() / shape[0];
+    for s in 0..shape[0] {
+        let e = rel_err(
+            &ours[s * per..(s + 1) * per],
+            &theirs[s * per..(s + 1) * per],
+        );
+        assert!(e <= 1e-4, "{what}: step {s} error {e:e}");
+    }
+    // Frames: ours F×H×W×3, diffusers' 1×F×H×W×3.
+    let (_, frames) = saved(&out, "frames.safetensors");
+    let (_, rframes) = latentflow_tests::read_safetensors_tensor(&reference(), "frames");
+    let e = rel_err(&frames, &rframes);
+    assert!(e <= 1e-4, "{what}: decoded frames error {e:e}");
+    assert!(out.join("animatediff.webp").exists());
+}
+
+#[test]
+fn every_step_matches_diffusers_animatediff_pipeline() {
+    let sb = Sandbox::new();
+    let g = instrumented(&sb, None);
+    let sets = [
+        format!("model={}", fixture("tiny-sd").display()),
+        format!("motion={}", fixture("tiny-motion").display()),
+    ];
+    run_graph(&sb, &g, None, &sets);
+    compare(&sb, "AnimateDiff");
+    // DeepCache around the video model (refreshing every step: the full model) composes.
+    let sb = Sandbox::new();
+    let g = instrumented(&sb, Some("sd.deepcache"));
+    run_graph(&sb, &g, None, &sets);
+    compare(&sb, "AnimateDiff under DeepCache");
+}
+
+#[test]
+fn an_original_layout_adapter_runs_and_bad_inputs_are_refused() {
+    let sb = Sandbox::new();
+    let g = graph("animatediff.yaml").display().to_string();
+    let motion = format!(
+        "motion={}",
+        fixture("tiny-motion-original.safetensors").display()
+    );
+    sb.run(&["run", &g, "-q", "--set", &motion]).expect_code(0);
+    // More frames than the adapter's position table: one line saying so.
+    sb.run(&["run", &g, "-q", "--set", "frames=9"])
+        .stderr_has("9 frames: this motion adapter takes 1 to 8");
+    // An image latent cannot reach the video sampler.
+    let text = std::fs::read_to_string(graph("animatediff.yaml"))
+        .unwrap_or_default()
+        .replace("latent: start}", "latent: empty}");
+    let bad = sb.write("bad.yaml", &text);
+    sb.run(&["validate", &bad.display().to_string()])
+        .expect_code(3)
+        .stderr_has("video.latent_from_batch");
+    // Something else than a motion adapter is refused when it is applied, saying so.
+    for other in ["tiny-sd/unet", "tiny-sd/vae_io.safetensors"] {
+        let wrong = format!("motion={}", fixture(other).display());
+        sb.run(&["run", &g, "-q", "--set", &wrong])
+            .expect_code(4)
+            .stderr_has("not a motion adapter");
+    }
+}
