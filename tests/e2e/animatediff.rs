@@ -1,19 +1,21 @@
-//! AnimateDiff through graphs: graphs/animatediff.yaml against diffusers' AnimateDiffPipeline
-//! (tools/reference/make_animatediff_fixtures.py) at every step and on the decoded frames, as
-//! wrapped by DeepCache too; and the refusals a user meets first.
+//! AnimateDiff through graphs: graphs/animatediff.yaml and graphs/freeinit.yaml against
+//! diffusers' AnimateDiffPipeline (tools/reference/make_animatediff_fixtures.py) at every step
+//! and on the decoded frames — plain, wrapped by DeepCache, and with FreeInit (DDIM; and
+//! DPM-Solver++ 2M coarse-to-fine, whose history must start over each pass); and the refusals a
+//! user meets first.
 
 use latentflow_tests::{graph, rel_err, Sandbox};
 
 use crate::sd_pipeline::{fixture, run_graph, saved};
 
-fn reference() -> std::path::PathBuf {
-    fixture("animatediff-ref/loop.safetensors")
+fn reference(name: &str) -> std::path::PathBuf {
+    fixture(&format!("animatediff-ref/{name}.safetensors"))
 }
 
-/// graphs/animatediff.yaml with the reference's noise replayed, the steps and float frames
-/// saved, and the video model wrapped by `wrap` (a node type taking `model`) when given.
-fn instrumented(sb: &Sandbox, wrap: Option<&str>) -> std::path::PathBuf {
-    let text = std::fs::read_to_string(graph("animatediff.yaml")).expect("graph");
+/// `file` (a graph in graphs/) with the reference `name`'s noise replayed, the steps and float
+/// frames saved, and the video model wrapped by `wrap` (a node type taking `model`) when given.
+fn instrumented(sb: &Sandbox, file: &str, name: &str, wrap: Option<&str>) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(graph(file)).expect("graph");
     let model = if wrap.is_some() {
         "wrapped"
     } else {
@@ -25,11 +27,7 @@ fn instrumented(sb: &Sandbox, wrap: Option<&str>) -> std::path::PathBuf {
             &format!("inputs: {{noise: noise, model: {model}, positive:"),
             1,
         )
-        .replacen(
-            "params: {kind: ddim,",
-            "params: {record_steps: true, kind: ddim,",
-            1,
-        );
+        .replacen("params: {kind: ", "params: {record_steps: true, kind: ", 1);
     assert!(
         wired.contains("noise: noise") && wired.contains("record_steps"),
         "the graph's sampler moved; update this test"
@@ -37,20 +35,20 @@ fn instrumented(sb: &Sandbox, wrap: Option<&str>) -> std::path::PathBuf {
     let mut g = wired;
     g.push_str(&format!(
         "  noise:\n    type: core.load_tensor\n    params: {{path: {}, name: noise}}\n  save_steps:\n    type: core.save_tensor\n    inputs: {{tensor: sample.steps}}\n    params: {{filename: steps.safetensors}}\n  save_frames:\n    type: core.save_tensor\n    inputs: {{tensor: decode}}\n    params: {{filename: frames.safetensors}}\n",
-        reference().display()
+        reference(name).display()
     ));
     if let Some(w) = wrap {
         g.push_str(&format!(
             "  wrapped:\n    type: {w}\n    inputs: {{model: video_model}}\n    params: {{cache_interval: 1}}\n"
         ));
     }
-    sb.write("animatediff.yaml", &g)
+    sb.write(file, &g)
 }
 
-fn compare(sb: &Sandbox, what: &str) {
+fn compare(sb: &Sandbox, name: &str, what: &str, video: &str) {
     let out = sb.path().join("output");
     let (shape, ours) = saved(&out, "steps.safetensors");
-    let (rshape, theirs) = latentflow_tests::read_safetensors_tensor(&reference(), "latents");
+    let (rshape, theirs) = latentflow_tests::read_safetensors_tensor(&reference(name), "latents");
     assert_eq!(shape, rshape, "{what}: steps × video latent shape");
     let per = ours.len() / shape[0];
     for s in 0..shape[0] {
@@ -62,27 +60,71 @@ fn compare(sb: &Sandbox, what: &str) {
     }
     // Frames: ours F×H×W×3, diffusers' 1×F×H×W×3.
     let (_, frames) = saved(&out, "frames.safetensors");
-    let (_, rframes) = latentflow_tests::read_safetensors_tensor(&reference(), "frames");
+    let (_, rframes) = latentflow_tests::read_safetensors_tensor(&reference(name), "frames");
     let e = rel_err(&frames, &rframes);
     assert!(e <= 1e-4, "{what}: decoded frames error {e:e}");
-    assert!(out.join("animatediff.webp").exists());
+    assert!(out.join(video).exists());
+}
+
+fn models() -> Vec<String> {
+    vec![
+        format!("model={}", fixture("tiny-sd").display()),
+        format!("motion={}", fixture("tiny-motion").display()),
+    ]
 }
 
 #[test]
 fn every_step_matches_diffusers_animatediff_pipeline() {
     let sb = Sandbox::new();
-    let g = instrumented(&sb, None);
-    let sets = [
-        format!("model={}", fixture("tiny-sd").display()),
-        format!("motion={}", fixture("tiny-motion").display()),
-    ];
-    run_graph(&sb, &g, None, &sets);
-    compare(&sb, "AnimateDiff");
+    let g = instrumented(&sb, "animatediff.yaml", "loop", None);
+    run_graph(&sb, &g, None, &models());
+    compare(&sb, "loop", "AnimateDiff", "animatediff.webp");
     // DeepCache around the video model (refreshing every step: the full model) composes.
     let sb = Sandbox::new();
-    let g = instrumented(&sb, Some("sd.deepcache"));
+    let g = instrumented(&sb, "animatediff.yaml", "loop", Some("sd.deepcache"));
+    run_graph(&sb, &g, None, &models());
+    compare(
+        &sb,
+        "loop",
+        "AnimateDiff under DeepCache",
+        "animatediff.webp",
+    );
+}
+
+#[test]
+fn free_init_passes_match_diffusers() {
+    let sb = Sandbox::new();
+    let g = instrumented(&sb, "freeinit.yaml", "freeinit", None);
+    run_graph(&sb, &g, None, &models());
+    compare(
+        &sb,
+        "freeinit",
+        "FreeInit (DDIM, 3 × 4 steps)",
+        "freeinit.webp",
+    );
+    // Coarse to fine on a multistep solver: passes of 2, 4 and 6 steps, each from a fresh
+    // history.
+    let sb = Sandbox::new();
+    let g = instrumented(&sb, "freeinit.yaml", "freeinit_fast", None);
+    let mut sets = models();
+    sets.extend(
+        [
+            "sampler=dpmpp_2m",
+            "spacing=default",
+            "steps=6",
+            "fast=true",
+            "method=gaussian",
+            "d_s=0.3",
+        ]
+        .map(String::from),
+    );
     run_graph(&sb, &g, None, &sets);
-    compare(&sb, "AnimateDiff under DeepCache");
+    compare(
+        &sb,
+        "freeinit_fast",
+        "FreeInit (DPM-Solver++ 2M, coarse to fine)",
+        "freeinit.webp",
+    );
 }
 
 #[test]

@@ -14,7 +14,11 @@ References in tests/fixtures/animatediff-ref/:
 - forward.safetensors: `UNetMotionModel.from_unet2d(unet, adapter)` on a 2×4×5×12×8 latent
   (non-square) at t = 421 with two contexts, for both adapters (`out`, `out_original`);
 - loop.safetensors: `AnimateDiffPipeline` with DDIM on linear betas (AnimateDiff's), 10 steps,
-  CFG 7.5, 5 frames of 24×16: every step's latents, the initial noise, the decoded frames.
+  CFG 7.5, 5 frames of 24×16: every step's latents, the initial noise, the decoded frames;
+- freeinit.safetensors: the same with `enable_free_init(num_iters=3)` (Butterworth), 4 steps a
+  pass; freeinit_fast.safetensors: DPM-Solver++ 2M with coarse-to-fine (`use_fast_sampling`,
+  passes of 2, 4 and 6 steps: the solver's history must start over each pass) and the Gaussian
+  filter. `noise` holds the initial noise then each pass's fresh noise, in the order drawn.
 
 Run: tools/reference/.venv/bin/python tools/reference/make_animatediff_fixtures.py
 """
@@ -25,10 +29,12 @@ import pathlib
 import diffusers
 import numpy as np
 import torch
+import diffusers.pipelines.free_init_utils as free_init_utils
 from diffusers import (
     AnimateDiffPipeline,
     AutoencoderKL,
     DDIMScheduler,
+    DPMSolverMultistepScheduler,
     MotionAdapter,
     UNet2DConditionModel,
     UNetMotionModel,
@@ -177,6 +183,49 @@ def main():
         metadata={"diffusers": diffusers.__version__, "scheduler": json.dumps(dict(scheduler.config))},
     )
     print("steps", len(rec.latents), "frames", np.asarray(frames).shape)
+
+    linear = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="linear", steps_offset=1)
+    dpm = DPMSolverMultistepScheduler(**linear)
+    for name, sched, steps, kw in [
+        ("freeinit", scheduler, 4, dict(num_iters=3, method="butterworth")),
+        ("freeinit_fast", dpm, 6, dict(num_iters=3, use_fast_sampling=True, method="gaussian", spatial_stop_frequency=0.3)),
+    ]:
+        pipe.scheduler = sched
+        pipe.enable_free_init(**kw)
+        drawn = []
+        gen = torch.Generator().manual_seed(7)
+
+        def fresh(shape, generator=None, device=None, dtype=None, **_):
+            z = torch.randn(shape, generator=gen, dtype=torch.float32)
+            drawn.append(z.clone())
+            return z
+
+        free_init_utils.randn_tensor = fresh
+        rec = Recorder()
+        with torch.no_grad():
+            frames = pipe(
+                prompt=PROMPT,
+                negative_prompt=NEGATIVE,
+                num_frames=5,
+                height=24,
+                width=16,
+                num_inference_steps=steps,
+                guidance_scale=7.5,
+                latents=noise.clone(),
+                output_type="np",
+                callback_on_step_end=rec,
+            ).frames
+        pipe.disable_free_init()
+        save_file(
+            {
+                "latents": torch.stack(rec.latents).contiguous(),
+                "noise": torch.cat([noise] + drawn).contiguous(),
+                "frames": torch.from_numpy(np.ascontiguousarray(frames)).float().contiguous(),
+            },
+            str(REF / f"{name}.safetensors"),
+            metadata={"diffusers": diffusers.__version__, "scheduler": json.dumps(dict(sched.config))},
+        )
+        print(name, "steps", len(rec.latents), "fresh draws", len(drawn))
 
 
 if __name__ == "__main__":

@@ -179,3 +179,56 @@ pub fn mix(x: &Tensor, noise: &Tensor, filter: &Tensor) -> Result<Tensor, Sample
     }
     Ok((eps + re)?.to_dtype(x.dtype())?)
 }
+
+/// FreeInit's settings, as diffusers' `enable_free_init` takes them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FreeInit {
+    /// Sampling passes (1: FreeInit off; diffusers' default 3).
+    pub iterations: usize,
+    /// The low-pass filter.
+    pub kind: FilterKind,
+    /// Spatial stop frequency.
+    pub d_s: f64,
+    /// Temporal stop frequency.
+    pub d_t: f64,
+    /// Coarse-to-fine: pass k of n takes ⌊steps·(k+1)/n⌋ steps (at least 1).
+    pub fast: bool,
+}
+
+impl FreeInit {
+    /// The steps of pass `k` for a run of `steps`.
+    pub fn steps(&self, k: usize, steps: usize) -> usize {
+        if self.fast {
+            ((steps as f64 / self.iterations as f64 * (k + 1) as f64) as usize).max(1)
+        } else {
+            steps
+        }
+    }
+
+    /// The next pass's x_T: the last pass's result `z0` re-noised to ᾱ (`alpha_bar`, at the
+    /// last training timestep) with the first pass's x_T `initial` (already scaled by the
+    /// scheduler's initial σ, as diffusers keeps it), its low frequencies kept and the high
+    /// ones from `fresh` noise.
+    pub fn reinit(
+        &self,
+        z0: &Tensor,
+        initial: &Tensor,
+        fresh: &Tensor,
+        alpha_bar: f64,
+    ) -> Result<Tensor, SampleError> {
+        let (f, h, w) = match z0.dims() {
+            [_, _, f, h, w] => (*f, *h, *w),
+            other => {
+                return Err(SampleError::Invalid(format!(
+                    "FreeInit needs video latents N×C×F×H×W, got {other:?}"
+                )))
+            }
+        };
+        let filter = low_pass(f, h, w, self.kind, self.d_s, self.d_t, z0.device())?;
+        // add_noise as diffusers does it: the square roots of ᾱ taken in f32.
+        let a = (alpha_bar as f32).sqrt() as f64;
+        let s = (1.0f32 - alpha_bar as f32).sqrt() as f64;
+        let zt = ((z0 * a)? + (initial * s)?)?;
+        mix(&zt, fresh, &filter)
+    }
+}

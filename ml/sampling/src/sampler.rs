@@ -51,6 +51,9 @@ pub enum Start {
         /// The first step to run.
         at: usize,
     },
+    /// From this x_T, as it is (already at the first step's noise level; FreeInit's later
+    /// passes). Nothing is drawn for it.
+    Given(Tensor),
 }
 
 /// One run's settings.
@@ -88,12 +91,25 @@ pub fn sample(
     let sched = &mut run.scheduler;
     let steps = sched.len();
     let device = candle_core::Device::Cpu;
-    let initial = noise.draw(&run.shape, &device)?;
-    let (mut x, first) = match &run.start {
-        Start::Noise => (initial.affine(sched.init_noise_sigma(), 0.0)?, 0),
+    let (mut x, first, initial) = match &run.start {
+        Start::Noise => {
+            let initial = noise.draw(&run.shape, &device)?;
+            (initial.affine(sched.init_noise_sigma(), 0.0)?, 0, initial)
+        }
         Start::Partial { latent, at } => {
+            let initial = noise.draw(&run.shape, &device)?;
             sched.start_at(*at)?;
-            (sched.add_noise(latent, &initial, *at)?, *at)
+            (sched.add_noise(latent, &initial, *at)?, *at, initial)
+        }
+        Start::Given(x) => {
+            if x.dims() != run.shape.as_slice() {
+                return Err(SampleError::Invalid(format!(
+                    "the start latent is {:?}, the run's shape {:?}",
+                    x.dims(),
+                    run.shape
+                )));
+            }
+            (x.clone(), 0, x.clone())
         }
     };
     let total = steps - first;

@@ -81,3 +81,67 @@ fn bad_filters_and_shapes_are_refused() {
     let e = mix(&x, &x, &wrong).unwrap_err().to_string();
     assert!(e.contains("F×H×W filter"), "{e}");
 }
+
+mod passes {
+    use candle_core::{Device, Tensor};
+    use latentflow_sampling::free_init::{FilterKind, FreeInit};
+
+    fn settings(kind: FilterKind, d: f64, fast: bool) -> FreeInit {
+        FreeInit {
+            iterations: 3,
+            kind,
+            d_s: d,
+            d_t: d,
+            fast,
+        }
+    }
+
+    #[test]
+    fn coarse_to_fine_takes_diffusers_step_counts() {
+        let f = settings(FilterKind::Gaussian, 0.25, true);
+        let counts = |n| (0..3).map(|k| f.steps(k, n)).collect::<Vec<_>>();
+        assert_eq!(counts(6), [2, 4, 6]);
+        assert_eq!(counts(5), [1, 3, 5]);
+        assert_eq!(counts(1), [1, 1, 1], "at least one step a pass");
+        let slow = settings(FilterKind::Gaussian, 0.25, false);
+        assert_eq!(slow.steps(0, 7), 7);
+    }
+
+    #[test]
+    fn an_all_pass_filter_keeps_the_renoised_latent_and_a_none_pass_the_fresh_noise() {
+        let dev = Device::Cpu;
+        let shape = (1, 2, 4, 6, 5);
+        let z0 = Tensor::randn(0f32, 1.0, shape, &dev).unwrap();
+        let initial = Tensor::randn(0f32, 1.0, shape, &dev).unwrap();
+        let fresh = Tensor::randn(0f32, 1.0, shape, &dev).unwrap();
+        let ab = 0.0047f64;
+        let zt = ((&z0 * (ab as f32).sqrt() as f64).unwrap()
+            + (&initial * (1.0f32 - ab as f32).sqrt() as f64).unwrap())
+        .unwrap();
+        let diff = |a: &Tensor, b: &Tensor| {
+            (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        // The box filter with both stop frequencies at 1 passes every frequency.
+        let all = settings(FilterKind::Box, 1.0, false)
+            .reinit(&z0, &initial, &fresh, ab)
+            .unwrap();
+        assert!(diff(&all, &zt) < 1e-5, "{}", diff(&all, &zt));
+        // A stop frequency of 0 passes none: the fresh noise.
+        let none = settings(FilterKind::Butterworth { order: 4.0 }, 0.0, false)
+            .reinit(&z0, &initial, &fresh, ab)
+            .unwrap();
+        assert!(diff(&none, &fresh) < 1e-5);
+        // Image latents are refused.
+        let img = Tensor::zeros((1, 2, 6, 5), candle_core::DType::F32, &dev).unwrap();
+        assert!(settings(FilterKind::Gaussian, 0.25, false)
+            .reinit(&img, &img, &img, ab)
+            .is_err());
+    }
+}

@@ -14,6 +14,7 @@ use latentflow_plugin_api::sdk::denoiser::{
 };
 use latentflow_plugin_api::sdk::hooks::{HookClient, HookPoint as ProtocolPoint, HookStep};
 use latentflow_plugin_api::sdk::prelude::*;
+use latentflow_sampling::free_init::{FilterKind, FreeInit};
 use latentflow_sampling::hooks::latent_mask;
 use latentflow_sampling::hooks::{HookPoint, Replacement};
 use latentflow_sampling::{
@@ -247,12 +248,21 @@ fn sample(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeErro
     };
     cfg.prediction = kind;
     let steps = p.usize("steps")?;
-    let scheduler = Scheduler::new(cfg, steps).map_err(|e| NodeError::invalid(e.to_string()))?;
     let strength = p.f64("strength")?;
     let run_steps = ((steps as f64 * strength) as usize).min(steps);
+    let free = free_init(p)?;
+    if free.is_some() && strength < 1.0 {
+        return Err(NodeError::invalid(
+            "FreeInit re-initialises the noise of text-to-video runs: set strength 1 or free_init_iters 1",
+        ));
+    }
+    let passes = free.map_or(1, |f| f.iterations);
+    let recorded: usize = (0..passes)
+        .map(|k| free.map_or(run_steps, |f| f.steps(k, steps)))
+        .sum();
     let record = p.bool("record_steps")?;
     if record {
-        ctx.check_alloc("the recorded steps", &[2, run_steps, numel], 4)?;
+        ctx.check_alloc("the recorded steps", &[2, recorded, numel], 4)?;
     }
     if run_steps == 0 {
         let mut empty = vec![0];
@@ -285,28 +295,6 @@ fn sample(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeErro
     };
     let handles = hook_handles(inputs)?;
     let mut remotes = remotes(ctx, &handles)?;
-    let mut hooks: Vec<&mut dyn StepHook> = Vec::new();
-    if let Some(b) = blend.as_mut() {
-        hooks.push(b);
-    }
-    for r in remotes.iter_mut() {
-        hooks.push(r);
-    }
-    let run = Run {
-        scheduler,
-        shape: shape.clone(),
-        start: if strength >= 1.0 {
-            Start::Noise
-        } else {
-            Start::Partial {
-                latent: known.clone(),
-                at: steps - run_steps,
-            }
-        },
-        guidance: guided.then_some(guidance_scale),
-        hooks,
-        record,
-    };
     let mut model = Driven {
         ctx,
         client,
@@ -317,12 +305,84 @@ fn sample(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeErro
         },
         kind,
     };
-    let out = run_loop(run, &mut model, &mut noise).map_err(node_error)?;
+    // One pass, or FreeInit's passes: each with a fresh scheduler (a multistep solver's history
+    // starts over), the first from the initial noise, the others from its re-initialisation.
+    let (mut all_steps, mut all_x0) = (Vec::new(), Vec::new());
+    let mut first_x: Option<CTensor> = None;
+    let mut last: Option<CTensor> = None;
+    for k in 0..passes {
+        let pass_steps = free.map_or(steps, |f| f.steps(k, steps));
+        let scheduler = Scheduler::new(cfg.clone(), pass_steps)
+            .map_err(|e| NodeError::invalid(e.to_string()))?;
+        let start = match (free, &first_x, &last) {
+            (None, _, _) if strength >= 1.0 => Start::Noise,
+            (None, _, _) => Start::Partial {
+                latent: known.clone(),
+                at: steps - run_steps,
+            },
+            (Some(_), None, _) => {
+                let eps = noise.draw(&shape, &Device::Cpu).map_err(node_error)?;
+                let x = eps
+                    .affine(scheduler.init_noise_sigma(), 0.0)
+                    .map_err(|e| NodeError::failed(e.to_string()))?;
+                first_x = Some(x.clone());
+                Start::Given(x)
+            }
+            (Some(f), Some(initial), Some(z0)) => {
+                let fresh = noise.draw(&shape, &Device::Cpu).map_err(node_error)?;
+                let table = &cfg.table;
+                let ab = table.alpha_bar(table.len() as i64 - 1);
+                ctx.info(&format!(
+                    "FreeInit pass {} of {passes}: {pass_steps} steps",
+                    k + 1
+                ));
+                Start::Given(f.reinit(z0, initial, &fresh, ab).map_err(node_error)?)
+            }
+            (Some(_), Some(_), None) => {
+                return Err(NodeError::failed("FreeInit: a pass gave no result"));
+            }
+        };
+        let mut hooks: Vec<&mut dyn StepHook> = Vec::new();
+        if let Some(b) = blend.as_mut() {
+            hooks.push(b);
+        }
+        for r in remotes.iter_mut() {
+            hooks.push(r);
+        }
+        let run = Run {
+            scheduler,
+            shape: shape.clone(),
+            start,
+            guidance: guided.then_some(guidance_scale),
+            hooks,
+            record,
+        };
+        let out = run_loop(run, &mut model, &mut noise).map_err(node_error)?;
+        all_steps.extend(out.steps);
+        all_x0.extend(out.x0);
+        last = Some(out.latent);
+    }
+    let latent = last.ok_or_else(|| NodeError::failed("the sampler ran no pass"))?;
     Ok(vec![
-        Value::Tensor(from_candle(&out.latent)?),
-        Value::Tensor(stacked(&out.steps, &shape)?),
-        Value::Tensor(stacked(&out.x0, &shape)?),
+        Value::Tensor(from_candle(&latent)?),
+        Value::Tensor(stacked(&all_steps, &shape)?),
+        Value::Tensor(stacked(&all_x0, &shape)?),
     ])
+}
+
+/// FreeInit's settings, when the node has them and asks for more than one pass.
+fn free_init(p: &Params) -> Result<Option<FreeInit>, NodeError> {
+    if !p.has("free_init_iters") || p.usize("free_init_iters")? <= 1 {
+        return Ok(None);
+    }
+    Ok(Some(FreeInit {
+        iterations: p.usize("free_init_iters")?,
+        kind: FilterKind::parse(p.str("free_init_method")?, p.f64("free_init_order")?)
+            .map_err(node_error)?,
+        d_s: p.f64("free_init_d_s")?,
+        d_t: p.f64("free_init_d_t")?,
+        fast: p.bool("free_init_fast")?,
+    }))
 }
 
 /// The inputs, outputs and parameters both sampling nodes share; `latent` is the latent
@@ -366,7 +426,13 @@ pub fn node() -> NodeDef {
 pub fn video_node() -> NodeDef {
     common(
         NodeDef::new("samplers.sample_video", sample)
-            .doc("Denoises a video latent (N×C×F×H×W) with a video denoiser (an SD model with motion modules from sd.animatediff): text-to-video from noise, or video-to-video (strength < 1). Classifier-free guidance, hooks and noise as samplers.sample. AnimateDiff's motion modules were trained on linear betas: set beta_schedule linear (graphs/animatediff.yaml does)."),
+            .doc("Denoises a video latent (N×C×F×H×W) with a video denoiser (an SD model with motion modules from sd.animatediff): text-to-video from noise, or video-to-video (strength < 1). Classifier-free guidance, hooks and noise as samplers.sample. AnimateDiff's motion modules were trained on linear betas: set beta_schedule linear (graphs/animatediff.yaml does). FreeInit (free_init_iters > 1, diffusers' enable_free_init): after each pass the result is re-noised to the last training timestep with the first pass's noise, its low spatio-temporal frequencies kept and the high ones drawn afresh, and sampled again with a fresh scheduler; coarse-to-fine (free_init_fast) gives pass k of n ⌊steps·(k+1)/n⌋ steps. The recorded steps are every pass's, in order.")
+            .param(Param::int("free_init_iters").default(1).range(1.0, 16.0).doc("FreeInit sampling passes; 1: off (diffusers' default when enabled: 3)"))
+            .param(Param::choice("free_init_method", &["butterworth", "gaussian", "ideal", "box"]).default("butterworth").doc("FreeInit's low-pass filter"))
+            .param(Param::float("free_init_order").default(4.0).range(0.0, 100.0).doc("Butterworth order"))
+            .param(Param::float("free_init_d_s").default(0.25).range(0.0, 1.0).doc("spatial stop frequency"))
+            .param(Param::float("free_init_d_t").default(0.25).range(0.0, 1.0).doc("temporal stop frequency"))
+            .param(Param::bool("free_init_fast").default(false).doc("coarse-to-fine: fewer steps in the early passes")),
         PortType::video_latent,
         "video latent",
         6,

@@ -77,24 +77,27 @@ fn dct_init(_: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeErro
 }
 
 fn free_init_mix(_: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
-    let (z0, [_, _, f, h, w]) = video_in(inputs, "latent")?;
+    let (z0, s0) = video_in(inputs, "latent")?;
     let (initial, s1) = video_in(inputs, "initial_noise")?;
     let (fresh, s2) = video_in(inputs, "fresh_noise")?;
-    if s1 != s2 || s1 != [z0.dims()[0], z0.dims()[1], f, h, w] {
+    if s1 != s2 || s1 != s0 {
         return Err(NodeError::invalid(format!(
-            "the latent and both noises must have one shape: {:?}, {s1:?} and {s2:?}",
-            z0.dims()
+            "the latent and both noises must have one shape: {s0:?}, {s1:?} and {s2:?}"
         )));
     }
-    let kind =
-        free_init::FilterKind::parse(p.str("filter")?, p.f64("order")?).map_err(sample_error)?;
-    let filter = free_init::low_pass(f, h, w, kind, p.f64("d_s")?, p.f64("d_t")?, &Device::Cpu)
-        .map_err(sample_error)?;
-    // z_T = √ᾱ·z0 + √(1−ᾱ)·ε_init, as diffusers' add_noise (in the latents' f32).
+    let settings = free_init::FreeInit {
+        iterations: 2,
+        kind: free_init::FilterKind::parse(p.str("filter")?, p.f64("order")?)
+            .map_err(sample_error)?,
+        d_s: p.f64("d_s")?,
+        d_t: p.f64("d_t")?,
+        fast: false,
+    };
+    // z_T = √ᾱ·z0 + √(1−ᾱ)·ε_init (diffusers' add_noise), then the frequency mix.
     let ab = alpha_bar(p, "diffuse_timestep")?;
-    let (a, s) = ((ab as f32).sqrt() as f64, ((1.0 - ab) as f32).sqrt() as f64);
-    let zt = ((z0 * a).and_then(|x| x + (initial * s)?)).map_err(fail)?;
-    out(&free_init::mix(&zt, &fresh, &filter).map_err(sample_error)?)
+    out(&settings
+        .reinit(&z0, &initial, &fresh, ab)
+        .map_err(sample_error)?)
 }
 
 fn temporal_lowpass(_: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
