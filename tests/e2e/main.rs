@@ -1,6 +1,7 @@
 //! End-to-end tests: they build the plugins and run graphs through the real binary.
 
 mod animatediff;
+mod bivdiff;
 mod cli;
 mod comfy_import;
 mod default_model;

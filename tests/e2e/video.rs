@@ -164,9 +164,14 @@ fn bad_video_files_are_refused_with_one_line() {
 #[test]
 fn the_readme_commands_are_the_ones_tested_here() {
     let readme = std::fs::read_to_string(workspace_root().join("README.md")).expect("README");
-    // The graph runs in graphs.rs and above; written files re-run in
-    // saved_videos_decode_to_the_same_frames_and_rerun_from_the_file; the demo clip below.
+    // The graphs run in graphs.rs (every_example_graph_runs), animatediff.rs and bivdiff.rs;
+    // written files re-run in saved_videos_decode_to_the_same_frames_and_rerun_from_the_file and
+    // the_video_smoothing_graph_writes_its_video; the demo clip below.
     for command in [
+        "latentflow run graphs/animatediff.yaml\n",
+        "latentflow run graphs/freeinit.yaml\n",
+        "latentflow run graphs/cinemo_dctinit.yaml\n",
+        "latentflow run graphs/bivdiff.yaml\n",
         "latentflow run graphs/video_smoothing.yaml\n",
         "latentflow run output/video_smoothing.webp",
         "cargo run -p latentflow-media --example demo_clip",

@@ -11,6 +11,7 @@ pub mod free_init;
 pub mod guidance;
 pub mod hallucination;
 pub mod hooks;
+pub mod invert;
 pub mod noise;
 pub mod respace;
 pub mod sampler;

@@ -9,6 +9,7 @@
 mod copaint;
 mod hallucination;
 mod hooks;
+mod invert;
 mod sample;
 
 use latentflow_plugin_api::sdk::prelude::*;
@@ -37,7 +38,7 @@ pub fn config_from(p: &Params) -> Result<Config, NodeError> {
 }
 
 /// The training noise schedule the parameters name (Stable Diffusion's by default).
-fn training_schedule(p: &Params) -> Result<NoiseTable, NodeError> {
+pub(crate) fn training_schedule(p: &Params) -> Result<NoiseTable, NodeError> {
     let schedule = match p.str("beta_schedule")? {
         "linear" => BetaSchedule::Linear,
         _ => BetaSchedule::ScaledLinear,
@@ -116,6 +117,8 @@ pub fn plugin() -> PluginDef {
         schedule,
         sample::node(),
         sample::video_node(),
+        invert::node(),
+        invert::video_node(),
         copaint::node(),
     ]
     .into_iter()

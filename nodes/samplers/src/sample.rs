@@ -52,7 +52,7 @@ pub(crate) fn candle(t: &Tensor) -> Result<CTensor, NodeError> {
         .map_err(|e| NodeError::failed(e.to_string()))
 }
 
-fn prediction(kind: PredictionKind) -> Prediction {
+pub(crate) fn prediction(kind: PredictionKind) -> Prediction {
     match kind {
         PredictionKind::Epsilon => Prediction::Epsilon,
         PredictionKind::V => Prediction::V,
@@ -62,11 +62,11 @@ fn prediction(kind: PredictionKind) -> Prediction {
 }
 
 /// The denoiser, as the loop sees it.
-struct Driven<'a, 'h> {
-    ctx: &'a Ctx<'h>,
-    client: DenoiserClient<'a>,
-    cond: Conditioning,
-    kind: Prediction,
+pub(crate) struct Driven<'a, 'h> {
+    pub(crate) ctx: &'a Ctx<'h>,
+    pub(crate) client: DenoiserClient<'a>,
+    pub(crate) cond: Conditioning,
+    pub(crate) kind: Prediction,
 }
 
 impl Model for Driven<'_, '_> {

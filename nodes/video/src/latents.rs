@@ -50,7 +50,21 @@ fn to_batch(_: &Ctx, inputs: &Inputs, _: &Params) -> Result<Vec<Value>, NodeErro
     Ok(vec![Value::Tensor(from_candle(&b)?), Value::Int(f as i64)])
 }
 
-fn noise(ctx: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
+fn noise(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
+    let dims = match inputs.opt_tensor("like")? {
+        Some(t) => video_latent_shape("like", t)?,
+        None => shape_from(p)?,
+    };
+    ctx.check_alloc("a video latent of shape", &dims, 4)?;
+    let mut rng = Ctx::rng_from(p.seed("seed")?);
+    let data: Vec<f32> = (0..dims.iter().product::<usize>())
+        .map(|_| rng.sample::<f32, _>(StandardNormal))
+        .collect();
+    Ok(vec![Value::Tensor(Tensor::from_vec(data, &dims)?)])
+}
+
+/// N×C×F×h×w from the size parameters.
+fn shape_from(p: &Params) -> Result<[usize; 5], NodeError> {
     let down = p.usize("downscale")?.max(1);
     let (w, h) = (p.usize("width")?, p.usize("height")?);
     if w % down != 0 || h % down != 0 {
@@ -58,19 +72,13 @@ fn noise(ctx: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
             "width {w} and height {h} must be multiples of the downscale factor {down}"
         )));
     }
-    let dims = [
+    Ok([
         p.usize("batch")?,
         p.usize("channels")?,
         p.usize("frames")?,
         h / down,
         w / down,
-    ];
-    ctx.check_alloc("a video latent of shape", &dims, 4)?;
-    let mut rng = Ctx::rng_from(p.seed("seed")?);
-    let data: Vec<f32> = (0..dims.iter().product::<usize>())
-        .map(|_| rng.sample::<f32, _>(StandardNormal))
-        .collect();
-    Ok(vec![Value::Tensor(Tensor::from_vec(data, &dims)?)])
+    ])
 }
 
 pub fn nodes() -> Vec<NodeDef> {
@@ -92,8 +100,9 @@ pub fn nodes() -> Vec<NodeDef> {
             .output("latent", PortType::latent(Dim::var("C")), "(N·F)×C×H×W")
             .output("frames", PortType::Int, "F"),
         NodeDef::new("video.noise", noise)
-            .doc("Standard-normal video latent noise, seeded.")
-            .output("noise", PortType::video_latent(Dim::param("channels")), "N×C×F×H×W")
+            .doc("Standard-normal video latent noise, seeded: shaped like the `like` input when it is connected, else by the size parameters.")
+            .optional_input("like", PortType::video_latent(Dim::Any), "a video latent whose shape the noise takes (the size parameters are then unused)")
+            .output("noise", PortType::video_latent(Dim::Any), "N×C×F×H×W")
             .param(size("width"))
             .param(size("height"))
             .param(Param::int("frames").default(16).range(1.0, 4096.0))

@@ -100,6 +100,18 @@ fn free_init_mix(_: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, Nod
         .map_err(sample_error)?)
 }
 
+fn latent_mix(_: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
+    let (a, sa) = video_in(inputs, "a")?;
+    let (b, sb) = video_in(inputs, "b")?;
+    if sa != sb {
+        return Err(NodeError::invalid(format!(
+            "the two video latents must have one shape: {sa:?} and {sb:?}"
+        )));
+    }
+    let r = p.f64("ratio")?;
+    out(&((a * r).and_then(|a| a + (b * (1.0 - r))?)).map_err(fail)?)
+}
+
 fn temporal_lowpass(_: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
     let (x, _) = video_in(inputs, "video_latent")?;
     let kind =
@@ -138,6 +150,12 @@ pub fn nodes() -> Vec<NodeDef> {
             0.012,
             "linear",
         ),
+        NodeDef::new("video.latent_mix", latent_mix)
+            .doc("ratio·a + (1 − ratio)·b: BIVDiff's latent mix of the image model's inversion (a) and the video model's (b). Its ratios: 1 for ControlNet and InstructPix2Pix, 0.25 for Prompt2Prompt, 0.1 for SD inpainting.")
+            .input("a", v(), "N×C×F×H×W (BIVDiff: the image model's inversion)")
+            .input("b", v(), "the same shape (BIVDiff: the video model's inversion)")
+            .output("latent", v(), "the mix")
+            .param(Param::float("ratio").default(1.0).range(0.0, 1.0).doc("the weight of a")),
         NodeDef::new("video.temporal_lowpass", temporal_lowpass)
             .doc("Smooths a video latent along its frames: Re IFFT(H(f)·FFT(x)) per channel and pixel, H a Butterworth or Gaussian response in normalised temporal frequency (1 = alternating frames). A still video passes unchanged.")
             .input("video_latent", v(), "N×C×F×H×W")

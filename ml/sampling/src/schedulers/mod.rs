@@ -235,6 +235,11 @@ impl Scheduler {
         })
     }
 
+    /// The settings it was made with.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
     /// The timestep given to the model at each step.
     pub fn timesteps(&self) -> &[f64] {
         &self.timesteps
