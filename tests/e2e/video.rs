@@ -210,3 +210,24 @@ fn the_readme_commands_are_the_ones_tested_here() {
         "graphs/inputs/flicker.gif differs from what the example writes"
     );
 }
+
+#[test]
+fn free_noise_reuses_the_first_windows_noise() {
+    let sb = Sandbox::new();
+    let g = "version: 1\nnodes:\n  n: {type: video.noise, params: {width: 32, height: 24, frames: 12, seed: 1}}\n  f: {type: video.free_noise, inputs: {noise: n}, params: {context_length: 4, context_stride: 2, seed: 2}}\n  s1: {type: core.save_tensor, inputs: {tensor: n}, params: {filename: n.safetensors}}\n  s2: {type: core.save_tensor, inputs: {tensor: f}, params: {filename: f.safetensors}}\n";
+    sb.graph("run", "fn.yaml", g, &["-q"]).expect_code(0);
+    let (shape, noise) = read_safetensors_f32(&sb.output("n.safetensors"));
+    let (_, shuffled) = read_safetensors_f32(&sb.output("f.safetensors"));
+    assert_eq!(shape, vec![1, 4, 12, 3, 4]);
+    let frame =
+        |v: &[f32], c: usize, f: usize| v[(c * 12 + f) * 12..(c * 12 + f + 1) * 12].to_vec();
+    for f in 0..12 {
+        // Every frame is one of the first window's frames, the first window itself unchanged.
+        let src = (0..4).find(|&k| (0..4).all(|c| frame(&shuffled, c, f) == frame(&noise, c, k)));
+        match src {
+            Some(k) if f < 4 => assert_eq!(k, f),
+            Some(_) => {}
+            None => panic!("frame {f} is not one of the first window's"),
+        }
+    }
+}

@@ -8,6 +8,7 @@
 pub mod copaint;
 pub mod dct;
 pub mod free_init;
+pub mod free_noise;
 pub mod guidance;
 pub mod hallucination;
 pub mod hooks;

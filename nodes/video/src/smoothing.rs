@@ -5,8 +5,10 @@ use candle_core::{DType as CDType, Device, Tensor as CTensor};
 use latentflow_plugin_api::sdk::candle::{from_candle, to_candle};
 use latentflow_plugin_api::sdk::prelude::*;
 use latentflow_plugin_api::sdk::video::video_latent_shape;
+use latentflow_sampling::free_noise::{free_noise, FreeNoiseKind};
 use latentflow_sampling::schedulers::{BetaSchedule, NoiseTable};
 use latentflow_sampling::{dct, free_init, temporal, SampleError};
+use rand::seq::SliceRandom;
 
 use crate::fail;
 
@@ -100,6 +102,29 @@ fn free_init_mix(_: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, Nod
         .map_err(sample_error)?)
 }
 
+fn free_noise_node(_: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
+    let (noise, _) = video_in(inputs, "noise")?;
+    let kind = match p.str("mode")? {
+        "repeat_context" => FreeNoiseKind::RepeatContext,
+        _ => FreeNoiseKind::ShuffleContext,
+    };
+    let mut rng = Ctx::rng_from(p.seed("seed")?);
+    let mut shuffle = |n: usize| {
+        let mut v: Vec<usize> = (0..n).collect();
+        v.shuffle(&mut rng);
+        v
+    };
+    let out_t = free_noise(
+        &noise,
+        kind,
+        p.usize("context_length")?,
+        p.usize("context_stride")?,
+        &mut shuffle,
+    )
+    .map_err(sample_error)?;
+    out(&out_t)
+}
+
 fn latent_mix(_: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
     let (a, sa) = video_in(inputs, "a")?;
     let (b, sb) = video_in(inputs, "b")?;
@@ -150,6 +175,14 @@ pub fn nodes() -> Vec<NodeDef> {
             0.012,
             "linear",
         ),
+        NodeDef::new("video.free_noise", free_noise_node)
+            .doc("FreeNoise's initial noise for videos longer than the motion modules' window (diffusers' _prepare_latents_free_noise): shuffle_context gives the frames past the first context window shuffled copies of the window before (stride by stride), so every window sees noise like the first; repeat_context repeats the first window. Feed it to samplers.sample_video's noise input. (FreeNoise's windowed temporal attention is not built.)")
+            .input("noise", v(), "N×C×F×H×W noise")
+            .output("noise", v(), "the rearranged noise")
+            .param(Param::choice("mode", &["shuffle_context", "repeat_context"]).default("shuffle_context"))
+            .param(Param::int("context_length").default(16).range(1.0, 4096.0).doc("frames per window (the motion modules': 16)"))
+            .param(Param::int("context_stride").default(4).range(1.0, 4096.0))
+            .param(Param::seed("seed").doc("the shuffles' seed")),
         NodeDef::new("video.latent_mix", latent_mix)
             .doc("ratio·a + (1 − ratio)·b: BIVDiff's latent mix of the image model's inversion (a) and the video model's (b). Its ratios: 1 for ControlNet and InstructPix2Pix, 0.25 for Prompt2Prompt, 0.1 for SD inpainting.")
             .input("a", v(), "N×C×F×H×W (BIVDiff: the image model's inversion)")
