@@ -13,7 +13,8 @@ fn reference(name: &str) -> std::path::PathBuf {
 }
 
 /// `file` (a graph in graphs/) with the reference `name`'s noise replayed, the steps and float
-/// frames saved, and the video model wrapped by `wrap` (a node type taking `model`) when given.
+/// frames saved, and, when `wrap` gives its YAML (inputs and params), the video model wrapped by
+/// a node `wrapped` the sampler then uses.
 fn instrumented(sb: &Sandbox, file: &str, name: &str, wrap: Option<&str>) -> std::path::PathBuf {
     let text = std::fs::read_to_string(graph(file)).expect("graph");
     let model = if wrap.is_some() {
@@ -38,9 +39,7 @@ fn instrumented(sb: &Sandbox, file: &str, name: &str, wrap: Option<&str>) -> std
         reference(name).display()
     ));
     if let Some(w) = wrap {
-        g.push_str(&format!(
-            "  wrapped:\n    type: {w}\n    inputs: {{model: video_model}}\n    params: {{cache_interval: 1}}\n"
-        ));
+        g.push_str(&format!("  wrapped:\n{w}"));
     }
     sb.write(file, &g)
 }
@@ -81,7 +80,8 @@ fn every_step_matches_diffusers_animatediff_pipeline() {
     compare(&sb, "loop", "AnimateDiff", "animatediff.webp");
     // DeepCache around the video model (refreshing every step: the full model) composes.
     let sb = Sandbox::new();
-    let g = instrumented(&sb, "animatediff.yaml", "loop", Some("sd.deepcache"));
+    let deepcache = "    type: sd.deepcache\n    inputs: {model: video_model}\n    params: {cache_interval: 1}\n";
+    let g = instrumented(&sb, "animatediff.yaml", "loop", Some(deepcache));
     run_graph(&sb, &g, None, &models());
     compare(
         &sb,
@@ -89,6 +89,64 @@ fn every_step_matches_diffusers_animatediff_pipeline() {
         "AnimateDiff under DeepCache",
         "animatediff.webp",
     );
+}
+
+#[test]
+fn controlnet_and_lora_compose_with_the_motion_modules() {
+    // One control frame per video frame, loaded as a folder of frames: diffusers'
+    // AnimateDiffControlNetPipeline at every step.
+    let sb = Sandbox::new();
+    let control = fixture("animatediff-ref/control");
+    let wrap = format!(
+        "    type: sd.apply_controlnet\n    inputs: {{model: video_model, controlnet: cn, image: control_frames.image}}\n  cn:\n    type: sd.load_controlnet\n    params: {{path: {}}}\n  control_clip:\n    type: video.load\n    params: {{path: {}}}\n  control_frames:\n    type: video.to_frames\n    inputs: {{video: control_clip}}\n",
+        fixture("tiny-controlnet").display(),
+        control.display()
+    );
+    let g = instrumented(&sb, "animatediff.yaml", "controlnet", Some(&wrap));
+    let mut sets = models();
+    sets.push("steps=6".into());
+    run_graph(&sb, &g, None, &sets);
+    compare(
+        &sb,
+        "controlnet",
+        "AnimateDiff + ControlNet",
+        "animatediff.webp",
+    );
+    // A LoRA merged before the motion modules or after them gives the same model, and not the
+    // plain one.
+    let lora = fixture("lora/kohya.safetensors").display().to_string();
+    let run = |place: Option<&str>| {
+        let sb = Sandbox::new();
+        let text = std::fs::read_to_string(graph("animatediff.yaml")).expect("graph");
+        let text = match place {
+            Some("before") => text.replacen(
+                "inputs: {model: ckpt.model}\n    params: {path: $motion}",
+                "inputs: {model: lora.model}\n    params: {path: $motion}",
+                1,
+            ),
+            Some(_) => text.replacen(
+                "inputs: {model: video_model, positive:",
+                "inputs: {model: lora.model, positive:",
+                1,
+            ),
+            None => text,
+        };
+        let source = if place == Some("before") {
+            "ckpt.model"
+        } else {
+            "video_model"
+        };
+        let text = format!(
+            "{text}  lora:\n    type: sd.load_lora\n    inputs: {{model: {source}, clip: ckpt.clip}}\n    params: {{path: {lora}, strength_clip: 0.0}}\n  save_latent:\n    type: core.save_tensor\n    inputs: {{tensor: sample.latent}}\n    params: {{filename: latent.safetensors}}\n"
+        );
+        let g = sb.write("lora.yaml", &text);
+        run_graph(&sb, &g, None, &models());
+        saved(&sb.path().join("output"), "latent.safetensors").1
+    };
+    let (before, after, plain) = (run(Some("before")), run(Some("after")), run(None));
+    let e = rel_err(&before, &after);
+    assert!(e <= 1e-5, "LoRA before vs after the motion modules: {e:e}");
+    assert!(rel_err(&before, &plain) > 1e-3, "the LoRA changed nothing");
 }
 
 #[test]

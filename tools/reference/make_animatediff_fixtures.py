@@ -18,7 +18,10 @@ References in tests/fixtures/animatediff-ref/:
 - freeinit.safetensors: the same with `enable_free_init(num_iters=3)` (Butterworth), 4 steps a
   pass; freeinit_fast.safetensors: DPM-Solver++ 2M with coarse-to-fine (`use_fast_sampling`,
   passes of 2, 4 and 6 steps: the solver's history must start over each pass) and the Gaussian
-  filter. `noise` holds the initial noise then each pass's fresh noise, in the order drawn.
+  filter. `noise` holds the initial noise then each pass's fresh noise, in the order drawn;
+- controlnet.safetensors: `AnimateDiffControlNetPipeline` with the tiny ControlNet
+  (tests/fixtures/tiny-controlnet) and one control frame per video frame (written as PNGs to
+  animatediff-ref/control/, which the graph loads as a folder of frames), DDIM, 6 steps.
 
 Run: tools/reference/.venv/bin/python tools/reference/make_animatediff_fixtures.py
 """
@@ -28,10 +31,13 @@ import pathlib
 
 import diffusers
 import numpy as np
+import PIL.Image
 import torch
 import diffusers.pipelines.free_init_utils as free_init_utils
 from diffusers import (
+    AnimateDiffControlNetPipeline,
     AnimateDiffPipeline,
+    ControlNetModel,
     AutoencoderKL,
     DDIMScheduler,
     DPMSolverMultistepScheduler,
@@ -226,6 +232,50 @@ def main():
             metadata={"diffusers": diffusers.__version__, "scheduler": json.dumps(dict(sched.config))},
         )
         print(name, "steps", len(rec.latents), "fresh draws", len(drawn))
+
+    control_dir = REF / "control"
+    control_dir.mkdir(exist_ok=True)
+    images = []
+    for i in range(5):
+        y, x = np.mgrid[0:24, 0:16]
+        img = np.stack([(x * 15 + i * 40) % 256, (y * 10) % 256, ((x + y + 3 * i) * 7) % 256], -1).astype(np.uint8)
+        PIL.Image.fromarray(img).save(control_dir / f"frame{i}.png")
+        images.append(PIL.Image.fromarray(img))
+    cpipe = AnimateDiffControlNetPipeline(
+        vae=pipe.vae,
+        text_encoder=pipe.text_encoder,
+        tokenizer=pipe.tokenizer,
+        unet=unet,
+        motion_adapter=adapter,
+        controlnet=ControlNetModel.from_pretrained(FIX / "tiny-controlnet"),
+        scheduler=scheduler,
+    )
+    cpipe.set_progress_bar_config(disable=True)
+    rec = Recorder()
+    with torch.no_grad():
+        frames = cpipe(
+            prompt=PROMPT,
+            negative_prompt=NEGATIVE,
+            num_frames=5,
+            height=24,
+            width=16,
+            num_inference_steps=6,
+            guidance_scale=7.5,
+            conditioning_frames=images,
+            latents=noise.clone(),
+            output_type="np",
+            callback_on_step_end=rec,
+        ).frames
+    save_file(
+        {
+            "latents": torch.stack(rec.latents).contiguous(),
+            "noise": noise,
+            "frames": torch.from_numpy(np.ascontiguousarray(frames)).float().contiguous(),
+        },
+        str(REF / "controlnet.safetensors"),
+        metadata={"diffusers": diffusers.__version__},
+    )
+    print("controlnet steps", len(rec.latents))
 
 
 if __name__ == "__main__":

@@ -57,11 +57,37 @@ fn differentiable(q: &Tensor, k: &Tensor, v: &Tensor, opts: Attend) -> candle_co
     probs.matmul(v)
 }
 
+/// softmax(q·kᵀ)·v in one batched product.
+fn whole(q: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
+    candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?.matmul(v)
+}
+
 fn blocked(q: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
-    let (b, h, lq, _) = q.dims4()?;
+    let (b, h, lq, d) = q.dims4()?;
     let lk = k.dim(2)?;
     if b * h * lq * lk <= SCORE_BLOCK {
-        return candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?.matmul(v);
+        return whole(q, k, v);
+    }
+    if lq * lk <= SCORE_BLOCK {
+        // Many short sequences (temporal attention over the frames at every pixel): whole
+        // (batch, head) pairs per block, each block one batched product.
+        let (bh, dv) = (b * h, v.dim(3)?);
+        let q3 = q.contiguous()?.reshape((bh, lq, d))?;
+        let k3 = k.contiguous()?.reshape((bh, lk, d))?;
+        let v3 = v.contiguous()?.reshape((bh, lk, dv))?;
+        let per = (SCORE_BLOCK / (lq * lk)).max(1);
+        let mut parts = Vec::with_capacity(bh.div_ceil(per));
+        let mut start = 0;
+        while start < bh {
+            let n = per.min(bh - start);
+            parts.push(whole(
+                &q3.narrow(0, start, n)?,
+                &k3.narrow(0, start, n)?,
+                &v3.narrow(0, start, n)?,
+            )?);
+            start += n;
+        }
+        return Tensor::cat(&parts, 0)?.reshape((b, h, lq, dv));
     }
     let kt = k.t()?;
     let rows = (SCORE_BLOCK / lk).max(1);
@@ -100,6 +126,26 @@ mod tests {
             .unwrap()
             .matmul(v)
             .unwrap()
+    }
+
+    #[test]
+    fn many_short_sequences_are_blocked_by_whole_heads() {
+        // 2100×2 sequences of 40: more scores than one block, each sequence within one.
+        let dev = Device::Cpu;
+        let q = Tensor::randn(0f32, 1.0, (2100, 2, 40, 8), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (2100, 2, 40, 8), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (2100, 2, 40, 8), &dev).unwrap();
+        let got = blocked(&q, &k, &v).unwrap();
+        let want = naive(&q, &k, &v);
+        let d = (got - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-5, "{d}");
     }
 
     #[test]

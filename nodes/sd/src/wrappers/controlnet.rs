@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor as CTensor};
+use latentflow_models::animatediff::MotionUNet;
 use latentflow_models::sd::controlnet::ControlNet;
 use latentflow_plugin_api::sdk::candle::{from_candle, to_candle};
 use latentflow_plugin_api::sdk::denoiser::{
@@ -157,6 +158,25 @@ impl Controlled {
     ) -> Result<(Vec<CTensor>, CTensor), NodeError> {
         let xs = to_candle(x, &Device::Cpu)?;
         let cs = to_candle(ctx, &Device::Cpu)?;
+        // A video latent (AnimateDiff) runs the ControlNet on its frames, each with its own
+        // control image when there is one per frame; the residuals then go to the frames.
+        let (xs, cs, frames) = match xs.dims() {
+            [_, _, f, _, _] => {
+                let f = *f;
+                let per_video = cs.dim(0).map_err(fail)?;
+                let cs = if per_video == 1 {
+                    cs.repeat((xs.dim(0).map_err(fail)?, 1, 1)).map_err(fail)?
+                } else {
+                    cs
+                };
+                (
+                    MotionUNet::frames_of(&xs).map_err(fail)?,
+                    MotionUNet::context_per_frame(&cs, f).map_err(fail)?,
+                    Some(f),
+                )
+            }
+            _ => (xs, cs, None),
+        };
         let b = xs.dim(0).map_err(fail)?;
         let (h, w) = (xs.dim(2).map_err(fail)?, xs.dim(3).map_err(fail)?);
         let (ih, iw) = (
@@ -180,7 +200,16 @@ impl Controlled {
         } else {
             (xs, cs, b)
         };
-        let image = self.image.repeat((n, 1, 1, 1)).map_err(fail)?;
+        let image = match frames {
+            Some(f) if self.image.dim(0).map_err(fail)? == f => {
+                self.image.repeat((n / f, 1, 1, 1)).map_err(fail)?
+            }
+            _ => self
+                .image
+                .narrow(0, 0, 1)
+                .and_then(|i| i.repeat((n, 1, 1, 1)))
+                .map_err(fail)?,
+        };
         let out = self.controlnet.call(
             host,
             "residuals",
@@ -270,9 +299,9 @@ fn apply(inputs: &Inputs, p: &Params) -> Result<Controlled, NodeError> {
             controlnet.interface()
         )));
     }
+    // Every image is kept: a video model takes one per frame; image models use the first.
     let image = to_candle(inputs.tensor("image")?, &Device::Cpu)?
-        .narrow(0, 0, 1)
-        .and_then(|t| t.permute((0, 3, 1, 2)))
+        .permute((0, 3, 1, 2))
         .and_then(|t| t.contiguous())
         .map_err(fail)?;
     let (start, end) = (p.f64("start")?, p.f64("end")?);
@@ -310,7 +339,7 @@ pub fn nodes() -> Vec<NodeDef> {
         wrapper_node("sd.apply_controlnet", "the controlled denoiser", |_, i, p| apply(i, p))
             .doc("Wraps a denoiser so every step adds a ControlNet's residuals, computed from the control image, as diffusers' ControlNet pipeline does: scaled by strength, only for steps i with start ≤ i/n and (i+1)/n ≤ end, guess mode (residuals 0.1→1 on a log scale; the negative half of a CFG batch gets none). Chain several to sum them.")
             .input("controlnet", PortType::handle("ControlNet"), "the ControlNet")
-            .input("image", PortType::Image, "control image in [0, 1], at the size being generated")
+            .input("image", PortType::Image, "control image in [0, 1], at the size being generated; for a video model (sd.animatediff) one per frame (or one for all)")
             .param(Param::float("strength").default(1.0).range(0.0, 10.0).doc("controlnet_conditioning_scale"))
             .param(Param::float("start").default(0.0).range(0.0, 1.0).doc("first fraction of the steps to control"))
             .param(Param::float("end").default(1.0).range(0.0, 1.0).doc("last fraction of the steps to control"))
