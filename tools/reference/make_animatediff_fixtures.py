@@ -95,6 +95,36 @@ def original_state(adapter):
     return out
 
 
+def generate(pipe, name, noise, steps, extra_noise=(), metadata=None, **kw):
+    """Runs `pipe` on the noise with the fixtures' prompt and size; saves every step's latents,
+    the noise (then `extra_noise`, as drawn) and the decoded frames as `name`."""
+    rec = Recorder()
+    with torch.no_grad():
+        frames = pipe(
+            prompt=PROMPT,
+            negative_prompt=NEGATIVE,
+            num_frames=5,
+            height=24,
+            width=16,
+            num_inference_steps=steps,
+            guidance_scale=7.5,
+            latents=noise.clone(),
+            output_type="np",
+            callback_on_step_end=rec,
+            **kw,
+        ).frames
+    save_file(
+        {
+            "latents": torch.stack(rec.latents).contiguous(),
+            "noise": torch.cat([noise, *extra_noise]).contiguous(),
+            "frames": torch.from_numpy(np.ascontiguousarray(frames)).float().contiguous(),
+        },
+        str(REF / f"{name}.safetensors"),
+        metadata={"diffusers": diffusers.__version__, **(metadata or {})},
+    )
+    print(name, "steps", len(rec.latents))
+
+
 class Recorder:
     def __init__(self):
         self.latents = []
@@ -165,30 +195,7 @@ def main():
     )
     pipe.set_progress_bar_config(disable=True)
     noise = torch.randn((1, 4, 5, 12, 8), generator=torch.Generator().manual_seed(99))
-    rec = Recorder()
-    with torch.no_grad():
-        frames = pipe(
-            prompt=PROMPT,
-            negative_prompt=NEGATIVE,
-            num_frames=5,
-            height=24,
-            width=16,
-            num_inference_steps=10,
-            guidance_scale=7.5,
-            latents=noise.clone(),
-            output_type="np",
-            callback_on_step_end=rec,
-        ).frames
-    save_file(
-        {
-            "latents": torch.stack(rec.latents).contiguous(),
-            "noise": noise,
-            "frames": torch.from_numpy(np.ascontiguousarray(frames)).float().contiguous(),
-        },
-        str(REF / "loop.safetensors"),
-        metadata={"diffusers": diffusers.__version__, "scheduler": json.dumps(dict(scheduler.config))},
-    )
-    print("steps", len(rec.latents), "frames", np.asarray(frames).shape)
+    generate(pipe, "loop", noise, 10, metadata={"scheduler": json.dumps(dict(scheduler.config))})
 
     linear = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="linear", steps_offset=1)
     dpm = DPMSolverMultistepScheduler(**linear)
@@ -207,31 +214,8 @@ def main():
             return z
 
         free_init_utils.randn_tensor = fresh
-        rec = Recorder()
-        with torch.no_grad():
-            frames = pipe(
-                prompt=PROMPT,
-                negative_prompt=NEGATIVE,
-                num_frames=5,
-                height=24,
-                width=16,
-                num_inference_steps=steps,
-                guidance_scale=7.5,
-                latents=noise.clone(),
-                output_type="np",
-                callback_on_step_end=rec,
-            ).frames
+        generate(pipe, name, noise, steps, drawn, metadata={"scheduler": json.dumps(dict(sched.config))})
         pipe.disable_free_init()
-        save_file(
-            {
-                "latents": torch.stack(rec.latents).contiguous(),
-                "noise": torch.cat([noise] + drawn).contiguous(),
-                "frames": torch.from_numpy(np.ascontiguousarray(frames)).float().contiguous(),
-            },
-            str(REF / f"{name}.safetensors"),
-            metadata={"diffusers": diffusers.__version__, "scheduler": json.dumps(dict(sched.config))},
-        )
-        print(name, "steps", len(rec.latents), "fresh draws", len(drawn))
 
     control_dir = REF / "control"
     control_dir.mkdir(exist_ok=True)
@@ -251,32 +235,7 @@ def main():
         scheduler=scheduler,
     )
     cpipe.set_progress_bar_config(disable=True)
-    rec = Recorder()
-    with torch.no_grad():
-        frames = cpipe(
-            prompt=PROMPT,
-            negative_prompt=NEGATIVE,
-            num_frames=5,
-            height=24,
-            width=16,
-            num_inference_steps=6,
-            guidance_scale=7.5,
-            conditioning_frames=images,
-            latents=noise.clone(),
-            output_type="np",
-            callback_on_step_end=rec,
-        ).frames
-    save_file(
-        {
-            "latents": torch.stack(rec.latents).contiguous(),
-            "noise": noise,
-            "frames": torch.from_numpy(np.ascontiguousarray(frames)).float().contiguous(),
-        },
-        str(REF / "controlnet.safetensors"),
-        metadata={"diffusers": diffusers.__version__},
-    )
-    print("controlnet steps", len(rec.latents))
-
+    generate(cpipe, "controlnet", noise, 6, conditioning_frames=images)
 
 if __name__ == "__main__":
     main()

@@ -13,7 +13,7 @@ mod invert;
 mod sample;
 
 use latentflow_plugin_api::sdk::prelude::*;
-use latentflow_sampling::schedulers::{BetaSchedule, NoiseTable};
+use latentflow_sampling::schedulers::NoiseTable;
 use latentflow_sampling::{Config, Kind, Prediction, Scheduler, Spacing};
 
 /// Reads the scheduler settings shared by the nodes.
@@ -39,17 +39,13 @@ pub fn config_from(p: &Params) -> Result<Config, NodeError> {
 
 /// The training noise schedule the parameters name (Stable Diffusion's by default).
 pub(crate) fn training_schedule(p: &Params) -> Result<NoiseTable, NodeError> {
-    let schedule = match p.str("beta_schedule")? {
-        "linear" => BetaSchedule::Linear,
-        _ => BetaSchedule::ScaledLinear,
-    };
-    let (start, end) = (p.f64("beta_start")?, p.f64("beta_end")?);
-    if !(0.0 < start && start <= end && end < 1.0) {
-        return Err(NodeError::invalid(format!(
-            "betas must satisfy 0 < beta_start ≤ beta_end < 1, got {start} and {end}"
-        )));
-    }
-    Ok(NoiseTable::new(schedule, start, end, 1000))
+    NoiseTable::from_config(
+        p.str("beta_schedule")?,
+        p.f64("beta_start")?,
+        p.f64("beta_end")?,
+        1000,
+    )
+    .map_err(NodeError::invalid)
 }
 
 fn schedule(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {

@@ -6,7 +6,7 @@ use latentflow_plugin_api::sdk::candle::{from_candle, to_candle};
 use latentflow_plugin_api::sdk::prelude::*;
 use latentflow_plugin_api::sdk::video::video_latent_shape;
 use latentflow_sampling::free_noise::{free_noise, FreeNoiseKind};
-use latentflow_sampling::schedulers::{BetaSchedule, NoiseTable};
+use latentflow_sampling::schedulers::NoiseTable;
 use latentflow_sampling::{dct, free_init, temporal, SampleError};
 use rand::seq::SliceRandom;
 
@@ -21,24 +21,21 @@ fn sample_error(e: SampleError) -> NodeError {
 
 /// ᾱ at timestep `param` of the training schedule the node's parameters describe.
 fn alpha_bar(p: &Params, param: &str) -> Result<f64, NodeError> {
-    let schedule = match p.str("beta_schedule")? {
-        "linear" => BetaSchedule::Linear,
-        _ => BetaSchedule::ScaledLinear,
-    };
-    let (start, end) = (p.f64("beta_start")?, p.f64("beta_end")?);
-    if !(0.0 < start && start <= end && end < 1.0) {
-        return Err(NodeError::invalid(format!(
-            "betas must satisfy 0 < beta_start ≤ beta_end < 1, got {start} and {end}"
-        )));
-    }
     let steps = p.usize("train_steps")?;
+    let table = NoiseTable::from_config(
+        p.str("beta_schedule")?,
+        p.f64("beta_start")?,
+        p.f64("beta_end")?,
+        steps,
+    )
+    .map_err(NodeError::invalid)?;
     let t = p.usize(param)?;
     if t >= steps {
         return Err(NodeError::invalid(format!(
             "`{param}` {t} is past the {steps} training timesteps"
         )));
     }
-    Ok(NoiseTable::new(schedule, start, end, steps).alpha_bar(t as i64))
+    Ok(table.alpha_bar(t as i64))
 }
 
 /// The training-schedule parameters, with the model family's defaults.

@@ -35,7 +35,41 @@ pub struct NoiseTable {
     pub alphas_cumprod: Vec<f32>,
 }
 
+impl BetaSchedule {
+    /// `linear` or `scaled_linear`, as diffusers' `beta_schedule` names them.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "linear" => Some(BetaSchedule::Linear),
+            "scaled_linear" => Some(BetaSchedule::ScaledLinear),
+            _ => None,
+        }
+    }
+}
+
 impl NoiseTable {
+    /// The schedule of a diffusers config (`beta_schedule`, `beta_start`, `beta_end`,
+    /// `num_train_timesteps`), its fields checked; the error says which is wrong.
+    pub fn from_config(
+        schedule: &str,
+        beta_start: f64,
+        beta_end: f64,
+        train_steps: usize,
+    ) -> Result<Self, String> {
+        let kind = BetaSchedule::parse(schedule)
+            .ok_or_else(|| format!("unknown beta_schedule `{schedule}` (linear, scaled_linear)"))?;
+        if !(0.0 < beta_start && beta_start <= beta_end && beta_end < 1.0) {
+            return Err(format!(
+                "betas must satisfy 0 < beta_start ≤ beta_end < 1, got {beta_start} and {beta_end}"
+            ));
+        }
+        if train_steps < 2 {
+            return Err(format!(
+                "{train_steps} training timesteps: at least 2 are needed"
+            ));
+        }
+        Ok(NoiseTable::new(kind, beta_start, beta_end, train_steps))
+    }
+
     /// The schedule for `train_steps` steps between `beta_start` and `beta_end`.
     pub fn new(schedule: BetaSchedule, beta_start: f64, beta_end: f64, train_steps: usize) -> Self {
         let betas: Vec<f32> = match schedule {
