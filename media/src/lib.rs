@@ -1,11 +1,12 @@
 //! Moving pictures in and out of files.
 //!
-//! - [`read`] loads a GIF, an APNG, an animated WebP (or a still one of each), or a folder of
+//! - [`read`] loads a GIF, an APNG, an animated WebP (or a still one of each), an MP4 (H.264), or a folder of
 //!   numbered frames, composited to full RGB frames, within memory [`Limits`] checked before
 //!   each frame is kept;
 //! - [`write`] encodes a [`Clip`] as an animated GIF, APNG or WebP, with the run's graph embedded
-//!   (an iTXt chunk in APNG, as in our PNGs; XMP in GIF and WebP, see [`xmp`]), reporting each
-//!   frame written;
+//!   (an iTXt chunk in APNG, as in our PNGs; XMP in GIF and WebP, see [`xmp`]), or as an MP4
+//!   (H.264 through OpenH264's bundled source, muxed by the `mp4` crate), reporting each frame
+//!   written;
 //! - [`embedded_graph`] reads the graph back.
 //!
 //! Frame rates become per-frame delays by cumulative rounding, so the clip's length stays right
@@ -15,6 +16,7 @@ mod apng;
 mod clip;
 mod folder;
 mod gif_codec;
+mod mp4_codec;
 mod read;
 mod webp;
 pub mod xmp;
@@ -76,11 +78,13 @@ pub enum Format {
     Apng,
     /// Animated WebP (lossless).
     WebP,
+    /// MP4 with H.264 video (lossy, even sides; no embedded graph).
+    Mp4,
 }
 
 impl Format {
     /// Every format, in the order they are listed in messages.
-    pub const ALL: [Format; 3] = [Format::Gif, Format::Apng, Format::WebP];
+    pub const ALL: [Format; 4] = [Format::Gif, Format::Apng, Format::WebP, Format::Mp4];
 
     /// The format named by a file extension (`gif`, `png`/`apng`, `webp`), case-insensitive.
     pub fn from_extension(ext: &str) -> Option<Format> {
@@ -88,6 +92,7 @@ impl Format {
             "gif" => Some(Format::Gif),
             "png" | "apng" => Some(Format::Apng),
             "webp" => Some(Format::WebP),
+            "mp4" => Some(Format::Mp4),
             _ => None,
         }
     }
@@ -98,6 +103,7 @@ impl Format {
             Format::Gif => "gif",
             Format::Apng => "apng",
             Format::WebP => "webp",
+            Format::Mp4 => "mp4",
         }
     }
 }
@@ -116,5 +122,6 @@ pub fn write(
         Format::Gif => gif_codec::write(out, clip, graph, progress),
         Format::Apng => apng::write(out, clip, graph, progress),
         Format::WebP => webp::write(out, clip, graph, progress),
+        Format::Mp4 => mp4_codec::write(out, clip, progress),
     }
 }

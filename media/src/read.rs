@@ -131,6 +131,7 @@ enum Kind {
     Gif,
     Png,
     WebP,
+    Mp4,
 }
 
 fn sniff(path: &Path) -> Result<Kind, MediaError> {
@@ -147,10 +148,12 @@ fn sniff(path: &Path) -> Result<Kind, MediaError> {
         Ok(Kind::Png)
     } else if head.len() == 12 && &head[..4] == b"RIFF" && &head[8..12] == b"WEBP" {
         Ok(Kind::WebP)
+    } else if head.len() >= 8 && &head[4..8] == b"ftyp" {
+        Ok(Kind::Mp4)
     } else {
         Err(decode_error(
             path,
-            "not a GIF, PNG/APNG or WebP file (for a folder of frames, give the folder)",
+            "not a GIF, PNG/APNG, WebP or MP4 file (for a folder of frames, give the folder)",
         ))
     }
 }
@@ -206,6 +209,7 @@ fn read_file(path: &Path, limits: Limits) -> Result<Clip, MediaError> {
                 still(path, d, &mut c)?;
             }
         }
+        Kind::Mp4 => return crate::mp4_codec::read(path, limits),
         Kind::WebP => {
             let mut d = image::codecs::webp::WebPDecoder::new(open(path)?).map_err(fail)?;
             let (w, h) = d.dimensions();
@@ -224,7 +228,7 @@ fn read_file(path: &Path, limits: Limits) -> Result<Clip, MediaError> {
     Ok(c.clip)
 }
 
-/// The clip at `path`: a GIF, APNG or WebP file (the format from its content, not its name), or
+/// The clip at `path`: a GIF, APNG, WebP or MP4 file (the format from its content, not its name), or
 /// a folder of frames (PNG, JPEG, WebP), in natural order of their names, all of one size.
 /// Frames from folders and stills have no delays (`delays_ms` all 0).
 pub fn read(path: &Path, limits: Limits) -> Result<Clip, MediaError> {

@@ -158,7 +158,7 @@ fn bad_video_files_are_refused_with_one_line() {
         clip()
     );
     sb.graph("run", "mkv.yaml", &g, &["-q"])
-        .stderr_has(".gif, .png/.apng or .webp");
+        .stderr_has(".gif, .png/.apng, .webp or .mp4");
 }
 
 #[test]
@@ -230,4 +230,28 @@ fn free_noise_reuses_the_first_windows_noise() {
             None => panic!("frame {f} is not one of the first window's"),
         }
     }
+}
+
+#[test]
+fn an_mp4_is_written_and_read_back_closely() {
+    let sb = Sandbox::new();
+    sb.graph("run", "copy.yaml", &copy_graph("copy.mp4"), &["-q"])
+        .expect_code(0);
+    let (_, frames) = read_safetensors_f32(&sb.output("frames.safetensors"));
+    let written = sb.output("copy.mp4").display().to_string();
+    let reload = format!(
+        "version: 1\nnodes:\n  load: {{type: video.load, params: {{path: {written}}}}}\n  frames: {{type: video.to_frames, inputs: {{video: load}}}}\n  raw: {{type: core.save_tensor, inputs: {{tensor: frames.image}}, params: {{filename: back.safetensors}}}}\n"
+    );
+    sb.graph("run", "reload.yaml", &reload, &["-q"])
+        .expect_code(0);
+    let (shape, back) = read_safetensors_f32(&sb.output("back.safetensors"));
+    assert_eq!(shape, vec![8, 24, 32, 3]);
+    // H.264 is lossy: close on average, not equal.
+    let mean = back
+        .iter()
+        .zip(&frames)
+        .map(|(a, b)| (a - b).abs() as f64)
+        .sum::<f64>()
+        / back.len() as f64;
+    assert!(mean < 0.05, "mean error {mean}");
 }

@@ -83,7 +83,7 @@ fn save(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError>
                 .unwrap_or_default();
             Format::from_extension(&ext).ok_or_else(|| {
                 NodeError::invalid(format!(
-                    "cannot tell the video format of `{filename}`: name it .gif, .png/.apng or .webp, or set `format`"
+                    "cannot tell the video format of `{filename}`: name it .gif, .png/.apng, .webp or .mp4, or set `format`"
                 ))
             })?
         }
@@ -132,7 +132,7 @@ pub fn nodes() -> Vec<NodeDef> {
         .collect();
     vec![
         NodeDef::new("video.load", load)
-            .doc("Loads a video: an animated GIF, APNG or WebP (a still one gives one frame), or a folder of PNG/JPEG/WebP frames in natural order of their names. Transparent pixels become black.")
+            .doc("Loads a video: an animated GIF, APNG or WebP (a still one gives one frame), an MP4 (H.264), or a folder of PNG/JPEG/WebP frames in natural order of their names. Transparent pixels become black.")
             .output("video", PortType::Video, "the frames and their rate")
             .param(Param::path("path").doc("a file or a folder of frames (relative to the graph file)"))
             .param(Param::float("fps").default(0.0).range(0.0, 1000.0).doc("frame rate; 0: the file's own (8 for folders and stills)"))
@@ -140,7 +140,7 @@ pub fn nodes() -> Vec<NodeDef> {
             .param(Param::int("every").default(1).range(1.0, 10000.0).doc("keep every n-th frame (the frame rate divides by n)"))
             .param(Param::int("max_frames").default(0).min(0.0).doc("the most frames kept; 0: all")),
         NodeDef::new("video.save", save)
-            .doc("Saves a video atomically inside the output folder as an animated GIF, APNG or WebP, with the graph embedded (an iTXt chunk in APNG as in our PNGs, XMP in GIF and WebP), reporting each frame. APNG and WebP are lossless; GIF keeps 256 colours a frame and delays in centiseconds.")
+            .doc("Saves a video atomically inside the output folder as an animated GIF, APNG or WebP, with the graph embedded (an iTXt chunk in APNG as in our PNGs, XMP in GIF and WebP), or as an MP4 (H.264 by OpenH264; lossy, even sides, no embedded graph), reporting each frame. APNG and WebP are lossless; GIF keeps 256 colours a frame and delays in centiseconds.")
             .side_effects()
             .input("video", PortType::Video, "the video")
             .output("file", PortType::String, "the written path")
