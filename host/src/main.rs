@@ -491,6 +491,12 @@ fn read_graph(path: &Path, args: &GraphArgs) -> Result<Vec<u8>> {
         .set
         .iter()
         .any(|s| s.split_once('=').is_some_and(|(k, _)| k.trim() == "model"));
+    if has_extension(path, "mp4") {
+        anyhow::bail!(
+            "{} is an MP4, which carries no graph (video.save embeds it in GIF, APNG and WebP files): run the graph file, or save a .webp",
+            path.display()
+        );
+    }
     let converted = if has_extension(path, "png") || has_extension(path, "apng") {
         foreign::from_png(path, model_set).map_err(anyhow::Error::msg)?
     } else if has_extension(path, "gif") || has_extension(path, "webp") {

@@ -246,6 +246,9 @@ fn an_mp4_is_written_and_read_back_closely() {
         .expect_code(0);
     let (shape, back) = read_safetensors_f32(&sb.output("back.safetensors"));
     assert_eq!(shape, vec![8, 24, 32, 3]);
+    // An MP4 carries no graph: running one says so instead of failing to parse it.
+    sb.run(&["run", &written, "-q"])
+        .stderr_has("carries no graph");
     // H.264 is lossy: close on average, not equal.
     let mean = back
         .iter()
