@@ -22,20 +22,26 @@ fn instrumented(sb: &Sandbox, file: &str, name: &str, wrap: Option<&str>) -> std
     } else {
         "video_model"
     };
+    // A graph that makes its own noise (FreeNoise's shuffled windows) takes the reference's.
+    let text = text.replacen(
+        "inputs: {noise: shuffled, model: video_model, positive:",
+        "inputs: {model: video_model, positive:",
+        1,
+    );
     let wired = text
         .replacen(
             "inputs: {model: video_model, positive:",
-            &format!("inputs: {{noise: noise, model: {model}, positive:"),
+            &format!("inputs: {{noise: ref_noise, model: {model}, positive:"),
             1,
         )
         .replacen("params: {kind: ", "params: {record_steps: true, kind: ", 1);
     assert!(
-        wired.contains("noise: noise") && wired.contains("record_steps"),
+        wired.contains("noise: ref_noise") && wired.contains("record_steps"),
         "the graph's sampler moved; update this test"
     );
     let mut g = wired;
     g.push_str(&format!(
-        "  noise:\n    type: core.load_tensor\n    params: {{path: {}, name: noise}}\n  save_steps:\n    type: core.save_tensor\n    inputs: {{tensor: sample.steps}}\n    params: {{filename: steps.safetensors}}\n  save_frames:\n    type: core.save_tensor\n    inputs: {{tensor: decode}}\n    params: {{filename: frames.safetensors}}\n",
+        "  ref_noise:\n    type: core.load_tensor\n    params: {{path: {}, name: noise}}\n  save_steps:\n    type: core.save_tensor\n    inputs: {{tensor: sample.steps}}\n    params: {{filename: steps.safetensors}}\n  save_frames:\n    type: core.save_tensor\n    inputs: {{tensor: decode}}\n    params: {{filename: frames.safetensors}}\n",
         reference(name).display()
     ));
     if let Some(w) = wrap {
@@ -50,13 +56,16 @@ fn compare(sb: &Sandbox, name: &str, what: &str, video: &str) {
     let (rshape, theirs) = latentflow_tests::read_safetensors_tensor(&reference(name), "latents");
     assert_eq!(shape, rshape, "{what}: steps × video latent shape");
     let per = ours.len() / shape[0];
+    let mut worst = 0f32;
     for s in 0..shape[0] {
         let e = rel_err(
             &ours[s * per..(s + 1) * per],
             &theirs[s * per..(s + 1) * per],
         );
         assert!(e <= 1e-4, "{what}: step {s} error {e:e}");
+        worst = worst.max(e);
     }
+    eprintln!("{what}: worst step error {worst:e}");
     // Frames: ours F×H×W×3, diffusers' 1×F×H×W×3.
     let (_, frames) = saved(&out, "frames.safetensors");
     let (_, rframes) = latentflow_tests::read_safetensors_tensor(&reference(name), "frames");
@@ -183,6 +192,27 @@ fn free_init_passes_match_diffusers() {
         "FreeInit (DPM-Solver++ 2M, coarse to fine)",
         "freeinit.webp",
     );
+}
+
+#[test]
+fn free_noise_windows_match_diffusers_at_every_step() {
+    // 14 frames through an adapter with 8 positions: windows of 6 every 4, pyramid-blended,
+    // against AnimateDiffPipeline with enable_free_noise (the noise given to both).
+    let sb = Sandbox::new();
+    let g = instrumented(&sb, "freenoise.yaml", "freenoise", None);
+    run_graph(&sb, &g, None, &models());
+    compare(&sb, "freenoise", "FreeNoise windows", "freenoise.webp");
+    // The graph as shipped (its own shuffled noise) runs, and the windows are checked.
+    let g = graph("freenoise.yaml").display().to_string();
+    let sb = Sandbox::new();
+    sb.run(&["run", &g, "-q", "--set", "context=9"])
+        .expect_code(4)
+        .stderr_has("context windows of 9 frames");
+    sb.run(&["run", &g, "-q", "--set", "stride=7"])
+        .expect_code(4)
+        .stderr_has("skips frames");
+    sb.run(&["run", &g, "-q", "--set", "weighting=triangle"])
+        .stderr_has("triangle");
 }
 
 #[test]

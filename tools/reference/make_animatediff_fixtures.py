@@ -95,7 +95,7 @@ def original_state(adapter):
     return out
 
 
-def generate(pipe, name, noise, steps, extra_noise=(), metadata=None, **kw):
+def generate(pipe, name, noise, steps, extra_noise=(), metadata=None, num_frames=5, **kw):
     """Runs `pipe` on the noise with the fixtures' prompt and size; saves every step's latents,
     the noise (then `extra_noise`, as drawn) and the decoded frames as `name`."""
     rec = Recorder()
@@ -103,7 +103,7 @@ def generate(pipe, name, noise, steps, extra_noise=(), metadata=None, **kw):
         frames = pipe(
             prompt=PROMPT,
             negative_prompt=NEGATIVE,
-            num_frames=5,
+            num_frames=num_frames,
             height=24,
             width=16,
             num_inference_steps=steps,

@@ -4,7 +4,7 @@
 //! two videos with their own contexts; and the checks a user meets first.
 
 use candle_core::{DType, Device, Tensor};
-use latentflow_models::animatediff::{MotionAdapter, MotionUNet};
+use latentflow_models::animatediff::{ContextWindows, MotionAdapter, MotionUNet, Weighting};
 use latentflow_models::sd::unet::{Extras, UNet};
 use latentflow_testutil::{fixtures, load, rel_err};
 
@@ -63,7 +63,10 @@ fn more_frames_than_the_position_table_are_refused() {
         .forward(&x, 10.0, &ctx, &Extras::default())
         .unwrap_err()
         .to_string();
-    assert!(e.contains("9 frames") && e.contains("1 to 8"), "{e}");
+    assert!(
+        e.contains("9 frames") && e.contains("1 to 8") && e.contains("context_length"),
+        "{e}"
+    );
     // An image latent is refused too, naming the expected layout.
     let img = Tensor::zeros((1, 4, 8, 8), DType::F32, &Device::Cpu).unwrap();
     let e = m
@@ -105,4 +108,72 @@ fn frames_interact_only_through_the_motion_modules() {
         moved > 1e-4,
         "the first frame did not see the last: {moved}"
     );
+}
+
+#[test]
+fn free_noise_windows_match_diffusers() {
+    // diffusers' FreeNoiseTransformerBlock (tools/reference/make_freenoise_attention_fixtures.py)
+    // on videos longer than the adapter's 8 positions: overlapping windows ending on the last
+    // frame (pyramid, even and odd windows; the sawtooth), and a closing window moved back.
+    let r = load("animatediff-ref/freenoise_forward.safetensors");
+    let unet = unet();
+    let a = adapter("tiny-motion", &unet);
+    for (name, frames, length, stride, weighting) in [
+        ("pyramid", 14, 6, 4, Weighting::Pyramid),
+        ("pyramid_odd", 14, 5, 3, Weighting::Pyramid),
+        ("sawtooth", 14, 6, 4, Weighting::DelayedReverseSawtooth),
+        ("flat_tail", 13, 6, 4, Weighting::Flat),
+    ] {
+        let w = ContextWindows::new(length, stride, weighting).unwrap();
+        let m = MotionUNet::new(&unet, &a)
+            .unwrap()
+            .with_windows(Some(w))
+            .unwrap();
+        let x = &r[&format!("x_{frames}")];
+        let got = m
+            .forward(x, 421.0, &r["context"], &Extras::default())
+            .unwrap();
+        let want = &r[&format!("out_{name}")];
+        assert_eq!(got.dims(), want.dims());
+        let e = rel_err(&got, want);
+        eprintln!("FreeNoise {name}: relative error {e:e}");
+        assert!(e <= 1e-5, "FreeNoise {name}: error {e:e}");
+    }
+}
+
+#[test]
+fn windows_as_long_as_the_video_change_nothing_and_bad_windows_are_refused() {
+    let r = load("animatediff-ref/forward.safetensors");
+    let unet = unet();
+    let a = adapter("tiny-motion", &unet);
+    let plain = MotionUNet::new(&unet, &a).unwrap();
+    let want = plain
+        .forward(&r["x"], 421.0, &r["context"], &Extras::default())
+        .unwrap();
+    // Five frames, windows of 8 (or of exactly 5): one window, the plain pass.
+    for length in [8, 5] {
+        let w = ContextWindows::new(length, 4, Weighting::Pyramid).unwrap();
+        let m = MotionUNet::new(&unet, &a)
+            .unwrap()
+            .with_windows(Some(w))
+            .unwrap();
+        let got = m
+            .forward(&r["x"], 421.0, &r["context"], &Extras::default())
+            .unwrap();
+        assert_eq!(rel_err(&got, &want), 0.0, "windows of {length}");
+    }
+    let long = ContextWindows::new(9, 4, Weighting::Flat).unwrap();
+    let e = MotionUNet::new(&unet, &a)
+        .unwrap()
+        .with_windows(Some(long))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        e.contains("windows of 9 frames") && e.contains("at most 8"),
+        "{e}"
+    );
+    let e = ContextWindows::new(4, 5, Weighting::Flat).unwrap_err();
+    assert!(e.contains("skips frames"), "{e}");
+    assert!(ContextWindows::new(0, 1, Weighting::Flat).is_err());
 }

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use candle_core::Tensor as CTensor;
-use latentflow_models::animatediff::{MotionAdapter, MotionUNet};
+use latentflow_models::animatediff::{ContextWindows, MotionAdapter, MotionUNet, Weighting};
 use latentflow_models::sd::daam::Accumulator;
 use latentflow_models::sd::unet::Extras;
 use latentflow_models::sd::{deepcache, lora, Family as SdFamily, LoadedUNet, PredictionType};
@@ -30,6 +30,8 @@ pub struct UNetDenoiser {
     prediction: PredictionKind,
     /// AnimateDiff's motion modules, when applied.
     motion: Option<Arc<MotionAdapter>>,
+    /// FreeNoise's windows for the motion modules, when set.
+    windows: Option<ContextWindows>,
     /// DeepCache features by the caller's key.
     deep_cache: Mutex<HashMap<i64, CTensor>>,
     /// Cross-attention accumulators by the caller's key.
@@ -54,6 +56,7 @@ impl UNetDenoiser {
             name,
             prediction,
             motion: None,
+            windows: None,
             deep_cache: Default::default(),
             attention: Default::default(),
         }
@@ -117,14 +120,46 @@ impl UNetDenoiser {
             Some(self.prediction),
         );
         obj.motion = self.motion.clone();
+        obj.windows = self.windows;
         Ok(lora_result(obj.handle(), &applied))
     }
 
-    /// `with_motion(path)` → `[the denoiser with the motion adapter at path]`.
+    /// `with_motion(path[, context_length, context_stride, weighting])` → `[the denoiser with
+    /// the motion adapter at path]`, with FreeNoise's windows when `context_length` > 0.
     fn with_motion(&self, args: &[Value]) -> Result<Vec<Value>, NodeError> {
         let path = arg(args, 0, "with_motion")?
             .as_str()
             .ok_or_else(|| NodeError::invalid("with_motion: the path must be a string"))?;
+        let windows = match args.get(1) {
+            None | Some(Value::Int(0)) => None,
+            Some(Value::Int(length)) => {
+                let stride = match args.get(2) {
+                    Some(Value::Int(s)) => *s,
+                    _ => 4,
+                };
+                let weighting = match args.get(3) {
+                    Some(Value::Str(w)) => w.parse::<Weighting>().map_err(NodeError::invalid)?,
+                    _ => Weighting::Pyramid,
+                };
+                let size = |v: i64, what: &str| {
+                    usize::try_from(v)
+                        .map_err(|_| NodeError::invalid(format!("{what} must not be negative")))
+                };
+                Some(
+                    ContextWindows::new(
+                        size(*length, "context_length")?,
+                        size(stride, "context_stride")?,
+                        weighting,
+                    )
+                    .map_err(NodeError::invalid)?,
+                )
+            }
+            Some(_) => {
+                return Err(NodeError::invalid(
+                    "with_motion: context_length must be an integer",
+                ))
+            }
+        };
         let unet = &self.model.unet;
         let adapter = MotionAdapter::load(
             std::path::Path::new(path),
@@ -132,13 +167,16 @@ impl UNetDenoiser {
             &candle_core::Device::Cpu,
         )
         .map_err(|e| NodeError::invalid(e.to_string()))?;
-        MotionUNet::new(unet, &adapter).map_err(|e| NodeError::invalid(e.to_string()))?;
+        MotionUNet::new(unet, &adapter)
+            .and_then(|m| m.with_windows(windows))
+            .map_err(|e| NodeError::invalid(e.to_string()))?;
         let mut obj = UNetDenoiser::new(
             self.model.clone(),
             format!("{} + motion {path}", self.name),
             Some(self.prediction),
         );
         obj.motion = Some(Arc::new(adapter));
+        obj.windows = windows;
         Ok(vec![Value::Object(obj.handle())])
     }
 
@@ -254,6 +292,7 @@ impl DenoiserImpl for UNetDenoiser {
             None => run(&x, &ctx, &extras)?,
             Some(adapter) => {
                 let m = MotionUNet::new(unet, adapter)
+                    .and_then(|m| m.with_windows(self.windows))
                     .map_err(|e| NodeError::invalid(e.to_string()))?;
                 let (_, frames) = m
                     .check_input(&x)

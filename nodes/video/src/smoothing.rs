@@ -173,7 +173,7 @@ pub fn nodes() -> Vec<NodeDef> {
             "linear",
         ),
         NodeDef::new("video.free_noise", free_noise_node)
-            .doc("FreeNoise's initial noise for videos longer than the motion modules' window (diffusers' _prepare_latents_free_noise): shuffle_context gives the frames past the first context window shuffled copies of the window before (stride by stride), so every window sees noise like the first; repeat_context repeats the first window. Feed it to samplers.sample_video's noise input. (FreeNoise's windowed temporal attention is not built.)")
+            .doc("FreeNoise's initial noise for videos longer than the motion modules' window (diffusers' _prepare_latents_free_noise): shuffle_context gives the frames past the first context window shuffled copies of the window before (stride by stride), so every window sees noise like the first; repeat_context repeats the first window. Feed it to samplers.sample_video's noise input, with the same context_length and context_stride set on sd.animatediff (FreeNoise's windowed temporal attention).")
             .input("noise", v(), "N×C×F×H×W noise")
             .output("noise", v(), "the rearranged noise")
             .param(Param::choice("mode", &["shuffle_context", "repeat_context"]).default("shuffle_context"))

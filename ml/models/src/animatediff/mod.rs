@@ -8,13 +8,18 @@
 //! residual. [`MotionUNet::forward`] runs the SD UNet on the B·F frames with the modules as its
 //! layer hook, the time embedding and the text context repeated per frame, so everything else
 //! that hooks into the UNet (LoRA-merged weights, DeepCache's stages) composes.
+//!
+//! Videos longer than the modules' position table run with FreeNoise's [`ContextWindows`]:
+//! the attentions over overlapping windows of frames, blended with per-window weights.
 
 mod config;
 mod keys;
 mod motion;
 mod unet;
+mod windows;
 
 pub use config::MotionAdapterConfig;
 pub use keys::{original_name, Layout};
 pub use motion::{MotionAdapter, MotionModule};
 pub use unet::MotionUNet;
+pub use windows::{ContextWindows, Span, Weighting};

@@ -11,6 +11,7 @@ use latentflow_weights::{Checked, Header, Weights};
 
 use super::config::{MotionAdapterConfig, MotionPlan};
 use super::keys::{self, Layout};
+use super::windows::ContextWindows;
 use crate::{ModelError, Result};
 
 /// diffusers' `SinusoidalPositionalEmbedding` table, 1×L×dim, computed in f32 as torch does.
@@ -87,8 +88,8 @@ impl TemporalBlock {
         })
     }
 
-    /// `x` tokens×F×dim.
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    /// The two attentions with their residuals, `x` tokens×F×dim (F at most the table's).
+    fn attend(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let f = x.dim(1)?;
         let n = self
             .norm1
@@ -99,7 +100,51 @@ impl TemporalBlock {
             .norm2
             .forward(&x)?
             .broadcast_add(&self.pe2.narrow(1, 0, f)?)?;
-        let x = (self.attn2.forward(&n, None, None)? + x)?;
+        self.attn2.forward(&n, None, None)? + x
+    }
+
+    /// The attentions over each window of `windows` (positions counted from the window's
+    /// start), the results blended frame by frame with the windows' weights.
+    fn attend_windowed(&self, x: &Tensor, windows: &ContextWindows) -> candle_core::Result<Tensor> {
+        let f = x.dim(1)?;
+        let l = windows.length;
+        if f <= l {
+            return self.attend(x);
+        }
+        let weights = windows.weighting.weights(l);
+        let mut total = vec![0f32; f];
+        let mut sum: Option<Tensor> = None;
+        for span in windows.spans(f) {
+            let kept = l - span.keep;
+            let w = &weights[span.keep..];
+            for (k, wk) in w.iter().enumerate() {
+                total[span.start + span.keep + k] += wk;
+            }
+            let w = Tensor::from_slice(w, (1, kept, 1), x.device())?.to_dtype(x.dtype())?;
+            let y = self
+                .attend(&x.narrow(1, span.start, l)?)?
+                .narrow(1, span.keep, kept)?
+                .broadcast_mul(&w)?;
+            let first = span.start + span.keep;
+            let y = y.pad_with_zeros(1, first, f - first - kept)?;
+            sum = Some(match sum {
+                Some(s) => (s + y)?,
+                None => y,
+            });
+        }
+        let total = Tensor::from_vec(total, (1, f, 1), x.device())?.to_dtype(x.dtype())?;
+        match sum {
+            Some(s) => s.broadcast_div(&total),
+            None => self.attend(x),
+        }
+    }
+
+    /// `x` tokens×F×dim, the attentions windowed when `windows` is given.
+    fn forward(&self, x: &Tensor, windows: Option<&ContextWindows>) -> candle_core::Result<Tensor> {
+        let x = match windows {
+            Some(w) => self.attend_windowed(x, w)?,
+            None => self.attend(x)?,
+        };
         self.ff.forward(&self.norm3.forward(&x)?)? + x
     }
 }
@@ -143,11 +188,19 @@ impl MotionModule {
         })
     }
 
-    /// `x` (B·F)×C×H×W, frames of each sample consecutive → the same shape.
-    pub fn forward(&self, x: &Tensor, frames: usize) -> candle_core::Result<Tensor> {
-        if frames > self.max_len {
+    /// `x` (B·F)×C×H×W, frames of each sample consecutive → the same shape. With `windows`
+    /// (FreeNoise) the attentions run over windows of frames and any number of frames is
+    /// taken; without, at most `motion_max_seq_length`.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        frames: usize,
+        windows: Option<&ContextWindows>,
+    ) -> candle_core::Result<Tensor> {
+        let longest = windows.map_or(frames, |w| w.length.min(frames));
+        if longest > self.max_len {
             candle_core::bail!(
-                "{frames} frames are more than this motion module's {} (motion_max_seq_length)",
+                "{longest} frames at once are more than this motion module's {} (motion_max_seq_length)",
                 self.max_len
             );
         }
@@ -165,7 +218,7 @@ impl MotionModule {
             .reshape((b * h * w, frames, c))?;
         let mut t = self.proj_in.forward(&tokens)?;
         for block in &self.blocks {
-            t = block.forward(&t)?;
+            t = block.forward(&t, windows)?;
         }
         let t = self.proj_out.forward(&t)?;
         let out = t

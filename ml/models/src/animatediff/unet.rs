@@ -3,6 +3,7 @@
 use candle_core::Tensor;
 
 use super::motion::MotionAdapter;
+use super::windows::ContextWindows;
 use crate::sd::unet::{Cond, Extras, Site, UNet};
 use crate::{ModelError, Result};
 
@@ -12,6 +13,8 @@ pub struct MotionUNet<'a> {
     pub unet: &'a UNet,
     /// Its motion modules.
     pub adapter: &'a MotionAdapter,
+    /// FreeNoise's windows for the motion modules' attention, if any.
+    pub windows: Option<ContextWindows>,
 }
 
 impl<'a> MotionUNet<'a> {
@@ -36,7 +39,27 @@ impl<'a> MotionUNet<'a> {
                 "the motion adapter has a mid-block module but the UNet's mid block does not match",
             ));
         }
-        Ok(Self { unet, adapter })
+        Ok(Self {
+            unet,
+            adapter,
+            windows: None,
+        })
+    }
+
+    /// The same with FreeNoise's windows (`None`: none), refusing windows longer than the
+    /// adapter's position table.
+    pub fn with_windows(mut self, windows: Option<ContextWindows>) -> Result<Self> {
+        if let Some(w) = &windows {
+            if w.length > self.adapter.max_frames() {
+                return Err(ModelError::invalid(format!(
+                    "context windows of {} frames: this motion adapter takes at most {} at once (its motion_max_seq_length)",
+                    w.length,
+                    self.adapter.max_frames()
+                )));
+            }
+        }
+        self.windows = windows;
+        Ok(self)
     }
 
     /// The motion module at `site`.
@@ -61,9 +84,12 @@ impl<'a> MotionUNet<'a> {
             ));
         }
         let frames = dims[2];
-        if frames == 0 || frames > self.adapter.max_frames() {
+        if frames == 0 {
+            return Err(ModelError::invalid("a video latent with no frames"));
+        }
+        if frames > self.adapter.max_frames() && self.windows.is_none() {
             return Err(ModelError::invalid(format!(
-                "{frames} frames: this motion adapter takes 1 to {} (its motion_max_seq_length); sample longer videos in windows",
+                "{frames} frames: this motion adapter takes 1 to {} (its motion_max_seq_length); for longer videos set context_length on sd.animatediff (FreeNoise's windows)",
                 self.adapter.max_frames()
             )));
         }
@@ -108,7 +134,7 @@ impl<'a> MotionUNet<'a> {
                 None => x.clone(),
             };
             match self.module(site) {
-                Some(m) => m.forward(&x, frames),
+                Some(m) => m.forward(&x, frames, self.windows.as_ref()),
                 None => Ok(x),
             }
         };
