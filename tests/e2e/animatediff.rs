@@ -100,18 +100,27 @@ fn every_step_matches_diffusers_animatediff_pipeline() {
     );
 }
 
+/// An `sd.apply_controlnet` around the video model with one control frame per video frame,
+/// loaded as a folder of frames; `params` is its params line (or nothing).
+fn control_wrap(params: &str) -> String {
+    format!(
+        "    type: sd.apply_controlnet\n    inputs: {{model: video_model, controlnet: cn, image: control_frames.image}}\n{params}  cn:\n    type: sd.load_controlnet\n    params: {{path: {}}}\n  control_clip:\n    type: video.load\n    params: {{path: {}}}\n  control_frames:\n    type: video.to_frames\n    inputs: {{video: control_clip}}\n",
+        fixture("tiny-controlnet").display(),
+        fixture("animatediff-ref/control").display()
+    )
+}
+
 #[test]
 fn controlnet_and_lora_compose_with_the_motion_modules() {
     // One control frame per video frame, loaded as a folder of frames: diffusers'
     // AnimateDiffControlNetPipeline at every step.
     let sb = Sandbox::new();
-    let control = fixture("animatediff-ref/control");
-    let wrap = format!(
-        "    type: sd.apply_controlnet\n    inputs: {{model: video_model, controlnet: cn, image: control_frames.image}}\n  cn:\n    type: sd.load_controlnet\n    params: {{path: {}}}\n  control_clip:\n    type: video.load\n    params: {{path: {}}}\n  control_frames:\n    type: video.to_frames\n    inputs: {{video: control_clip}}\n",
-        fixture("tiny-controlnet").display(),
-        control.display()
+    let g = instrumented(
+        &sb,
+        "animatediff.yaml",
+        "controlnet",
+        Some(&control_wrap("")),
     );
-    let g = instrumented(&sb, "animatediff.yaml", "controlnet", Some(&wrap));
     let mut sets = models();
     sets.push("steps=6".into());
     run_graph(&sb, &g, None, &sets);
@@ -119,6 +128,19 @@ fn controlnet_and_lora_compose_with_the_motion_modules() {
         &sb,
         "controlnet",
         "AnimateDiff + ControlNet",
+        "animatediff.webp",
+    );
+    // Guess mode: the ControlNet sees only the conditional half; the unconditional half gets no
+    // residuals (diffusers' video pipeline fails here; its reference pads as the image pipeline
+    // does: tools/reference/make_animatediff_guess_fixtures.py).
+    let sb = Sandbox::new();
+    let wrap = control_wrap("    params: {guess_mode: true}\n");
+    let g = instrumented(&sb, "animatediff.yaml", "controlnet_guess", Some(&wrap));
+    run_graph(&sb, &g, None, &sets);
+    compare(
+        &sb,
+        "controlnet_guess",
+        "AnimateDiff + ControlNet in guess mode",
         "animatediff.webp",
     );
     // A LoRA merged before the motion modules or after them gives the same model, and not the
