@@ -2,12 +2,12 @@
 //! source) and muxed by the `mp4` crate; read back by the same pair. Lossy (YUV 4:2:0, even
 //! sides); the graph is not embedded in MP4 files.
 
-use std::io::{BufReader, Cursor, Write};
+use std::io::{Cursor, Write};
 use std::path::Path;
 
 use bytes::Bytes;
 use openh264::encoder::{BitRate, Encoder, EncoderConfig, FrameRate, FrameType};
-use openh264::formats::{RgbSliceU8, YUVBuffer};
+use openh264::formats::{RgbSliceU8, YUVBuffer, YUVSource};
 use openh264::OpenH264API;
 
 use crate::read::Collector;
@@ -135,15 +135,99 @@ fn decode_error(path: &Path, e: impl std::fmt::Display) -> MediaError {
     }
 }
 
+/// The bytes before the first child of a box whose payload is more boxes (a full box's
+/// version and flags, a sample description's entry count, a sample entry's fields); `None`
+/// for a box without children. `in_list`: the box is an item of a metadata list (`ilst`),
+/// which holds `data` boxes.
+fn children_offset(kind: &[u8; 4], payload: &[u8], in_list: bool) -> Option<usize> {
+    if in_list {
+        return Some(0);
+    }
+    match kind {
+        b"moov" | b"trak" | b"mdia" | b"minf" | b"stbl" | b"dinf" | b"edts" | b"mvex" | b"moof"
+        | b"traf" | b"udta" | b"mfra" | b"ilst" => Some(0),
+        // ISO's meta is a full box; QuickTime's starts with its hdlr at once.
+        b"meta" => Some(if payload.get(4..8) == Some(b"hdlr") {
+            0
+        } else {
+            4
+        }),
+        b"stsd" | b"dref" => Some(8),
+        b"mp4a" => Some(28),
+        b"avc1" | b"avc3" | b"hev1" | b"hvc1" => Some(78),
+        _ => None,
+    }
+}
+
+/// Checks that every box, down through the containers the demuxer reads, lies inside its
+/// parent and has a size of its own, so no size read from the file can exceed the file (a
+/// hostile size would otherwise become an allocation) or stall the demuxer (a box of size 0
+/// inside another is read forever). At the top level a size of 0 ends the file, as the
+/// demuxer reads it.
+fn check_boxes(bytes: &[u8], depth: usize, in_list: bool) -> Result<(), String> {
+    if depth > 16 {
+        return Err("boxes nested more than 16 deep".into());
+    }
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        if rest.len() < 8 {
+            return Err(format!(
+                "{} stray bytes where a box should start",
+                rest.len()
+            ));
+        }
+        let size32 = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as u64;
+        let kind: [u8; 4] = [rest[4], rest[5], rest[6], rest[7]];
+        let name = String::from_utf8_lossy(&kind).into_owned();
+        let (size, header) = match size32 {
+            0 if depth == 0 => return Ok(()),
+            0 => return Err(format!("box `{name}` has size 0 inside another box")),
+            1 => {
+                let large = rest
+                    .get(8..16)
+                    .ok_or("a 64-bit box size is cut short")?
+                    .iter()
+                    .fold(0u64, |a, &b| a << 8 | b as u64);
+                (large, 16)
+            }
+            n => (n, 8),
+        };
+        if size < header || size > rest.len() as u64 {
+            return Err(format!(
+                "box `{name}` says {size} bytes where {} remain",
+                rest.len()
+            ));
+        }
+        let (this, next) = rest.split_at(size as usize);
+        let payload = &this[header as usize..];
+        if let Some(skip) = children_offset(&kind, payload, in_list) {
+            let inner = payload
+                .get(skip..)
+                .ok_or_else(|| format!("box `{name}` is cut short"))?;
+            check_boxes(inner, depth + 1, &kind == b"ilst")?;
+        }
+        rest = next;
+    }
+    Ok(())
+}
+
 pub(crate) fn read(path: &Path, limits: Limits) -> Result<Clip, MediaError> {
     let io = |source| MediaError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let file = std::fs::File::open(path).map_err(io)?;
-    let size = file.metadata().map_err(io)?.len();
-    let mut demux = mp4::Mp4Reader::read_header(BufReader::new(file), size)
-        .map_err(|e| decode_error(path, e))?;
+    let bytes = std::fs::read(path).map_err(io)?;
+    check_boxes(&bytes, 0, false).map_err(|e| decode_error(path, e))?;
+    // The demuxer still unwraps some of what it reads (sample times); a file that makes it
+    // panic is refused like any malformed one.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| demux(path, &bytes, limits)))
+        .unwrap_or_else(|_| Err(decode_error(path, "malformed MP4 (the demuxer gave up)")))
+}
+
+fn demux(path: &Path, bytes: &[u8], limits: Limits) -> Result<Clip, MediaError> {
+    let size = bytes.len() as u64;
+    let mut demux =
+        mp4::Mp4Reader::read_header(Cursor::new(bytes), size).map_err(|e| decode_error(path, e))?;
     let track = demux
         .tracks()
         .values()
@@ -163,7 +247,21 @@ pub(crate) fn read(path: &Path, limits: Limits) -> Result<Clip, MediaError> {
         head.extend_from_slice(&[0, 0, 0, 1]);
         head.extend_from_slice(set.map_err(|e| decode_error(path, e))?);
     }
+    // Every sample must fit in the file before it is read (the demuxer allocates its size).
+    let stsz = &track.trak.mdia.minf.stbl.stsz;
+    if stsz.sample_size as u64 > size || stsz.sample_sizes.iter().any(|&n| n as u64 > size) {
+        return Err(decode_error(path, "a sample is larger than the file"));
+    }
     let count = demux.sample_count(id).map_err(|e| decode_error(path, e))?;
+    if count as usize > limits.max_frames {
+        return Err(decode_error(
+            path,
+            format!(
+                "{count} samples: more than the {} frames allowed",
+                limits.max_frames
+            ),
+        ));
+    }
     let mut c = Collector::new(path, limits);
     c.check_size(w, h)?;
     let mut dec = openh264::decoder::Decoder::new().map_err(|e| decode_error(path, e))?;
@@ -190,6 +288,13 @@ pub(crate) fn read(path: &Path, limits: Limits) -> Result<Clip, MediaError> {
         }
         let ms = (sample.duration as u64 * 1000 / scale) as u32;
         if let Some(yuv) = dec.decode(&annex_b).map_err(|e| decode_error(path, e))? {
+            let (dw, dh) = yuv.dimensions();
+            if (dw, dh) != (w as usize, h as usize) {
+                return Err(decode_error(
+                    path,
+                    format!("frame {i} decodes to {dw}×{dh}, the track says {w}×{h}"),
+                ));
+            }
             yuv.write_rgb8(&mut rgb);
             let img = image::RgbImage::from_raw(w, h, rgb.clone())
                 .ok_or_else(|| decode_error(path, "frame size mismatch"))?;

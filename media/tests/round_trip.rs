@@ -212,3 +212,72 @@ fn mp4_round_trips_closely() {
     let e = write(&mut Vec::new(), Format::Mp4, &odd, None, &mut |_, _| {}).unwrap_err();
     assert!(e.to_string().contains("even sides"), "{e}");
 }
+
+#[test]
+fn damaged_mp4_files_are_refused_without_panicking() {
+    // Every truncation, and seeded byte and box-size corruptions of a real file: each read
+    // returns (a clip or an error), never panics or aborts on a size it read.
+    let dir = tempfile::tempdir().unwrap();
+    let (w, h, n) = (16, 16, 3);
+    let clip = Clip::at_fps(w, h, gradients(w, h, n), 8.0);
+    let mut good = Vec::new();
+    write(&mut good, Format::Mp4, &clip, None, &mut |_, _| {}).unwrap();
+    let path = dir.path().join("bad.mp4");
+    let try_read = |bytes: &[u8]| {
+        std::fs::write(&path, bytes).unwrap();
+        read(&path, Limits::default()).map(|c| c.frames.len())
+    };
+    assert_eq!(try_read(&good).ok(), Some(n));
+    for cut in (0..good.len()).step_by(7) {
+        if let Err(e) = try_read(&good[..cut]) {
+            assert!(!e.to_string().is_empty());
+        }
+    }
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    // Where the boxes start: their size fields are the most dangerous bytes.
+    let mut starts = Vec::new();
+    let mut at = 0usize;
+    while at + 8 <= good.len() {
+        starts.push(at);
+        let size = u32::from_be_bytes([good[at], good[at + 1], good[at + 2], good[at + 3]]);
+        at += (size as usize).max(8);
+    }
+    // More rounds on request (LATENTFLOW_FUZZ_ROUNDS), e.g. before touching the demuxer.
+    let rounds: u32 = std::env::var("LATENTFLOW_FUZZ_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(300);
+    for round in 0..rounds {
+        let mut bad = good.clone();
+        for _ in 0..1 + round % 4 {
+            let i = next() as usize % bad.len();
+            bad[i] = next() as u8;
+        }
+        if round % 3 == 0 {
+            // A huge size on a box (or a child: any 4 aligned bytes).
+            let i = if round % 2 == 0 {
+                starts[next() as usize % starts.len()]
+            } else {
+                next() as usize % (bad.len() - 4)
+            };
+            bad[i..i + 4].copy_from_slice(&(0xffff_fff0u32.wrapping_sub(round)).to_be_bytes());
+        }
+        let _ = try_read(&bad);
+    }
+    // A 64-bit size far past the end (after the leading ftyp box) is refused by name.
+    let mut large = good.clone();
+    large.splice(
+        starts[1]..starts[1],
+        [
+            0, 0, 0, 1, b'f', b'r', b'e', b'e', 0xff, 0, 0, 0, 0, 0, 0, 0,
+        ],
+    );
+    let e = try_read(&large).unwrap_err().to_string();
+    assert!(e.contains("`free`"), "{e}");
+}
