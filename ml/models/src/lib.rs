@@ -9,6 +9,7 @@
 //! extraction use instead of patching the forward pass.
 
 pub mod animatediff;
+pub mod dit;
 pub mod ella;
 mod error;
 pub mod llm;

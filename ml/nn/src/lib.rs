@@ -19,6 +19,6 @@ pub use resnet::{Resample, ResnetBlock, ResnetConfig, TimeNorm};
 pub use rms_norm::RmsNorm;
 pub use spatial_attention::SpatialSelfAttention;
 pub use transformer2d::{
-    Attention, AttentionHook, BasicTransformerBlock, GegluFeedForward, Transformer2D,
-    Transformer2DConfig,
+    Attention, AttentionHook, BasicTransformerBlock, GegluFeedForward, GeluFeedForward,
+    Transformer2D, Transformer2DConfig,
 };

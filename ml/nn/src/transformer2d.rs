@@ -28,11 +28,31 @@ impl Attention {
         heads: usize,
         dim_head: usize,
     ) -> candle_core::Result<Self> {
+        Self::with_bias(vb, dim, context_dim, heads, dim_head, false)
+    }
+
+    /// The same, the q/k/v projections with a bias when `bias` (diffusers' `attention_bias`,
+    /// as diffusion transformers set it).
+    pub fn with_bias(
+        vb: VarBuilder,
+        dim: usize,
+        context_dim: usize,
+        heads: usize,
+        dim_head: usize,
+        bias: bool,
+    ) -> candle_core::Result<Self> {
         let inner = heads * dim_head;
+        let proj = |i: usize, name: &str| {
+            if bias {
+                linear(i, inner, vb.pp(name))
+            } else {
+                linear_no_bias(i, inner, vb.pp(name))
+            }
+        };
         Ok(Self {
-            q: linear_no_bias(dim, inner, vb.pp("to_q"))?,
-            k: linear_no_bias(context_dim, inner, vb.pp("to_k"))?,
-            v: linear_no_bias(context_dim, inner, vb.pp("to_v"))?,
+            q: proj(dim, "to_q")?,
+            k: proj(context_dim, "to_k")?,
+            v: proj(context_dim, "to_v")?,
             out: linear(inner, dim, vb.pp("to_out.0"))?,
             heads,
             dim_head,
@@ -100,6 +120,30 @@ impl Module for GegluFeedForward {
         let half = h.dim(last)? / 2;
         let gated = (h.narrow(last, 0, half)? * h.narrow(last, half, half)?.gelu_erf()?)?;
         self.out.forward(&gated)
+    }
+}
+
+/// diffusers' `FeedForward` with `gelu-approximate`: `ff.net.0.proj` (dim → 4·dim), GELU in its
+/// tanh form, `ff.net.2`.
+pub struct GeluFeedForward {
+    proj: Linear,
+    out: Linear,
+}
+
+impl GeluFeedForward {
+    /// The layers under `vb` (the block's `ff`).
+    pub fn new(vb: VarBuilder, dim: usize) -> candle_core::Result<Self> {
+        let inner = dim * 4;
+        Ok(Self {
+            proj: linear(dim, inner, vb.pp("net.0.proj"))?,
+            out: linear(inner, dim, vb.pp("net.2"))?,
+        })
+    }
+}
+
+impl Module for GeluFeedForward {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.out.forward(&self.proj.forward(x)?.gelu()?)
     }
 }
 

@@ -141,8 +141,11 @@ fn clip_family_of(path: &Path) -> Result<SdFamily, NodeError> {
 
 fn load_vae(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
     let path = PathBuf::from(p.str("path")?);
-    let vae = if path.is_dir() && path.join("vae/config.json").exists() {
+    let vae = if path.is_dir() && path.join("unet/config.json").exists() {
         loader::vae(&Source::detect(&path, None).map_err(fail)?).map_err(fail)?
+    } else if path.is_dir() && path.join("vae/config.json").exists() {
+        // A pipeline without a UNet (DiT, PixArt): its vae/ alone.
+        loader::component(&path.join("vae"), "vae", Vae::load).map_err(fail)?
     } else if path.is_dir() {
         loader::component(&path, "vae", Vae::load).map_err(fail)?
     } else {
@@ -199,7 +202,7 @@ pub fn nodes() -> Vec<NodeDef> {
         ),
         model_path(
             NodeDef::new("sd.load_vae", load_vae)
-                .doc("Loads only an AutoencoderKL: a diffusers vae/ folder, a pipeline folder, or a single-file checkpoint.")
+                .doc("Loads only an AutoencoderKL: a diffusers vae/ folder, a pipeline folder (an SD one, or any with a vae/: DiT's), or a single-file checkpoint.")
                 .output("vae", PortType::handle("Vae"), "the VAE"),
             "vae/ folder, pipeline folder or checkpoint",
         ),

@@ -1,0 +1,30 @@
+//! The LatentFlow diffusion-transformer plugin: thin glue over `latentflow-models::dit`.
+//!
+//! - `dit.load`: a DiT pipeline or transformer folder as a `Denoiser` of family `dit`;
+//! - `dit.class_labels`: class ids or names as the conditioning a DiT takes (and the "no
+//!   class" conditioning for classifier-free guidance).
+
+mod denoiser;
+mod labels;
+
+use latentflow_plugin_api::sdk::prelude::*;
+
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The family name of DiT denoisers and their conditioning.
+pub(crate) const FAMILY: &str = "dit";
+
+/// Any error as a node failure.
+pub(crate) fn fail(e: impl std::fmt::Display) -> NodeError {
+    NodeError::failed(e.to_string())
+}
+
+/// The plugin's nodes.
+pub fn plugin() -> PluginDef {
+    PluginDef::new("dit", env!("CARGO_PKG_VERSION"))
+        .node(denoiser::node())
+        .node(labels::node())
+}
+
+latentflow_plugin_api::export_plugin!(plugin());
