@@ -11,6 +11,7 @@ mod farm;
 mod graphs;
 mod isolation;
 mod llm;
+mod pixart;
 mod plugins;
 mod sampling;
 mod sd_pipeline;

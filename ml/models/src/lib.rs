@@ -13,6 +13,7 @@ pub mod dit;
 pub mod ella;
 mod error;
 pub mod llm;
+pub mod pixart;
 pub mod sd;
 pub mod sur;
 pub mod t5;

@@ -73,6 +73,18 @@ impl Attention {
         context: Option<&Tensor>,
         hook: Option<(&str, AttentionHook)>,
     ) -> candle_core::Result<Tensor> {
+        self.forward_masked(x, context, None, hook)
+    }
+
+    /// The same with `bias` added to the scores (broadcast to B×heads×L×Lk: a padding mask
+    /// B×1×1×Lk with a large negative value at the tokens not to attend).
+    pub fn forward_masked(
+        &self,
+        x: &Tensor,
+        context: Option<&Tensor>,
+        bias: Option<&Tensor>,
+        hook: Option<(&str, AttentionHook)>,
+    ) -> candle_core::Result<Tensor> {
         let ctx = context.unwrap_or(x);
         let (b, l, _) = x.dims3()?;
         let scale = (self.dim_head as f64).powf(-0.5);
@@ -85,7 +97,7 @@ impl Attention {
             &k,
             &v,
             Attend {
-                mask: None,
+                mask: bias,
                 probabilities: sink.as_ref().map(|s| s as &(dyn Fn(&Tensor) + Sync)),
             },
         )?;

@@ -2,10 +2,12 @@
 //!
 //! - `dit.load`: a DiT pipeline or transformer folder as a `Denoiser` of family `dit`;
 //! - `dit.class_labels`: class ids or names as the conditioning a DiT takes (and the "no
-//!   class" conditioning for classifier-free guidance).
+//!   class" conditioning for classifier-free guidance);
+//! - `dit.load_pixart`: PixArt-α/Σ as a `Denoiser` of family `t5` (T5 features and their mask).
 
 mod denoiser;
 mod labels;
+mod pixart;
 
 use latentflow_plugin_api::sdk::prelude::*;
 
@@ -25,6 +27,7 @@ pub fn plugin() -> PluginDef {
     PluginDef::new("dit", env!("CARGO_PKG_VERSION"))
         .node(denoiser::node())
         .node(labels::node())
+        .node(pixart::node())
 }
 
 latentflow_plugin_api::export_plugin!(plugin());
