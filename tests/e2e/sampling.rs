@@ -60,6 +60,60 @@ fn every_sampler_lands_on_the_point_through_the_abi() {
 }
 
 #[test]
+fn flow_samplers_land_on_the_point_and_others_refuse_a_flow_model() {
+    let sb = sandbox();
+    let mut g = POINT.replace("test.point_denoiser", "test.flow_point_denoiser");
+    // flow_euler with SD3's shift, with Flux's dynamic shift on its own σ, and DPM-Solver++ and
+    // UniPC on their flow grids.
+    let runs = [
+        ("flow_euler", "shift: 3.0"),
+        (
+            "flux",
+            "kind: flow_euler, dynamic_shift: true, flow_grid: flux",
+        ),
+        ("dpmpp_2m", "shift: 3.0"),
+        ("unipc", "shift: 3.0"),
+    ];
+    for (name, extra) in runs {
+        let kind = if extra.contains("kind:") {
+            String::new()
+        } else {
+            format!("kind: {name}, ")
+        };
+        g.push_str(&format!(
+            "  s_{name}: {{type: samplers.sample, inputs: {{model: model, positive: pos, latent: empty}}, params: {{{kind}{extra}, steps: 12, cfg: 1.0, seed: 3}}}}\n  w_{name}: {{type: core.save_tensor, inputs: {{tensor: s_{name}.latent}}, params: {{filename: {name}.safetensors}}}}\n"
+        ));
+    }
+    run_ok(&sb, "flow.yaml", &g);
+    for (name, _) in runs {
+        let v = values(&sb, &format!("{name}.safetensors"));
+        assert_eq!(v.len(), 4 * 2 * 3);
+        // flow_euler's timesteps are σ·1000 exactly; the multistep solvers truncate them to
+        // integers, so the model's σ is off by up to 1/1000 at each step.
+        let tol = if name.starts_with("flow") || name == "flux" {
+            1e-4
+        } else {
+            1e-2
+        };
+        assert!(v.iter().all(|x| (x - 0.5).abs() < tol), "{name}: {v:?}");
+    }
+    // A sampler without a flow grid says so; and flow_euler refuses an ε-prediction model.
+    let ddim = format!(
+        "{}  s: {{type: samplers.sample, inputs: {{model: model, positive: pos, latent: empty}}, params: {{kind: ddim, steps: 4, cfg: 1.0}}}}\n",
+        POINT.replace("test.point_denoiser", "test.flow_point_denoiser")
+    );
+    sb.graph("run", "ddim.yaml", &ddim, &["-q"])
+        .expect_code(4)
+        .stderr_has("ddim has no flow-matching grid");
+    let eps = format!(
+        "{POINT}  s: {{type: samplers.sample, inputs: {{model: model, positive: pos, latent: empty}}, params: {{kind: flow_euler, steps: 4, cfg: 1.0}}}}\n"
+    );
+    sb.graph("run", "eps.yaml", &eps, &["-q"])
+        .expect_code(4)
+        .stderr_has("flow_euler steps a flow-matching velocity, and this model predicts epsilon");
+}
+
+#[test]
 fn guidance_extrapolates_from_negative_to_positive() {
     let sb = sandbox();
     let yaml = r#"

@@ -15,6 +15,7 @@ mod error;
 pub mod llm;
 pub mod pixart;
 pub mod sd;
+pub mod sd3;
 pub mod sur;
 pub mod t5;
 pub mod tiramisu;

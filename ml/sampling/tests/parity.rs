@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
-use latentflow_sampling::schedulers::{Config, Kind, Prediction, Scheduler, Spacing};
+use latentflow_sampling::schedulers::{Config, Flow, Kind, Prediction, Scheduler, Spacing};
 use safetensors::SafeTensors;
 use serde_json::Value as Json;
 
@@ -77,6 +77,20 @@ fn case(meta: &std::collections::HashMap<String, String>) -> Case {
         .as_str()
         .and_then(Spacing::parse);
     cfg.karras = cfg_json["use_karras_sigmas"].as_bool().unwrap_or(false);
+    if cfg_json["prediction_type"] == "flow_prediction" || kind == Kind::FlowEuler {
+        cfg.prediction = Prediction::Flow;
+        cfg.flow = Some(Flow {
+            shift: cfg_json["shift"]
+                .as_f64()
+                .or(cfg_json["flow_shift"].as_f64())
+                .unwrap_or(1.0),
+            mu: meta
+                .get("mu")
+                .filter(|m| !m.is_empty())
+                .map(|m| m.parse().expect("mu")),
+            uniform: meta.get("grid").map(String::as_str) == Some("flux"),
+        });
+    }
     Case {
         kind: kind_name,
         cfg,
@@ -206,5 +220,5 @@ fn schedulers_match_diffusers_step_by_step() {
         files.len(),
         failures.join("\n")
     );
-    assert!(checked >= 78, "only {checked} cases checked");
+    assert!(checked >= 97, "only {checked} cases checked");
 }

@@ -241,12 +241,15 @@ fn sample(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeErro
     let n = shape[0];
     let numel: usize = shape.iter().product();
 
-    let mut cfg = crate::config_from(p)?;
+    let mut cfg = crate::config_from(p, Some(&shape))?;
     let kind = match p.str("prediction")? {
         "auto" => prediction(client.info(ctx.host())?.prediction),
         other => prediction(PredictionKind::parse(other)?),
     };
     cfg.prediction = kind;
+    if kind == Prediction::Flow {
+        cfg.flow = Some(crate::flow_from(p, Some(&shape))?);
+    }
     let steps = p.usize("steps")?;
     let strength = p.f64("strength")?;
     let run_steps = ((steps as f64 * strength) as usize).min(steps);
@@ -405,7 +408,7 @@ fn common(d: NodeDef, latent: fn(Dim) -> PortType, what: &str, steps: i64) -> No
             .param(Param::float("cfg").default(7.5).range(0.0, 100.0).doc("classifier-free guidance scale"))
             .param(Param::seed("seed").default(0).doc("noise seed, or `random`"))
             .param(Param::float("strength").default(1.0).range(0.0, 1.0).doc("img2img: fraction of the schedule to run"))
-            .param(Param::choice("prediction", &["auto", "epsilon", "v_prediction", "sample"]).default("auto").doc("auto: ask the model")),
+            .param(Param::choice("prediction", &["auto", "epsilon", "v_prediction", "sample", "flow_prediction"]).default("auto").doc("auto: ask the model")),
     )
 }
 

@@ -40,24 +40,31 @@ pub(super) fn grid(cfg: &Config, spacing: Spacing, n: usize) -> (Vec<f64>, Vec<f
     )
 }
 
-/// VP (α, σ) and λ = log α − log σ of a k-diffusion σ.
-fn vp(sigma: f64) -> (f64, f64, f64) {
-    let alpha = 1.0 / (sigma * sigma + 1.0).sqrt();
-    let s = sigma * alpha;
+/// (α, σ) and λ = log α − log σ of a grid σ: VP (α = 1/√(σ²+1), σ·α) for a k-diffusion σ,
+/// (1 − σ, σ) on a flow grid.
+pub(super) fn vp(flow: bool, sigma: f64) -> (f64, f64, f64) {
+    let (alpha, s) = if flow {
+        super::flow::alpha_sigma(sigma)
+    } else {
+        let alpha = 1.0 / (sigma * sigma + 1.0).sqrt();
+        (alpha, sigma * alpha)
+    };
     (alpha, s, alpha.ln() - s.ln())
 }
 
 /// The data prediction x̂0 of a model output (the solvers' `convert_model_output`).
 pub(super) fn data_prediction(
+    flow: bool,
     pred: Prediction,
     sigma: f64,
     out: &Tensor,
     x: &Tensor,
 ) -> Result<Tensor> {
-    let (a, s, _) = vp(sigma);
+    let (a, s, _) = vp(flow, sigma);
     match pred {
-        Prediction::Epsilon | Prediction::Flow => lincomb(1.0 / a, x, -s / a, out),
+        Prediction::Epsilon => lincomb(1.0 / a, x, -s / a, out),
         Prediction::V => lincomb(a, x, -s, out),
+        Prediction::Flow => lincomb(1.0, x, -(sigma as f32 as f64), out),
         Prediction::Sample => Ok(out.clone()),
     }
 }
@@ -65,13 +72,14 @@ pub(super) fn data_prediction(
 pub(super) fn step(s: &mut Scheduler, a: &StepArgs) -> Result<Tensor> {
     let (pred, out, x) = (a.pred, a.out, a.x);
     let i = s.index;
-    let (_, s0, l0) = vp(s.sigmas[i]);
-    let x0 = data_prediction(pred, s.sigmas[i], out, x)?;
+    let flow = s.cfg.flow.is_some();
+    let (_, s0, l0) = vp(flow, s.sigmas[i]);
+    let x0 = data_prediction(flow, pred, s.sigmas[i], out, x)?;
     s.history.push(x0);
     if s.history.len() > 2 {
         s.history.remove(0);
     }
-    let (at, st, lt) = vp(s.sigmas[i + 1]);
+    let (at, st, lt) = vp(flow, s.sigmas[i + 1]);
     let h = lt - l0;
     let phi = (-h).exp() - 1.0;
     let ratio = if st == 0.0 { 0.0 } else { st / s0 };
@@ -82,7 +90,7 @@ pub(super) fn step(s: &mut Scheduler, a: &StepArgs) -> Result<Tensor> {
         lincomb(ratio, x, -at * phi, d0)?
     } else {
         // ratio·x − α_t·φ·(m0 + ½·(m0 − m1)/r0)
-        let (_, _, l1) = vp(s.sigmas[i - 1]);
+        let (_, _, l1) = vp(flow, s.sigmas[i - 1]);
         let r0 = (l0 - l1) / h;
         let m1 = &s.history[s.history.len() - 2];
         let d1 = scale(&(d0 - m1)?, 0.5 / r0)?;

@@ -11,6 +11,7 @@
 mod ddim;
 mod dpmpp;
 mod euler;
+mod flow;
 mod lms;
 pub mod ops;
 pub mod table;
@@ -18,6 +19,7 @@ mod unipc;
 
 use candle_core::Tensor;
 
+pub use flow::{DynamicShift, Flow};
 use ops::lincomb;
 pub use table::{BetaSchedule, NoiseTable};
 
@@ -30,7 +32,8 @@ pub enum Prediction {
     V,
     /// The clean sample x0 itself (also how a hook's replaced x̂0 is stepped).
     Sample,
-    /// Flow-matching velocity (rectified flows); these schedulers do not take it.
+    /// Flow-matching velocity v = ε − x0 (rectified flows: SD3, Flux); stepped by
+    /// `flow_euler`, and by DPM-Solver++ and UniPC on a flow grid ([`Config::flow`]).
     Flow,
 }
 
@@ -91,12 +94,23 @@ pub enum Kind {
     Lcm,
     /// Linear multistep, order 4.
     Lms,
+    /// Flow matching's Euler step (`FlowMatchEulerDiscreteScheduler`), on the flow grid of
+    /// [`Config::flow`].
+    FlowEuler,
 }
 
 impl Kind {
     /// The names the graph and the fixtures use.
     pub const NAMES: &'static [&'static str] = &[
-        "ddim", "ddpm", "euler", "euler_a", "dpmpp_2m", "lcm", "unipc", "lms",
+        "ddim",
+        "ddpm",
+        "euler",
+        "euler_a",
+        "dpmpp_2m",
+        "lcm",
+        "unipc",
+        "lms",
+        "flow_euler",
     ];
 
     /// From its name (see [`Kind::NAMES`]); `eta` is DDIM's η.
@@ -110,16 +124,35 @@ impl Kind {
             "lcm" => Kind::Lcm,
             "unipc" => Kind::UniPc,
             "lms" => Kind::Lms,
+            "flow_euler" => Kind::FlowEuler,
             _ => return None,
         })
+    }
+
+    /// Its name (see [`Kind::NAMES`]).
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Ddim { .. } => "ddim",
+            Kind::Ddpm => "ddpm",
+            Kind::Euler => "euler",
+            Kind::EulerAncestral => "euler_a",
+            Kind::DpmPp2M => "dpmpp_2m",
+            Kind::UniPc => "unipc",
+            Kind::Lcm => "lcm",
+            Kind::Lms => "lms",
+            Kind::FlowEuler => "flow_euler",
+        }
     }
 
     fn default_spacing(self) -> Spacing {
         match self {
             Kind::Ddim { .. } | Kind::Ddpm | Kind::Lcm => Spacing::Leading,
-            Kind::Euler | Kind::EulerAncestral | Kind::DpmPp2M | Kind::UniPc | Kind::Lms => {
-                Spacing::Linspace
-            }
+            Kind::Euler
+            | Kind::EulerAncestral
+            | Kind::DpmPp2M
+            | Kind::UniPc
+            | Kind::Lms
+            | Kind::FlowEuler => Spacing::Linspace,
         }
     }
 
@@ -128,7 +161,7 @@ impl Kind {
         match self {
             Kind::Ddim { eta } => eta > 0.0,
             Kind::Ddpm | Kind::EulerAncestral | Kind::Lcm => true,
-            Kind::Euler | Kind::DpmPp2M | Kind::UniPc | Kind::Lms => false,
+            Kind::Euler | Kind::DpmPp2M | Kind::UniPc | Kind::Lms | Kind::FlowEuler => false,
         }
     }
 }
@@ -150,6 +183,9 @@ pub struct Config {
     pub karras: bool,
     /// The training schedule.
     pub table: NoiseTable,
+    /// Flow-matching σ (a flow model): `flow_euler` always uses a flow grid (this one, or the
+    /// default unshifted one); DPM-Solver++ and UniPC use it when set (`use_flow_sigmas`).
+    pub flow: Option<Flow>,
 }
 
 impl Config {
@@ -163,6 +199,7 @@ impl Config {
             set_alpha_to_one: None,
             karras: false,
             table: NoiseTable::sd(),
+            flow: None,
         }
     }
 }
@@ -212,14 +249,41 @@ impl Scheduler {
                 cfg.table.len()
             ));
         }
-        let spacing = cfg.spacing.unwrap_or(cfg.kind.default_spacing());
-        let (timesteps, sigmas, init_noise_sigma) = match cfg.kind {
-            Kind::Ddim { .. } | Kind::Ddpm => {
-                (ddim::timesteps(&cfg, spacing, steps), Vec::new(), 1.0)
+        let mut cfg = cfg;
+        if cfg.kind == Kind::FlowEuler && cfg.flow.is_none() {
+            cfg.flow = Some(Flow::default());
+        }
+        if let Some(f) = &cfg.flow {
+            f.check().map_err(ScheduleError::Invalid)?;
+            if !matches!(cfg.kind, Kind::FlowEuler | Kind::DpmPp2M | Kind::UniPc) {
+                return invalid(format!(
+                    "{} has no flow-matching grid: sample a flow model with flow_euler, dpmpp_2m or unipc",
+                    cfg.kind.name()
+                ));
             }
-            Kind::Lcm => (ddim::lcm_timesteps(&cfg, steps), Vec::new(), 1.0),
-            Kind::Euler | Kind::EulerAncestral | Kind::Lms => euler::grid(&cfg, spacing, steps),
-            Kind::DpmPp2M | Kind::UniPc => dpmpp::grid(&cfg, spacing, steps),
+            if cfg.karras {
+                return invalid("Karras σ are not built for flow-matching grids: turn karras off");
+            }
+            if f.uniform && cfg.kind != Kind::FlowEuler {
+                return invalid(
+                    "the uniform (Flux pipeline) σ grid is flow_euler's; dpmpp_2m and unipc use their own flow grid",
+                );
+            }
+        }
+        let spacing = cfg.spacing.unwrap_or(cfg.kind.default_spacing());
+        let train = cfg.table.len();
+        let (timesteps, sigmas, init_noise_sigma) = match (cfg.kind, cfg.flow) {
+            (Kind::FlowEuler, Some(f)) => flow::euler_grid(&f, train, steps),
+            (Kind::DpmPp2M, Some(f)) => flow::dpm_grid(&f, train, steps),
+            (Kind::UniPc, Some(f)) => flow::unipc_grid(&f, train, steps),
+            _ => match cfg.kind {
+                Kind::Ddim { .. } | Kind::Ddpm => {
+                    (ddim::timesteps(&cfg, spacing, steps), Vec::new(), 1.0)
+                }
+                Kind::Lcm => (ddim::lcm_timesteps(&cfg, steps), Vec::new(), 1.0),
+                Kind::Euler | Kind::EulerAncestral | Kind::Lms => euler::grid(&cfg, spacing, steps),
+                Kind::DpmPp2M | Kind::UniPc | Kind::FlowEuler => dpmpp::grid(&cfg, spacing, steps),
+            },
         };
         Ok(Scheduler {
             cfg,
@@ -238,6 +302,11 @@ impl Scheduler {
     /// The settings it was made with.
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// The flow-matching grid it runs on, if any.
+    pub fn flow_grid(&self) -> Option<&Flow> {
+        self.cfg.flow.as_ref()
     }
 
     /// The timestep given to the model at each step.
@@ -294,6 +363,16 @@ impl Scheduler {
         x: &Tensor,
     ) -> Result<Tensor, ScheduleError> {
         let i = self.index.min(self.steps.saturating_sub(1));
+        if self.flow_grid().is_some() {
+            let s = self.sigmas[i];
+            let (alpha, sigma) = flow::alpha_sigma(s);
+            return Ok(match prediction {
+                Prediction::Sample => model_output.clone(),
+                Prediction::Flow => lincomb(1.0, x, -s, model_output)?,
+                Prediction::V => lincomb(alpha, x, -sigma, model_output)?,
+                Prediction::Epsilon => lincomb(1.0 / alpha, x, -sigma / alpha, model_output)?,
+            });
+        }
         let out = match (self.cfg.kind, prediction) {
             (_, Prediction::Sample) => model_output.clone(),
             (_, Prediction::Flow) => return flow_refused(),
@@ -319,7 +398,7 @@ impl Scheduler {
                     lincomb(1.0, x, -s, model_output)?
                 }
             }
-            (Kind::DpmPp2M | Kind::UniPc, p) => {
+            (Kind::DpmPp2M | Kind::UniPc | Kind::FlowEuler, p) => {
                 let s = self.sigmas[i];
                 let alpha = 1.0 / (s * s + 1.0).sqrt();
                 let sigma = s * alpha;
@@ -337,6 +416,9 @@ impl Scheduler {
     /// noised = a·x0 + b·noise. √ᾱ and √(1−ᾱ) for ᾱ-based schedulers, 1 and σ on the Euler
     /// grid, α and σ_VP for the multistep solvers; at the final index (σ = 0) (1, 0).
     pub fn noise_coefficients(&self, index: usize) -> (f64, f64) {
+        if self.flow_grid().is_some() {
+            return flow::alpha_sigma(self.sigmas[index]);
+        }
         match self.cfg.kind {
             Kind::Ddim { .. } | Kind::Ddpm | Kind::Lcm => {
                 let a = self
@@ -346,7 +428,7 @@ impl Scheduler {
                 (a.sqrt(), (1.0 - a).sqrt())
             }
             Kind::Euler | Kind::EulerAncestral | Kind::Lms => (1.0, self.sigmas[index]),
-            Kind::DpmPp2M | Kind::UniPc => {
+            Kind::DpmPp2M | Kind::UniPc | Kind::FlowEuler => {
                 let sigma = self.sigmas[index];
                 let alpha = 1.0 / (sigma * sigma + 1.0).sqrt();
                 (alpha, sigma * alpha)
@@ -410,8 +492,15 @@ impl Scheduler {
         if self.index >= self.steps {
             return invalid(format!("all {} steps are done", self.steps));
         }
-        if prediction == Prediction::Flow {
-            return flow_refused();
+        match (self.flow_grid().is_some(), prediction) {
+            (false, Prediction::Flow) => return flow_refused(),
+            (true, p) if self.cfg.kind == Kind::FlowEuler && p != Prediction::Flow => {
+                return invalid(format!(
+                    "flow_euler steps a flow-matching velocity, and this model predicts {}: choose another scheduler",
+                    p.name()
+                ))
+            }
+            _ => {}
         }
         if model_output.dims() != x.dims() {
             return invalid(format!(
@@ -432,8 +521,9 @@ impl Scheduler {
                 }
                 None => {
                     return invalid(format!(
-                        "step {} of {:?} needs noise",
-                        self.index, self.cfg.kind
+                        "step {} of {} needs noise",
+                        self.index,
+                        self.cfg.kind.name()
                     ))
                 }
             }
@@ -455,6 +545,7 @@ impl Scheduler {
             Kind::DpmPp2M => dpmpp::step(self, &a),
             Kind::UniPc => unipc::step(self, &a),
             Kind::Lms => lms::step(self, &a),
+            Kind::FlowEuler => flow::step_euler(self, &a),
         }?;
         self.index += 1;
         Ok(out)
@@ -472,6 +563,6 @@ pub(crate) struct StepArgs<'a> {
 
 fn flow_refused<T>() -> Result<T, ScheduleError> {
     invalid(
-        "this model predicts a flow-matching velocity; sample it with a flow-matching scheduler",
+        "this model predicts a flow-matching velocity; sample it with flow_euler, or dpmpp_2m or unipc on a flow grid",
     )
 }

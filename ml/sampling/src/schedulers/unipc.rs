@@ -3,16 +3,9 @@
 
 use candle_core::{Result, Tensor};
 
-use super::dpmpp::data_prediction;
+use super::dpmpp::{data_prediction, vp};
 use super::ops::{lincomb, scale};
 use super::{Scheduler, StepArgs};
-
-/// VP (α, σ) and λ = log α − log σ of a k-diffusion σ.
-fn vp(sigma: f64) -> (f64, f64, f64) {
-    let alpha = 1.0 / (sigma * sigma + 1.0).sqrt();
-    let s = sigma * alpha;
-    (alpha, s, alpha.ln() - s.ln())
-}
 
 /// The φ terms of the B(h) = e^{−h} − 1 ("bh2") variant for a step of size `h` in λ:
 /// (h·φ₁, B_h, b₁, b₂) with bₖ = k!·φₖ'/B_h.
@@ -34,15 +27,15 @@ fn correct(s: &Scheduler, m_t: &Tensor, order: usize) -> Result<Tensor> {
     let i = s.index;
     let m0 = &s.history[s.history.len() - 1];
     let last = s.last_sample.as_ref().unwrap_or(m0);
-    let (a_t, s_t, l_t) = vp(s.sigmas[i]);
-    let (_, s_s0, l_s0) = vp(s.sigmas[i - 1]);
+    let (a_t, s_t, l_t) = vp(s.cfg.flow.is_some(), s.sigmas[i]);
+    let (_, s_s0, l_s0) = vp(s.cfg.flow.is_some(), s.sigmas[i - 1]);
     let h = l_t - l_s0;
     let (h_phi_1, b_h, b1, b2) = phis(h);
     let out = first_order(last, s_t / s_s0, a_t, h_phi_1, m0)?;
     let c = -a_t * b_h;
     let d_t = (m_t - m0)?;
     if order >= 2 && s.history.len() >= 2 && i >= 2 {
-        let (_, _, l_s1) = vp(s.sigmas[i - 2]);
+        let (_, _, l_s1) = vp(s.cfg.flow.is_some(), s.sigmas[i - 2]);
         let rk = (l_s1 - l_s0) / h;
         let rho0 = (b1 - b2) / (1.0 - rk);
         let rho1 = b1 - rho0;
@@ -57,14 +50,14 @@ fn correct(s: &Scheduler, m_t: &Tensor, order: usize) -> Result<Tensor> {
 fn predict(s: &Scheduler, x: &Tensor, order: usize) -> Result<Tensor> {
     let i = s.index;
     let m0 = &s.history[s.history.len() - 1];
-    let (a_t, s_t, l_t) = vp(s.sigmas[i + 1]);
-    let (_, s_s0, l_s0) = vp(s.sigmas[i]);
+    let (a_t, s_t, l_t) = vp(s.cfg.flow.is_some(), s.sigmas[i + 1]);
+    let (_, s_s0, l_s0) = vp(s.cfg.flow.is_some(), s.sigmas[i]);
     let h = l_t - l_s0;
     let (h_phi_1, b_h, _, _) = phis(h);
     let ratio = if s_t == 0.0 { 0.0 } else { s_t / s_s0 };
     let out = first_order(x, ratio, a_t, h_phi_1, m0)?;
     if order >= 2 {
-        let (_, _, l_s1) = vp(s.sigmas[i - 1]);
+        let (_, _, l_s1) = vp(s.cfg.flow.is_some(), s.sigmas[i - 1]);
         let rk = (l_s1 - l_s0) / h;
         let m1 = &s.history[s.history.len() - 2];
         let c = -a_t * b_h * 0.5;
@@ -77,7 +70,7 @@ fn predict(s: &Scheduler, x: &Tensor, order: usize) -> Result<Tensor> {
 pub(super) fn step(s: &mut Scheduler, a: &StepArgs) -> Result<Tensor> {
     let (pred, out, x) = (a.pred, a.out, a.x);
     let i = s.index;
-    let m_t = data_prediction(pred, s.sigmas[i], out, x)?;
+    let m_t = data_prediction(s.cfg.flow.is_some(), pred, s.sigmas[i], out, x)?;
     let x = if i > 0 && s.last_sample.is_some() {
         correct(s, &m_t, s.this_order)?
     } else {
