@@ -1,18 +1,25 @@
 """SD3 parity fixtures from diffusers (`SD3Transformer2DModel`, `FlowMatchEulerDiscreteScheduler`),
 for ml/models/tests/sd3_parity.rs.
 
-tests/fixtures/tiny-sd3/transformer/: an SD3 transformer at diffusers' own test sizes (4 heads
-of 8, joint and caption width 32, pooled width 64) with 2 blocks (so the last, text-pre-only
-block is covered), patch 2, positions on a 16×16 grid (`pos_embed_max_size`), random weights.
-tests/fixtures/tiny-sd35/transformer/: the same with SD3.5's RMS-normed queries and keys and
-MMDiT-X's second attention in block 0 (`dual_attention_layers`).
+tests/fixtures/tiny-sd3/: an SD3 pipeline folder, random weights: the transformer at diffusers'
+own test sizes (4 heads of 8, caption width 32) with 2 blocks (so the last, text-pre-only block
+is covered), joint width 64, pooled width 64, patch 2, positions on a 16×16 grid
+(`pos_embed_max_size`); two 5-layer CLIP text encoders with projection (width 32, the real CLIP
+vocabulary, weights stored in f16; the second tokenizer pads with `!` as SD3's does), a 2-layer
+T5 of width 64 with tests/fixtures/tiny-t5's tokenizer, a 2-level VAE with SD3's shift and scale
+and no quant convs, and FlowMatchEulerDiscreteScheduler with shift 3.
+tests/fixtures/tiny-sd35/transformer/: the transformer with SD3.5's RMS-normed queries and keys
+and MMDiT-X's second attention in block 0 (`dual_attention_layers`).
 
 tests/fixtures/sd3-ref/:
 - forward.safetensors: each transformer at t = 421.5 on 2×4×8×8 and non-square 2×4×8×12
-  latents, text 2×7×32, pooled 2×64 → `out`, `out_wide`, `out35`, `out35_wide`;
+  latents, text 2×7×64, pooled 2×64 → `out`, `out_wide`, `out35`, `out35_wide`;
 - loop.safetensors: SD3Pipeline's denoising loop on the tiny SD3 (10 flow-matching Euler steps,
   shift 3, guidance 5 on `[negative; positive]` features), non-square 8×12 latent: every step's
-  latents, the noise and the features.
+  latents, the noise and the features;
+- pipeline.safetensors: StableDiffusion3Pipeline end to end (prompt, empty negative, T5 to 256
+  tokens, guidance 5, 10 steps, 32×48 pixels): the prompt's and the negative's features and
+  pooled embeddings, every step's latents, the noise, the decoded image.
 
 Run: tools/reference/.venv/bin/python tools/reference/make_sd3_fixtures.py
 """
@@ -24,11 +31,16 @@ import torch
 from safetensors.torch import save_file
 
 import diffusers
-from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+import numpy as np
+import shutil
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer, T5Config, T5EncoderModel
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 FIX = ROOT / "tests" / "fixtures"
 REF = FIX / "sd3-ref"
+PIPE = FIX / "tiny-sd3"
+PROMPT = "a small red house by the sea"
 
 
 def transformer(seed, **kw):
@@ -41,7 +53,7 @@ def transformer(seed, **kw):
         attention_head_dim=8,
         num_attention_heads=4,
         caption_projection_dim=32,
-        joint_attention_dim=32,
+        joint_attention_dim=64,
         pooled_projection_dim=64,
         out_channels=4,
         pos_embed_max_size=16,
@@ -58,13 +70,14 @@ def main():
     REF.mkdir(parents=True, exist_ok=True)
     sd3 = transformer(1)
     sd35 = transformer(2, qk_norm="rms_norm", dual_attention_layers=(0,))
-    sd3.save_pretrained(FIX / "tiny-sd3" / "transformer", safe_serialization=True)
+    shutil.rmtree(PIPE, ignore_errors=True)
+    sd3.save_pretrained(PIPE / "transformer", safe_serialization=True)
     sd35.save_pretrained(FIX / "tiny-sd35" / "transformer", safe_serialization=True)
 
     g = torch.Generator().manual_seed(3)
     x = torch.randn((2, 4, 8, 8), generator=g)
     wide = torch.randn((2, 4, 8, 12), generator=g)
-    text = torch.randn((2, 7, 32), generator=g)
+    text = torch.randn((2, 7, 64), generator=g)
     pooled = torch.randn((2, 64), generator=g)
     t = torch.tensor([421.5, 421.5])
     with torch.no_grad():
@@ -85,7 +98,7 @@ def main():
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
     scheduler.set_timesteps(10)
     noise = torch.randn((1, 4, 8, 12), generator=g)
-    text2 = torch.randn((2, 9, 32), generator=g)
+    text2 = torch.randn((2, 9, 64), generator=g)
     pooled2 = torch.randn((2, 64), generator=g)
     latents = noise.clone()
     steps = []
@@ -109,6 +122,111 @@ def main():
         metadata={"guidance": "5.0", "scheduler": json.dumps(dict(scheduler.config)), "diffusers": diffusers.__version__},
     )
     print("loop steps", len(steps), "max", float(torch.stack(steps).abs().max()))
+    pipeline(sd3)
+
+
+def clip(seed, eos):
+    torch.manual_seed(seed)
+    cfg = CLIPTextConfig(
+        bos_token_id=49406, eos_token_id=eos, pad_token_id=1, hidden_size=32, intermediate_size=37,
+        layer_norm_eps=1e-5, num_attention_heads=4, num_hidden_layers=5, vocab_size=49408,
+        hidden_act="gelu", projection_dim=32, max_position_embeddings=77,
+    )
+    model = CLIPTextModelWithProjection(cfg).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            # Stored in f16: the reference runs on the rounded values.
+            v = torch.randn(p.shape, generator=g) * (0.1 if p.ndim > 1 else 0.02)
+            p.copy_(v.half().float())
+        for name, p in model.named_parameters():
+            if "layer_norm" in name and name.endswith("weight"):
+                p.copy_((1.0 + 0.1 * torch.randn(p.shape, generator=g)).half().float())
+    return model
+
+
+def pipeline(transformer):
+    tok = CLIPTokenizer.from_pretrained(FIX / "tiny-sd" / "tokenizer")
+    tok_2 = CLIPTokenizer.from_pretrained(FIX / "tiny-sd" / "tokenizer", pad_token="!")
+    tok_3 = AutoTokenizer.from_pretrained(FIX / "tiny-t5")
+    enc = clip(11, 2)
+    enc_2 = clip(12, 49407)
+    torch.manual_seed(13)
+    t5 = T5EncoderModel(
+        T5Config(
+            vocab_size=124, d_model=64, d_kv=16, d_ff=40, num_layers=2, num_heads=4,
+            relative_attention_num_buckets=8, relative_attention_max_distance=20,
+            feed_forward_proj="gated-gelu", dense_act_fn="gelu_new", is_gated_act=True,
+            layer_norm_epsilon=1e-6, pad_token_id=0, eos_token_id=1, dropout_rate=0.0,
+        )
+    ).eval()
+    g = torch.Generator().manual_seed(13)
+    with torch.no_grad():
+        for name, p in t5.named_parameters():
+            if "layer_norm" in name:
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    torch.manual_seed(14)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1, norm_num_groups=4, sample_size=32, use_quant_conv=False,
+        use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035,
+    ).eval()
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=scheduler, vae=vae,
+        text_encoder=enc, tokenizer=tok, text_encoder_2=enc_2, tokenizer_2=tok_2,
+        text_encoder_3=t5, tokenizer_3=tok_3,
+    )
+    pipe.save_pretrained(PIPE, safe_serialization=True)
+    # The CLIP encoders again, in f16 (their values are f16-exact).
+    for sub, m in (("text_encoder", enc), ("text_encoder_2", enc_2)):
+        m.to(torch.float16).save_pretrained(PIPE / sub, safe_serialization=True)
+        m.to(torch.float32)
+    shutil.copy(FIX / "tiny-t5" / "tokenizer.json", PIPE / "tokenizer_3" / "tokenizer.json")
+    # The CLIP tokenizers as tiny-sd's vocab.json and merges.txt (smaller than tokenizer.json);
+    # the second pads with `!`.
+    for sub, pad in (("tokenizer", "<|endoftext|>"), ("tokenizer_2", "!")):
+        shutil.rmtree(PIPE / sub)
+        shutil.copytree(FIX / "tiny-sd" / "tokenizer", PIPE / sub)
+        special = json.loads((PIPE / sub / "special_tokens_map.json").read_text())
+        special["pad_token"] = pad
+        (PIPE / sub / "special_tokens_map.json").write_text(json.dumps(special))
+        cfg = json.loads((PIPE / sub / "tokenizer_config.json").read_text())
+        cfg["pad_token"] = pad
+        (PIPE / sub / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2))
+
+    g = torch.Generator().manual_seed(21)
+    noise = torch.randn((1, 4, 16, 24), generator=g)
+    with torch.no_grad():
+        pe, ne, pp, npool = pipe.encode_prompt(
+            prompt=PROMPT, prompt_2=None, prompt_3=None, negative_prompt="", do_classifier_free_guidance=True,
+            max_sequence_length=256,
+        )
+        steps = []
+
+        def record(p, i, t, kw):
+            steps.append(kw["latents"].clone())
+            return {}
+
+        image = pipe(
+            prompt=PROMPT, negative_prompt="", height=32, width=48, num_inference_steps=10,
+            guidance_scale=5.0, latents=noise.clone(), max_sequence_length=256, output_type="np",
+            callback_on_step_end=record,
+        ).images
+    save_file(
+        {
+            "context": pe.contiguous(), "negative_context": ne.contiguous(),
+            "pooled": pp.contiguous(), "negative_pooled": npool.contiguous(),
+            "latents": torch.stack(steps).contiguous(), "noise": noise.contiguous(),
+            "image": torch.from_numpy(np.ascontiguousarray(image)).float().contiguous(),
+        },
+        str(REF / "pipeline.safetensors"),
+        metadata={"prompt": PROMPT, "diffusers": diffusers.__version__},
+    )
+    print("pipeline steps", len(steps), "context", tuple(pe.shape), "max", float(torch.stack(steps).abs().max()))
 
 
 if __name__ == "__main__":

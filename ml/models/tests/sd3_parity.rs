@@ -4,6 +4,7 @@
 //! every step, through latentflow-sampling's loop.
 
 use candle_core::{Device, Tensor};
+use latentflow_models::sd3::text::Sd3Text;
 use latentflow_models::sd3::Sd3;
 use latentflow_sampling::schedulers::{Config, Flow, Kind, Prediction, Scheduler};
 use latentflow_sampling::{sample, Model, Noise, Run, SampleError, Start, Step};
@@ -97,10 +98,37 @@ fn bad_inputs_are_refused() {
             .unwrap_or_default()
     };
     let narrow = r["text"].narrow(2, 0, 16).unwrap();
-    assert!(err(&r["x"], &narrow, &r["pooled"]).contains("2×T×32"));
+    assert!(err(&r["x"], &narrow, &r["pooled"]).contains("2×T×64"));
     let short = r["pooled"].narrow(1, 0, 32).unwrap();
     assert!(err(&r["x"], &r["text"], &short).contains("2×64"));
     // Larger than the positions' grid (16×16 patches of 2).
     let big = Tensor::zeros((2, 4, 8, 34), candle_core::DType::F32, &Device::Cpu).unwrap();
     assert!(err(&big, &r["text"], &r["pooled"]).contains("at most 32"));
+}
+
+#[test]
+fn text_conditioning_matches_the_pipeline_encode_prompt() {
+    let r = load("sd3-ref/pipeline.safetensors");
+    let dir = fixtures().join("tiny-sd3");
+    let text = Sd3Text::load(&dir, 64, &Device::Cpu).unwrap();
+    let got = text
+        .encode(&["a small red house by the sea", ""], 256, &Device::Cpu)
+        .unwrap();
+    for (i, (ctx, pooled)) in [("context", "pooled"), ("negative_context", "negative_pooled")]
+        .into_iter()
+        .enumerate()
+    {
+        let c = got.context.get(i).unwrap().unsqueeze(0).unwrap();
+        let p = got.pooled.get(i).unwrap().unsqueeze(0).unwrap();
+        let (ec, ep) = (rel_err(&c, &r[ctx]), rel_err(&p, &r[pooled]));
+        eprintln!("SD3 {ctx}: {ec:e}, {pooled}: {ep:e}");
+        assert!(ec <= 1e-5 && ep <= 1e-5, "{ctx} {ec:e}, {pooled} {ep:e}");
+    }
+    // Without T5: 77 zero tokens in its place.
+    let mut no_t5 = text;
+    no_t5.t5 = None;
+    let got = no_t5.encode(&["a dog"], 256, &Device::Cpu).unwrap();
+    assert_eq!(got.context.dims(), [1, 154, 64]);
+    let tail = got.context.narrow(1, 77, 77).unwrap();
+    assert_eq!(tail.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
 }

@@ -25,7 +25,11 @@ impl VaeObject {
     }
 
     fn decode(&self, latent: &Tensor, tile: usize) -> Result<Tensor, NodeError> {
-        let z = (f32_tensor(latent)? / self.vae.config.scaling_factor).map_err(fail)?;
+        // SD3's and Flux's VAEs also shift: z / scale + shift.
+        let shift = self.vae.config.shift_factor.unwrap_or(0.0);
+        let z = (f32_tensor(latent)? / self.vae.config.scaling_factor)
+            .and_then(|z| if shift != 0.0 { z + shift } else { Ok(z) })
+            .map_err(fail)?;
         let img = self.vae.decode_tiled(&z, tile).map_err(fail)?;
         let img = ((img / 2.0).and_then(|t| t + 0.5))
             .and_then(|t| t.clamp(0f32, 1f32))
@@ -42,7 +46,13 @@ impl VaeObject {
             .and_then(|t| t.contiguous())
             .map_err(fail)?;
         let mean = self.vae.encode_mean_raw(&x).map_err(fail)?;
-        from_candle(&(mean * self.vae.config.scaling_factor).map_err(fail)?)
+        let shift = self.vae.config.shift_factor.unwrap_or(0.0);
+        let z = if shift != 0.0 {
+            (mean - shift).and_then(|m| m * self.vae.config.scaling_factor)
+        } else {
+            mean * self.vae.config.scaling_factor
+        };
+        from_candle(&z.map_err(fail)?)
     }
 
     fn empty_latent(

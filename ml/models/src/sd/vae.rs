@@ -49,7 +49,7 @@ pub struct VaeConfig {
     /// Attention in the mid block (only `true`).
     #[serde(default = "yes")]
     pub mid_block_add_attention: bool,
-    /// SD3/Flux latent shift (only none).
+    /// SD3/Flux latent shift: decoding takes z / scaling_factor + shift_factor.
     #[serde(default)]
     pub shift_factor: Option<f64>,
 }
@@ -111,11 +111,10 @@ impl Checked for VaeConfig {
                 "false is not supported",
             ));
         }
-        if self.shift_factor.is_some() {
-            return Err(FieldError::new(
-                "shift_factor",
-                "is set: SD3/Flux VAEs are not supported yet",
-            ));
+        if let Some(f) = self.shift_factor {
+            if !f.is_finite() {
+                return Err(FieldError::new("shift_factor", format!("{f} is not a usable shift")));
+            }
         }
         checks::groups_divide(self.norm_num_groups, &self.block_out_channels)?;
         if !self.scaling_factor.is_finite() || self.scaling_factor == 0.0 {

@@ -8,6 +8,7 @@
 //! flow-matching velocity.
 
 mod config;
+pub mod text;
 
 use std::path::{Path, PathBuf};
 

@@ -27,6 +27,14 @@ pub struct ClipConfig {
     /// End-of-text id; the legacy value 2 means "the highest id in the sequence".
     #[serde(default = "legacy_eos")]
     pub eos_token_id: u32,
+    /// Width of `text_projection` (`CLIPTextModelWithProjection`: SDXL's and SD3's second
+    /// encoder, SD3's first).
+    #[serde(default = "projection")]
+    pub projection_dim: usize,
+}
+
+fn projection() -> usize {
+    512
 }
 
 fn quick_gelu() -> String {

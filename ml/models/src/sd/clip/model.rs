@@ -34,6 +34,7 @@ pub struct ClipTextModel {
     position: Embedding,
     layers: Vec<Layer>,
     final_ln: LayerNorm,
+    projection: Option<Linear>,
 }
 
 /// Hidden states of one forward pass.
@@ -55,6 +56,15 @@ impl ClipTextModel {
     }
 
     fn build(config: ClipConfig, vb: VarBuilder) -> candle_core::Result<Self> {
+        let projection = if vb.contains_tensor("text_projection.weight") {
+            Some(candle_nn::linear_no_bias(
+                config.hidden_size,
+                config.projection_dim,
+                vb.pp("text_projection"),
+            )?)
+        } else {
+            None
+        };
         let vb = if vb.contains_tensor("text_model.embeddings.token_embedding.weight") {
             vb.pp("text_model")
         } else {
@@ -101,7 +111,18 @@ impl ClipTextModel {
             position,
             layers,
             final_ln,
+            projection,
         })
+    }
+
+    /// The pooled state through `text_projection` (`text_embeds`), for an encoder that has one.
+    pub fn project(&self, pooled: &Tensor) -> Result<Tensor> {
+        match &self.projection {
+            Some(p) => Ok(p.forward(pooled)?),
+            None => Err(ModelError::invalid(
+                "this text encoder has no text_projection (a CLIPTextModelWithProjection has)",
+            )),
+        }
     }
 
     /// Loads `config.json` and the weights of a transformers `text_encoder/` folder.
