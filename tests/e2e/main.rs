@@ -14,6 +14,7 @@ mod llm;
 mod pixart;
 mod plugins;
 mod sampling;
+mod sd3;
 mod sd_pipeline;
 mod serve;
 mod tiramisu;

@@ -114,9 +114,12 @@ fn text_conditioning_matches_the_pipeline_encode_prompt() {
     let got = text
         .encode(&["a small red house by the sea", ""], 256, &Device::Cpu)
         .unwrap();
-    for (i, (ctx, pooled)) in [("context", "pooled"), ("negative_context", "negative_pooled")]
-        .into_iter()
-        .enumerate()
+    for (i, (ctx, pooled)) in [
+        ("context", "pooled"),
+        ("negative_context", "negative_pooled"),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let c = got.context.get(i).unwrap().unsqueeze(0).unwrap();
         let p = got.pooled.get(i).unwrap().unsqueeze(0).unwrap();
@@ -130,5 +133,13 @@ fn text_conditioning_matches_the_pipeline_encode_prompt() {
     let got = no_t5.encode(&["a dog"], 256, &Device::Cpu).unwrap();
     assert_eq!(got.context.dims(), [1, 154, 64]);
     let tail = got.context.narrow(1, 77, 77).unwrap();
-    assert_eq!(tail.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+    assert_eq!(
+        tail.abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap(),
+        0.0
+    );
 }

@@ -3,11 +3,14 @@
 //! - `dit.load`: a DiT pipeline or transformer folder as a `Denoiser` of family `dit`;
 //! - `dit.class_labels`: class ids or names as the conditioning a DiT takes (and the "no
 //!   class" conditioning for classifier-free guidance);
-//! - `dit.load_pixart`: PixArt-α/Σ as a `Denoiser` of family `t5` (T5 features and their mask).
+//! - `dit.load_pixart`: PixArt-α/Σ as a `Denoiser` of family `t5` (T5 features and their mask);
+//! - `dit.load_sd3`, `dit.load_sd3_text`, `dit.sd3_encode`: SD3/SD3.5 as a flow-matching
+//!   `Denoiser` of family `sd3`, and its text conditioning.
 
 mod denoiser;
 mod labels;
 mod pixart;
+mod sd3;
 
 use latentflow_plugin_api::sdk::prelude::*;
 
@@ -24,10 +27,11 @@ pub(crate) fn fail(e: impl std::fmt::Display) -> NodeError {
 
 /// The plugin's nodes.
 pub fn plugin() -> PluginDef {
-    PluginDef::new("dit", env!("CARGO_PKG_VERSION"))
+    let p = PluginDef::new("dit", env!("CARGO_PKG_VERSION"))
         .node(denoiser::node())
         .node(labels::node())
-        .node(pixart::node())
+        .node(pixart::node());
+    sd3::nodes().into_iter().fold(p, PluginDef::node)
 }
 
 latentflow_plugin_api::export_plugin!(plugin());

@@ -216,6 +216,43 @@ fn context(
     }
 }
 
+/// The pooled text embeddings (SD3, SDXL): the positive's, or `[negative; positive]` under
+/// guidance; both are needed then.
+fn pooled(inputs: &Inputs, n: usize, guided: bool) -> Result<Option<CTensor>, NodeError> {
+    let fail = |e: candle_core::Error| NodeError::failed(e.to_string());
+    let get = |name: &str, what: &str| -> Result<Option<CTensor>, NodeError> {
+        if !inputs.is_connected(name) {
+            return Ok(None);
+        }
+        inputs
+            .opt_tensor(name)?
+            .map(|t| guidance::batch_to(&candle(t)?, n, what).map_err(node_error))
+            .transpose()
+    };
+    let pos = get("positive_pooled", "positive pooled embedding")?;
+    let neg = get("negative_pooled", "negative pooled embedding")?;
+    match (pos, neg, guided) {
+        (None, None, _) => Ok(None),
+        (Some(p), Some(q), true) => {
+            if p.dims() != q.dims() {
+                return Err(NodeError::invalid(format!(
+                    "the pooled embeddings differ: positive {:?}, negative {:?}",
+                    p.dims(),
+                    q.dims()
+                )));
+            }
+            Ok(Some(CTensor::cat(&[&q, &p], 0).map_err(fail)?))
+        }
+        (Some(p), _, false) => Ok(Some(p)),
+        (Some(_), None, true) => Err(NodeError::invalid(
+            "guidance needs the negative's pooled embedding too: connect negative_pooled",
+        )),
+        (None, Some(_), _) => Err(NodeError::invalid(
+            "negative_pooled is connected but positive_pooled is not",
+        )),
+    }
+}
+
 /// `steps×shape` tensor of the recorded states (empty when not recording).
 fn stacked(states: &[CTensor], shape: &[usize]) -> Result<Tensor, NodeError> {
     let fail = |e: candle_core::Error| NodeError::failed(e.to_string());
@@ -279,6 +316,7 @@ fn sample(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeErro
     let known = candle(latent)?;
     let guidance_scale = p.f64("cfg")?;
     let (context, mask, guided) = context(inputs, n, guidance_scale != 1.0)?;
+    let pooled = pooled(inputs, n, guided)?;
 
     let mut noise = match inputs.opt_tensor("noise")? {
         Some(t) => Noise::recorded(t.to_f32_vec()?, numel).map_err(node_error)?,
@@ -304,6 +342,7 @@ fn sample(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeErro
         cond: Conditioning {
             context: Some(from_candle(&context)?),
             mask: mask.as_ref().map(from_candle).transpose()?,
+            pooled: pooled.as_ref().map(from_candle).transpose()?,
             ..Default::default()
         },
         kind,
@@ -398,6 +437,8 @@ fn common(d: NodeDef, latent: fn(Dim) -> PortType, what: &str, steps: i64) -> No
             .optional_input("negative", PortType::conditioning_of(Dim::var("D"), f()), "unconditional / negative conditioning (enables CFG)")
             .optional_input("positive_mask", PortType::tensor(Some(DType::F32), Dim::Fixed(2)), "token mask of the positive conditioning (N×L, 1 = token), as T5 and LLM encoders give it: masked conditionings of different lengths are padded with zeros instead of repeated, and the model sees the mask")
             .optional_input("negative_mask", PortType::tensor(Some(DType::F32), Dim::Fixed(2)), "token mask of the negative conditioning")
+            .optional_input("positive_pooled", PortType::tensor(Some(DType::F32), Dim::Fixed(2)), "pooled text embedding of the positive (SD3: dit.sd3_encode's pooled), N×P")
+            .optional_input("negative_pooled", PortType::tensor(Some(DType::F32), Dim::Fixed(2)), "pooled text embedding of the negative; needed with guidance when positive_pooled is given")
             .input("latent", latent(Dim::var("C")), &format!("start {what} (an empty one for text-to-{what})"))
             .optional_input("noise", PortType::tensor(Some(DType::F32), Dim::Any), "recorded noise to replay instead of the seeded stream: the initial draw, then each stochastic step's")
             .optional_input("hooks", PortType::list(PortType::handle("SamplerHook")), "per-step hooks, applied in order after the inpainting blend")

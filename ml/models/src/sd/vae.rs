@@ -113,7 +113,10 @@ impl Checked for VaeConfig {
         }
         if let Some(f) = self.shift_factor {
             if !f.is_finite() {
-                return Err(FieldError::new("shift_factor", format!("{f} is not a usable shift")));
+                return Err(FieldError::new(
+                    "shift_factor",
+                    format!("{f} is not a usable shift"),
+                ));
             }
         }
         checks::groups_divide(self.norm_num_groups, &self.block_out_channels)?;

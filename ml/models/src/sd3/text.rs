@@ -44,7 +44,12 @@ impl Clip {
         let mut ids = Vec::with_capacity(texts.len() * CLIP_TOKENS);
         for text in texts {
             let mut row = vec![t.bos];
-            row.extend(self.tokenizer.encode(text)?.into_iter().take(CLIP_TOKENS - 2));
+            row.extend(
+                self.tokenizer
+                    .encode(text)?
+                    .into_iter()
+                    .take(CLIP_TOKENS - 2),
+            );
             row.push(t.eos);
             row.resize(CLIP_TOKENS, t.pad);
             ids.extend(row);
@@ -152,7 +157,12 @@ impl Sd3Text {
     }
 
     /// Encodes `texts`, T5 to `max_length` tokens (diffusers' `max_sequence_length`).
-    pub fn encode(&self, texts: &[&str], max_length: usize, device: &Device) -> Result<Sd3Conditioning> {
+    pub fn encode(
+        &self,
+        texts: &[&str],
+        max_length: usize,
+        device: &Device,
+    ) -> Result<Sd3Conditioning> {
         if texts.is_empty() {
             return Err(ModelError::invalid("no prompts to encode"));
         }

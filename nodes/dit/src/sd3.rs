@@ -1,0 +1,195 @@
+//! SD3 and SD3.5: `dit.load_sd3` (the MMDiT as a flow-matching `Denoiser` of family `sd3`),
+//! `dit.load_sd3_text` (the pipeline's CLIP-L, CLIP-G and T5) and `dit.sd3_encode` (a prompt →
+//! the joint text tokens and the pooled embedding, as the pipeline's `encode_prompt`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::{Device, Tensor as CTensor};
+use latentflow_models::sd3::text::Sd3Text;
+use latentflow_models::sd3::{Sd3, Sd3Config};
+use latentflow_models::Checked;
+use latentflow_plugin_api::sdk::candle::{from_candle, to_candle_f32};
+use latentflow_plugin_api::sdk::denoiser::{
+    denoiser_handle, DenoiseOutput, DenoiseRequest, Denoised, DenoiserImpl, DenoiserInfo,
+    PredictionKind,
+};
+use latentflow_plugin_api::sdk::prelude::*;
+
+use crate::fail;
+
+/// The conditioning family of SD3: joint CLIP+T5 tokens.
+const SD3: &str = "sd3";
+
+struct Sd3Denoiser {
+    model: Arc<Sd3>,
+    name: String,
+}
+
+/// `t` with a batch of `n` (a batch of one repeats).
+fn batched(t: CTensor, n: usize, what: &str) -> Result<CTensor, NodeError> {
+    match t.dims().first() {
+        Some(&b) if b == n => Ok(t),
+        Some(1) => {
+            let mut reps = vec![1; t.rank()];
+            reps[0] = n;
+            t.repeat(reps).map_err(fail)
+        }
+        _ => Err(NodeError::invalid(format!(
+            "{what} {:?} for a batch of {n}",
+            t.dims()
+        ))),
+    }
+}
+
+impl DenoiserImpl for Sd3Denoiser {
+    fn info(&self) -> DenoiserInfo {
+        DenoiserInfo {
+            family: SD3.into(),
+            prediction: PredictionKind::Flow,
+            description: format!("SD3 {}", self.name),
+        }
+    }
+
+    fn denoise(&self, _: HostRef, req: DenoiseRequest) -> Denoised {
+        let x = to_candle_f32(&req.x)?;
+        let n = x.dims().first().copied().unwrap_or(0);
+        let text = to_candle_f32(
+            req.cond
+                .require_context("SD3 (dit.sd3_encode's conditioning)")?,
+        )?;
+        let text = batched(text, n, "the text tokens")?;
+        let pooled = req.cond.pooled.as_ref().ok_or_else(|| {
+            NodeError::invalid(
+                "SD3 needs the pooled text embedding: connect dit.sd3_encode's pooled to the sampler's positive_pooled (and negative_pooled)",
+            )
+        })?;
+        let pooled = batched(to_candle_f32(pooled)?, n, "the pooled embedding")?;
+        let v = self
+            .model
+            .forward(&x, req.timestep, &text, &pooled)
+            .map_err(|e| NodeError::invalid(e.to_string()))?;
+        Ok(DenoiseOutput::new(from_candle(&v)?, PredictionKind::Flow))
+    }
+}
+
+fn load(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
+    let path = PathBuf::from(p.str("path")?);
+    let model = Sd3::load(&path, &Device::Cpu).map_err(fail)?;
+    let d = Sd3Denoiser {
+        model: Arc::new(model),
+        name: path.display().to_string(),
+    };
+    Ok(vec![Value::Object(denoiser_handle(d))])
+}
+
+fn config(path: &Path) -> Result<Sd3Config, NodeError> {
+    let dir = Sd3::folder(path).map_err(fail)?;
+    Sd3Config::from_file(&dir.join("config.json")).map_err(fail)
+}
+
+/// The text encoders, callable as `encode(text, max_length)` → [tokens 1×T×W, pooled 1×P].
+struct TextObject {
+    text: Sd3Text,
+}
+
+impl ObjectImpl for TextObject {
+    fn interface(&self) -> String {
+        "Sd3Text".into()
+    }
+
+    fn call(&self, host: HostRef<'_>, method: &str, args: Vec<Value>) -> Reply {
+        if method != "encode" {
+            return Err(NodeError::invalid(format!(
+                "Sd3Text has no method `{method}`"
+            )));
+        }
+        let text = args
+            .first()
+            .and_then(Value::as_str)
+            .ok_or_else(|| NodeError::invalid("encode: the text must be a string"))?;
+        let max_length = match args.get(1).and_then(Value::as_int) {
+            Some(n) if n > 0 => n as usize,
+            other => {
+                return Err(NodeError::invalid(format!(
+                    "max_length {other:?}: T5's token count, at least 1"
+                )))
+            }
+        };
+        Ctx::new(host).check_alloc("T5's attention scores", &[64, max_length, max_length], 4)?;
+        let out = self
+            .text
+            .encode(&[text], max_length, &Device::Cpu)
+            .map_err(fail)?;
+        Ok(vec![
+            Value::Tensor(from_candle(&out.context)?),
+            Value::Tensor(from_candle(&out.pooled)?),
+        ])
+    }
+
+    fn describe(&self) -> String {
+        format!("Sd3Text({})", self.text.source.display())
+    }
+}
+
+fn load_text(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
+    let path = PathBuf::from(p.str("path")?);
+    let joint = config(&path)?.joint_attention_dim;
+    let mut text = Sd3Text::load(&path, joint, &Device::Cpu).map_err(fail)?;
+    if !p.bool("t5")? {
+        text.t5 = None;
+    }
+    Ok(vec![Value::Object(ObjectHandle::new(TextObject { text }))])
+}
+
+fn encode(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
+    let args = vec![
+        Value::Str(p.str("text")?.into()),
+        Value::Int(p.int("max_length")?),
+    ];
+    let out = inputs.object("text")?.call(ctx.host(), "encode", args)?;
+    if out.len() < 2 {
+        return Err(NodeError::failed("encode returned fewer than 2 values"));
+    }
+    Ok(out.into_iter().take(2).collect())
+}
+
+/// The nodes.
+pub fn nodes() -> Vec<NodeDef> {
+    let model = || PortType::handle_of("Denoiser", Family::named(SD3));
+    vec![
+        NodeDef::new("dit.load_sd3", load)
+            .doc("Loads an SD3 or SD3.5 transformer (diffusers' SD3Transformer2DModel: MMDiT, SD3.5's qk RMS norm and MMDiT-X dual attention): a pipeline folder (transformer/) or a transformer folder. A flow-matching Denoiser of family sd3: sample it with flow_euler (shift 3 for SD3), or dpmpp_2m / unipc, with dit.sd3_encode's conditioning and pooled embedding; any latent whose patch grid fits pos_embed_max_size. Load the VAE with sd.load_vae on the same folder. The config is checked before anything runs.")
+            .param(Param::path("path").doc("SD3 pipeline folder, or a transformer folder"))
+            .output("model", model(), "SD3, as a flow-matching denoiser")
+            .infer(|p| {
+                config(Path::new(p.str("path")?))?;
+                Ok(vec![PortType::handle_of("Denoiser", Family::named(SD3))])
+            }),
+        NodeDef::new("dit.load_sd3_text", load_text)
+            .doc("Loads an SD3 pipeline's text encoders: CLIP-L (text_encoder/, tokenizer/) and OpenCLIP bigG (text_encoder_2/, tokenizer_2/), both with projection, and T5-XXL (text_encoder_3/, tokenizer_3/) when present and `t5` is on; without T5 its tokens are zeros, as diffusers does. The transformer's config (transformer/) gives the joint width.")
+            .param(Param::path("path").doc("SD3 pipeline folder"))
+            .param(Param::bool("t5").default(true).doc("use T5 (off: 77 zero tokens in its place, and T5 is not loaded)"))
+            .output("text", PortType::handle("Sd3Text"), "the text encoders")
+            .infer(|p| {
+                let path = PathBuf::from(p.str("path")?);
+                config(&path)?;
+                for sub in ["text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"] {
+                    if !path.join(sub).is_dir() {
+                        return Err(NodeError::invalid(format!(
+                            "{}: no {sub}/ (an SD3 pipeline folder has text_encoder/, tokenizer/, text_encoder_2/ and tokenizer_2/)",
+                            path.display()
+                        )));
+                    }
+                }
+                Ok(vec![PortType::handle("Sd3Text")])
+            }),
+        NodeDef::new("dit.sd3_encode", encode)
+            .doc("Prompt → SD3's conditioning, as StableDiffusion3Pipeline.encode_prompt builds it: CLIP-L's and CLIP-G's penultimate states (77 tokens) side by side, zero-padded to T5's width, then T5's max_length tokens; and the two projected pooled embeddings side by side. Encode the negative the same way (an empty prompt, as diffusers does).")
+            .input("text", PortType::handle("Sd3Text"), "from dit.load_sd3_text")
+            .param(Param::string("text").default("").doc("the prompt"))
+            .param(Param::int("max_length").default(256).range(1.0, 4096.0).doc("T5 tokens (diffusers' max_sequence_length)"))
+            .output("conditioning", PortType::conditioning_of(Dim::Any, Family::named(SD3)), "1×(77+max_length)×joint text tokens")
+            .output("pooled", PortType::tensor(Some(DType::F32), Dim::Fixed(2)), "1×P pooled embedding (to the sampler's positive_pooled / negative_pooled)"),
+    ]
+}

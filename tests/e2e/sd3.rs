@@ -1,0 +1,100 @@
+//! SD3 through graphs/sd3.yaml against diffusers' StableDiffusion3Pipeline
+//! (tools/reference/make_sd3_fixtures.py: CLIP-L, CLIP-G and T5 text, flow-matching Euler with
+//! shift 3, guidance 5) at every step and on the decoded image, on a non-square latent; and the
+//! refusals a user meets first.
+
+use latentflow_tests::{graph, rel_err, Sandbox};
+
+use crate::sd_pipeline::{fixture, run_graph, saved};
+
+fn reference() -> std::path::PathBuf {
+    fixture("sd3-ref/pipeline.safetensors")
+}
+
+/// graphs/sd3.yaml with the reference noise replayed and the steps and the image saved.
+fn instrumented(sb: &Sandbox, text: &str) -> std::path::PathBuf {
+    let wired = text
+        .replacen(
+            "inputs: {model: sd3, positive:",
+            "inputs: {noise: ref_noise, model: sd3, positive:",
+            1,
+        )
+        .replacen("params: {kind: ", "params: {record_steps: true, kind: ", 1);
+    assert!(
+        wired.contains("noise: ref_noise") && wired.contains("record_steps"),
+        "the graph's sampler moved; update this test"
+    );
+    let g = format!(
+        "{wired}  ref_noise:\n    type: core.load_tensor\n    params: {{path: {}, name: noise}}\n  save_steps:\n    type: core.save_tensor\n    inputs: {{tensor: sample.steps}}\n    params: {{filename: steps.safetensors}}\n  save_image:\n    type: core.save_tensor\n    inputs: {{tensor: decode}}\n    params: {{filename: image.safetensors}}\n",
+        reference().display()
+    );
+    sb.write("sd3.yaml", &g)
+}
+
+fn model() -> String {
+    format!("model={}", fixture("tiny-sd3").display())
+}
+
+#[test]
+fn every_step_matches_diffusers_sd3_pipeline() {
+    let sb = Sandbox::new();
+    let text = std::fs::read_to_string(graph("sd3.yaml")).expect("graph");
+    let g = instrumented(&sb, &text);
+    run_graph(&sb, &g, None, &[model()]);
+    let out = sb.path().join("output");
+    let (shape, ours) = saved(&out, "steps.safetensors");
+    let (rshape, theirs) = latentflow_tests::read_safetensors_tensor(&reference(), "latents");
+    assert_eq!(shape, rshape, "steps × latent shape");
+    let per = ours.len() / shape[0];
+    let mut worst = 0f32;
+    for s in 0..shape[0] {
+        let e = rel_err(
+            &ours[s * per..(s + 1) * per],
+            &theirs[s * per..(s + 1) * per],
+        );
+        assert!(e <= 1e-4, "SD3: step {s} error {e:e}");
+        worst = worst.max(e);
+    }
+    eprintln!("SD3 32×48: worst step error {worst:e}");
+    let (ishape, image) = saved(&out, "image.safetensors");
+    let (rishape, rimage) = latentflow_tests::read_safetensors_tensor(&reference(), "image");
+    assert_eq!(ishape, rishape, "image shape");
+    let e = rel_err(&image, &rimage);
+    assert!(e <= 1e-4, "SD3: decoded image error {e:e}");
+    assert!(out.join("sd3.png").exists());
+}
+
+#[test]
+fn missing_pooled_or_wrong_sampler_is_refused() {
+    let g = graph("sd3.yaml").display().to_string();
+    let text = std::fs::read_to_string(graph("sd3.yaml")).unwrap_or_default();
+    let sb = Sandbox::new();
+    // Without T5, as diffusers allows: it runs.
+    sb.run(&["run", &g, "-q", "--set", "t5=false"])
+        .expect_code(0);
+    // A sampler without a flow grid is refused by name.
+    let ddim = sb.write("ddim.yaml", &text.replace("kind: flow_euler", "kind: ddim"));
+    sb.run(&["run", &ddim.display().to_string(), "-q", "--set", &model()])
+        .expect_code(4)
+        .stderr_has("ddim has no flow-matching grid");
+    // The pooled embeddings left out.
+    let nopool = sb.write(
+        "nopool.yaml",
+        &text.replace(
+            ", positive_pooled: positive.pooled, negative_pooled: negative.pooled",
+            "",
+        ),
+    );
+    sb.run(&[
+        "run",
+        &nopool.display().to_string(),
+        "-q",
+        "--set",
+        &model(),
+    ])
+    .expect_code(4)
+    .stderr_has("SD3 needs the pooled text embedding");
+    // A PixArt folder is not an SD3 transformer: refused before anything runs.
+    let set = format!("model={}", fixture("tiny-pixart").display());
+    sb.run(&["validate", &g, "--set", &set]).expect_code(3);
+}
