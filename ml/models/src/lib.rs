@@ -11,13 +11,16 @@
 pub mod animatediff;
 pub mod dit;
 pub mod ella;
+pub mod flux;
 mod error;
 pub mod llm;
+mod mmdit;
 pub mod pixart;
 pub mod sd;
 pub mod sd3;
 pub mod sur;
 pub mod t5;
+pub mod text_encoders;
 pub mod tiramisu;
 pub mod unet2d;
 pub mod vq;

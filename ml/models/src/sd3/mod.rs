@@ -14,15 +14,16 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{linear, LayerNorm, Linear, VarBuilder};
-use latentflow_kernels::{attention, Attend, Conv};
+use latentflow_kernels::Conv;
 use latentflow_nn::{
-    plain_layer_norm, sincos_positions_2d, timestep_features, GeluFeedForward, RmsNorm,
+    plain_layer_norm, sincos_positions_2d, timestep_features, GeluFeedForward,
     TimestepEmbedding,
 };
 use latentflow_weights::Weights;
 
 pub use config::Sd3Config;
 
+use crate::mmdit::{attend, modulate, Modulator, Qkv};
 use crate::{Checked, ModelError, Result};
 
 /// The timestep and pooled-text embedding (`CombinedTimestepTextProjEmbeddings`).
@@ -51,106 +52,6 @@ impl TimeText {
             .forward(&candle_nn::ops::silu(&self.text_1.forward(pooled)?)?)?;
         temb + p
     }
-}
-
-/// `norm(x)·(1 + scale) + shift` for B×1×dim modulation vectors.
-fn modulate(
-    norm: &LayerNorm,
-    x: &Tensor,
-    shift: &Tensor,
-    scale: &Tensor,
-) -> candle_core::Result<Tensor> {
-    norm.forward(x)?
-        .broadcast_mul(&(scale + 1.0)?)?
-        .broadcast_add(shift)
-}
-
-/// `linear(silu(emb))` split into `n` modulation vectors, each B×1×dim.
-struct Modulator {
-    linear: Linear,
-    n: usize,
-}
-
-impl Modulator {
-    fn new(vb: VarBuilder, dim: usize, n: usize) -> candle_core::Result<Self> {
-        Ok(Self {
-            linear: linear(dim, n * dim, vb.pp("linear"))?,
-            n,
-        })
-    }
-
-    fn forward(&self, emb: &Tensor) -> candle_core::Result<Vec<Tensor>> {
-        let e = self.linear.forward(&candle_nn::ops::silu(emb)?)?;
-        let dim = e.dim(1)? / self.n;
-        (0..self.n)
-            .map(|i| e.narrow(1, i * dim, dim)?.unsqueeze(1))
-            .collect()
-    }
-}
-
-/// Query, key and value projections of one stream, with optional RMS norms on q and k.
-struct Qkv {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    norm_q: Option<RmsNorm>,
-    norm_k: Option<RmsNorm>,
-}
-
-impl Qkv {
-    /// `names`: the q, k, v projections' and the q, k norms' names.
-    fn new(
-        vb: &VarBuilder,
-        dim: usize,
-        head_dim: usize,
-        rms: bool,
-        names: [&str; 5],
-    ) -> candle_core::Result<Self> {
-        let norm = |n: &str| -> candle_core::Result<Option<RmsNorm>> {
-            if rms {
-                Ok(Some(RmsNorm::new(head_dim, 1e-6, vb.pp(n))?))
-            } else {
-                Ok(None)
-            }
-        };
-        Ok(Self {
-            q: linear(dim, dim, vb.pp(names[0]))?,
-            k: linear(dim, dim, vb.pp(names[1]))?,
-            v: linear(dim, dim, vb.pp(names[2]))?,
-            norm_q: norm(names[3])?,
-            norm_k: norm(names[4])?,
-        })
-    }
-
-    /// q, k, v as B×heads×L×head_dim.
-    fn forward(&self, x: &Tensor, heads: usize) -> candle_core::Result<[Tensor; 3]> {
-        let (b, l, dim) = x.dims3()?;
-        let split = |t: Tensor| t.reshape((b, l, heads, dim / heads))?.transpose(1, 2);
-        let normed = |t: Tensor, n: &Option<RmsNorm>| match n {
-            Some(n) => n.forward(&t.contiguous()?),
-            None => Ok(t),
-        };
-        let q = normed(split(self.q.forward(x)?)?, &self.norm_q)?;
-        let k = normed(split(self.k.forward(x)?)?, &self.norm_k)?;
-        let v = split(self.v.forward(x)?)?;
-        Ok([q, k, v])
-    }
-}
-
-/// Scaled dot-product attention over q, k, v (B×heads×L×d), back to B×L×(heads·d).
-fn attend(q: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
-    let (b, h, l, d) = q.dims4()?;
-    let q = (q * (d as f64).powf(-0.5))?.contiguous()?;
-    let o = attention(
-        &q,
-        &k.contiguous()?,
-        &v.contiguous()?,
-        Attend {
-            mask: None,
-            probabilities: None,
-        },
-    )?;
-    o.transpose(1, 2)?.reshape((b, l, h * d))
 }
 
 /// One MMDiT block.

@@ -7,85 +7,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::sd::clip::ClipTextModel;
-use crate::sd::tokenizer::ClipTokenizer;
-use crate::t5::{T5Encoder, TextTokenizer};
+use crate::text_encoders::{Clip, T5, CLIP_TOKENS};
 use crate::{ModelError, Result};
-
-/// CLIP's window: start, 75 tokens, end, padding.
-const CLIP_TOKENS: usize = 77;
-
-/// A CLIP text encoder with projection and its tokenizer.
-pub struct Clip {
-    tokenizer: ClipTokenizer,
-    model: ClipTextModel,
-}
-
-impl Clip {
-    /// Loads `model_dir` (a `CLIPTextModelWithProjection` folder) and `tokenizer_dir`.
-    pub fn load(model_dir: &Path, tokenizer_dir: &Path, device: &Device) -> Result<Self> {
-        let model = ClipTextModel::load(model_dir, device)?;
-        if model.config.max_position_embeddings < CLIP_TOKENS {
-            return Err(ModelError::invalid(format!(
-                "{}: {} positions; SD3's CLIP encoders take {CLIP_TOKENS} tokens",
-                model_dir.display(),
-                model.config.max_position_embeddings
-            )));
-        }
-        Ok(Self {
-            tokenizer: ClipTokenizer::load(tokenizer_dir)?,
-            model,
-        })
-    }
-
-    /// The penultimate hidden states B×77×D and the projected pooled embeddings B×P.
-    fn encode(&self, texts: &[&str], device: &Device) -> Result<(Tensor, Tensor)> {
-        let t = &self.tokenizer;
-        let mut ids = Vec::with_capacity(texts.len() * CLIP_TOKENS);
-        for text in texts {
-            let mut row = vec![t.bos];
-            row.extend(
-                self.tokenizer
-                    .encode(text)?
-                    .into_iter()
-                    .take(CLIP_TOKENS - 2),
-            );
-            row.push(t.eos);
-            row.resize(CLIP_TOKENS, t.pad);
-            ids.extend(row);
-        }
-        let ids = Tensor::from_vec(ids, (texts.len(), CLIP_TOKENS), device)?;
-        let out = self.model.forward(&ids, None)?;
-        let hidden = out.hidden[out.hidden.len() - 2].clone();
-        Ok((hidden, self.model.project(&out.pooled)?))
-    }
-
-    /// Width of the hidden states.
-    pub fn width(&self) -> usize {
-        self.model.config.hidden_size
-    }
-}
-
-/// T5-XXL and its tokenizer.
-pub struct T5 {
-    tokenizer: TextTokenizer,
-    model: T5Encoder,
-}
-
-impl T5 {
-    /// Loads `model_dir` (a `T5EncoderModel` folder) and `tokenizer_dir`.
-    pub fn load(model_dir: &Path, tokenizer_dir: &Path, device: &Device) -> Result<Self> {
-        Ok(Self {
-            tokenizer: TextTokenizer::from_file(tokenizer_dir, 0)?,
-            model: T5Encoder::load(model_dir, None, DType::F32, device)?,
-        })
-    }
-
-    /// Width of the hidden states.
-    pub fn width(&self) -> usize {
-        self.model.config.d_model
-    }
-}
 
 /// SD3's three text encoders (T5 optional, as in diffusers).
 pub struct Sd3Text {
@@ -166,15 +89,12 @@ impl Sd3Text {
         if texts.is_empty() {
             return Err(ModelError::invalid("no prompts to encode"));
         }
-        let (hl, pl) = self.clip_l.encode(texts, device)?;
-        let (hg, pg) = self.clip_g.encode(texts, device)?;
+        let (hl, pl) = self.clip_l.penultimate_and_projected(texts, device)?;
+        let (hg, pg) = self.clip_g.penultimate_and_projected(texts, device)?;
         let clip = Tensor::cat(&[&hl, &hg], 2)?;
         let b = texts.len();
         let t5 = match &self.t5 {
-            Some(t5) => {
-                let enc = t5.tokenizer.encode(texts, Some(max_length), device)?;
-                t5.model.forward(&enc.ids, None)?.to_dtype(DType::F32)?
-            }
+            Some(t5) => t5.encode(texts, max_length, device)?,
             None => Tensor::zeros((b, CLIP_TOKENS, self.joint_width), DType::F32, device)?,
         };
         let w = t5.dim(2)?;

@@ -1,0 +1,62 @@
+//! Flux's text conditioning, as diffusers' `FluxPipeline.encode_prompt` builds it: CLIP-L's
+//! pooled output (one 77-token window) and T5's final hidden states (padded to
+//! `max_sequence_length`, unmasked).
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+
+use crate::text_encoders::{Clip, T5};
+use crate::{ModelError, Result};
+
+/// Flux's two text encoders.
+pub struct FluxText {
+    /// CLIP ViT-L/14 (`text_encoder/`, `tokenizer/`): the pooled embedding.
+    pub clip: Clip,
+    /// T5-XXL (`text_encoder_2/`, `tokenizer_2/`): the tokens.
+    pub t5: T5,
+    /// Where they came from.
+    pub source: PathBuf,
+}
+
+/// T5 features and CLIP's pooled embedding of a batch of prompts.
+pub struct FluxConditioning {
+    /// B×max_length×T5 width.
+    pub context: Tensor,
+    /// B×CLIP width.
+    pub pooled: Tensor,
+}
+
+impl FluxText {
+    /// Loads the encoders of a diffusers Flux pipeline folder.
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        let need = |sub: &str| -> Result<PathBuf> {
+            let p = dir.join(sub);
+            if p.is_dir() {
+                Ok(p)
+            } else {
+                Err(ModelError::format(
+                    &p,
+                    "missing: a Flux pipeline folder has text_encoder/, tokenizer/, text_encoder_2/ and tokenizer_2/",
+                ))
+            }
+        };
+        Ok(Self {
+            clip: Clip::load(&need("text_encoder")?, &need("tokenizer")?, device)?,
+            t5: T5::load(&need("text_encoder_2")?, &need("tokenizer_2")?, device)?,
+            source: dir.to_path_buf(),
+        })
+    }
+
+    /// Encodes `texts`, T5 to `max_length` tokens (diffusers' `max_sequence_length`).
+    pub fn encode(&self, texts: &[&str], max_length: usize, device: &Device) -> Result<FluxConditioning> {
+        if texts.is_empty() {
+            return Err(ModelError::invalid("no prompts to encode"));
+        }
+        let pooled = self.clip.run(texts, device)?.pooled;
+        Ok(FluxConditioning {
+            context: self.t5.encode(texts, max_length, device)?,
+            pooled,
+        })
+    }
+}
