@@ -8,6 +8,7 @@ mod default_model;
 mod dit;
 mod execution;
 mod farm;
+mod flux;
 mod graphs;
 mod isolation;
 mod llm;

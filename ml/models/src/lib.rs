@@ -11,8 +11,8 @@
 pub mod animatediff;
 pub mod dit;
 pub mod ella;
-pub mod flux;
 mod error;
+pub mod flux;
 pub mod llm;
 mod mmdit;
 pub mod pixart;

@@ -106,4 +106,3 @@ pub(crate) fn attend(q: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Result<
     )?;
     o.transpose(1, 2)?.reshape((b, l, h * d))
 }
-

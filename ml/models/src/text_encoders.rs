@@ -57,7 +57,11 @@ impl Clip {
     }
 
     /// The penultimate hidden states B×77×D and the projected pooled embeddings B×P (SD3).
-    pub fn penultimate_and_projected(&self, texts: &[&str], device: &Device) -> Result<(Tensor, Tensor)> {
+    pub fn penultimate_and_projected(
+        &self,
+        texts: &[&str],
+        device: &Device,
+    ) -> Result<(Tensor, Tensor)> {
         let out = self.run(texts, device)?;
         let hidden = out.hidden[out.hidden.len() - 2].clone();
         Ok((hidden, self.model.project(&out.pooled)?))
@@ -96,4 +100,3 @@ impl T5 {
         Ok(self.model.forward(&enc.ids, None)?.to_dtype(DType::F32)?)
     }
 }
-

@@ -10,7 +10,10 @@ use latentflow_testutil::{fixtures, load, rel_err};
 #[test]
 fn flux_dev_and_schnell_match_diffusers() {
     let r = load("flux-ref/forward.safetensors");
-    for (dir, tag, guidance) in [("tiny-flux", "out", Some(3.5)), ("tiny-flux-schnell", "schnell", None)] {
+    for (dir, tag, guidance) in [
+        ("tiny-flux", "out", Some(3.5)),
+        ("tiny-flux-schnell", "schnell", None),
+    ] {
         let m = Flux::load(&fixtures().join(dir), &Device::Cpu).unwrap();
         for (x, want) in [("x", tag.to_string()), ("x_wide", format!("{tag}_wide"))] {
             let got = m
@@ -45,7 +48,10 @@ fn text_conditioning_matches_the_pipeline_encode_prompt() {
     let got = text
         .encode(&["a small red house by the sea"], 512, &Device::Cpu)
         .unwrap();
-    let (ec, ep) = (rel_err(&got.context, &r["context"]), rel_err(&got.pooled, &r["pooled"]));
+    let (ec, ep) = (
+        rel_err(&got.context, &r["context"]),
+        rel_err(&got.pooled, &r["pooled"]),
+    );
     eprintln!("Flux context {ec:e}, pooled {ep:e}");
     // 512 unmasked T5 tokens: torch's own f32 result is 4.7e-6 from its f64 one, so the
     // context gets 2e-5 (measured 1.1e-5); the pooled embedding keeps 1e-5.

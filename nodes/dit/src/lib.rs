@@ -5,9 +5,11 @@
 //!   class" conditioning for classifier-free guidance);
 //! - `dit.load_pixart`: PixArt-α/Σ as a `Denoiser` of family `t5` (T5 features and their mask);
 //! - `dit.load_sd3`, `dit.load_sd3_text`, `dit.sd3_encode`: SD3/SD3.5 as a flow-matching
-//!   `Denoiser` of family `sd3`, and its text conditioning.
+//!   `Denoiser` of family `sd3`, and its text conditioning;
+//! - `dit.load_flux`, `dit.load_flux_text`, `dit.flux_encode`: FLUX.1 likewise (family `flux`).
 
 mod denoiser;
+mod flux;
 mod labels;
 mod pixart;
 mod sd3;
@@ -31,7 +33,10 @@ pub fn plugin() -> PluginDef {
         .node(denoiser::node())
         .node(labels::node())
         .node(pixart::node());
-    sd3::nodes().into_iter().fold(p, PluginDef::node)
+    sd3::nodes()
+        .into_iter()
+        .chain(flux::nodes())
+        .fold(p, PluginDef::node)
 }
 
 latentflow_plugin_api::export_plugin!(plugin());

@@ -97,7 +97,10 @@ impl Checked for FluxConfig {
         if self.patch_size != 1 {
             return Err(FieldError::new(
                 "patch_size",
-                format!("{}: Flux packs 2×2 patches in the pipeline and has patch_size 1", self.patch_size),
+                format!(
+                    "{}: Flux packs 2×2 patches in the pipeline and has patch_size 1",
+                    self.patch_size
+                ),
             ));
         }
         checks::positive(&[

@@ -36,7 +36,11 @@ impl TimeText {
         Ok(Self {
             timestep: TimestepEmbedding::new(vb.pp("timestep_embedder"), 256, dim)?,
             guidance: if c.guidance_embeds {
-                Some(TimestepEmbedding::new(vb.pp("guidance_embedder"), 256, dim)?)
+                Some(TimestepEmbedding::new(
+                    vb.pp("guidance_embedder"),
+                    256,
+                    dim,
+                )?)
             } else {
                 None
             },
@@ -61,9 +65,17 @@ impl TimeText {
 }
 
 /// Rotary embedding tables (cos, sin), L×head_dim, for position ids L×3.
-fn rope(ids: &[[f64; 3]], axes: &[usize], theta: f64, device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
+fn rope(
+    ids: &[[f64; 3]],
+    axes: &[usize],
+    theta: f64,
+    device: &Device,
+) -> candle_core::Result<(Tensor, Tensor)> {
     let width: usize = axes.iter().sum();
-    let (mut cos, mut sin) = (Vec::with_capacity(ids.len() * width), Vec::with_capacity(ids.len() * width));
+    let (mut cos, mut sin) = (
+        Vec::with_capacity(ids.len() * width),
+        Vec::with_capacity(ids.len() * width),
+    );
     for id in ids {
         for (axis, &dim) in axes.iter().enumerate() {
             let pos = id[axis] as f32 as f64;
@@ -115,13 +127,25 @@ impl DoubleBlock {
         Ok(Self {
             norm1: Modulator::new(vb.pp("norm1"), dim, 6)?,
             norm1_context: Modulator::new(vb.pp("norm1_context"), dim, 6)?,
-            image: Qkv::new(&attn, dim, hd, true, ["to_q", "to_k", "to_v", "norm_q", "norm_k"])?,
+            image: Qkv::new(
+                &attn,
+                dim,
+                hd,
+                true,
+                ["to_q", "to_k", "to_v", "norm_q", "norm_k"],
+            )?,
             text: Qkv::new(
                 &attn,
                 dim,
                 hd,
                 true,
-                ["add_q_proj", "add_k_proj", "add_v_proj", "norm_added_q", "norm_added_k"],
+                [
+                    "add_q_proj",
+                    "add_k_proj",
+                    "add_v_proj",
+                    "norm_added_q",
+                    "norm_added_k",
+                ],
             )?,
             to_out: linear(dim, dim, attn.pp("to_out.0"))?,
             to_add_out: linear(dim, dim, attn.pp("to_add_out"))?,
@@ -194,7 +218,12 @@ impl SingleBlock {
         })
     }
 
-    fn forward(&self, h: &Tensor, temb: &Tensor, rope: &(Tensor, Tensor)) -> candle_core::Result<Tensor> {
+    fn forward(
+        &self,
+        h: &Tensor,
+        temb: &Tensor,
+        rope: &(Tensor, Tensor),
+    ) -> candle_core::Result<Tensor> {
         let m = self.norm.forward(temb)?;
         let n = modulate(&self.layer_norm, h, &m[0], &m[1])?;
         let mlp = self.proj_mlp.forward(&n)?.gelu()?;

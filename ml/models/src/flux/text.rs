@@ -49,7 +49,12 @@ impl FluxText {
     }
 
     /// Encodes `texts`, T5 to `max_length` tokens (diffusers' `max_sequence_length`).
-    pub fn encode(&self, texts: &[&str], max_length: usize, device: &Device) -> Result<FluxConditioning> {
+    pub fn encode(
+        &self,
+        texts: &[&str],
+        max_length: usize,
+        device: &Device,
+    ) -> Result<FluxConditioning> {
         if texts.is_empty() {
             return Err(ModelError::invalid("no prompts to encode"));
         }

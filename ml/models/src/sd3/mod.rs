@@ -16,8 +16,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{linear, LayerNorm, Linear, VarBuilder};
 use latentflow_kernels::Conv;
 use latentflow_nn::{
-    plain_layer_norm, sincos_positions_2d, timestep_features, GeluFeedForward,
-    TimestepEmbedding,
+    plain_layer_norm, sincos_positions_2d, timestep_features, GeluFeedForward, TimestepEmbedding,
 };
 use latentflow_weights::Weights;
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::text_encoders::{Clip, T5, CLIP_TOKENS};
+use crate::text_encoders::{Clip, CLIP_TOKENS, T5};
 use crate::{ModelError, Result};
 
 /// SD3's three text encoders (T5 optional, as in diffusers).

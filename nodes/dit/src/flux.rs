@@ -1,0 +1,193 @@
+//! FLUX.1: `dit.load_flux` (the transformer as a flow-matching `Denoiser` of family `flux`,
+//! with the guidance scale of guidance-distilled models), `dit.load_flux_text` (CLIP-L and
+//! T5) and `dit.flux_encode` (a prompt → T5 tokens and CLIP's pooled embedding, as the
+//! pipeline's `encode_prompt`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::{Device, Tensor as CTensor};
+use latentflow_models::flux::text::FluxText;
+use latentflow_models::flux::{Flux, FluxConfig};
+use latentflow_models::Checked;
+use latentflow_plugin_api::sdk::candle::{from_candle, to_candle_f32};
+use latentflow_plugin_api::sdk::denoiser::{
+    denoiser_handle, DenoiseOutput, DenoiseRequest, Denoised, DenoiserImpl, DenoiserInfo,
+    PredictionKind,
+};
+use latentflow_plugin_api::sdk::prelude::*;
+
+use crate::fail;
+
+/// The conditioning family of Flux: T5 tokens (with CLIP's pooled embedding beside them).
+const FLUX: &str = "flux";
+
+struct FluxDenoiser {
+    model: Arc<Flux>,
+    guidance: Option<f64>,
+    name: String,
+}
+
+/// `t` with a batch of `n` (a batch of one repeats).
+fn batched(t: CTensor, n: usize, what: &str) -> Result<CTensor, NodeError> {
+    match t.dims().first() {
+        Some(&b) if b == n => Ok(t),
+        Some(1) => {
+            let mut reps = vec![1; t.rank()];
+            reps[0] = n;
+            t.repeat(reps).map_err(fail)
+        }
+        _ => Err(NodeError::invalid(format!(
+            "{what} {:?} for a batch of {n}",
+            t.dims()
+        ))),
+    }
+}
+
+impl DenoiserImpl for FluxDenoiser {
+    fn info(&self) -> DenoiserInfo {
+        DenoiserInfo {
+            family: FLUX.into(),
+            prediction: PredictionKind::Flow,
+            description: format!("Flux {}", self.name),
+        }
+    }
+
+    fn denoise(&self, _: HostRef, req: DenoiseRequest) -> Denoised {
+        let x = to_candle_f32(&req.x)?;
+        let n = x.dims().first().copied().unwrap_or(0);
+        let text = to_candle_f32(
+            req.cond
+                .require_context("Flux (dit.flux_encode's conditioning)")?,
+        )?;
+        let text = batched(text, n, "the T5 tokens")?;
+        let pooled = req.cond.pooled.as_ref().ok_or_else(|| {
+            NodeError::invalid(
+                "Flux needs CLIP's pooled embedding: connect dit.flux_encode's pooled to the sampler's positive_pooled",
+            )
+        })?;
+        let pooled = batched(to_candle_f32(pooled)?, n, "the pooled embedding")?;
+        let v = self
+            .model
+            .forward(&x, req.timestep, &text, &pooled, self.guidance)
+            .map_err(|e| NodeError::invalid(e.to_string()))?;
+        Ok(DenoiseOutput::new(from_candle(&v)?, PredictionKind::Flow))
+    }
+}
+
+fn config(path: &Path) -> Result<FluxConfig, NodeError> {
+    let dir = Flux::folder(path).map_err(fail)?;
+    FluxConfig::from_file(&dir.join("config.json")).map_err(fail)
+}
+
+fn load(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
+    let path = PathBuf::from(p.str("path")?);
+    let model = Flux::load(&path, &Device::Cpu).map_err(fail)?;
+    let guidance = model.config.guidance_embeds.then_some(p.f64("guidance")?);
+    let d = FluxDenoiser {
+        model: Arc::new(model),
+        guidance,
+        name: path.display().to_string(),
+    };
+    Ok(vec![Value::Object(denoiser_handle(d))])
+}
+
+/// The text encoders, callable as `encode(text, max_length)` → [tokens 1×T×W, pooled 1×P].
+struct TextObject {
+    text: FluxText,
+}
+
+impl ObjectImpl for TextObject {
+    fn interface(&self) -> String {
+        "FluxText".into()
+    }
+
+    fn call(&self, host: HostRef<'_>, method: &str, args: Vec<Value>) -> Reply {
+        if method != "encode" {
+            return Err(NodeError::invalid(format!(
+                "FluxText has no method `{method}`"
+            )));
+        }
+        let text = args
+            .first()
+            .and_then(Value::as_str)
+            .ok_or_else(|| NodeError::invalid("encode: the text must be a string"))?;
+        let max_length = match args.get(1).and_then(Value::as_int) {
+            Some(n) if n > 0 => n as usize,
+            other => {
+                return Err(NodeError::invalid(format!(
+                    "max_length {other:?}: T5's token count, at least 1"
+                )))
+            }
+        };
+        Ctx::new(host).check_alloc("T5's attention scores", &[64, max_length, max_length], 4)?;
+        let out = self
+            .text
+            .encode(&[text], max_length, &Device::Cpu)
+            .map_err(fail)?;
+        Ok(vec![
+            Value::Tensor(from_candle(&out.context)?),
+            Value::Tensor(from_candle(&out.pooled)?),
+        ])
+    }
+
+    fn describe(&self) -> String {
+        format!("FluxText({})", self.text.source.display())
+    }
+}
+
+fn load_text(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
+    let path = PathBuf::from(p.str("path")?);
+    let text = FluxText::load(&path, &Device::Cpu).map_err(fail)?;
+    Ok(vec![Value::Object(ObjectHandle::new(TextObject { text }))])
+}
+
+fn encode(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
+    let args = vec![
+        Value::Str(p.str("text")?.into()),
+        Value::Int(p.int("max_length")?),
+    ];
+    let out = inputs.object("text")?.call(ctx.host(), "encode", args)?;
+    if out.len() < 2 {
+        return Err(NodeError::failed("encode returned fewer than 2 values"));
+    }
+    Ok(out.into_iter().take(2).collect())
+}
+
+/// The nodes.
+pub fn nodes() -> Vec<NodeDef> {
+    vec![
+        NodeDef::new("dit.load_flux", load)
+            .doc("Loads a FLUX.1 transformer (diffusers' FluxTransformer2DModel: double- and single-stream blocks, 3-axis RoPE, the guidance embedding of dev): a pipeline folder (transformer/) or a transformer folder. A flow-matching Denoiser of family flux over the latent (N×C×H×W, H and W even: it packs 2×2 cells per token itself). Sample it with flow_euler, dynamic_shift and flow_grid flux, as FluxPipeline does, cfg 1 (dev takes `guidance` instead). Load the VAE with sd.load_vae on the same folder. The config is checked before anything runs.")
+            .param(Param::path("path").doc("Flux pipeline folder, or a transformer folder"))
+            .param(Param::float("guidance").default(3.5).range(0.0, 100.0).doc("the embedded guidance scale (FLUX.1 dev; schnell has none and ignores it)"))
+            .output("model", PortType::handle_of("Denoiser", Family::named(FLUX)), "Flux, as a flow-matching denoiser")
+            .infer(|p| {
+                config(Path::new(p.str("path")?))?;
+                Ok(vec![PortType::handle_of("Denoiser", Family::named(FLUX))])
+            }),
+        NodeDef::new("dit.load_flux_text", load_text)
+            .doc("Loads a Flux pipeline's text encoders: CLIP-L (text_encoder/, tokenizer/) for the pooled embedding and T5-XXL (text_encoder_2/, tokenizer_2/) for the tokens.")
+            .param(Param::path("path").doc("Flux pipeline folder"))
+            .output("text", PortType::handle("FluxText"), "the text encoders")
+            .infer(|p| {
+                let path = PathBuf::from(p.str("path")?);
+                for sub in ["text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"] {
+                    if !path.join(sub).is_dir() {
+                        return Err(NodeError::invalid(format!(
+                            "{}: no {sub}/ (a Flux pipeline folder has text_encoder/, tokenizer/, text_encoder_2/ and tokenizer_2/)",
+                            path.display()
+                        )));
+                    }
+                }
+                Ok(vec![PortType::handle("FluxText")])
+            }),
+        NodeDef::new("dit.flux_encode", encode)
+            .doc("Prompt → Flux's conditioning, as FluxPipeline.encode_prompt builds it: T5's final hidden states padded to max_length tokens (unmasked) and CLIP-L's pooled output.")
+            .input("text", PortType::handle("FluxText"), "from dit.load_flux_text")
+            .param(Param::string("text").default("").doc("the prompt"))
+            .param(Param::int("max_length").default(512).range(1.0, 4096.0).doc("T5 tokens (diffusers' max_sequence_length: 512 for dev, 256 for schnell)"))
+            .output("conditioning", PortType::conditioning_of(Dim::Any, Family::named(FLUX)), "1×max_length×D T5 tokens")
+            .output("pooled", PortType::tensor(Some(DType::F32), Dim::Fixed(2)), "1×P CLIP pooled embedding (to the sampler's positive_pooled)"),
+    ]
+}

@@ -1,0 +1,98 @@
+//! FLUX.1 through graphs/flux.yaml against diffusers' FluxPipeline
+//! (tools/reference/make_flux_fixtures.py: CLIP-L pooled and T5 text, flow-matching Euler on
+//! Flux's σ with the dynamic shift, embedded guidance 3.5) at every step and on the decoded
+//! image, on a non-square latent; and the refusals a user meets first.
+
+use latentflow_tests::{graph, rel_err, Sandbox};
+
+use crate::sd_pipeline::{fixture, run_graph, saved};
+
+fn reference() -> std::path::PathBuf {
+    fixture("flux-ref/pipeline.safetensors")
+}
+
+/// graphs/flux.yaml with the reference noise replayed and the steps and the image saved.
+fn instrumented(sb: &Sandbox, text: &str) -> std::path::PathBuf {
+    let wired = text
+        .replacen(
+            "inputs: {model: flux, positive:",
+            "inputs: {noise: ref_noise, model: flux, positive:",
+            1,
+        )
+        .replacen("params: {kind: ", "params: {record_steps: true, kind: ", 1);
+    assert!(
+        wired.contains("noise: ref_noise") && wired.contains("record_steps"),
+        "the graph's sampler moved; update this test"
+    );
+    let g = format!(
+        "{wired}  ref_noise:\n    type: core.load_tensor\n    params: {{path: {}, name: noise}}\n  save_steps:\n    type: core.save_tensor\n    inputs: {{tensor: sample.steps}}\n    params: {{filename: steps.safetensors}}\n  save_image:\n    type: core.save_tensor\n    inputs: {{tensor: decode}}\n    params: {{filename: image.safetensors}}\n",
+        reference().display()
+    );
+    sb.write("flux.yaml", &g)
+}
+
+fn model() -> String {
+    format!("model={}", fixture("tiny-flux").display())
+}
+
+#[test]
+fn every_step_matches_diffusers_flux_pipeline() {
+    let sb = Sandbox::new();
+    let text = std::fs::read_to_string(graph("flux.yaml")).expect("graph");
+    let g = instrumented(&sb, &text);
+    run_graph(&sb, &g, None, &[model()]);
+    let out = sb.path().join("output");
+    let (shape, ours) = saved(&out, "steps.safetensors");
+    let (rshape, theirs) = latentflow_tests::read_safetensors_tensor(&reference(), "latents");
+    assert_eq!(shape, rshape, "steps × latent shape");
+    let per = ours.len() / shape[0];
+    let mut worst = 0f32;
+    for s in 0..shape[0] {
+        let e = rel_err(
+            &ours[s * per..(s + 1) * per],
+            &theirs[s * per..(s + 1) * per],
+        );
+        assert!(e <= 1e-4, "Flux: step {s} error {e:e}");
+        worst = worst.max(e);
+    }
+    eprintln!("Flux 32×48: worst step error {worst:e}");
+    let (ishape, image) = saved(&out, "image.safetensors");
+    let (rishape, rimage) = latentflow_tests::read_safetensors_tensor(&reference(), "image");
+    assert_eq!(ishape, rishape, "image shape");
+    let e = rel_err(&image, &rimage);
+    assert!(e <= 1e-4, "Flux: decoded image error {e:e}");
+    assert!(out.join("flux.png").exists());
+}
+
+#[test]
+fn missing_pooled_or_wrong_sampler_is_refused() {
+    let text = std::fs::read_to_string(graph("flux.yaml")).unwrap_or_default();
+    let g = graph("flux.yaml").display().to_string();
+    let sb = Sandbox::new();
+    // A latent that does not pack into 2×2 cells (the tiny VAE halves: 36 px → 18, 34 → 17).
+    sb.run(&["run", &g, "-q", "--set", "width=34"])
+        .expect_code(4)
+        .stderr_has("H and W even");
+    let nopool = sb.write(
+        "nopool.yaml",
+        &text.replace(", positive_pooled: positive.pooled", ""),
+    );
+    sb.run(&[
+        "run",
+        &nopool.display().to_string(),
+        "-q",
+        "--set",
+        &model(),
+    ])
+    .expect_code(4)
+    .stderr_has("Flux needs CLIP's pooled embedding");
+    // SD3's text cannot reach Flux: the families differ, refused before anything runs.
+    let mixed = text.replace("positive: positive.conditioning", "positive: words.conditioning")
+        + &format!(
+            "  sd3t:\n    type: dit.load_sd3_text\n    params: {{path: {}}}\n  words:\n    type: dit.sd3_encode\n    inputs: {{text: sd3t}}\n    params: {{text: a dog}}\n",
+            fixture("tiny-sd3").display()
+        );
+    let bad = sb.write("bad.yaml", &mixed);
+    sb.run(&["validate", &bad.display().to_string(), "--set", &model()])
+        .expect_code(3);
+}
