@@ -17,6 +17,7 @@ mod plugins;
 mod sampling;
 mod sd3;
 mod sd_pipeline;
+mod sdxl;
 mod serve;
 mod tiramisu;
 mod tpm;

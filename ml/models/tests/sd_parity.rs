@@ -152,7 +152,7 @@ fn unsupported_configs_name_the_field() {
         &std::fs::read_to_string(fixtures().join("tiny-sd/unet/config.json")).unwrap(),
     )
     .unwrap();
-    cfg["addition_embed_type"] = "text_time".into();
+    cfg["addition_embed_type"] = "image".into();
     std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
     let err = latentflow_models::sd::unet::UNetConfig::from_file(&dir.path().join("config.json"))
         .unwrap_err();

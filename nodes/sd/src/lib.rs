@@ -12,6 +12,7 @@ mod clip_object;
 mod convert;
 mod loaders;
 mod motion_node;
+mod sdxl_nodes;
 mod seghead_node;
 mod text_nodes;
 mod unet2d_node;
@@ -49,6 +50,7 @@ pub fn plugin() -> PluginDef {
     loaders::nodes()
         .into_iter()
         .chain(text_nodes::nodes())
+        .chain(sdxl_nodes::nodes())
         .chain(vae_nodes::nodes())
         .chain(wrappers::nodes())
         .chain(attention_nodes::nodes())

@@ -177,6 +177,11 @@ pub fn nodes() -> Vec<NodeDef> {
                 .output("vae", PortType::handle("Vae"), "the VAE")
                 .infer(|p| {
                     let fam = family(p)?;
+                    if fam == SdFamily::Sdxl {
+                        return Err(NodeError::invalid(
+                            "an SDXL model: its two text encoders and added conditioning need sd.load_unet, sd.load_vae and sd.load_sdxl_text (see graphs/sdxl.yaml)",
+                        ));
+                    }
                     Ok(vec![denoiser(fam), clip(fam), PortType::handle("Vae")])
                 }),
             "diffusers folder or single-file .safetensors checkpoint",

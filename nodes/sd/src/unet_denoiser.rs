@@ -251,6 +251,22 @@ impl DenoiserImpl for UNetDenoiser {
             Some(_) => return Err(NodeError::invalid("the mid residual must be a tensor")),
             None => None,
         };
+        // SDXL: the pooled embedding followed by the time ids (sd.sdxl_encode's `added`).
+        let added = match &req.cond.pooled {
+            Some(p) => {
+                let p = f32_tensor(p)?;
+                match p.dims() {
+                    [pb, _] if *pb == b => Some(p),
+                    [1, _] => Some(p.repeat((b, 1)).map_err(fail)?),
+                    d => {
+                        return Err(NodeError::invalid(format!(
+                            "the added conditioning {d:?} for a batch of {b}"
+                        )))
+                    }
+                }
+            }
+            None => None,
+        };
         let capture = match req.option(names::CAPTURE_ATTENTION) {
             Some(Value::Record(r)) => Some(r.clone()),
             _ => None,
@@ -283,6 +299,7 @@ impl DenoiserImpl for UNetDenoiser {
             attention: capture.as_ref().map(|_| &hook as _),
             up_layer: None,
             layer: None,
+            added: added.as_ref(),
         };
         let unet = &self.model.unet;
         let run = |x: &CTensor, ctx: &CTensor, extras: &Extras| -> Result<CTensor, NodeError> {

@@ -153,7 +153,7 @@ impl<'a> MotionUNet<'a> {
         let ctx = Self::context_per_frame(ctx, frames)?;
         let out = self.with_motion(frames, extras, |extras| {
             let unet = self.unet;
-            let temb = unet.time_embedding(t, b * frames, x.device())?;
+            let temb = unet.time_embedding(t, b * frames, None, x.device())?;
             let h = unet.conv_in(&frames_in)?;
             let c = Cond::new(&temb, &ctx, extras);
             let (h, mut skips) = unet.down_path(&h, &c, None)?;

@@ -321,7 +321,7 @@ impl ControlNet {
     ) -> Result<Residuals> {
         let hooks = Extras::default();
         let b = x.dim(0)?;
-        let temb = self.trunk.time_embedding(t, b, x.device())?;
+        let temb = self.trunk.time_embedding(t, b, None, x.device())?;
         let cond = if self.bgr {
             cond.flip(&[1])?
         } else {

@@ -74,7 +74,7 @@ pub fn forward(
     unet.check_input(x)?;
     let at = entry(unet, branch)?;
     let b = x.dim(0)?;
-    let temb = unet.time_embedding(t, b, x.device())?;
+    let temb = unet.time_embedding(t, b, extras.added, x.device())?;
     let h = unet.conv_in(x)?;
     let c = Cond::new(&temb, ctx, extras);
     let cached = cache

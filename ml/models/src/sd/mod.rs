@@ -11,6 +11,7 @@ pub mod family;
 pub mod loader;
 pub mod lora;
 pub mod prompt;
+pub mod sdxl_text;
 pub mod seghead;
 pub mod text;
 pub mod tokenizer;

@@ -74,6 +74,9 @@ pub struct Parts {
     pub conv_in: Conv,
     /// Time-embedding MLP.
     pub time: (Linear, Linear),
+    /// SDXL's added-conditioning MLP (`add_embedding`) and the width of its time-id features
+    /// (`addition_time_embed_dim`).
+    pub added: Option<((Linear, Linear), usize)>,
     /// Down blocks.
     pub down: Vec<DownBlock>,
     /// Mid block.
@@ -128,6 +131,26 @@ pub fn build(
         linear(ch[0], temb, vb.pp("time_embedding.linear_1"))?,
         linear(temb, temb, vb.pp("time_embedding.linear_2"))?,
     );
+    let added = match c.other_str("addition_embed_type") {
+        Some("text_time") => {
+            let (Some(d), Some(input)) = (
+                c.other_usize("addition_time_embed_dim"),
+                c.other_usize("projection_class_embeddings_input_dim"),
+            ) else {
+                candle_core::bail!(
+                    "text_time added conditioning needs addition_time_embed_dim and projection_class_embeddings_input_dim"
+                );
+            };
+            Some((
+                (
+                    linear(input, temb, vb.pp("add_embedding.linear_1"))?,
+                    linear(temb, temb, vb.pp("add_embedding.linear_2"))?,
+                ),
+                d,
+            ))
+        }
+        _ => None,
+    };
     let tcfg = |i: usize| Transformer2DConfig {
         heads: plan.heads[i],
         dim_head: ch[i] / plan.heads[i],
@@ -246,6 +269,7 @@ pub fn build(
     Ok(Parts {
         conv_in,
         time,
+        added,
         down,
         mid,
         up,

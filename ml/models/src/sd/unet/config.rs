@@ -135,11 +135,6 @@ pub const REFUSED: &[(&str, Option<&str>, &str)] = &[
     ("resnet_time_scale_shift", Some("default"), ""),
     ("class_embed_type", None, " (class-conditional UNets)"),
     (
-        "addition_embed_type",
-        None,
-        " (SDXL-style added conditioning is not supported yet)",
-    ),
-    (
         "time_cond_proj_dim",
         None,
         " (LCM-distilled guidance embedding)",
@@ -189,6 +184,35 @@ impl UNetConfig {
                     *field,
                     format!("{v} is not supported{note}"),
                 ));
+            }
+        }
+        match self.other.get("addition_embed_type") {
+            None | Some(serde_json::Value::Null) => {}
+            Some(serde_json::Value::String(s)) if s == "text_time" => {
+                for field in [
+                    "addition_time_embed_dim",
+                    "projection_class_embeddings_input_dim",
+                ] {
+                    if self.other_usize(field).unwrap_or(0) == 0 {
+                        return Err(FieldError::new(
+                            field,
+                            "must be a positive count with addition_embed_type text_time (SDXL)",
+                        ));
+                    }
+                }
+                let d = self.other_usize("addition_time_embed_dim").unwrap_or(0);
+                if d % 2 != 0 {
+                    return Err(FieldError::new(
+                        "addition_time_embed_dim",
+                        format!("{d} must be even"),
+                    ));
+                }
+            }
+            Some(v) => {
+                return Err(FieldError::new(
+                    "addition_embed_type",
+                    format!("{v} is not supported (text_time, SDXL's, is)"),
+                ))
             }
         }
         for (field, k) in [
@@ -290,6 +314,14 @@ impl UNetConfig {
     /// A string field this implementation does not read (see [`UNetConfig::other`]).
     pub fn other_str(&self, field: &str) -> Option<&str> {
         self.other.get(field).and_then(serde_json::Value::as_str)
+    }
+
+    /// A field this struct does not name, as a count.
+    pub fn other_usize(&self, field: &str) -> Option<usize> {
+        self.other
+            .get(field)
+            .and_then(serde_json::Value::as_u64)
+            .and_then(|v| usize::try_from(v).ok())
     }
 
     /// `layers_per_block` when it is the same for every block (single-file layouts need it).

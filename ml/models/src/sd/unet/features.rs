@@ -48,7 +48,7 @@ impl UNet {
             ..Extras::default()
         };
         let b = x.dim(0)?;
-        let temb = self.time_embedding(t, b, x.device())?;
+        let temb = self.time_embedding(t, b, None, x.device())?;
         let h = self.conv_in(x)?;
         let c = Cond::new(&temb, ctx, &extras);
         let (h, mut skips) = self.down_path(&h, &c, None)?;

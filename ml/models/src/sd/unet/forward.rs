@@ -79,6 +79,10 @@ pub struct Extras<'a> {
     /// Transforms the main-path state after every layer (motion modules); it sees the state
     /// before the up-layer hook and before the skip connection is taken.
     pub layer: Option<LayerHook<'a>>,
+    /// SDXL's added conditioning, B×(P + n): the pooled text embedding (P wide) followed by
+    /// the n time ids (original size, crop, target size), as diffusers concatenates them before
+    /// projecting the ids. Required by UNets with `addition_embed_type` text_time.
+    pub added: Option<&'a Tensor>,
 }
 
 impl Extras<'_> {
@@ -153,14 +157,56 @@ impl UNet {
         self.parts.mid.as_ref()
     }
 
-    /// The time embedding for timestep `t`, for a batch of `b`.
-    pub fn time_embedding(&self, t: f64, b: usize, device: &Device) -> candle_core::Result<Tensor> {
+    /// The time embedding for timestep `t`, for a batch of `b`, plus SDXL's added-conditioning
+    /// embedding of `added` (see [`Extras::added`]) when the UNet has one.
+    pub fn time_embedding(
+        &self,
+        t: f64,
+        b: usize,
+        added: Option<&Tensor>,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
         let c = &self.config;
         let dim = c.block_out_channels[0];
         let f = timestep_features(&[t], dim, c.flip_sin_to_cos, c.freq_shift, device)?;
         let (l1, l2) = &self.parts.time;
         let emb = l2.forward(&candle_nn::ops::silu(&l1.forward(&f)?)?)?;
-        emb.broadcast_as((b, emb.dim(1)?))?.contiguous()
+        let emb = emb.broadcast_as((b, emb.dim(1)?))?.contiguous()?;
+        let Some(((a1, a2), d)) = &self.parts.added else {
+            return Ok(emb);
+        };
+        let Some(added) = added else {
+            candle_core::bail!(
+                "this UNet (SDXL) takes the pooled text embedding and the time ids: give the added conditioning"
+            );
+        };
+        let input = a1.weight().dim(1)?;
+        let width = added.dim(1)?;
+        // P + n wide, projected to P + n·d: n = (input − width) / (d − 1).
+        let n = if *d > 1 && input > width && (input - width) % (d - 1) == 0 {
+            (input - width) / (d - 1)
+        } else {
+            0
+        };
+        if n == 0 || added.dim(0)? != b || n > width {
+            candle_core::bail!(
+                "the added conditioning is {:?}; this UNet takes {b}×(P + n) with P + n·{d} = {input}",
+                added.dims()
+            );
+        }
+        let text = added.narrow(1, 0, width - n)?;
+        let ids: Vec<f64> = added
+            .narrow(1, width - n, n)?
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .into_iter()
+            .map(f64::from)
+            .collect();
+        let tf = timestep_features(&ids, *d, c.flip_sin_to_cos, c.freq_shift, device)?
+            .reshape((b, n * d))?;
+        let cat = Tensor::cat(&[&text, &tf], 1)?;
+        let aug = a2.forward(&candle_nn::ops::silu(&a1.forward(&cat)?)?)?;
+        emb + aug
     }
 
     /// `conv_in` (after mapping [0, 1] to [-1, 1] when the config centres its input).
@@ -303,7 +349,7 @@ impl UNet {
     /// conditioning `ctx` B×L×D.
     pub fn forward(&self, x: &Tensor, t: f64, ctx: &Tensor, extras: &Extras) -> Result<Tensor> {
         self.check_input(x)?;
-        let temb = self.time_embedding(t, x.dim(0)?, x.device())?;
+        let temb = self.time_embedding(t, x.dim(0)?, extras.added, x.device())?;
         let h = self.conv_in(x)?;
         let c = Cond::new(&temb, ctx, extras);
         let (h, mut skips) = self.down_path(&h, &c, None)?;

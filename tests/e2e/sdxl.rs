@@ -1,0 +1,105 @@
+//! SDXL through graphs/sdxl.yaml against diffusers' StableDiffusionXLPipeline
+//! (tools/reference/make_sdxl_fixtures.py: CLIP-L and bigG text, the missing negative as zeros,
+//! the pooled embedding and time ids as added conditioning, Euler, guidance 5) at every step and
+//! on the decoded image, on a non-square latent; and the refusals a user meets first.
+
+use latentflow_tests::{graph, rel_err, Sandbox};
+
+use crate::sd_pipeline::{fixture, run_graph, saved};
+
+fn reference() -> std::path::PathBuf {
+    fixture("sdxl-ref/pipeline.safetensors")
+}
+
+/// graphs/sdxl.yaml with the reference noise replayed and the steps and the image saved.
+fn instrumented(sb: &Sandbox, text: &str) -> std::path::PathBuf {
+    let wired = text
+        .replacen(
+            "inputs: {model: unet, positive:",
+            "inputs: {noise: ref_noise, model: unet, positive:",
+            1,
+        )
+        .replacen("params: {kind: ", "params: {record_steps: true, kind: ", 1);
+    assert!(
+        wired.contains("noise: ref_noise") && wired.contains("record_steps"),
+        "the graph's sampler moved; update this test"
+    );
+    let g = format!(
+        "{wired}  ref_noise:\n    type: core.load_tensor\n    params: {{path: {}, name: noise}}\n  save_steps:\n    type: core.save_tensor\n    inputs: {{tensor: sample.steps}}\n    params: {{filename: steps.safetensors}}\n  save_image:\n    type: core.save_tensor\n    inputs: {{tensor: decode}}\n    params: {{filename: image.safetensors}}\n",
+        reference().display()
+    );
+    sb.write("sdxl.yaml", &g)
+}
+
+fn model() -> String {
+    format!("model={}", fixture("tiny-sdxl").display())
+}
+
+#[test]
+fn every_step_matches_diffusers_sdxl_pipeline() {
+    let sb = Sandbox::new();
+    let text = std::fs::read_to_string(graph("sdxl.yaml")).expect("graph");
+    let g = instrumented(&sb, &text);
+    run_graph(&sb, &g, None, &[model()]);
+    let out = sb.path().join("output");
+    let (shape, ours) = saved(&out, "steps.safetensors");
+    let (rshape, theirs) = latentflow_tests::read_safetensors_tensor(&reference(), "latents");
+    assert_eq!(shape, rshape, "steps × latent shape");
+    let per = ours.len() / shape[0];
+    let mut worst = 0f32;
+    for s in 0..shape[0] {
+        let e = rel_err(
+            &ours[s * per..(s + 1) * per],
+            &theirs[s * per..(s + 1) * per],
+        );
+        assert!(e <= 1e-4, "SDXL: step {s} error {e:e}");
+        worst = worst.max(e);
+    }
+    eprintln!("SDXL 32×48: worst step error {worst:e}");
+    let (ishape, image) = saved(&out, "image.safetensors");
+    let (rishape, rimage) = latentflow_tests::read_safetensors_tensor(&reference(), "image");
+    assert_eq!(ishape, rishape, "image shape");
+    let e = rel_err(&image, &rimage);
+    assert!(e <= 1e-4, "SDXL: decoded image error {e:e}");
+    assert!(out.join("sdxl.png").exists());
+}
+
+#[test]
+fn missing_added_conditioning_or_sd1_text_is_refused() {
+    let text = std::fs::read_to_string(graph("sdxl.yaml")).unwrap_or_default();
+    let sb = Sandbox::new();
+    let nopool = sb.write(
+        "nopool.yaml",
+        &text.replace(
+            ", positive_pooled: positive.added, negative_pooled: negative.added",
+            "",
+        ),
+    );
+    sb.run(&[
+        "run",
+        &nopool.display().to_string(),
+        "-q",
+        "--set",
+        &model(),
+    ])
+    .expect_code(4)
+    .stderr_has("pooled text embedding and the time ids");
+    // SD 1.x text cannot reach an SDXL UNet: refused before anything runs.
+    let mixed = text.replace("positive: positive.conditioning", "positive: words.conditioning")
+        + &format!(
+            "  sdm:\n    type: sd.load_checkpoint\n    params: {{path: {}}}\n  words:\n    type: sd.text_encode\n    inputs: {{clip: sdm.clip}}\n    params: {{text: a dog}}\n",
+            fixture("tiny-sd").display()
+        );
+    let bad = sb.write("bad.yaml", &mixed);
+    sb.run(&["validate", &bad.display().to_string(), "--set", &model()])
+        .expect_code(3);
+    // sd.load_checkpoint on an SDXL folder points to the SDXL nodes.
+    let whole = format!(
+        "version: 1\nnodes:\n  m:\n    type: sd.load_checkpoint\n    params: {{path: {}}}\n",
+        fixture("tiny-sdxl").display()
+    );
+    let g = sb.write("whole.yaml", &whole);
+    sb.run(&["validate", &g.display().to_string()])
+        .expect_code(3)
+        .stderr_has("sd.load_sdxl_text");
+}
