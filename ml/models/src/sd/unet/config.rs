@@ -201,7 +201,7 @@ impl UNetConfig {
                     }
                 }
                 let d = self.other_usize("addition_time_embed_dim").unwrap_or(0);
-                if d % 2 != 0 {
+                if !d.is_multiple_of(2) {
                     return Err(FieldError::new(
                         "addition_time_embed_dim",
                         format!("{d} must be even"),
