@@ -95,4 +95,46 @@ fn missing_pooled_or_wrong_sampler_is_refused() {
     let bad = sb.write("bad.yaml", &mixed);
     sb.run(&["validate", &bad.display().to_string(), "--set", &model()])
         .expect_code(3);
+    // BFL's single file, with the tiny model's config: the same picture as the folder.
+    let set_model = format!("model={}", fixture("tiny-flux-bfl.safetensors").display());
+    let single = text.replace(
+        "params: {path: $model, guidance: $guidance}",
+        &format!(
+            "params: {{path: $model, guidance: $guidance, config: {}}}",
+            fixture("tiny-flux/transformer").display()
+        ),
+    );
+    assert!(
+        single.contains("config:"),
+        "the graph's loader moved; update this test"
+    );
+    // The VAE and text encoders still come from the folder.
+    let single = single
+        .replace(
+            "    type: sd.load_vae\n    params: {path: $model}",
+            &format!(
+                "    type: sd.load_vae\n    params: {{path: {}}}",
+                fixture("tiny-flux").display()
+            ),
+        )
+        .replace(
+            "    type: dit.load_flux_text\n    params: {path: $model}",
+            &format!(
+                "    type: dit.load_flux_text\n    params: {{path: {}}}",
+                fixture("tiny-flux").display()
+            ),
+        );
+    let tap = "  tap:\n    type: core.save_tensor\n    inputs: {tensor: decode}\n    params: {filename: image.safetensors}\n";
+    let g1 = sb.write("single.yaml", &format!("{single}{tap}"));
+    sb.run(&["run", &g1.display().to_string(), "-q", "--set", &set_model])
+        .expect_code(0);
+    let (_, a) = latentflow_tests::read_safetensors_f32(&sb.output("image.safetensors"));
+    let g2 = sb.write("folder.yaml", &format!("{text}{tap}"));
+    sb.run(&["run", &g2.display().to_string(), "-q", "--set", &model()])
+        .expect_code(0);
+    let (_, b) = latentflow_tests::read_safetensors_f32(&sb.output("image.safetensors"));
+    assert!(
+        !a.is_empty() && rel_err(&a, &b) <= 1e-6,
+        "the BFL file and the folder differ"
+    );
 }

@@ -8,6 +8,10 @@ double- and 2 single-stream blocks and the guidance embedding; a 5-layer CLIP te
 tests/fixtures/tiny-t5's tokenizer, a 2-level VAE with Flux's shift and scale and no quant
 convs, and FlowMatchEulerDiscreteScheduler with dynamic shifting (Flux's config).
 tests/fixtures/tiny-flux-schnell/transformer/: the transformer without the guidance embedding.
+tests/fixtures/tiny-flux-bfl.safetensors: the dev transformer in Black Forest Labs' original
+single-file layout (fused q/k/v, BFL names, the final modulation as shift then scale), written
+by this script's own inverse mapping and checked by loading it back with diffusers'
+`FluxTransformer2DModel.from_single_file`: every tensor must come back equal.
 
 tests/fixtures/flux-ref/:
 - forward.safetensors: each transformer at t = 421.5 (guidance 3.5 for dev) on unpacked 2×4×8×8
@@ -106,7 +110,80 @@ def main():
         str(REF / "forward.safetensors"),
         metadata={"t": "421.5", "guidance": "3.5", "diffusers": diffusers.__version__},
     )
+    dev.save_pretrained(PIPE / "transformer", safe_serialization=True)
+    bfl(dev)
     pipeline(dev)
+
+
+def bfl(model):
+    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    out = {}
+
+    def lin(ours, theirs):
+        out[f"{theirs}.weight"] = sd.pop(f"{ours}.weight")
+        out[f"{theirs}.bias"] = sd.pop(f"{ours}.bias")
+
+    def fused(parts, theirs):
+        for suf in ("weight", "bias"):
+            out[f"{theirs}.{suf}"] = torch.cat([sd.pop(f"{p}.{suf}") for p in parts], 0)
+
+    tt = "time_text_embed"
+    lin(f"{tt}.timestep_embedder.linear_1", "time_in.in_layer")
+    lin(f"{tt}.timestep_embedder.linear_2", "time_in.out_layer")
+    lin(f"{tt}.text_embedder.linear_1", "vector_in.in_layer")
+    lin(f"{tt}.text_embedder.linear_2", "vector_in.out_layer")
+    lin(f"{tt}.guidance_embedder.linear_1", "guidance_in.in_layer")
+    lin(f"{tt}.guidance_embedder.linear_2", "guidance_in.out_layer")
+    lin("context_embedder", "txt_in")
+    lin("x_embedder", "img_in")
+    for i in range(model.config.num_layers):
+        o, b = f"transformer_blocks.{i}", f"double_blocks.{i}"
+        lin(f"{o}.norm1.linear", f"{b}.img_mod.lin")
+        lin(f"{o}.norm1_context.linear", f"{b}.txt_mod.lin")
+        fused([f"{o}.attn.to_q", f"{o}.attn.to_k", f"{o}.attn.to_v"], f"{b}.img_attn.qkv")
+        fused([f"{o}.attn.add_q_proj", f"{o}.attn.add_k_proj", f"{o}.attn.add_v_proj"], f"{b}.txt_attn.qkv")
+        for ours, theirs in (("norm_q", "img_attn.norm.query_norm"), ("norm_k", "img_attn.norm.key_norm"),
+                             ("norm_added_q", "txt_attn.norm.query_norm"), ("norm_added_k", "txt_attn.norm.key_norm")):
+            out[f"{b}.{theirs}.scale"] = sd.pop(f"{o}.attn.{ours}.weight")
+        lin(f"{o}.attn.to_out.0", f"{b}.img_attn.proj")
+        lin(f"{o}.attn.to_add_out", f"{b}.txt_attn.proj")
+        lin(f"{o}.ff.net.0.proj", f"{b}.img_mlp.0")
+        lin(f"{o}.ff.net.2", f"{b}.img_mlp.2")
+        lin(f"{o}.ff_context.net.0.proj", f"{b}.txt_mlp.0")
+        lin(f"{o}.ff_context.net.2", f"{b}.txt_mlp.2")
+    for i in range(model.config.num_single_layers):
+        o, b = f"single_transformer_blocks.{i}", f"single_blocks.{i}"
+        lin(f"{o}.norm.linear", f"{b}.modulation.lin")
+        fused([f"{o}.attn.to_q", f"{o}.attn.to_k", f"{o}.attn.to_v", f"{o}.proj_mlp"], f"{b}.linear1")
+        out[f"{b}.norm.query_norm.scale"] = sd.pop(f"{o}.attn.norm_q.weight")
+        out[f"{b}.norm.key_norm.scale"] = sd.pop(f"{o}.attn.norm_k.weight")
+        lin(f"{o}.proj_out", f"{b}.linear2")
+    lin("proj_out", "final_layer.linear")
+    for suf in ("weight", "bias"):
+        scale, shift = sd.pop(f"norm_out.linear.{suf}").chunk(2, 0)
+        out[f"final_layer.adaLN_modulation.1.{suf}"] = torch.cat([shift, scale], 0)
+    assert not sd, f"unmapped: {sorted(sd)}"
+    path = FIX / "tiny-flux-bfl.safetensors"
+    save_file({k: v.contiguous() for k, v in out.items()}, str(path))
+    # diffusers' converter hard-codes FLUX.1's token width (inner_dim = 3072): run its own code
+    # with the tiny width instead.
+    import inspect
+    import diffusers.loaders.single_file_utils as sfu
+    import diffusers.loaders.single_file_model as sfm
+
+    src = inspect.getsource(sfu.convert_flux_transformer_checkpoint_to_diffusers)
+    assert "inner_dim = 3072" in src
+    ns = dict(vars(sfu))
+    exec(src.replace("inner_dim = 3072", f"inner_dim = {model.inner_dim}"), ns)
+    patched = ns["convert_flux_transformer_checkpoint_to_diffusers"]
+    sfm.SINGLE_FILE_LOADABLE_CLASSES["FluxTransformer2DModel"]["checkpoint_mapping_fn"] = patched
+    back = FluxTransformer2DModel.from_single_file(str(path), config=str(PIPE / "transformer"))
+    ref = model.state_dict()
+    got = back.state_dict()
+    assert set(got) == set(ref), set(got) ^ set(ref)
+    for k in ref:
+        assert torch.equal(got[k], ref[k]), k
+    print("BFL single file: diffusers' from_single_file gives back all", len(ref), "tensors")
 
 
 def pipeline(transformer):

@@ -57,3 +57,33 @@ fn text_conditioning_matches_the_pipeline_encode_prompt() {
     // context gets 2e-5 (measured 1.1e-5); the pooled embedding keeps 1e-5.
     assert!(ec <= 2e-5 && ep <= 1e-5, "context {ec:e}, pooled {ep:e}");
 }
+
+#[test]
+fn bfl_single_file_loads_as_the_diffusers_folder() {
+    let r = load("flux-ref/forward.safetensors");
+    let file = fixtures().join("tiny-flux-bfl.safetensors");
+    let cfg = fixtures().join("tiny-flux/transformer");
+    let m = Flux::load_file(&file, Some(&cfg), &Device::Cpu).unwrap();
+    let got = m
+        .forward(&r["x_wide"], 421.5, &r["text"], &r["pooled"], Some(3.5))
+        .unwrap();
+    let e = rel_err(&got, &r["out_wide"]);
+    eprintln!("Flux from BFL's layout: relative error {e:e}");
+    assert!(e <= 1e-5, "Flux from BFL's layout: error {e:e}");
+    // Without a config the tiny head width leaves the rotary axes unknown: it says so.
+    let e = Flux::load_file(&file, None, &Device::Cpu)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.contains("rotary axes"), "{e}");
+    // A diffusers file is not BFL's layout.
+    let e = Flux::load_file(
+        &fixtures().join("tiny-flux/transformer/diffusion_pytorch_model.safetensors"),
+        None,
+        &Device::Cpu,
+    )
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(e.contains("Black Forest Labs"), "{e}");
+}

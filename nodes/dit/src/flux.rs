@@ -75,14 +75,44 @@ impl DenoiserImpl for FluxDenoiser {
     }
 }
 
-fn config(path: &Path) -> Result<FluxConfig, NodeError> {
+/// The `config` parameter: a diffusers transformer folder or config.json for single files.
+fn config_param(p: &Params) -> Result<Option<PathBuf>, NodeError> {
+    let s = p.str("config")?;
+    Ok((!s.is_empty()).then(|| PathBuf::from(s)))
+}
+
+fn config(path: &Path, given: Option<&Path>) -> Result<FluxConfig, NodeError> {
+    if path.is_file() {
+        let file = [path.to_path_buf()];
+        let files = latentflow_weights::TensorFiles::open(&file).map_err(fail)?;
+        if !latentflow_models::flux::bfl::is_bfl(&files) {
+            return Err(NodeError::invalid(format!(
+                "{}: not a FLUX.1 file in Black Forest Labs' layout (no img_in.weight)",
+                path.display()
+            )));
+        }
+        return match given {
+            Some(c) if c.is_dir() => FluxConfig::from_file(&c.join("config.json")).map_err(fail),
+            Some(c) => FluxConfig::from_file(c).map_err(fail),
+            None => {
+                let c = latentflow_models::flux::bfl::config(&files, path).map_err(fail)?;
+                c.check().map_err(fail)?;
+                Ok(c)
+            }
+        };
+    }
     let dir = Flux::folder(path).map_err(fail)?;
     FluxConfig::from_file(&dir.join("config.json")).map_err(fail)
 }
 
 fn load(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
     let path = PathBuf::from(p.str("path")?);
-    let model = Flux::load(&path, &Device::Cpu).map_err(fail)?;
+    let model = if path.is_file() {
+        Flux::load_file(&path, config_param(p)?.as_deref(), &Device::Cpu)
+    } else {
+        Flux::load(&path, &Device::Cpu)
+    }
+    .map_err(fail)?;
     let guidance = model.config.guidance_embeds.then_some(p.f64("guidance")?);
     let d = FluxDenoiser {
         model: Arc::new(model),
@@ -158,12 +188,13 @@ fn encode(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeErro
 pub fn nodes() -> Vec<NodeDef> {
     vec![
         NodeDef::new("dit.load_flux", load)
-            .doc("Loads a FLUX.1 transformer (diffusers' FluxTransformer2DModel: double- and single-stream blocks, 3-axis RoPE, the guidance embedding of dev): a pipeline folder (transformer/) or a transformer folder. A flow-matching Denoiser of family flux over the latent (N×C×H×W, H and W even: it packs 2×2 cells per token itself). Sample it with flow_euler, dynamic_shift and flow_grid flux, as FluxPipeline does, cfg 1 (dev takes `guidance` instead). Load the VAE with sd.load_vae on the same folder. The config is checked before anything runs.")
-            .param(Param::path("path").doc("Flux pipeline folder, or a transformer folder"))
+            .doc("Loads a FLUX.1 transformer (diffusers' FluxTransformer2DModel: double- and single-stream blocks, 3-axis RoPE, the guidance embedding of dev): a pipeline folder (transformer/), a transformer folder, or BFL's original single file (fused q/k/v; mapped onto diffusers' names, fused matrices split without copying). A flow-matching Denoiser of family flux over the latent (N×C×H×W, H and W even: it packs 2×2 cells per token itself). Sample it with flow_euler, dynamic_shift and flow_grid flux, as FluxPipeline does, cfg 1 (dev takes `guidance` instead). Load the VAE with sd.load_vae on the same folder. The config is checked before anything runs.")
+            .param(Param::path("path").doc("Flux pipeline folder, a transformer folder, or a single file in Black Forest Labs' layout (flux1-dev.safetensors)"))
+            .param(Param::path("config").default("").doc("single files: a diffusers transformer folder (or its config.json) with the architecture; empty: read off the file (FLUX.1's rotary axes)"))
             .param(Param::float("guidance").default(3.5).range(0.0, 100.0).doc("the embedded guidance scale (FLUX.1 dev; schnell has none and ignores it)"))
             .output("model", PortType::handle_of("Denoiser", Family::named(FLUX)), "Flux, as a flow-matching denoiser")
             .infer(|p| {
-                config(Path::new(p.str("path")?))?;
+                config(Path::new(p.str("path")?), config_param(p)?.as_deref())?;
                 Ok(vec![PortType::handle_of("Denoiser", Family::named(FLUX))])
             }),
         NodeDef::new("dit.load_flux_text", load_text)

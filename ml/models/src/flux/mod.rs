@@ -5,6 +5,7 @@
 //! the timestep, CLIP's pooled embedding and, for guidance-distilled models (dev), the guidance
 //! scale. The model predicts the flow-matching velocity.
 
+pub mod bfl;
 mod config;
 pub mod text;
 
@@ -260,6 +261,32 @@ impl Flux {
         let config = FluxConfig::from_file(&dir.join("config.json"))?;
         let vb = Weights::folder(&dir)?.var_builder(DType::F32, device)?;
         Self::new(config, vb, &dir)
+    }
+
+    /// Loads a single file in Black Forest Labs' layout (`flux1-dev.safetensors`); `config`
+    /// (a diffusers transformer folder or its `config.json`) gives the architecture, else it is
+    /// read off the file's shapes (FLUX.1's rotary axes assumed).
+    pub fn load_file(file: &Path, config: Option<&Path>, device: &Device) -> Result<Self> {
+        let files = latentflow_weights::TensorFiles::open(&[file.to_path_buf()])?;
+        if !bfl::is_bfl(&files) {
+            return Err(ModelError::format(
+                file,
+                "not a FLUX.1 file in Black Forest Labs' layout (no img_in.weight); a diffusers transformer is a folder",
+            ));
+        }
+        let config = match config {
+            Some(c) if c.is_dir() => FluxConfig::from_file(&c.join("config.json"))?,
+            Some(c) => FluxConfig::from_file(c)?,
+            None => {
+                let c = bfl::config(&files, file)?;
+                c.check()
+                    .map_err(|e| ModelError::format(file, e.to_string()))?;
+                c
+            }
+        };
+        let tensors = bfl::tensors(&files, &config, file)?;
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+        Self::new(config, vb, file)
     }
 
     /// The model folder of `path`: itself when it has a config, else its `transformer/`.
