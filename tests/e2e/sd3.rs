@@ -7,12 +7,8 @@ use latentflow_tests::{graph, rel_err, Sandbox};
 
 use crate::sd_pipeline::{fixture, run_graph, saved};
 
-fn reference() -> std::path::PathBuf {
-    fixture("sd3-ref/pipeline.safetensors")
-}
-
 /// graphs/sd3.yaml with the reference noise replayed and the steps and the image saved.
-fn instrumented(sb: &Sandbox, text: &str) -> std::path::PathBuf {
+fn instrumented(sb: &Sandbox, text: &str, reference: &std::path::Path) -> std::path::PathBuf {
     let wired = text
         .replacen(
             "inputs: {model: sd3, positive:",
@@ -26,7 +22,7 @@ fn instrumented(sb: &Sandbox, text: &str) -> std::path::PathBuf {
     );
     let g = format!(
         "{wired}  ref_noise:\n    type: core.load_tensor\n    params: {{path: {}, name: noise}}\n  save_steps:\n    type: core.save_tensor\n    inputs: {{tensor: sample.steps}}\n    params: {{filename: steps.safetensors}}\n  save_image:\n    type: core.save_tensor\n    inputs: {{tensor: decode}}\n    params: {{filename: image.safetensors}}\n",
-        reference().display()
+        reference.display()
     );
     sb.write("sd3.yaml", &g)
 }
@@ -35,16 +31,19 @@ fn model() -> String {
     format!("model={}", fixture("tiny-sd3").display())
 }
 
-#[test]
-fn every_step_matches_diffusers_sd3_pipeline() {
+/// Runs graphs/sd3.yaml with `kind` against the reference `name` at every step and on the image.
+fn check(kind: &str, name: &str) {
     let sb = Sandbox::new();
-    let text = std::fs::read_to_string(graph("sd3.yaml")).expect("graph");
-    let g = instrumented(&sb, &text);
+    let reference = fixture(&format!("sd3-ref/{name}.safetensors"));
+    let text = std::fs::read_to_string(graph("sd3.yaml"))
+        .expect("graph")
+        .replace("kind: flow_euler", &format!("kind: {kind}"));
+    let g = instrumented(&sb, &text, &reference);
     run_graph(&sb, &g, None, &[model()]);
     let out = sb.path().join("output");
     let (shape, ours) = saved(&out, "steps.safetensors");
-    let (rshape, theirs) = latentflow_tests::read_safetensors_tensor(&reference(), "latents");
-    assert_eq!(shape, rshape, "steps × latent shape");
+    let (rshape, theirs) = latentflow_tests::read_safetensors_tensor(&reference, "latents");
+    assert_eq!(shape, rshape, "{kind}: steps × latent shape");
     let per = ours.len() / shape[0];
     let mut worst = 0f32;
     for s in 0..shape[0] {
@@ -52,16 +51,27 @@ fn every_step_matches_diffusers_sd3_pipeline() {
             &ours[s * per..(s + 1) * per],
             &theirs[s * per..(s + 1) * per],
         );
-        assert!(e <= 1e-4, "SD3: step {s} error {e:e}");
+        assert!(e <= 1e-4, "SD3 {kind}: step {s} error {e:e}");
         worst = worst.max(e);
     }
-    eprintln!("SD3 32×48: worst step error {worst:e}");
+    eprintln!("SD3 {kind} 32×48: worst step error {worst:e}");
     let (ishape, image) = saved(&out, "image.safetensors");
-    let (rishape, rimage) = latentflow_tests::read_safetensors_tensor(&reference(), "image");
-    assert_eq!(ishape, rishape, "image shape");
+    let (rishape, rimage) = latentflow_tests::read_safetensors_tensor(&reference, "image");
+    assert_eq!(ishape, rishape, "{kind}: image shape");
     let e = rel_err(&image, &rimage);
-    assert!(e <= 1e-4, "SD3: decoded image error {e:e}");
+    assert!(e <= 1e-4, "SD3 {kind}: decoded image error {e:e}");
     assert!(out.join("sd3.png").exists());
+}
+
+#[test]
+fn every_step_matches_diffusers_sd3_pipeline() {
+    check("flow_euler", "pipeline");
+}
+
+#[test]
+fn dpm_solver_and_unipc_on_flow_grids_match_the_sd3_pipeline() {
+    check("dpmpp_2m", "pipeline_dpmpp_2m");
+    check("unipc", "pipeline_unipc");
 }
 
 #[test]

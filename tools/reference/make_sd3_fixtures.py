@@ -19,7 +19,10 @@ tests/fixtures/sd3-ref/:
   latents, the noise and the features;
 - pipeline.safetensors: StableDiffusion3Pipeline end to end (prompt, empty negative, T5 to 256
   tokens, guidance 5, 10 steps, 32×48 pixels): the prompt's and the negative's features and
-  pooled embeddings, every step's latents, the noise, the decoded image.
+  pooled embeddings, every step's latents, the noise, the decoded image;
+- pipeline_dpmpp_2m.safetensors, pipeline_unipc.safetensors: the same pipeline with DPM-Solver++
+  and UniPC on their flow grids (use_flow_sigmas, flow_shift 3): every step's latents, the noise,
+  the decoded image.
 
 Run: tools/reference/.venv/bin/python tools/reference/make_sd3_fixtures.py
 """
@@ -227,6 +230,29 @@ def pipeline(transformer):
         metadata={"prompt": PROMPT, "diffusers": diffusers.__version__},
     )
     print("pipeline steps", len(steps), "context", tuple(pe.shape), "max", float(torch.stack(steps).abs().max()))
+
+    # The same pipeline with DPM-Solver++ and UniPC on their flow grids (use_flow_sigmas,
+    # flow_prediction, flow_shift 3), as diffusers allows for flow models.
+    from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
+
+    for name, cls in (("dpmpp_2m", DPMSolverMultistepScheduler), ("unipc", UniPCMultistepScheduler)):
+        pipe.scheduler = cls(use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=3.0)
+        steps = []
+        with torch.no_grad():
+            image = pipe(
+                prompt=PROMPT, negative_prompt="", height=32, width=48, num_inference_steps=10,
+                guidance_scale=5.0, latents=noise.clone(), max_sequence_length=256, output_type="np",
+                callback_on_step_end=record,
+            ).images
+        save_file(
+            {
+                "latents": torch.stack(steps).contiguous(), "noise": noise.contiguous(),
+                "image": torch.from_numpy(np.ascontiguousarray(image)).float().contiguous(),
+            },
+            str(REF / f"pipeline_{name}.safetensors"),
+            metadata={"prompt": PROMPT, "scheduler": json.dumps(dict(pipe.scheduler.config)), "diffusers": diffusers.__version__},
+        )
+        print(name, "steps", len(steps))
 
 
 if __name__ == "__main__":
