@@ -103,3 +103,42 @@ fn missing_added_conditioning_or_sd1_text_is_refused() {
         .expect_code(3)
         .stderr_has("sd.load_sdxl_text");
 }
+
+#[test]
+fn the_refiner_matches_diffusers_img2img_pipeline_at_every_step() {
+    let sb = Sandbox::new();
+    let reference = fixture("sdxl-ref/refiner.safetensors");
+    let refiner = fixture("tiny-sdxl-refiner");
+    let (r, rf) = (reference.display(), refiner.display());
+    let enc = |name: &str, text: &str, score: f64| {
+        format!(
+            "  {name}:\n    type: sd.sdxl_encode\n    inputs: {{text: text}}\n    params: {{text: \"{text}\", zero_empty: false, width: 48, height: 32, aesthetic_score: {score}}}\n"
+        )
+    };
+    let g = format!(
+        "version: 1\nnodes:\n  start:\n    type: core.load_latent\n    params: {{path: {r}, name: start}}\n  ref_noise:\n    type: core.load_tensor\n    params: {{path: {r}, name: noise}}\n  unet:\n    type: sd.load_unet\n    params: {{path: {rf}}}\n  vae:\n    type: sd.load_vae\n    params: {{path: {rf}}}\n  text:\n    type: sd.load_sdxl_text\n    params: {{path: {rf}}}\n{}{}  refine:\n    type: samplers.sample\n    inputs: {{noise: ref_noise, model: unet, positive: positive.conditioning, negative: negative.conditioning, positive_pooled: positive.added, negative_pooled: negative.added, latent: start}}\n    params: {{record_steps: true, kind: euler, spacing: leading, steps: 10, strength: 0.6, cfg: 5.0}}\n  decode:\n    type: sd.vae_decode\n    inputs: {{vae: vae, latent: refine.latent}}\n  save_steps:\n    type: core.save_tensor\n    inputs: {{tensor: refine.steps}}\n    params: {{filename: steps.safetensors}}\n  save_image:\n    type: core.save_tensor\n    inputs: {{tensor: decode}}\n    params: {{filename: image.safetensors}}\n",
+        enc("positive", "a small red house by the sea", 6.0),
+        enc("negative", "", 2.5),
+    );
+    let g = sb.write("refine.yaml", &g);
+    run_graph(&sb, &g, None, &[]);
+    let out = sb.path().join("output");
+    let (shape, ours) = saved(&out, "steps.safetensors");
+    let (rshape, theirs) = latentflow_tests::read_safetensors_tensor(&reference, "latents");
+    assert_eq!(shape, rshape, "steps × latent shape");
+    let per = ours.len() / shape[0];
+    let mut worst = 0f32;
+    for s in 0..shape[0] {
+        let e = rel_err(
+            &ours[s * per..(s + 1) * per],
+            &theirs[s * per..(s + 1) * per],
+        );
+        assert!(e <= 1e-4, "SDXL refiner: step {s} error {e:e}");
+        worst = worst.max(e);
+    }
+    eprintln!("SDXL refiner: worst step error {worst:e}");
+    let (_, image) = saved(&out, "image.safetensors");
+    let (_, rimage) = latentflow_tests::read_safetensors_tensor(&reference, "image");
+    let e = rel_err(&image, &rimage);
+    assert!(e <= 1e-4, "SDXL refiner: decoded image error {e:e}");
+}

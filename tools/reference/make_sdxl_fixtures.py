@@ -15,6 +15,12 @@ tests/fixtures/sdxl-ref/:
   steps, 32×48 pixels): the features and pooled embeddings of the prompt and of the (zero)
   negative, every step's latents, the noise, the decoded image.
 
+tests/fixtures/tiny-sdxl-refiner/: an SDXL refiner pipeline folder (bigG alone, no CLIP-L; the
+UNet's time ids end with the aesthetic score: projection input 72 = 32 + 5·8, cross-attention
+width 32), and sdxl-ref/refiner.safetensors: StableDiffusionXLImg2ImgPipeline refining a given
+latent (strength 0.6, 10 Euler steps, guidance 5, aesthetic scores 6 and 2.5, the empty negative
+encoded as text): the start latent, the noise it adds, every step's latents, the image.
+
 Run: tools/reference/.venv/bin/python tools/reference/make_sdxl_fixtures.py
 """
 
@@ -154,6 +160,67 @@ def main():
         metadata={"prompt": PROMPT, "diffusers": diffusers.__version__},
     )
     print("pipeline steps", len(steps), "context", tuple(pe.shape), "max", float(torch.stack(steps).abs().max()))
+    refiner(vae, enc_2, tok_2, scheduler)
+
+
+def refiner(vae, enc_2, tok_2, scheduler):
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+    import diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl_img2img as img2img
+
+    out_dir = FIX / "tiny-sdxl-refiner"
+    shutil.rmtree(out_dir, ignore_errors=True)
+    torch.manual_seed(2)
+    unet = randomize(
+        UNet2DConditionModel(
+            block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4, out_channels=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
+            use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+            transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=72,
+            cross_attention_dim=32, norm_num_groups=1,
+        ),
+        2,
+        scale=0.05,
+    )
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.copy_(p.half().float())
+    pipe = StableDiffusionXLImg2ImgPipeline(
+        vae=vae, text_encoder=None, text_encoder_2=enc_2, tokenizer=None, tokenizer_2=tok_2, unet=unet,
+        scheduler=scheduler, requires_aesthetics_score=True, force_zeros_for_empty_prompt=False,
+    )
+    pipe.save_pretrained(out_dir, safe_serialization=True)
+    for sub, m in (("text_encoder_2", enc_2), ("unet", unet)):
+        m.to(torch.float16).save_pretrained(out_dir / sub, safe_serialization=True)
+        m.to(torch.float32)
+    shutil.rmtree(out_dir / "tokenizer_2")
+    shutil.copytree(PIPE / "tokenizer_2", out_dir / "tokenizer_2")
+
+    g = torch.Generator().manual_seed(31)
+    start = torch.randn((1, 4, 16, 24), generator=g) * 0.5
+    noise = torch.randn((1, 4, 16, 24), generator=g)
+    img2img.randn_tensor = lambda shape, generator=None, device=None, dtype=None, **kw: noise.clone().to(dtype or torch.float32)
+    steps = []
+
+    def record(p, i, t, kw):
+        steps.append(kw["latents"].clone())
+        return {}
+
+    with torch.no_grad():
+        image = pipe(
+            prompt=PROMPT, negative_prompt="", image=start, strength=0.6, num_inference_steps=10,
+            guidance_scale=5.0, output_type="np", callback_on_step_end=record,
+        ).images
+    save_file(
+        {
+            "start": start.contiguous(), "noise": noise.contiguous(),
+            "latents": torch.stack(steps).contiguous(),
+            "image": torch.from_numpy(np.ascontiguousarray(image)).float().contiguous(),
+        },
+        str(REF / "refiner.safetensors"),
+        metadata={"prompt": PROMPT, "strength": "0.6", "diffusers": diffusers.__version__},
+    )
+    print("refiner steps", len(steps), "max", float(torch.stack(steps).abs().max()))
 
 
 if __name__ == "__main__":

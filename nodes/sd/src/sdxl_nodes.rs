@@ -78,12 +78,26 @@ fn encode(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeErro
         or(p.int("target_width")?, w),
         or(p.int("target_height")?, h),
     );
-    // diffusers: original size (h, w), crop top-left (top, left), target size (h, w).
-    let ids = [h, w, p.int("crop_top")?, p.int("crop_left")?, th, tw];
+    // diffusers: original size (h, w), crop top-left (top, left), then the target size (h, w),
+    // or, for the refiner, the aesthetic score.
+    let (top, left) = (p.int("crop_top")?, p.int("crop_left")?);
+    let score = p.f64("aesthetic_score")?;
+    let ids: Vec<Value> = if score > 0.0 {
+        [h, w, top, left]
+            .iter()
+            .map(|&i| Value::Float(i as f64))
+            .chain([Value::Float(score)])
+            .collect()
+    } else {
+        [h, w, top, left, th, tw]
+            .iter()
+            .map(|&i| Value::Int(i))
+            .collect()
+    };
     let args = vec![
         Value::Str(p.str("text")?.into()),
         Value::Bool(p.bool("zero_empty")?),
-        Value::List(ids.iter().map(|&i| Value::Int(i)).collect()),
+        Value::List(ids),
     ];
     let out = inputs.object("text")?.call(ctx.host(), "encode", args)?;
     if out.len() < 2 {
@@ -96,15 +110,15 @@ fn encode(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeErro
 pub fn nodes() -> Vec<NodeDef> {
     vec![
         NodeDef::new("sd.load_sdxl_text", load_text)
-            .doc("Loads an SDXL pipeline's text encoders: CLIP-L (text_encoder/, tokenizer/) and OpenCLIP bigG with projection (text_encoder_2/, tokenizer_2/).")
+            .doc("Loads an SDXL pipeline's text encoders: CLIP-L (text_encoder/, tokenizer/; the refiner has none) and OpenCLIP bigG with projection (text_encoder_2/, tokenizer_2/).")
             .param(Param::path("path").doc("SDXL pipeline folder"))
             .output("text", PortType::handle("SdxlText"), "the text encoders")
             .infer(|p| {
                 let path = PathBuf::from(p.str("path")?);
-                for sub in ["text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"] {
+                for sub in ["text_encoder_2", "tokenizer_2"] {
                     if !path.join(sub).is_dir() {
                         return Err(NodeError::invalid(format!(
-                            "{}: no {sub}/ (an SDXL pipeline folder has text_encoder/, tokenizer/, text_encoder_2/ and tokenizer_2/)",
+                            "{}: no {sub}/ (an SDXL pipeline folder has text_encoder_2/ and tokenizer_2/, and but for the refiner text_encoder/ and tokenizer/)",
                             path.display()
                         )));
                     }
@@ -122,7 +136,8 @@ pub fn nodes() -> Vec<NodeDef> {
             .param(Param::int("crop_left").default(0).range(0.0, 65536.0).doc("crop left of the time ids"))
             .param(Param::int("target_width").default(0).range(0.0, 65536.0).doc("target width of the time ids; 0: width"))
             .param(Param::int("target_height").default(0).range(0.0, 65536.0).doc("target height of the time ids; 0: height"))
+            .param(Param::float("aesthetic_score").default(0.0).range(0.0, 100.0).doc("the refiner (requires_aesthetics_score): its time ids end with this score instead of the target size (diffusers: 6 for the prompt, 2.5 for the negative); 0: the base model's ids"))
             .output("conditioning", PortType::conditioning_of(Dim::Any, Family::named(SDXL)), "1×77×2048 text tokens")
-            .output("added", PortType::tensor(Some(DType::F32), Dim::Fixed(2)), "1×(P+6): the pooled embedding and the time ids (to the sampler's positive_pooled / negative_pooled)"),
+            .output("added", PortType::tensor(Some(DType::F32), Dim::Fixed(2)), "1×(P+6), the refiner's 1×(P+5): the pooled embedding and the time ids (to the sampler's positive_pooled / negative_pooled)"),
     ]
 }

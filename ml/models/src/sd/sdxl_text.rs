@@ -1,7 +1,8 @@
 //! SDXL's text conditioning, as diffusers' `StableDiffusionXLPipeline.encode_prompt` builds
-//! it: CLIP-L's and OpenCLIP bigG's penultimate hidden states side by side (77 tokens), and
-//! bigG's projected pooled embedding; an empty prompt may be all zeros instead
-//! (`force_zeros_for_empty_prompt`, how SDXL's pipeline treats a missing negative prompt).
+//! it: CLIP-L's and OpenCLIP bigG's penultimate hidden states side by side (77 tokens; the
+//! refiner has bigG alone), and bigG's projected pooled embedding; an empty prompt may be all
+//! zeros instead (`force_zeros_for_empty_prompt`, how SDXL's pipeline treats a missing negative
+//! prompt).
 
 use std::path::{Path, PathBuf};
 
@@ -12,8 +13,8 @@ use crate::{ModelError, Result};
 
 /// SDXL's two text encoders.
 pub struct SdxlText {
-    /// CLIP ViT-L/14 (`text_encoder/`, `tokenizer/`).
-    pub clip_l: Clip,
+    /// CLIP ViT-L/14 (`text_encoder/`, `tokenizer/`); the refiner has none.
+    pub clip_l: Option<Clip>,
     /// OpenCLIP ViT-bigG/14 with projection (`text_encoder_2/`, `tokenizer_2/`).
     pub clip_g: Clip,
     /// Where they came from.
@@ -22,14 +23,15 @@ pub struct SdxlText {
 
 /// Text features and the pooled embedding of a batch of prompts.
 pub struct SdxlConditioning {
-    /// B×77×(CLIP-L width + bigG width).
+    /// B×77×(CLIP-L width + bigG width), or bigG's alone (the refiner).
     pub context: Tensor,
     /// B×projection width.
     pub pooled: Tensor,
 }
 
 impl SdxlText {
-    /// Loads the encoders of a diffusers SDXL pipeline folder.
+    /// Loads the encoders of a diffusers SDXL pipeline folder (the refiner's has no
+    /// `text_encoder/`).
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
         let need = |sub: &str| -> Result<PathBuf> {
             let p = dir.join(sub);
@@ -38,12 +40,20 @@ impl SdxlText {
             } else {
                 Err(ModelError::format(
                     &p,
-                    "missing: an SDXL pipeline folder has text_encoder/, tokenizer/, text_encoder_2/ and tokenizer_2/",
+                    "missing: an SDXL pipeline folder has text_encoder_2/ and tokenizer_2/ (and, but for the refiner, text_encoder/ and tokenizer/)",
                 ))
             }
         };
         Ok(Self {
-            clip_l: Clip::load(&need("text_encoder")?, &need("tokenizer")?, device)?,
+            clip_l: if dir.join("text_encoder/config.json").is_file() {
+                Some(Clip::load(
+                    &need("text_encoder")?,
+                    &need("tokenizer")?,
+                    device,
+                )?)
+            } else {
+                None
+            },
             clip_g: Clip::load(&need("text_encoder_2")?, &need("tokenizer_2")?, device)?,
             source: dir.to_path_buf(),
         })
@@ -56,10 +66,15 @@ impl SdxlText {
         zero_empty: bool,
         device: &Device,
     ) -> Result<SdxlConditioning> {
-        let l = self.clip_l.run(&[text], device)?;
         let (hg, pooled) = self.clip_g.penultimate_and_projected(&[text], device)?;
-        let hl = l.hidden[l.hidden.len() - 2].clone();
-        let context = Tensor::cat(&[&hl, &hg], 2)?;
+        let context = match &self.clip_l {
+            Some(clip_l) => {
+                let l = clip_l.run(&[text], device)?;
+                let hl = l.hidden[l.hidden.len() - 2].clone();
+                Tensor::cat(&[&hl, &hg], 2)?
+            }
+            None => hg,
+        };
         if zero_empty && text.is_empty() {
             return Ok(SdxlConditioning {
                 context: context.zeros_like()?,
