@@ -108,3 +108,48 @@ fn missing_pooled_or_wrong_sampler_is_refused() {
     let set = format!("model={}", fixture("tiny-pixart").display());
     sb.run(&["validate", &g, "--set", &set]).expect_code(3);
 }
+
+#[test]
+fn a_stability_single_file_gives_the_folders_picture() {
+    let text = std::fs::read_to_string(graph("sd3.yaml")).unwrap_or_default();
+    let sb = Sandbox::new();
+    let tap = "  tap:\n    type: core.save_tensor\n    inputs: {tensor: decode}\n    params: {filename: image.safetensors}\n";
+    let single = text.replace(
+        "    type: dit.load_sd3\n    params: {path: $model}",
+        &format!(
+            "    type: dit.load_sd3\n    params: {{path: {}, config: {}}}",
+            fixture("tiny-sd3-sai.safetensors").display(),
+            fixture("tiny-sd3/transformer").display()
+        ),
+    );
+    assert!(
+        single.contains("tiny-sd3-sai"),
+        "the graph's loader moved; update this test"
+    );
+    let g1 = sb.write("single.yaml", &format!("{single}{tap}"));
+    sb.run(&[
+        "run",
+        &g1.display().to_string(),
+        "-q",
+        "--set",
+        &model(),
+        "steps=3",
+    ])
+    .expect_code(0);
+    let (_, a) = latentflow_tests::read_safetensors_f32(&sb.output("image.safetensors"));
+    let g2 = sb.write("folder.yaml", &format!("{text}{tap}"));
+    sb.run(&[
+        "run",
+        &g2.display().to_string(),
+        "-q",
+        "--set",
+        &model(),
+        "steps=3",
+    ])
+    .expect_code(0);
+    let (_, b) = latentflow_tests::read_safetensors_f32(&sb.output("image.safetensors"));
+    assert!(
+        !a.is_empty() && rel_err(&a, &b) <= 1e-6,
+        "the single file and the folder differ"
+    );
+}

@@ -24,6 +24,12 @@ tests/fixtures/sd3-ref/:
   and UniPC on their flow grids (use_flow_sigmas, flow_shift 3): every step's latents, the noise,
   the decoded image.
 
+tests/fixtures/tiny-sd3-sai.safetensors, tiny-sd35-sai.safetensors: the two transformers in
+Stability AI's original single-file layout (keys under model.diffusion_model., fused q/k/v,
+MMDiT names, the last context modulation and the final one as shift then scale), written by
+this script's own inverse mapping and checked by loading each back with diffusers'
+`SD3Transformer2DModel.from_single_file`: every tensor must come back equal.
+
 Run: tools/reference/.venv/bin/python tools/reference/make_sd3_fixtures.py
 """
 
@@ -125,7 +131,72 @@ def main():
         metadata={"guidance": "5.0", "scheduler": json.dumps(dict(scheduler.config)), "diffusers": diffusers.__version__},
     )
     print("loop steps", len(steps), "max", float(torch.stack(steps).abs().max()))
+    sai(sd3, FIX / "tiny-sd3-sai.safetensors", PIPE / "transformer")
+    sai(sd35, FIX / "tiny-sd35-sai.safetensors", FIX / "tiny-sd35" / "transformer")
     pipeline(sd3)
+
+
+def sai(model, path, config):
+    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    out = {}
+    n = model.config.num_layers
+    P = "model.diffusion_model."
+
+    def lin(ours, theirs):
+        for suf in ("weight", "bias"):
+            out[f"{P}{theirs}.{suf}"] = sd.pop(f"{ours}.{suf}")
+
+    def fused(parts, theirs):
+        for suf in ("weight", "bias"):
+            out[f"{P}{theirs}.{suf}"] = torch.cat([sd.pop(f"{p}.{suf}") for p in parts], 0)
+
+    def swapped(ours, theirs):
+        for suf in ("weight", "bias"):
+            scale, shift = sd.pop(f"{ours}.{suf}").chunk(2, 0)
+            out[f"{P}{theirs}.{suf}"] = torch.cat([shift, scale], 0)
+
+    out[f"{P}pos_embed"] = sd.pop("pos_embed.pos_embed")
+    lin("pos_embed.proj", "x_embedder.proj")
+    lin("time_text_embed.timestep_embedder.linear_1", "t_embedder.mlp.0")
+    lin("time_text_embed.timestep_embedder.linear_2", "t_embedder.mlp.2")
+    lin("time_text_embed.text_embedder.linear_1", "y_embedder.mlp.0")
+    lin("time_text_embed.text_embedder.linear_2", "y_embedder.mlp.2")
+    lin("context_embedder", "context_embedder")
+    for i in range(n):
+        o, x, c = f"transformer_blocks.{i}", f"joint_blocks.{i}.x_block", f"joint_blocks.{i}.context_block"
+        fused([f"{o}.attn.to_q", f"{o}.attn.to_k", f"{o}.attn.to_v"], f"{x}.attn.qkv")
+        fused([f"{o}.attn.add_q_proj", f"{o}.attn.add_k_proj", f"{o}.attn.add_v_proj"], f"{c}.attn.qkv")
+        for ours, theirs in (("norm_q", f"{x}.attn.ln_q"), ("norm_k", f"{x}.attn.ln_k"),
+                             ("norm_added_q", f"{c}.attn.ln_q"), ("norm_added_k", f"{c}.attn.ln_k")):
+            if f"{o}.attn.{ours}.weight" in sd:
+                out[f"{P}{theirs}.weight"] = sd.pop(f"{o}.attn.{ours}.weight")
+        lin(f"{o}.attn.to_out.0", f"{x}.attn.proj")
+        if f"{o}.attn2.to_q.weight" in sd:
+            fused([f"{o}.attn2.to_q", f"{o}.attn2.to_k", f"{o}.attn2.to_v"], f"{x}.attn2.qkv")
+            for ours, theirs in (("norm_q", "ln_q"), ("norm_k", "ln_k")):
+                if f"{o}.attn2.{ours}.weight" in sd:
+                    out[f"{P}{x}.attn2.{theirs}.weight"] = sd.pop(f"{o}.attn2.{ours}.weight")
+            lin(f"{o}.attn2.to_out.0", f"{x}.attn2.proj")
+        lin(f"{o}.norm1.linear", f"{x}.adaLN_modulation.1")
+        lin(f"{o}.ff.net.0.proj", f"{x}.mlp.fc1")
+        lin(f"{o}.ff.net.2", f"{x}.mlp.fc2")
+        if i == n - 1:
+            swapped(f"{o}.norm1_context.linear", f"{c}.adaLN_modulation.1")
+        else:
+            lin(f"{o}.attn.to_add_out", f"{c}.attn.proj")
+            lin(f"{o}.norm1_context.linear", f"{c}.adaLN_modulation.1")
+            lin(f"{o}.ff_context.net.0.proj", f"{c}.mlp.fc1")
+            lin(f"{o}.ff_context.net.2", f"{c}.mlp.fc2")
+    lin("proj_out", "final_layer.linear")
+    swapped("norm_out.linear", "final_layer.adaLN_modulation.1")
+    assert not sd, f"unmapped: {sorted(sd)}"
+    save_file({k: v.contiguous() for k, v in out.items()}, str(path))
+    back = SD3Transformer2DModel.from_single_file(str(path), config=str(config))
+    ref, got = model.state_dict(), back.state_dict()
+    assert set(got) == set(ref), set(got) ^ set(ref)
+    for k in ref:
+        assert torch.equal(got[k], ref[k]), k
+    print(path.name, ": diffusers' from_single_file gives back all", len(ref), "tensors")
 
 
 def clip(seed, eos):

@@ -143,3 +143,46 @@ fn text_conditioning_matches_the_pipeline_encode_prompt() {
         0.0
     );
 }
+
+#[test]
+fn stability_single_files_load_as_the_diffusers_folders() {
+    let r = load("sd3-ref/forward.safetensors");
+    // SD3.5 (RMS norms give the head width, attn2 the dual layers): everything off the shapes.
+    let m = Sd3::load_file(
+        &fixtures().join("tiny-sd35-sai.safetensors"),
+        None,
+        &Device::Cpu,
+    )
+    .unwrap();
+    assert!(m.config.qk_rms() && m.config.dual_attention_layers == [0]);
+    let got = m
+        .forward(&r["x_wide"], 421.5, &r["text"], &r["pooled"])
+        .unwrap();
+    let e = rel_err(&got, &r["out35_wide"]);
+    eprintln!("SD3.5 from Stability's layout: relative error {e:e}");
+    assert!(e <= 1e-5, "SD3.5 from Stability's layout: error {e:e}");
+    // SD3 with tiny 8-wide heads and no RMS norms: the config comes from the folder.
+    let cfg = fixtures().join("tiny-sd3/transformer");
+    let m = Sd3::load_file(
+        &fixtures().join("tiny-sd3-sai.safetensors"),
+        Some(&cfg),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let got = m
+        .forward(&r["x_wide"], 421.5, &r["text"], &r["pooled"])
+        .unwrap();
+    let e = rel_err(&got, &r["out_wide"]);
+    eprintln!("SD3 from Stability's layout: relative error {e:e}");
+    assert!(e <= 1e-5, "SD3 from Stability's layout: error {e:e}");
+    // A diffusers file is not this layout.
+    let e = Sd3::load_file(
+        &fixtures().join("tiny-sd3/transformer/diffusion_pytorch_model.safetensors"),
+        Some(&cfg),
+        &Device::Cpu,
+    )
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(e.contains("Stability AI"), "{e}");
+}

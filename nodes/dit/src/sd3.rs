@@ -73,9 +73,20 @@ impl DenoiserImpl for Sd3Denoiser {
     }
 }
 
+/// The `config` parameter: a diffusers transformer folder or config.json for single files.
+fn config_param(p: &Params) -> Result<Option<PathBuf>, NodeError> {
+    let s = p.str("config")?;
+    Ok((!s.is_empty()).then(|| PathBuf::from(s)))
+}
+
 fn load(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
     let path = PathBuf::from(p.str("path")?);
-    let model = Sd3::load(&path, &Device::Cpu).map_err(fail)?;
+    let model = if path.is_file() {
+        Sd3::load_file(&path, config_param(p)?.as_deref(), &Device::Cpu)
+    } else {
+        Sd3::load(&path, &Device::Cpu)
+    }
+    .map_err(fail)?;
     let d = Sd3Denoiser {
         model: Arc::new(model),
         name: path.display().to_string(),
@@ -84,6 +95,12 @@ fn load(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
 }
 
 fn config(path: &Path) -> Result<Sd3Config, NodeError> {
+    if path.is_file() {
+        let files = latentflow_weights::TensorFiles::open(&[path.to_path_buf()]).map_err(fail)?;
+        let c = latentflow_models::sd3::sai::config(&files, path).map_err(fail)?;
+        c.check().map_err(fail)?;
+        return Ok(c);
+    }
     let dir = Sd3::folder(path).map_err(fail)?;
     Sd3Config::from_file(&dir.join("config.json")).map_err(fail)
 }
@@ -159,11 +176,21 @@ pub fn nodes() -> Vec<NodeDef> {
     let model = || PortType::handle_of("Denoiser", Family::named(SD3));
     vec![
         NodeDef::new("dit.load_sd3", load)
-            .doc("Loads an SD3 or SD3.5 transformer (diffusers' SD3Transformer2DModel: MMDiT, SD3.5's qk RMS norm and MMDiT-X dual attention): a pipeline folder (transformer/) or a transformer folder. A flow-matching Denoiser of family sd3: sample it with flow_euler (shift 3 for SD3), or dpmpp_2m / unipc, with dit.sd3_encode's conditioning and pooled embedding; any latent whose patch grid fits pos_embed_max_size. Load the VAE with sd.load_vae on the same folder. The config is checked before anything runs.")
-            .param(Param::path("path").doc("SD3 pipeline folder, or a transformer folder"))
+            .doc("Loads an SD3 or SD3.5 transformer (diffusers' SD3Transformer2DModel: MMDiT, SD3.5's qk RMS norm and MMDiT-X dual attention): a pipeline folder (transformer/), a transformer folder, or Stability AI's original single file (fused q/k/v; mapped onto diffusers' names, fused matrices split without copying; its text encoders and VAE are not read from it). A flow-matching Denoiser of family sd3: sample it with flow_euler (shift 3 for SD3), or dpmpp_2m / unipc, with dit.sd3_encode's conditioning and pooled embedding; any latent whose patch grid fits pos_embed_max_size. Load the VAE with sd.load_vae on the same folder. The config is checked before anything runs.")
+            .param(Param::path("path").doc("SD3 pipeline folder, a transformer folder, or a single file in Stability AI's layout (sd3_medium.safetensors)"))
+            .param(Param::path("config").default("").doc("single files: a diffusers transformer folder (or its config.json) with the architecture; empty: read off the file"))
             .output("model", model(), "SD3, as a flow-matching denoiser")
             .infer(|p| {
-                config(Path::new(p.str("path")?))?;
+                let path = PathBuf::from(p.str("path")?);
+                match config_param(p)? {
+                    Some(c) if path.is_file() => {
+                        let file = if c.is_dir() { c.join("config.json") } else { c };
+                        Sd3Config::from_file(&file).map_err(fail)?;
+                    }
+                    _ => {
+                        config(&path)?;
+                    }
+                }
                 Ok(vec![PortType::handle_of("Denoiser", Family::named(SD3))])
             }),
         NodeDef::new("dit.load_sd3_text", load_text)

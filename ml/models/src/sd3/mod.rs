@@ -8,6 +8,7 @@
 //! flow-matching velocity.
 
 mod config;
+pub mod sai;
 pub mod text;
 
 use std::path::{Path, PathBuf};
@@ -204,6 +205,32 @@ impl Sd3 {
         let config = Sd3Config::from_file(&dir.join("config.json"))?;
         let vb = Weights::folder(&dir)?.var_builder(DType::F32, device)?;
         Self::new(config, vb, &dir)
+    }
+
+    /// Loads a single file in Stability AI's layout (`sd3_medium.safetensors`); `config` (a
+    /// diffusers transformer folder or its `config.json`) gives the architecture, else it is
+    /// read off the file's shapes (64-wide heads unless its RMS norms say otherwise).
+    pub fn load_file(file: &Path, config: Option<&Path>, device: &Device) -> Result<Self> {
+        let files = latentflow_weights::TensorFiles::open(&[file.to_path_buf()])?;
+        let config = match config {
+            Some(c) if c.is_dir() => Sd3Config::from_file(&c.join("config.json"))?,
+            Some(c) => Sd3Config::from_file(c)?,
+            None => {
+                let c = sai::config(&files, file)?;
+                c.check()
+                    .map_err(|e| ModelError::format(file, e.to_string()))?;
+                c
+            }
+        };
+        if sai::prefix(&files).is_none() {
+            return Err(ModelError::format(
+                file,
+                "not an SD3 transformer in Stability AI's layout (no joint_blocks.0.x_block.attn.qkv.weight); a diffusers transformer is a folder",
+            ));
+        }
+        let tensors = sai::tensors(&files, &config, file)?;
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+        Self::new(config, vb, file)
     }
 
     /// The model folder of `path`: itself when it has a config, else its `transformer/`.
