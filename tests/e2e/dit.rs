@@ -2,9 +2,10 @@
 //! (tools/reference/make_dit_fixtures.py) at every step and on the decoded image, square and
 //! non-square; class names; and the refusals a user meets first.
 
-use latentflow_tests::{graph, rel_err, Sandbox};
+use latentflow_tests::{graph, Sandbox};
 
-use crate::sd_pipeline::{fixture, run_graph, saved};
+use crate::parity;
+use crate::sd_pipeline::{fixture, run_graph};
 
 fn reference(name: &str) -> std::path::PathBuf {
     fixture(&format!("dit-ref/{name}.safetensors"))
@@ -13,45 +14,13 @@ fn reference(name: &str) -> std::path::PathBuf {
 /// graphs/dit.yaml with the reference `name`'s noise replayed and the steps and the image saved.
 fn instrumented(sb: &Sandbox, name: &str) -> std::path::PathBuf {
     let text = std::fs::read_to_string(graph("dit.yaml")).expect("graph");
-    let wired = text
-        .replacen(
-            "inputs: {model: dit, positive:",
-            "inputs: {noise: ref_noise, model: dit, positive:",
-            1,
-        )
-        .replacen("params: {kind: ", "params: {record_steps: true, kind: ", 1);
-    assert!(
-        wired.contains("noise: ref_noise") && wired.contains("record_steps"),
-        "the graph's sampler moved; update this test"
-    );
-    let g = format!(
-        "{wired}  ref_noise:\n    type: core.load_tensor\n    params: {{path: {}, name: noise}}\n  save_steps:\n    type: core.save_tensor\n    inputs: {{tensor: sample.steps}}\n    params: {{filename: steps.safetensors}}\n  save_image:\n    type: core.save_tensor\n    inputs: {{tensor: decode}}\n    params: {{filename: image.safetensors}}\n",
-        reference(name).display()
-    );
+    let g = parity::instrument(&text, "inputs: {model: dit, positive:", &reference(name));
     sb.write("dit.yaml", &g)
 }
 
 fn compare(sb: &Sandbox, name: &str, what: &str) {
     let out = sb.path().join("output");
-    let (shape, ours) = saved(&out, "steps.safetensors");
-    let (rshape, theirs) = latentflow_tests::read_safetensors_tensor(&reference(name), "latents");
-    assert_eq!(shape, rshape, "{what}: steps × latent shape");
-    let per = ours.len() / shape[0];
-    let mut worst = 0f32;
-    for s in 0..shape[0] {
-        let e = rel_err(
-            &ours[s * per..(s + 1) * per],
-            &theirs[s * per..(s + 1) * per],
-        );
-        assert!(e <= 1e-4, "{what}: step {s} error {e:e}");
-        worst = worst.max(e);
-    }
-    eprintln!("{what}: worst step error {worst:e}");
-    let (ishape, image) = saved(&out, "image.safetensors");
-    let (rishape, rimage) = latentflow_tests::read_safetensors_tensor(&reference(name), "image");
-    assert_eq!(ishape, rishape, "{what}: image shape");
-    let e = rel_err(&image, &rimage);
-    assert!(e <= 1e-4, "{what}: decoded image error {e:e}");
+    parity::compare(&out, &reference(name), what);
     assert!(out.join("dit.png").exists());
 }
 

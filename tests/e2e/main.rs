@@ -12,6 +12,7 @@ mod flux;
 mod graphs;
 mod isolation;
 mod llm;
+mod parity;
 mod pixart;
 mod plugins;
 mod sampling;

@@ -2,33 +2,13 @@
 //! (tools/reference/make_pixart_fixtures.py) at every step and on the decoded image, on a
 //! non-square latent; and the refusals a user meets first.
 
-use latentflow_tests::{graph, rel_err, Sandbox};
+use latentflow_tests::{graph, Sandbox};
 
-use crate::sd_pipeline::{fixture, run_graph, saved};
+use crate::parity;
+use crate::sd_pipeline::{fixture, run_graph};
 
 fn reference() -> std::path::PathBuf {
     fixture("pixart-ref/loop.safetensors")
-}
-
-/// graphs/pixart.yaml with the reference noise replayed and the steps and the image saved.
-fn instrumented(sb: &Sandbox) -> std::path::PathBuf {
-    let text = std::fs::read_to_string(graph("pixart.yaml")).expect("graph");
-    let wired = text
-        .replacen(
-            "inputs: {model: pixart, positive:",
-            "inputs: {noise: ref_noise, model: pixart, positive:",
-            1,
-        )
-        .replacen("params: {kind: ", "params: {record_steps: true, kind: ", 1);
-    assert!(
-        wired.contains("noise: ref_noise") && wired.contains("record_steps"),
-        "the graph's sampler moved; update this test"
-    );
-    let g = format!(
-        "{wired}  ref_noise:\n    type: core.load_tensor\n    params: {{path: {}, name: noise}}\n  save_steps:\n    type: core.save_tensor\n    inputs: {{tensor: sample.steps}}\n    params: {{filename: steps.safetensors}}\n  save_image:\n    type: core.save_tensor\n    inputs: {{tensor: decode}}\n    params: {{filename: image.safetensors}}\n",
-        reference().display()
-    );
-    sb.write("pixart.yaml", &g)
 }
 
 fn models() -> Vec<String> {
@@ -41,28 +21,12 @@ fn models() -> Vec<String> {
 #[test]
 fn every_step_matches_diffusers_pixart_alpha_pipeline() {
     let sb = Sandbox::new();
-    let g = instrumented(&sb);
+    let text = std::fs::read_to_string(graph("pixart.yaml")).expect("graph");
+    let g = parity::instrument(&text, "inputs: {model: pixart, positive:", &reference());
+    let g = sb.write("pixart.yaml", &g);
     run_graph(&sb, &g, None, &models());
     let out = sb.path().join("output");
-    let (shape, ours) = saved(&out, "steps.safetensors");
-    let (rshape, theirs) = latentflow_tests::read_safetensors_tensor(&reference(), "latents");
-    assert_eq!(shape, rshape, "steps × latent shape");
-    let per = ours.len() / shape[0];
-    let mut worst = 0f32;
-    for s in 0..shape[0] {
-        let e = rel_err(
-            &ours[s * per..(s + 1) * per],
-            &theirs[s * per..(s + 1) * per],
-        );
-        assert!(e <= 1e-4, "PixArt: step {s} error {e:e}");
-        worst = worst.max(e);
-    }
-    eprintln!("PixArt 16×32: worst step error {worst:e}");
-    let (ishape, image) = saved(&out, "image.safetensors");
-    let (rishape, rimage) = latentflow_tests::read_safetensors_tensor(&reference(), "image");
-    assert_eq!(ishape, rishape, "image shape");
-    let e = rel_err(&image, &rimage);
-    assert!(e <= 1e-4, "PixArt: decoded image error {e:e}");
+    parity::compare(&out, &reference(), "PixArt 16×32");
     assert!(out.join("pixart.png").exists());
 }
 

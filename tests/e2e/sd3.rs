@@ -5,27 +5,8 @@
 
 use latentflow_tests::{graph, rel_err, Sandbox};
 
-use crate::sd_pipeline::{fixture, run_graph, saved};
-
-/// graphs/sd3.yaml with the reference noise replayed and the steps and the image saved.
-fn instrumented(sb: &Sandbox, text: &str, reference: &std::path::Path) -> std::path::PathBuf {
-    let wired = text
-        .replacen(
-            "inputs: {model: sd3, positive:",
-            "inputs: {noise: ref_noise, model: sd3, positive:",
-            1,
-        )
-        .replacen("params: {kind: ", "params: {record_steps: true, kind: ", 1);
-    assert!(
-        wired.contains("noise: ref_noise") && wired.contains("record_steps"),
-        "the graph's sampler moved; update this test"
-    );
-    let g = format!(
-        "{wired}  ref_noise:\n    type: core.load_tensor\n    params: {{path: {}, name: noise}}\n  save_steps:\n    type: core.save_tensor\n    inputs: {{tensor: sample.steps}}\n    params: {{filename: steps.safetensors}}\n  save_image:\n    type: core.save_tensor\n    inputs: {{tensor: decode}}\n    params: {{filename: image.safetensors}}\n",
-        reference.display()
-    );
-    sb.write("sd3.yaml", &g)
-}
+use crate::parity;
+use crate::sd_pipeline::{fixture, run_graph};
 
 fn model() -> String {
     format!("model={}", fixture("tiny-sd3").display())
@@ -38,28 +19,11 @@ fn check(kind: &str, name: &str) {
     let text = std::fs::read_to_string(graph("sd3.yaml"))
         .expect("graph")
         .replace("kind: flow_euler", &format!("kind: {kind}"));
-    let g = instrumented(&sb, &text, &reference);
+    let g = parity::instrument(&text, "inputs: {model: sd3, positive:", &reference);
+    let g = sb.write("sd3.yaml", &g);
     run_graph(&sb, &g, None, &[model()]);
     let out = sb.path().join("output");
-    let (shape, ours) = saved(&out, "steps.safetensors");
-    let (rshape, theirs) = latentflow_tests::read_safetensors_tensor(&reference, "latents");
-    assert_eq!(shape, rshape, "{kind}: steps × latent shape");
-    let per = ours.len() / shape[0];
-    let mut worst = 0f32;
-    for s in 0..shape[0] {
-        let e = rel_err(
-            &ours[s * per..(s + 1) * per],
-            &theirs[s * per..(s + 1) * per],
-        );
-        assert!(e <= 1e-4, "SD3 {kind}: step {s} error {e:e}");
-        worst = worst.max(e);
-    }
-    eprintln!("SD3 {kind} 32×48: worst step error {worst:e}");
-    let (ishape, image) = saved(&out, "image.safetensors");
-    let (rishape, rimage) = latentflow_tests::read_safetensors_tensor(&reference, "image");
-    assert_eq!(ishape, rishape, "{kind}: image shape");
-    let e = rel_err(&image, &rimage);
-    assert!(e <= 1e-4, "SD3 {kind}: decoded image error {e:e}");
+    parity::compare(&out, &reference, &format!("SD3 {kind} 32×48"));
     assert!(out.join("sd3.png").exists());
 }
 

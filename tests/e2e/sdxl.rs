@@ -3,32 +3,13 @@
 //! the pooled embedding and time ids as added conditioning, Euler, guidance 5) at every step and
 //! on the decoded image, on a non-square latent; and the refusals a user meets first.
 
-use latentflow_tests::{graph, rel_err, Sandbox};
+use latentflow_tests::{graph, Sandbox};
 
-use crate::sd_pipeline::{fixture, run_graph, saved};
+use crate::parity;
+use crate::sd_pipeline::{fixture, run_graph};
 
 fn reference() -> std::path::PathBuf {
     fixture("sdxl-ref/pipeline.safetensors")
-}
-
-/// graphs/sdxl.yaml with the reference noise replayed and the steps and the image saved.
-fn instrumented(sb: &Sandbox, text: &str) -> std::path::PathBuf {
-    let wired = text
-        .replacen(
-            "inputs: {model: unet, positive:",
-            "inputs: {noise: ref_noise, model: unet, positive:",
-            1,
-        )
-        .replacen("params: {kind: ", "params: {record_steps: true, kind: ", 1);
-    assert!(
-        wired.contains("noise: ref_noise") && wired.contains("record_steps"),
-        "the graph's sampler moved; update this test"
-    );
-    let g = format!(
-        "{wired}  ref_noise:\n    type: core.load_tensor\n    params: {{path: {}, name: noise}}\n  save_steps:\n    type: core.save_tensor\n    inputs: {{tensor: sample.steps}}\n    params: {{filename: steps.safetensors}}\n  save_image:\n    type: core.save_tensor\n    inputs: {{tensor: decode}}\n    params: {{filename: image.safetensors}}\n",
-        reference().display()
-    );
-    sb.write("sdxl.yaml", &g)
 }
 
 fn model() -> String {
@@ -39,28 +20,11 @@ fn model() -> String {
 fn every_step_matches_diffusers_sdxl_pipeline() {
     let sb = Sandbox::new();
     let text = std::fs::read_to_string(graph("sdxl.yaml")).expect("graph");
-    let g = instrumented(&sb, &text);
+    let g = parity::instrument(&text, "inputs: {model: unet, positive:", &reference());
+    let g = sb.write("sdxl.yaml", &g);
     run_graph(&sb, &g, None, &[model()]);
     let out = sb.path().join("output");
-    let (shape, ours) = saved(&out, "steps.safetensors");
-    let (rshape, theirs) = latentflow_tests::read_safetensors_tensor(&reference(), "latents");
-    assert_eq!(shape, rshape, "steps × latent shape");
-    let per = ours.len() / shape[0];
-    let mut worst = 0f32;
-    for s in 0..shape[0] {
-        let e = rel_err(
-            &ours[s * per..(s + 1) * per],
-            &theirs[s * per..(s + 1) * per],
-        );
-        assert!(e <= 1e-4, "SDXL: step {s} error {e:e}");
-        worst = worst.max(e);
-    }
-    eprintln!("SDXL 32×48: worst step error {worst:e}");
-    let (ishape, image) = saved(&out, "image.safetensors");
-    let (rishape, rimage) = latentflow_tests::read_safetensors_tensor(&reference(), "image");
-    assert_eq!(ishape, rishape, "image shape");
-    let e = rel_err(&image, &rimage);
-    assert!(e <= 1e-4, "SDXL: decoded image error {e:e}");
+    parity::compare(&out, &reference(), "SDXL 32×48");
     assert!(out.join("sdxl.png").exists());
 }
 
@@ -123,22 +87,5 @@ fn the_refiner_matches_diffusers_img2img_pipeline_at_every_step() {
     let g = sb.write("refine.yaml", &g);
     run_graph(&sb, &g, None, &[]);
     let out = sb.path().join("output");
-    let (shape, ours) = saved(&out, "steps.safetensors");
-    let (rshape, theirs) = latentflow_tests::read_safetensors_tensor(&reference, "latents");
-    assert_eq!(shape, rshape, "steps × latent shape");
-    let per = ours.len() / shape[0];
-    let mut worst = 0f32;
-    for s in 0..shape[0] {
-        let e = rel_err(
-            &ours[s * per..(s + 1) * per],
-            &theirs[s * per..(s + 1) * per],
-        );
-        assert!(e <= 1e-4, "SDXL refiner: step {s} error {e:e}");
-        worst = worst.max(e);
-    }
-    eprintln!("SDXL refiner: worst step error {worst:e}");
-    let (_, image) = saved(&out, "image.safetensors");
-    let (_, rimage) = latentflow_tests::read_safetensors_tensor(&reference, "image");
-    let e = rel_err(&image, &rimage);
-    assert!(e <= 1e-4, "SDXL refiner: decoded image error {e:e}");
+    parity::compare(&out, &reference, "SDXL refiner");
 }

@@ -1,7 +1,8 @@
 //! LatentFlow's model families, on candle, with the numbers of their reference
-//! implementations (diffusers and transformers): today Stable Diffusion 1.x/2.x — the CLIP
-//! tokenizer and text encoder, the UNet, the AutoencoderKL and ControlNet — loaded from
-//! diffusers folders or single-file checkpoints.
+//! implementations (diffusers and transformers): Stable Diffusion 1.x/2.x and SDXL (CLIP, the
+//! UNet, the AutoencoderKL, ControlNet), AnimateDiff, the diffusion transformers (DiT, PixArt,
+//! SD3, Flux), T5 and LLM text encoders, and the models behind the seed papers' methods —
+//! loaded from diffusers folders or single-file checkpoints.
 //!
 //! Models know nothing of graphs or plugins: they are built from configs and weights
 //! (`latentflow-weights`), run on kernels (`latentflow-kernels`) and blocks (`latentflow-nn`),
@@ -27,3 +28,18 @@ pub mod vq;
 
 pub use error::{ModelError, ModelErrorKind, Result};
 pub use latentflow_weights::Checked;
+
+/// The transformer folder of `path`: itself when it has a `config.json`, else its
+/// `transformer/` (a diffusers pipeline folder); `what` names the model in the error.
+pub(crate) fn transformer_folder(path: &std::path::Path, what: &str) -> Result<std::path::PathBuf> {
+    if path.join("config.json").is_file() {
+        Ok(path.to_path_buf())
+    } else if path.join("transformer/config.json").is_file() {
+        Ok(path.join("transformer"))
+    } else {
+        Err(ModelError::format(
+            path.to_path_buf(),
+            format!("not a {what} folder (no config.json, nor transformer/config.json)"),
+        ))
+    }
+}

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use candle_core::{Device, Tensor as CTensor};
+use candle_core::Device;
 use latentflow_models::flux::text::FluxText;
 use latentflow_models::flux::{Flux, FluxConfig};
 use latentflow_models::Checked;
@@ -17,7 +17,7 @@ use latentflow_plugin_api::sdk::denoiser::{
 };
 use latentflow_plugin_api::sdk::prelude::*;
 
-use crate::fail;
+use crate::{batched, encode_node, fail, text_args};
 
 /// The conditioning family of Flux: T5 tokens (with CLIP's pooled embedding beside them).
 const FLUX: &str = "flux";
@@ -26,22 +26,6 @@ struct FluxDenoiser {
     model: Arc<Flux>,
     guidance: Option<f64>,
     name: String,
-}
-
-/// `t` with a batch of `n` (a batch of one repeats).
-fn batched(t: CTensor, n: usize, what: &str) -> Result<CTensor, NodeError> {
-    match t.dims().first() {
-        Some(&b) if b == n => Ok(t),
-        Some(1) => {
-            let mut reps = vec![1; t.rank()];
-            reps[0] = n;
-            t.repeat(reps).map_err(fail)
-        }
-        _ => Err(NodeError::invalid(format!(
-            "{what} {:?} for a batch of {n}",
-            t.dims()
-        ))),
-    }
 }
 
 impl DenoiserImpl for FluxDenoiser {
@@ -138,18 +122,7 @@ impl ObjectImpl for TextObject {
                 "FluxText has no method `{method}`"
             )));
         }
-        let text = args
-            .first()
-            .and_then(Value::as_str)
-            .ok_or_else(|| NodeError::invalid("encode: the text must be a string"))?;
-        let max_length = match args.get(1).and_then(Value::as_int) {
-            Some(n) if n > 0 => n as usize,
-            other => {
-                return Err(NodeError::invalid(format!(
-                    "max_length {other:?}: T5's token count, at least 1"
-                )))
-            }
-        };
+        let (text, max_length) = text_args(&args)?;
         Ctx::new(host).check_alloc("T5's attention scores", &[64, max_length, max_length], 4)?;
         let out = self
             .text
@@ -170,18 +143,6 @@ fn load_text(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
     let path = PathBuf::from(p.str("path")?);
     let text = FluxText::load(&path, &Device::Cpu).map_err(fail)?;
     Ok(vec![Value::Object(ObjectHandle::new(TextObject { text }))])
-}
-
-fn encode(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
-    let args = vec![
-        Value::Str(p.str("text")?.into()),
-        Value::Int(p.int("max_length")?),
-    ];
-    let out = inputs.object("text")?.call(ctx.host(), "encode", args)?;
-    if out.len() < 2 {
-        return Err(NodeError::failed("encode returned fewer than 2 values"));
-    }
-    Ok(out.into_iter().take(2).collect())
 }
 
 /// The nodes.
@@ -213,7 +174,7 @@ pub fn nodes() -> Vec<NodeDef> {
                 }
                 Ok(vec![PortType::handle("FluxText")])
             }),
-        NodeDef::new("dit.flux_encode", encode)
+        NodeDef::new("dit.flux_encode", encode_node)
             .doc("Prompt → Flux's conditioning, as FluxPipeline.encode_prompt builds it: T5's final hidden states padded to max_length tokens (unmasked) and CLIP-L's pooled output.")
             .input("text", PortType::handle("FluxText"), "from dit.load_flux_text")
             .param(Param::string("text").default("").doc("the prompt"))

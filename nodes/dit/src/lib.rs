@@ -22,6 +22,55 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// The family name of DiT denoisers and their conditioning.
 pub(crate) const FAMILY: &str = "dit";
 
+/// `t` with a batch of `n` (a batch of one repeats); `what` names it in the error.
+pub(crate) fn batched(
+    t: candle_core::Tensor,
+    n: usize,
+    what: &str,
+) -> Result<candle_core::Tensor, NodeError> {
+    match t.dims().first() {
+        Some(&b) if b == n => Ok(t),
+        Some(1) => {
+            let mut reps = vec![1; t.rank()];
+            reps[0] = n;
+            t.repeat(reps).map_err(fail)
+        }
+        _ => Err(NodeError::invalid(format!(
+            "{what} {:?} for a batch of {n}",
+            t.dims()
+        ))),
+    }
+}
+
+/// The `encode(text, max_length)` arguments of a text-encoder object: the text and a token
+/// count of at least 1.
+pub(crate) fn text_args(args: &[Value]) -> Result<(&str, usize), NodeError> {
+    let text = args
+        .first()
+        .and_then(Value::as_str)
+        .ok_or_else(|| NodeError::invalid("encode: the text must be a string"))?;
+    match args.get(1).and_then(Value::as_int) {
+        Some(n) if n > 0 => Ok((text, n as usize)),
+        other => Err(NodeError::invalid(format!(
+            "max_length {other:?}: T5's token count, at least 1"
+        ))),
+    }
+}
+
+/// Calls `encode(text, max_length)` on the object at input `text` with the node's `text` and
+/// `max_length` parameters: the tokens and the pooled embedding.
+pub(crate) fn encode_node(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
+    let args = vec![
+        Value::Str(p.str("text")?.into()),
+        Value::Int(p.int("max_length")?),
+    ];
+    let out = inputs.object("text")?.call(ctx.host(), "encode", args)?;
+    if out.len() < 2 {
+        return Err(NodeError::failed("encode returned fewer than 2 values"));
+    }
+    Ok(out.into_iter().take(2).collect())
+}
+
 /// Any error as a node failure.
 pub(crate) fn fail(e: impl std::fmt::Display) -> NodeError {
     NodeError::failed(e.to_string())

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use candle_core::{Device, Tensor as CTensor};
+use candle_core::Device;
 use latentflow_models::pixart::{PixArt, PixArtConfig, SizeCondition};
 use latentflow_models::Checked;
 use latentflow_plugin_api::sdk::candle::{from_candle, to_candle_f32};
@@ -15,7 +15,7 @@ use latentflow_plugin_api::sdk::denoiser::{
 };
 use latentflow_plugin_api::sdk::prelude::*;
 
-use crate::fail;
+use crate::{batched, fail};
 
 /// The conditioning family PixArt takes: T5 features.
 const T5: &str = "t5";
@@ -24,22 +24,6 @@ struct PixArtDenoiser {
     model: Arc<PixArt>,
     vae_scale: usize,
     name: String,
-}
-
-/// `t` with a batch of `n` (a batch of one repeats).
-fn batched(t: CTensor, n: usize, what: &str) -> Result<CTensor, NodeError> {
-    match t.dims().first() {
-        Some(&b) if b == n => Ok(t),
-        Some(1) => {
-            let mut reps = vec![1; t.rank()];
-            reps[0] = n;
-            t.repeat(reps).map_err(fail)
-        }
-        _ => Err(NodeError::invalid(format!(
-            "{what} {:?} for a batch of {n}",
-            t.dims()
-        ))),
-    }
 }
 
 impl DenoiserImpl for PixArtDenoiser {

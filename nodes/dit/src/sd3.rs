@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use candle_core::{Device, Tensor as CTensor};
+use candle_core::Device;
 use latentflow_models::sd3::text::Sd3Text;
 use latentflow_models::sd3::{Sd3, Sd3Config};
 use latentflow_models::Checked;
@@ -16,7 +16,7 @@ use latentflow_plugin_api::sdk::denoiser::{
 };
 use latentflow_plugin_api::sdk::prelude::*;
 
-use crate::fail;
+use crate::{batched, encode_node, fail, text_args};
 
 /// The conditioning family of SD3: joint CLIP+T5 tokens.
 const SD3: &str = "sd3";
@@ -24,22 +24,6 @@ const SD3: &str = "sd3";
 struct Sd3Denoiser {
     model: Arc<Sd3>,
     name: String,
-}
-
-/// `t` with a batch of `n` (a batch of one repeats).
-fn batched(t: CTensor, n: usize, what: &str) -> Result<CTensor, NodeError> {
-    match t.dims().first() {
-        Some(&b) if b == n => Ok(t),
-        Some(1) => {
-            let mut reps = vec![1; t.rank()];
-            reps[0] = n;
-            t.repeat(reps).map_err(fail)
-        }
-        _ => Err(NodeError::invalid(format!(
-            "{what} {:?} for a batch of {n}",
-            t.dims()
-        ))),
-    }
 }
 
 impl DenoiserImpl for Sd3Denoiser {
@@ -121,18 +105,7 @@ impl ObjectImpl for TextObject {
                 "Sd3Text has no method `{method}`"
             )));
         }
-        let text = args
-            .first()
-            .and_then(Value::as_str)
-            .ok_or_else(|| NodeError::invalid("encode: the text must be a string"))?;
-        let max_length = match args.get(1).and_then(Value::as_int) {
-            Some(n) if n > 0 => n as usize,
-            other => {
-                return Err(NodeError::invalid(format!(
-                    "max_length {other:?}: T5's token count, at least 1"
-                )))
-            }
-        };
+        let (text, max_length) = text_args(&args)?;
         Ctx::new(host).check_alloc("T5's attention scores", &[64, max_length, max_length], 4)?;
         let out = self
             .text
@@ -157,18 +130,6 @@ fn load_text(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
         text.t5 = None;
     }
     Ok(vec![Value::Object(ObjectHandle::new(TextObject { text }))])
-}
-
-fn encode(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
-    let args = vec![
-        Value::Str(p.str("text")?.into()),
-        Value::Int(p.int("max_length")?),
-    ];
-    let out = inputs.object("text")?.call(ctx.host(), "encode", args)?;
-    if out.len() < 2 {
-        return Err(NodeError::failed("encode returned fewer than 2 values"));
-    }
-    Ok(out.into_iter().take(2).collect())
 }
 
 /// The nodes.
@@ -211,7 +172,7 @@ pub fn nodes() -> Vec<NodeDef> {
                 }
                 Ok(vec![PortType::handle("Sd3Text")])
             }),
-        NodeDef::new("dit.sd3_encode", encode)
+        NodeDef::new("dit.sd3_encode", encode_node)
             .doc("Prompt → SD3's conditioning, as StableDiffusion3Pipeline.encode_prompt builds it: CLIP-L's and CLIP-G's penultimate states (77 tokens) side by side, zero-padded to T5's width, then T5's max_length tokens; and the two projected pooled embeddings side by side. Encode the negative the same way (an empty prompt, as diffusers does).")
             .input("text", PortType::handle("Sd3Text"), "from dit.load_sd3_text")
             .param(Param::string("text").default("").doc("the prompt"))

@@ -92,16 +92,7 @@ impl DiT {
 
     /// The model folder of `path`: itself when it has a config, else its `transformer/`.
     pub fn folder(path: &Path) -> Result<PathBuf> {
-        if path.join("config.json").is_file() {
-            Ok(path.to_path_buf())
-        } else if path.join("transformer/config.json").is_file() {
-            Ok(path.join("transformer"))
-        } else {
-            Err(ModelError::format(
-                path.to_path_buf(),
-                "not a DiT folder (no config.json, nor transformer/config.json)",
-            ))
-        }
+        crate::transformer_folder(path, "DiT")
     }
 
     /// Builds the model from a checked config; `source` names the weights in messages.
