@@ -17,7 +17,8 @@ use latentflow_plugin_api::sdk::denoiser::{
 };
 use latentflow_plugin_api::sdk::prelude::*;
 
-use crate::{batched, encode_node, fail, text_args};
+use crate::text_object::TextObject;
+use crate::{batched, encode_node, fail};
 
 /// The conditioning family of Flux: T5 tokens (with CLIP's pooled embedding beside them).
 const FLUX: &str = "flux";
@@ -106,43 +107,10 @@ fn load(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
     Ok(vec![Value::Object(denoiser_handle(d))])
 }
 
-/// The text encoders, callable as `encode(text, max_length)` → [tokens 1×T×W, pooled 1×P].
-struct TextObject {
-    text: FluxText,
-}
-
-impl ObjectImpl for TextObject {
-    fn interface(&self) -> String {
-        "FluxText".into()
-    }
-
-    fn call(&self, host: HostRef<'_>, method: &str, args: Vec<Value>) -> Reply {
-        if method != "encode" {
-            return Err(NodeError::invalid(format!(
-                "FluxText has no method `{method}`"
-            )));
-        }
-        let (text, max_length) = text_args(&args)?;
-        Ctx::new(host).check_alloc("T5's attention scores", &[64, max_length, max_length], 4)?;
-        let out = self
-            .text
-            .encode(&[text], max_length, &Device::Cpu)
-            .map_err(fail)?;
-        Ok(vec![
-            Value::Tensor(from_candle(&out.context)?),
-            Value::Tensor(from_candle(&out.pooled)?),
-        ])
-    }
-
-    fn describe(&self) -> String {
-        format!("FluxText({})", self.text.source.display())
-    }
-}
-
 fn load_text(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
     let path = PathBuf::from(p.str("path")?);
     let text = FluxText::load(&path, &Device::Cpu).map_err(fail)?;
-    Ok(vec![Value::Object(ObjectHandle::new(TextObject { text }))])
+    Ok(vec![Value::Object(ObjectHandle::new(TextObject(text)))])
 }
 
 /// The nodes.

@@ -13,6 +13,7 @@ mod flux;
 mod labels;
 mod pixart;
 mod sd3;
+mod text_object;
 
 use latentflow_plugin_api::sdk::prelude::*;
 

@@ -16,7 +16,8 @@ use latentflow_plugin_api::sdk::denoiser::{
 };
 use latentflow_plugin_api::sdk::prelude::*;
 
-use crate::{batched, encode_node, fail, text_args};
+use crate::text_object::TextObject;
+use crate::{batched, encode_node, fail};
 
 /// The conditioning family of SD3: joint CLIP+T5 tokens.
 const SD3: &str = "sd3";
@@ -89,39 +90,6 @@ fn config(path: &Path) -> Result<Sd3Config, NodeError> {
     Sd3Config::from_file(&dir.join("config.json")).map_err(fail)
 }
 
-/// The text encoders, callable as `encode(text, max_length)` → [tokens 1×T×W, pooled 1×P].
-struct TextObject {
-    text: Sd3Text,
-}
-
-impl ObjectImpl for TextObject {
-    fn interface(&self) -> String {
-        "Sd3Text".into()
-    }
-
-    fn call(&self, host: HostRef<'_>, method: &str, args: Vec<Value>) -> Reply {
-        if method != "encode" {
-            return Err(NodeError::invalid(format!(
-                "Sd3Text has no method `{method}`"
-            )));
-        }
-        let (text, max_length) = text_args(&args)?;
-        Ctx::new(host).check_alloc("T5's attention scores", &[64, max_length, max_length], 4)?;
-        let out = self
-            .text
-            .encode(&[text], max_length, &Device::Cpu)
-            .map_err(fail)?;
-        Ok(vec![
-            Value::Tensor(from_candle(&out.context)?),
-            Value::Tensor(from_candle(&out.pooled)?),
-        ])
-    }
-
-    fn describe(&self) -> String {
-        format!("Sd3Text({})", self.text.source.display())
-    }
-}
-
 fn load_text(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
     let path = PathBuf::from(p.str("path")?);
     let joint = config(&path)?.joint_attention_dim;
@@ -129,7 +97,7 @@ fn load_text(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
     if !p.bool("t5")? {
         text.t5 = None;
     }
-    Ok(vec![Value::Object(ObjectHandle::new(TextObject { text }))])
+    Ok(vec![Value::Object(ObjectHandle::new(TextObject(text)))])
 }
 
 /// The nodes.
