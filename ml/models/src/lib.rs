@@ -29,6 +29,40 @@ pub mod vq;
 pub use error::{ModelError, ModelErrorKind, Result};
 pub use latentflow_weights::Checked;
 
+/// A transformer's checked config, its weights as an f32 var builder and its folder, from a
+/// transformer folder or a pipeline folder (`what` names the model in errors).
+pub(crate) fn transformer_parts<C: Checked + serde::de::DeserializeOwned>(
+    path: &std::path::Path,
+    what: &str,
+    device: &candle_core::Device,
+) -> Result<(C, candle_nn::VarBuilder<'static>, std::path::PathBuf)> {
+    let dir = transformer_folder(path, what)?;
+    let config = C::from_file(&dir.join("config.json"))?;
+    let vb =
+        latentflow_weights::Weights::folder(&dir)?.var_builder(candle_core::DType::F32, device)?;
+    Ok((config, vb, dir))
+}
+
+/// The config of a single-file checkpoint: from `given` (a diffusers folder holding
+/// `config.json`, or the file itself) when there is one, else `derive`d from the file and
+/// checked (`file` names it in errors).
+pub(crate) fn single_file_config<C: Checked + serde::de::DeserializeOwned>(
+    file: &std::path::Path,
+    given: Option<&std::path::Path>,
+    derive: impl FnOnce() -> Result<C>,
+) -> Result<C> {
+    Ok(match given {
+        Some(c) if c.is_dir() => C::from_file(&c.join("config.json"))?,
+        Some(c) => C::from_file(c)?,
+        None => {
+            let c = derive()?;
+            c.check()
+                .map_err(|e| ModelError::format(file, e.to_string()))?;
+            c
+        }
+    })
+}
+
 /// The transformer folder of `path`: itself when it has a `config.json`, else its
 /// `transformer/` (a diffusers pipeline folder); `what` names the model in the error.
 pub(crate) fn transformer_folder(path: &std::path::Path, what: &str) -> Result<std::path::PathBuf> {

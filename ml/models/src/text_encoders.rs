@@ -10,6 +10,16 @@ use crate::sd::tokenizer::ClipTokenizer;
 use crate::t5::{T5Encoder, TextTokenizer};
 use crate::{ModelError, Result};
 
+/// `dir/sub`, which must be a folder; `layout` says what the pipeline folder should hold.
+pub fn subfolder(dir: &Path, sub: &str, layout: &str) -> Result<std::path::PathBuf> {
+    let p = dir.join(sub);
+    if p.is_dir() {
+        Ok(p)
+    } else {
+        Err(ModelError::format(&p, format!("missing: {layout}")))
+    }
+}
+
 /// CLIP's window: start, 75 tokens, end, padding.
 pub const CLIP_TOKENS: usize = 77;
 

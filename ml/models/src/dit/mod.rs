@@ -10,18 +10,17 @@ mod labels;
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{Device, Module, Tensor};
 use candle_nn::{linear, LayerNorm, Linear, VarBuilder};
 use latentflow_nn::{
     plain_layer_norm, AdaLayerNormZero, Attention, GeluFeedForward, PatchEmbed, PatchEmbedConfig,
     TimestepLabelEmbedding,
 };
-use latentflow_weights::Weights;
 
 pub use config::DiTConfig;
 pub use labels::ClassNames;
 
-use crate::{Checked, ModelError, Result};
+use crate::{ModelError, Result};
 
 /// One DiT block: adaLN-Zero self-attention and MLP.
 struct Block {
@@ -84,9 +83,7 @@ impl DiT {
     /// Loads a diffusers `DiTTransformer2DModel` folder (`config.json` and weights, sharded or
     /// not), or a pipeline folder holding one in `transformer/`.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        let dir = Self::folder(path)?;
-        let config = DiTConfig::from_file(&dir.join("config.json"))?;
-        let vb = Weights::folder(&dir)?.var_builder(DType::F32, device)?;
+        let (config, vb, dir) = crate::transformer_parts::<DiTConfig>(path, "DiT", device)?;
         Self::new(config, vb, &dir)
     }
 

@@ -14,12 +14,11 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{linear, LayerNorm, Linear, VarBuilder};
 use latentflow_nn::{plain_layer_norm, timestep_features, GeluFeedForward, TimestepEmbedding};
-use latentflow_weights::Weights;
 
 pub use config::FluxConfig;
 
 use crate::mmdit::{attend, modulate, Modulator, Qkv};
-use crate::{Checked, ModelError, Result};
+use crate::{ModelError, Result};
 
 /// Timestep, guidance and pooled-text embedding
 /// (`CombinedTimestep[Guidance]TextProjEmbeddings`).
@@ -257,9 +256,7 @@ impl Flux {
     /// Loads a diffusers `FluxTransformer2DModel` folder (`config.json`, weights sharded or
     /// not), or a pipeline folder holding one in `transformer/`.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        let dir = Self::folder(path)?;
-        let config = FluxConfig::from_file(&dir.join("config.json"))?;
-        let vb = Weights::folder(&dir)?.var_builder(DType::F32, device)?;
+        let (config, vb, dir) = crate::transformer_parts::<FluxConfig>(path, "Flux", device)?;
         Self::new(config, vb, &dir)
     }
 
@@ -274,16 +271,7 @@ impl Flux {
                 "not a FLUX.1 file in Black Forest Labs' layout (no img_in.weight); a diffusers transformer is a folder",
             ));
         }
-        let config = match config {
-            Some(c) if c.is_dir() => FluxConfig::from_file(&c.join("config.json"))?,
-            Some(c) => FluxConfig::from_file(c)?,
-            None => {
-                let c = bfl::config(&files, file)?;
-                c.check()
-                    .map_err(|e| ModelError::format(file, e.to_string()))?;
-                c
-            }
-        };
+        let config = crate::single_file_config(file, config, || bfl::config(&files, file))?;
         let tensors = bfl::tensors(&files, &config, file)?;
         let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
         Self::new(config, vb, file)

@@ -30,16 +30,8 @@ pub struct FluxConditioning {
 impl FluxText {
     /// Loads the encoders of a diffusers Flux pipeline folder.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        let need = |sub: &str| -> Result<PathBuf> {
-            let p = dir.join(sub);
-            if p.is_dir() {
-                Ok(p)
-            } else {
-                Err(ModelError::format(
-                    &p,
-                    "missing: a Flux pipeline folder has text_encoder/, tokenizer/, text_encoder_2/ and tokenizer_2/",
-                ))
-            }
+        let need = |sub: &str| {
+            crate::text_encoders::subfolder(dir, sub, "a Flux pipeline folder has text_encoder/, tokenizer/, text_encoder_2/ and tokenizer_2/")
         };
         Ok(Self {
             clip: Clip::load(&need("text_encoder")?, &need("tokenizer")?, device)?,

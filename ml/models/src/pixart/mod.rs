@@ -15,11 +15,10 @@ use latentflow_nn::{
     plain_layer_norm, timestep_features, Attention, GeluFeedForward, PatchEmbed, PatchEmbedConfig,
     TimestepEmbedding,
 };
-use latentflow_weights::Weights;
 
 pub use config::PixArtConfig;
 
-use crate::{Checked, ModelError, Result};
+use crate::{ModelError, Result};
 
 /// The pixel size conditions of PixArt-α 1024: height and width, and height / width.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -172,9 +171,7 @@ impl PixArt {
     /// Loads a diffusers `PixArtTransformer2DModel` folder (`config.json`, weights sharded or
     /// not), or a pipeline folder holding one in `transformer/`.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        let dir = Self::folder(path)?;
-        let config = PixArtConfig::from_file(&dir.join("config.json"))?;
-        let vb = Weights::folder(&dir)?.var_builder(DType::F32, device)?;
+        let (config, vb, dir) = crate::transformer_parts::<PixArtConfig>(path, "PixArt", device)?;
         Self::new(config, vb, &dir)
     }
 

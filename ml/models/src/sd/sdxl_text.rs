@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 
 use crate::text_encoders::Clip;
-use crate::{ModelError, Result};
+use crate::Result;
 
 /// SDXL's two text encoders.
 pub struct SdxlText {
@@ -33,16 +33,8 @@ impl SdxlText {
     /// Loads the encoders of a diffusers SDXL pipeline folder (the refiner's has no
     /// `text_encoder/`).
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        let need = |sub: &str| -> Result<PathBuf> {
-            let p = dir.join(sub);
-            if p.is_dir() {
-                Ok(p)
-            } else {
-                Err(ModelError::format(
-                    &p,
-                    "missing: an SDXL pipeline folder has text_encoder_2/ and tokenizer_2/ (and, but for the refiner, text_encoder/ and tokenizer/)",
-                ))
-            }
+        let need = |sub: &str| {
+            crate::text_encoders::subfolder(dir, sub, "an SDXL pipeline folder has text_encoder_2/ and tokenizer_2/ (and, but for the refiner, text_encoder/ and tokenizer/)")
         };
         Ok(Self {
             clip_l: if dir.join("text_encoder/config.json").is_file() {

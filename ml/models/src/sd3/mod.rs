@@ -19,12 +19,11 @@ use latentflow_kernels::Conv;
 use latentflow_nn::{
     plain_layer_norm, sincos_positions_2d, timestep_features, GeluFeedForward, TimestepEmbedding,
 };
-use latentflow_weights::Weights;
 
 pub use config::Sd3Config;
 
 use crate::mmdit::{attend, modulate, Modulator, Qkv};
-use crate::{Checked, ModelError, Result};
+use crate::{ModelError, Result};
 
 /// The timestep and pooled-text embedding (`CombinedTimestepTextProjEmbeddings`).
 struct TimeText {
@@ -201,9 +200,7 @@ impl Sd3 {
     /// Loads a diffusers `SD3Transformer2DModel` folder (`config.json`, weights sharded or
     /// not), or a pipeline folder holding one in `transformer/`.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        let dir = Self::folder(path)?;
-        let config = Sd3Config::from_file(&dir.join("config.json"))?;
-        let vb = Weights::folder(&dir)?.var_builder(DType::F32, device)?;
+        let (config, vb, dir) = crate::transformer_parts::<Sd3Config>(path, "SD3", device)?;
         Self::new(config, vb, &dir)
     }
 
@@ -212,16 +209,7 @@ impl Sd3 {
     /// read off the file's shapes (64-wide heads unless its RMS norms say otherwise).
     pub fn load_file(file: &Path, config: Option<&Path>, device: &Device) -> Result<Self> {
         let files = latentflow_weights::TensorFiles::open(&[file.to_path_buf()])?;
-        let config = match config {
-            Some(c) if c.is_dir() => Sd3Config::from_file(&c.join("config.json"))?,
-            Some(c) => Sd3Config::from_file(c)?,
-            None => {
-                let c = sai::config(&files, file)?;
-                c.check()
-                    .map_err(|e| ModelError::format(file, e.to_string()))?;
-                c
-            }
-        };
+        let config = crate::single_file_config(file, config, || sai::config(&files, file))?;
         if sai::prefix(&files).is_none() {
             return Err(ModelError::format(
                 file,

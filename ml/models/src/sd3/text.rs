@@ -38,16 +38,8 @@ impl Sd3Text {
     /// `text_encoder_2/`, `tokenizer_2/`, and, when present, `text_encoder_3/`, `tokenizer_3/`);
     /// `joint_width` is the transformer's `joint_attention_dim`.
     pub fn load(dir: &Path, joint_width: usize, device: &Device) -> Result<Self> {
-        let need = |sub: &str| -> Result<PathBuf> {
-            let p = dir.join(sub);
-            if p.is_dir() {
-                Ok(p)
-            } else {
-                Err(ModelError::format(
-                    &p,
-                    "missing: an SD3 pipeline folder has text_encoder/, tokenizer/, text_encoder_2/ and tokenizer_2/",
-                ))
-            }
+        let need = |sub: &str| {
+            crate::text_encoders::subfolder(dir, sub, "an SD3 pipeline folder has text_encoder/, tokenizer/, text_encoder_2/ and tokenizer_2/")
         };
         let clip_l = Clip::load(&need("text_encoder")?, &need("tokenizer")?, device)?;
         let clip_g = Clip::load(&need("text_encoder_2")?, &need("tokenizer_2")?, device)?;
