@@ -16,6 +16,7 @@ mod parity;
 mod pixart;
 mod plugins;
 mod sampling;
+mod sd2;
 mod sd3;
 mod sd_pipeline;
 mod sdxl;

@@ -16,16 +16,66 @@ fn model() -> String {
     format!("model={}", fixture("tiny-sdxl").display())
 }
 
-#[test]
-fn every_step_matches_diffusers_sdxl_pipeline() {
+fn sdxl_graph_matches_the_pipeline(sets: &[String], what: &str) {
     let sb = Sandbox::new();
     let text = std::fs::read_to_string(graph("sdxl.yaml")).expect("graph");
     let g = parity::instrument(&text, "inputs: {model: unet, positive:", &reference());
     let g = sb.write("sdxl.yaml", &g);
-    run_graph(&sb, &g, None, &[model()]);
+    run_graph(&sb, &g, None, sets);
     let out = sb.path().join("output");
-    parity::compare(&out, &reference(), "SDXL 32×48");
+    parity::compare(&out, &reference(), what);
     assert!(out.join("sdxl.png").exists());
+}
+
+#[test]
+fn every_step_matches_diffusers_sdxl_pipeline() {
+    sdxl_graph_matches_the_pipeline(&[model()], "SDXL 32×48");
+}
+
+/// The same weights as one SGM-layout file (tools/reference/make_sd2_sdxl_single_files.py:
+/// CLIP-L under conditioner.embedders.0.transformer, bigG in OpenCLIP's layout under
+/// conditioner.embedders.1.model, the UNet's added-conditioning MLP as label_emb), the folder
+/// giving the tiny configs.
+#[test]
+fn an_sdxl_single_file_matches_the_pipeline_too() {
+    sdxl_graph_matches_the_pipeline(
+        &[
+            format!(
+                "model={}",
+                fixture("tiny-sdxl-single.safetensors").display()
+            ),
+            format!("config={}", fixture("tiny-sdxl").display()),
+        ],
+        "SDXL single file 32×48",
+    );
+}
+
+#[test]
+fn an_sdxl_single_file_without_its_configs_is_refused_in_one_line() {
+    // Without `config`, SDXL base 1.0's configs are used; the tiny file does not fit them.
+    let sb = Sandbox::new();
+    let single = format!(
+        "model={}",
+        fixture("tiny-sdxl-single.safetensors").display()
+    );
+    sb.run(&[
+        "run",
+        &graph("sdxl.yaml").display().to_string(),
+        "-q",
+        "--set",
+        &single,
+    ])
+    .expect_code(4)
+    .stderr_has("SDXL base 1.0");
+    // sd.load_checkpoint on an SDXL file points to the SDXL nodes, before anything runs.
+    let whole = format!(
+        "version: 1\nnodes:\n  m:\n    type: sd.load_checkpoint\n    params: {{path: {}}}\n",
+        fixture("tiny-sdxl-single.safetensors").display()
+    );
+    let g = sb.write("whole.yaml", &whole);
+    sb.run(&["validate", &g.display().to_string()])
+        .expect_code(3)
+        .stderr_has("sd.load_sdxl_text");
 }
 
 #[test]
@@ -70,10 +120,26 @@ fn missing_added_conditioning_or_sd1_text_is_refused() {
 
 #[test]
 fn the_refiner_matches_diffusers_img2img_pipeline_at_every_step() {
+    refiner_matches(&fixture("tiny-sdxl-refiner"), "", "SDXL refiner");
+}
+
+#[test]
+fn a_refiner_single_file_matches_it_too() {
+    let config = fixture("tiny-sdxl-refiner");
+    refiner_matches(
+        &fixture("tiny-sdxl-refiner-single.safetensors"),
+        &config.display().to_string(),
+        "SDXL refiner single file",
+    );
+}
+
+fn refiner_matches(refiner: &std::path::Path, config: &str, what: &str) {
     let sb = Sandbox::new();
     let reference = fixture("sdxl-ref/refiner.safetensors");
-    let refiner = fixture("tiny-sdxl-refiner");
-    let (r, rf) = (reference.display(), refiner.display());
+    let (r, rf) = (
+        reference.display(),
+        format!("{}, config: \"{config}\"", refiner.display()),
+    );
     let enc = |name: &str, text: &str, score: f64| {
         format!(
             "  {name}:\n    type: sd.sdxl_encode\n    inputs: {{text: text}}\n    params: {{text: \"{text}\", zero_empty: false, width: 48, height: 32, aesthetic_score: {score}}}\n"
@@ -87,5 +153,5 @@ fn the_refiner_matches_diffusers_img2img_pipeline_at_every_step() {
     let g = sb.write("refine.yaml", &g);
     run_graph(&sb, &g, None, &[]);
     let out = sb.path().join("output");
-    parity::compare(&out, &reference, "SDXL refiner");
+    parity::compare(&out, &reference, what);
 }

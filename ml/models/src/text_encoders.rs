@@ -33,17 +33,19 @@ impl Clip {
     /// Loads `model_dir` (a `CLIPTextModelWithProjection` folder) and `tokenizer_dir`.
     pub fn load(model_dir: &Path, tokenizer_dir: &Path, device: &Device) -> Result<Self> {
         let model = ClipTextModel::load(model_dir, device)?;
+        Self::new(model, ClipTokenizer::load(tokenizer_dir)?, model_dir)
+    }
+
+    /// An encoder and tokenizer already loaded (`source` names the model in errors).
+    pub fn new(model: ClipTextModel, tokenizer: ClipTokenizer, source: &Path) -> Result<Self> {
         if model.config.max_position_embeddings < CLIP_TOKENS {
             return Err(ModelError::invalid(format!(
-                "{}: {} positions; SD3's CLIP encoders take {CLIP_TOKENS} tokens",
-                model_dir.display(),
+                "{}: {} positions; these pipelines' CLIP encoders take {CLIP_TOKENS} tokens",
+                source.display(),
                 model.config.max_position_embeddings
             )));
         }
-        Ok(Self {
-            tokenizer: ClipTokenizer::load(tokenizer_dir)?,
-            model,
-        })
+        Ok(Self { tokenizer, model })
     }
 
     /// The encoder's output for `texts`, each in one 77-token window.

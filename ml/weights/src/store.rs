@@ -48,6 +48,16 @@ impl Store {
         })
     }
 
+    /// A store over tensors already under the model's names (a layout mapped by hand: fused
+    /// tensors split, transposed ones turned).
+    pub fn from_tensors(tensors: HashMap<String, Tensor>) -> Self {
+        Self {
+            tensors: Arc::new(tensors),
+            rename: None,
+            names: Default::default(),
+        }
+    }
+
     /// The stored name of a model parameter.
     pub fn stored_name(&self, name: &str) -> String {
         match &self.rename {

@@ -37,10 +37,7 @@ fn family(p: &Params) -> Result<SdFamily, NodeError> {
             path.display()
         )));
     }
-    let path = match opt_path(p, "config")? {
-        Some(dir) if path.is_file() => dir,
-        _ => path,
-    };
+    // A single file's family is in its key names (a config folder only sizes it).
     SdFamily::detect(&path).map_err(fail)
 }
 
@@ -55,12 +52,12 @@ fn clip(f: SdFamily) -> PortType {
 fn load_checkpoint(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
     let src = source(p)?;
     let unet = loader::unet(&src).map_err(fail)?;
-    let fam = SdFamily::of_unet(&unet.unet.config);
+    let fam = unet.family;
     let text = loader::text_encoder(&src).map_err(fail)?;
     let vae = loader::vae(&src).map_err(fail)?;
     let name = src.describe();
     Ok(vec![
-        Value::Object(UNetDenoiser::new(unet, name.clone(), None).handle()),
+        Value::Object(UNetDenoiser::new(unet, name.clone(), prediction(p)?).handle()),
         Value::Object(ObjectHandle::new(ClipObject::new(text, name.clone(), fam))),
         Value::Object(ObjectHandle::new(VaeObject::new(vae, name))),
     ])
@@ -105,7 +102,11 @@ fn load_clip(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
     } else {
         loader::text_encoder(&source(p)?).map_err(fail)?
     };
-    let fam = clip_family(&text);
+    let fam = if path.is_file() {
+        SdFamily::detect(&path).map_err(fail)?
+    } else {
+        clip_family(&text)
+    };
     Ok(vec![Value::Object(ObjectHandle::new(ClipObject::new(
         text,
         path.display().to_string(),
@@ -161,7 +162,7 @@ fn model_path(d: NodeDef, what: &str) -> NodeDef {
     d.param(Param::path("path").doc(what)).param(
         Param::path("config")
             .default("")
-            .doc("single-file checkpoints: a diffusers folder whose unet/, vae/, text_encoder/ (and tokenizer/, scheduler/) give the configs; empty: SD 1.5's"),
+            .doc("single-file checkpoints: a diffusers folder whose unet/, vae/, text_encoder/, text_encoder_2/ (and tokenizer/, tokenizer_2/, scheduler/) give the configs; empty: the built-in configs of the file's family (SD 1.5, SD 2.1 768 v-prediction, SDXL base 1.0 or refiner 1.0)"),
     )
 }
 
@@ -171,7 +172,8 @@ pub fn nodes() -> Vec<NodeDef> {
     vec![
         model_path(
             NodeDef::new("sd.load_checkpoint", load_checkpoint)
-                .doc("Loads a Stable Diffusion 1.x/2.x model: a diffusers folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/) or a single-file .safetensors checkpoint with the original LDM key names. Every architecture parameter comes from the config files; weights are read once, tensor by tensor, f32/f16/bf16 load (computed in f32); a model used by several nodes is loaded once. The model's family (sd1, sd2) is read from its config before anything runs.")
+                .doc("Loads a Stable Diffusion 1.x/2.x model: a diffusers folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/) or a single-file .safetensors checkpoint with the original key names (SD 1.x's CLIP, SD 2.x's OpenCLIP). Every architecture parameter comes from the config files; weights are read once, tensor by tensor, f32/f16/bf16 load (computed in f32); a model used by several nodes is loaded once. The model's family (sd1, sd2) is read from its config or its keys before anything runs.")
+                .param(Param::choice("prediction", &["auto", "epsilon", "v_prediction", "sample"]).default("auto").doc("auto: the pipeline's scheduler config; single files without one: v_prediction for SD 2.x (SD 2.1 768; use epsilon for the 512 base models), else epsilon"))
                 .output("model", PortType::handle_of("Denoiser", f()), "the UNet, as a denoiser for samplers")
                 .output("clip", PortType::handle_of("Clip", f()), "tokenizer and text encoder")
                 .output("vae", PortType::handle("Vae"), "the VAE")
@@ -179,7 +181,7 @@ pub fn nodes() -> Vec<NodeDef> {
                     let fam = family(p)?;
                     if fam == SdFamily::Sdxl {
                         return Err(NodeError::invalid(
-                            "an SDXL model: its two text encoders and added conditioning need sd.load_unet, sd.load_vae and sd.load_sdxl_text (see graphs/sdxl.yaml)",
+                            "an SDXL model: its two text encoders and added conditioning need sd.load_unet, sd.load_vae and sd.load_sdxl_text, each given this path (see graphs/sdxl.yaml)",
                         ));
                     }
                     Ok(vec![denoiser(fam), clip(fam), PortType::handle("Vae")])
@@ -190,7 +192,7 @@ pub fn nodes() -> Vec<NodeDef> {
             NodeDef::new("sd.load_unet", load_unet)
                 .doc("Loads only a UNet: a diffusers unet/ folder, a pipeline folder, or a single-file checkpoint.")
                 .output("model", PortType::handle_of("Denoiser", f()), "the UNet, as a denoiser")
-                .param(Param::choice("prediction", &["auto", "epsilon", "v_prediction", "sample"]).default("auto").doc("auto: the pipeline's scheduler config, else epsilon"))
+                .param(Param::choice("prediction", &["auto", "epsilon", "v_prediction", "sample"]).default("auto").doc("auto: the pipeline's scheduler config; single files without one: v_prediction for SD 2.x, else epsilon"))
                 .infer(|p| Ok(vec![denoiser(family(p)?)])),
             "unet/ folder, pipeline folder or checkpoint",
         ),

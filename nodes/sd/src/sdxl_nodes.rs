@@ -6,6 +6,9 @@
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor as CTensor};
+use std::sync::Arc;
+
+use latentflow_models::sd::loader::{self, Source};
 use latentflow_models::sd::sdxl_text::SdxlText;
 use latentflow_plugin_api::sdk::candle::from_candle;
 use latentflow_plugin_api::sdk::prelude::*;
@@ -16,7 +19,7 @@ const SDXL: &str = "sdxl";
 
 /// The text encoders, callable as `encode(text, zero_empty, ids)` → [tokens, added].
 struct TextObject {
-    text: SdxlText,
+    text: Arc<SdxlText>,
 }
 
 impl ObjectImpl for TextObject {
@@ -67,7 +70,13 @@ impl ObjectImpl for TextObject {
 
 fn load_text(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
     let path = PathBuf::from(p.str("path")?);
-    let text = SdxlText::load(&path, &Device::Cpu).map_err(fail)?;
+    let text = if path.is_file() {
+        let config = p.str("config")?;
+        let config = (!config.is_empty()).then(|| PathBuf::from(config));
+        loader::sdxl_text(&Source::detect(&path, config.as_deref()).map_err(fail)?).map_err(fail)?
+    } else {
+        Arc::new(SdxlText::load(&path, &Device::Cpu).map_err(fail)?)
+    };
     Ok(vec![Value::Object(ObjectHandle::new(TextObject { text }))])
 }
 
@@ -110,11 +119,23 @@ fn encode(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeErro
 pub fn nodes() -> Vec<NodeDef> {
     vec![
         NodeDef::new("sd.load_sdxl_text", load_text)
-            .doc("Loads an SDXL pipeline's text encoders: CLIP-L (text_encoder/, tokenizer/; the refiner has none) and OpenCLIP bigG with projection (text_encoder_2/, tokenizer_2/).")
-            .param(Param::path("path").doc("SDXL pipeline folder"))
+            .doc("Loads an SDXL model's text encoders: CLIP-L (text_encoder/, tokenizer/; the refiner has none) and OpenCLIP bigG with projection (text_encoder_2/, tokenizer_2/), from a pipeline folder or a single-file checkpoint (conditioner.embedders.{0,1}.*, bigG in OpenCLIP's layout).")
+            .param(Param::path("path").doc("SDXL pipeline folder or single-file .safetensors checkpoint"))
+            .param(Param::path("config").default("").doc("single files: a diffusers SDXL folder whose text_encoder/, text_encoder_2/, tokenizer/ and tokenizer_2/ give the configs; empty: SDXL base 1.0's or refiner 1.0's (the built-in CLIP vocabulary)"))
             .output("text", PortType::handle("SdxlText"), "the text encoders")
             .infer(|p| {
                 let path = PathBuf::from(p.str("path")?);
+                if path.is_file() {
+                    let family = latentflow_models::sd::Family::detect(&path).map_err(fail)?;
+                    if family != latentflow_models::sd::Family::Sdxl {
+                        return Err(NodeError::invalid(format!(
+                            "{}: an {} checkpoint, not SDXL (its text encoder loads with sd.load_checkpoint or sd.load_clip)",
+                            path.display(),
+                            family.display_name()
+                        )));
+                    }
+                    return Ok(vec![PortType::handle("SdxlText")]);
+                }
                 for sub in ["text_encoder_2", "tokenizer_2"] {
                     if !path.join(sub).is_dir() {
                         return Err(NodeError::invalid(format!(

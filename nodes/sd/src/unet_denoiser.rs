@@ -11,7 +11,7 @@ use candle_core::Tensor as CTensor;
 use latentflow_models::animatediff::{ContextWindows, MotionAdapter, MotionUNet, Weighting};
 use latentflow_models::sd::daam::Accumulator;
 use latentflow_models::sd::unet::Extras;
-use latentflow_models::sd::{deepcache, lora, Family as SdFamily, LoadedUNet, PredictionType};
+use latentflow_models::sd::{deepcache, lora, LoadedUNet, PredictionType};
 use latentflow_plugin_api::sdk::denoiser::{
     denoiser_handle, names, Call, DenoiseOutput, DenoiseRequest, Denoised, DenoiserImpl,
     DenoiserInfo, PredictionKind,
@@ -219,7 +219,7 @@ impl UNetDenoiser {
 impl DenoiserImpl for UNetDenoiser {
     fn info(&self) -> DenoiserInfo {
         DenoiserInfo {
-            family: SdFamily::of_unet(&self.model.unet.config).name().into(),
+            family: self.model.family.name().into(),
             prediction: self.prediction,
             description: format!("UNet {}", self.name),
         }

@@ -1,6 +1,8 @@
-//! Single-file checkpoints in the original LDM layout (`model.diffusion_model.*`,
-//! `first_stage_model.*`, `cond_stage_model.transformer.*`): diffusers parameter names are
-//! mapped onto the stored keys, so the same model code loads both formats.
+//! Single-file checkpoints in the original LDM/SGM layout (`model.diffusion_model.*`,
+//! `first_stage_model.*`, and the text encoders: `cond_stage_model.transformer.*` for SD 1.x,
+//! OpenCLIP's `cond_stage_model.model.*` for SD 2.x, `conditioner.embedders.{0,1}.*` for SDXL):
+//! diffusers parameter names are mapped onto the stored keys, so the same model code loads both
+//! formats.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -16,16 +18,6 @@ pub const UNET_PREFIX: &str = "model.diffusion_model.";
 pub const VAE_PREFIX: &str = "first_stage_model.";
 /// CLIP text-encoder keys (SD 1.x).
 pub const CLIP_PREFIX: &str = "cond_stage_model.transformer.";
-
-/// The built-in SD 1.5 configurations, used when a checkpoint comes without a config folder.
-pub mod sd15 {
-    /// `unet/config.json`.
-    pub const UNET: &str = include_str!("../../configs/sd15/unet.json");
-    /// `vae/config.json`.
-    pub const VAE: &str = include_str!("../../configs/sd15/vae.json");
-    /// `text_encoder/config.json`.
-    pub const TEXT_ENCODER: &str = include_str!("../../configs/sd15/text_encoder.json");
-}
 
 fn resnet(name: &str) -> &str {
     match name {
@@ -60,6 +52,11 @@ pub fn unet_key(name: &str, layers: usize, up_cross: &[bool]) -> String {
                 let (lin, tail) = head(rest);
                 let idx = if lin == "linear_1" { 0 } else { 2 };
                 format!("time_embed.{idx}.{tail}")
+            }
+            "add_embedding" | "class_embedding" => {
+                let (lin, tail) = head(rest);
+                let idx = if lin == "linear_1" { 0 } else { 2 };
+                format!("label_emb.0.{idx}.{tail}")
             }
             "conv_in" => format!("input_blocks.0.0.{rest}"),
             "conv_norm_out" => format!("out.0.{rest}"),
@@ -183,54 +180,164 @@ pub fn clip_rename() -> Rename {
     Arc::new(|name| format!("{CLIP_PREFIX}{name}"))
 }
 
+/// Which model a single-file checkpoint holds, from its key names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Layout {
+    /// SD 1.x: CLIP ViT-L under `cond_stage_model.transformer.`.
+    Sd1,
+    /// SD 2.x: OpenCLIP ViT-H under `cond_stage_model.model.`.
+    Sd2,
+    /// SDXL base: CLIP-L under `conditioner.embedders.0.transformer.`, OpenCLIP bigG under
+    /// `conditioner.embedders.1.model.`.
+    SdxlBase,
+    /// SDXL refiner: OpenCLIP bigG alone, under `conditioner.embedders.0.model.`.
+    SdxlRefiner,
+}
+
+/// SD 2.x's OpenCLIP text tower.
+pub const SD2_TEXT_PREFIX: &str = "cond_stage_model.model.";
+/// SDXL base's CLIP-L (transformers' layout).
+pub const SDXL_CLIP_L_PREFIX: &str = "conditioner.embedders.0.transformer.";
+/// SDXL base's OpenCLIP bigG.
+pub const SDXL_BIGG_PREFIX: &str = "conditioner.embedders.1.model.";
+/// The SDXL refiner's OpenCLIP bigG.
+pub const REFINER_BIGG_PREFIX: &str = "conditioner.embedders.0.model.";
+
+impl Layout {
+    /// The model family.
+    pub fn family(self) -> Family {
+        match self {
+            Layout::Sd1 => Family::Sd1,
+            Layout::Sd2 => Family::Sd2,
+            Layout::SdxlBase | Layout::SdxlRefiner => Family::Sdxl,
+        }
+    }
+
+    /// The name used in messages.
+    pub fn display_name(self) -> &'static str {
+        match self {
+            Layout::Sd1 => "SD 1.x",
+            Layout::Sd2 => "SD 2.x",
+            Layout::SdxlBase => "SDXL base",
+            Layout::SdxlRefiner => "SDXL refiner",
+        }
+    }
+
+    /// The key prefixes the text encoders are stored under, first to last.
+    pub fn text_prefixes(self) -> &'static [&'static str] {
+        match self {
+            Layout::Sd1 => &[CLIP_PREFIX],
+            Layout::Sd2 => &[SD2_TEXT_PREFIX],
+            Layout::SdxlBase => &[SDXL_CLIP_L_PREFIX, SDXL_BIGG_PREFIX],
+            Layout::SdxlRefiner => &[REFINER_BIGG_PREFIX],
+        }
+    }
+
+    /// The built-in diffusers config of `component` (`unet`, `vae`, `text_encoder`,
+    /// `text_encoder_2`) for checkpoints that come without a config folder: SD 1.5's,
+    /// SD 2.1's (768, v-prediction), SDXL base 1.0's and refiner 1.0's.
+    pub fn builtin(self, component: &str) -> Option<&'static str> {
+        Some(match (self, component) {
+            (_, "vae") if self.family() == Family::Sdxl => builtin::SDXL_VAE,
+            (_, "vae") => builtin::SD15_VAE,
+            (Layout::Sd1, "unet") => builtin::SD15_UNET,
+            (Layout::Sd1 | Layout::SdxlBase, "text_encoder") => builtin::CLIP_L,
+            (Layout::Sd2, "unet") => builtin::SD21_UNET,
+            (Layout::Sd2, "text_encoder") => builtin::SD21_TEXT,
+            (Layout::SdxlBase, "unet") => builtin::SDXL_UNET,
+            (Layout::SdxlRefiner, "unet") => builtin::SDXL_REFINER_UNET,
+            (Layout::SdxlBase | Layout::SdxlRefiner, "text_encoder_2") => builtin::BIGG,
+            _ => return None,
+        })
+    }
+
+    /// The name of the built-in configs, for messages.
+    pub fn builtin_name(self) -> &'static str {
+        match self {
+            Layout::Sd1 => "SD 1.5",
+            Layout::Sd2 => "SD 2.1 (768, v-prediction)",
+            Layout::SdxlBase => "SDXL base 1.0",
+            Layout::SdxlRefiner => "SDXL refiner 1.0",
+        }
+    }
+
+    /// What the model predicts when no config folder says: diffusers' default for the layout
+    /// (SD 2.x files are taken for SD 2.1 768, a v-prediction model; SD 2.x-base users pass
+    /// `prediction=epsilon`).
+    pub fn default_prediction(self) -> super::loader::PredictionType {
+        match self {
+            Layout::Sd2 => super::loader::PredictionType::V,
+            _ => super::loader::PredictionType::Epsilon,
+        }
+    }
+
+    /// The layout of a checkpoint from its header.
+    pub fn of(path: &Path, header: &Header) -> Result<Layout> {
+        if !header.has_prefix(UNET_PREFIX) {
+            return Err(ModelError::format(
+                path,
+                format!("no `{UNET_PREFIX}*` keys: not a single-file Stable Diffusion checkpoint"),
+            ));
+        }
+        Ok(if header.has_prefix(SDXL_BIGG_PREFIX) {
+            Layout::SdxlBase
+        } else if header.has_prefix(REFINER_BIGG_PREFIX) {
+            Layout::SdxlRefiner
+        } else if header.has_prefix(SD2_TEXT_PREFIX) {
+            Layout::Sd2
+        } else {
+            Layout::Sd1
+        })
+    }
+}
+
+/// The built-in configurations (`ml/models/configs/`).
+mod builtin {
+    pub const SD15_UNET: &str = include_str!("../../configs/sd15/unet.json");
+    pub const SD15_VAE: &str = include_str!("../../configs/sd15/vae.json");
+    pub const CLIP_L: &str = include_str!("../../configs/sd15/text_encoder.json");
+    pub const SD21_UNET: &str = include_str!("../../configs/sd21/unet.json");
+    pub const SD21_TEXT: &str = include_str!("../../configs/sd21/text_encoder.json");
+    pub const SDXL_UNET: &str = include_str!("../../configs/sdxl/unet.json");
+    pub const SDXL_VAE: &str = include_str!("../../configs/sdxl/vae.json");
+    pub const BIGG: &str = include_str!("../../configs/sdxl/text_encoder_2.json");
+    pub const SDXL_REFINER_UNET: &str = include_str!("../../configs/sdxl_refiner/unet.json");
+}
+
 /// What a checkpoint file holds, from its key names.
 pub struct Inspection {
-    /// The family its text encoder keys say it is.
-    pub family: Family,
+    /// The model its text-encoder keys say it is.
+    pub layout: Layout,
     /// Input channels of the UNet's first convolution (9: an inpainting model).
     pub unet_in_channels: Option<usize>,
 }
 
 /// The family of a single-file checkpoint from its header alone.
 pub fn family(path: &Path, header: &Header) -> Result<Family> {
-    if !header.has_prefix(UNET_PREFIX) {
-        return Err(ModelError::format(
-            path,
-            format!("no `{UNET_PREFIX}*` keys: not a single-file Stable Diffusion checkpoint"),
-        ));
-    }
-    Ok(if header.has_prefix("conditioner.embedders.") {
-        Family::Sdxl
-    } else if header.has_prefix("cond_stage_model.model.") {
-        Family::Sd2
-    } else {
-        Family::Sd1
-    })
+    Ok(Layout::of(path, header)?.family())
 }
 
-/// Reads the header of a checkpoint and checks that it is an SD 1.x single-file checkpoint.
+/// Reads the header of a checkpoint and checks that it holds a UNet, a VAE and the text
+/// encoders of its layout.
 pub fn inspect(path: &Path) -> Result<Inspection> {
     let header = Header::read(path)?;
-    let family = family(path, &header)?;
-    if family != Family::Sd1 {
-        return Err(ModelError::format(
-            path,
-            format!(
-                "an {} checkpoint (OpenCLIP text encoder); only SD 1.x single files are supported, load a diffusers folder instead",
-                family.display_name()
-            ),
-        ));
-    }
-    for p in [VAE_PREFIX, CLIP_PREFIX] {
+    let layout = Layout::of(path, &header)?;
+    for p in [VAE_PREFIX].iter().chain(layout.text_prefixes()) {
         if !header.has_prefix(p) {
-            return Err(ModelError::format(path, format!("no `{p}*` keys")));
+            return Err(ModelError::format(
+                path,
+                format!(
+                    "an {} checkpoint without `{p}*` keys",
+                    layout.display_name()
+                ),
+            ));
         }
     }
     let unet_in_channels = header
         .shape(&format!("{UNET_PREFIX}input_blocks.0.0.weight"))
         .and_then(|s| s.get(1).copied());
     Ok(Inspection {
-        family,
+        layout,
         unet_in_channels,
     })
 }
@@ -321,5 +428,73 @@ mod tests {
             k("post_quant_conv.weight"),
             "first_stage_model.post_quant_conv.weight"
         );
+    }
+
+    #[test]
+    fn sdxl_added_conditioning_keys_are_label_emb() {
+        let k = |n: &str| unet_key(n, 2, &[true, false]);
+        assert_eq!(
+            k("add_embedding.linear_1.weight"),
+            "model.diffusion_model.label_emb.0.0.weight"
+        );
+        assert_eq!(
+            k("add_embedding.linear_2.bias"),
+            "model.diffusion_model.label_emb.0.2.bias"
+        );
+    }
+
+    /// Every built-in config parses, passes its checks and describes the published model.
+    #[test]
+    fn the_built_in_configs_describe_the_published_models() {
+        use crate::sd::clip::ClipConfig;
+        use crate::sd::unet::UNetConfig;
+        use crate::sd::vae::VaeConfig;
+        use crate::Checked;
+        use latentflow_weights::ConfigSource;
+        let src = |layout: Layout, c: &str| {
+            ConfigSource::Builtin(
+                layout
+                    .builtin(c)
+                    .unwrap_or_else(|| panic!("{layout:?} {c}")),
+                format!("{layout:?} {c}"),
+            )
+        };
+        let all = [
+            Layout::Sd1,
+            Layout::Sd2,
+            Layout::SdxlBase,
+            Layout::SdxlRefiner,
+        ];
+        for layout in all {
+            let unet = UNetConfig::load(&src(layout, "unet")).unwrap();
+            assert_eq!(Family::of_unet(&unet), layout.family(), "{layout:?}");
+            VaeConfig::load(&src(layout, "vae")).unwrap();
+        }
+        let width = |layout, c| ClipConfig::load(&src(layout, c)).unwrap().hidden_size;
+        assert_eq!(width(Layout::Sd1, "text_encoder"), 768);
+        assert_eq!(width(Layout::Sd2, "text_encoder"), 1024);
+        assert_eq!(width(Layout::SdxlBase, "text_encoder"), 768);
+        assert_eq!(width(Layout::SdxlBase, "text_encoder_2"), 1280);
+        assert_eq!(width(Layout::SdxlRefiner, "text_encoder_2"), 1280);
+        assert!(Layout::SdxlRefiner.builtin("text_encoder").is_none());
+        assert!(Layout::Sd2.builtin("text_encoder_2").is_none());
+        let vae = |layout| VaeConfig::load(&src(layout, "vae")).unwrap().scaling_factor;
+        assert_eq!(vae(Layout::SdxlBase), 0.13025);
+        assert_eq!(vae(Layout::Sd2), 0.18215);
+    }
+
+    #[test]
+    fn layouts_come_from_the_text_encoder_keys() {
+        let fixtures =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+        for (file, layout) in [
+            ("tiny-sd-single.safetensors", Layout::Sd1),
+            ("tiny-sd2-single.safetensors", Layout::Sd2),
+            ("tiny-sdxl-single.safetensors", Layout::SdxlBase),
+            ("tiny-sdxl-refiner-single.safetensors", Layout::SdxlRefiner),
+        ] {
+            let info = inspect(&fixtures.join(file)).unwrap();
+            assert_eq!(info.layout, layout, "{file}");
+        }
     }
 }

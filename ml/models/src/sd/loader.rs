@@ -6,14 +6,18 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 
-use latentflow_weights::{ConfigSource, Store, Weights};
+use candle_core::Device;
+use latentflow_weights::{ConfigSource, Store, TensorFiles, Weights};
 
-use super::checkpoint::{self, sd15};
+use super::checkpoint::{self, Layout};
 use super::clip::{ClipConfig, ClipTextModel};
+use super::open_clip;
+use super::sdxl_text::SdxlText;
 use super::text::TextEncoder;
 use super::tokenizer::ClipTokenizer;
 use super::unet::{UNet, UNetConfig};
 use super::vae::{Vae, VaeConfig};
+use crate::text_encoders::Clip;
 use crate::{Checked, ModelError, Result};
 
 /// The original CLIP vocabulary, for checkpoints that come without a tokenizer folder.
@@ -61,18 +65,22 @@ pub struct LoadedUNet {
     pub store: Store,
     /// Where it came from.
     pub source: PathBuf,
+    /// Its family: a folder's from its config, a single file's from its text-encoder keys.
+    pub family: super::Family,
 }
 
 /// A UNet from a diffusers `unet/` folder.
 pub fn unet_folder(dir: &Path, prediction: PredictionType) -> Result<LoadedUNet> {
     let config = UNetConfig::from_file(&dir.join("config.json"))?;
     let store = Store::load(&Weights::folder(dir)?, |_| true)?;
+    let family = super::Family::of_unet(&config);
     let unet = UNet::new(config, store.var_builder(), dir)?;
     Ok(LoadedUNet {
         unet,
         prediction,
         store,
         source: dir.to_path_buf(),
+        family,
     })
 }
 
@@ -114,16 +122,44 @@ impl Source {
         }
     }
 
-    /// A component's config: the pipeline's or config folder's file, else the built-in one.
-    fn config(&self, component: &str, builtin: &'static str) -> ConfigSource {
+    /// A component's config: the pipeline's or config folder's file, else the built-in one of
+    /// the checkpoint's layout.
+    fn config(&self, component: &str, layout: Layout) -> Result<ConfigSource> {
         match self {
             Source::Pipeline(dir) | Source::Checkpoint(_, Some(dir)) => {
-                ConfigSource::File(dir.join(component).join("config.json"))
+                Ok(ConfigSource::File(dir.join(component).join("config.json")))
             }
-            Source::Checkpoint(_, None) => {
-                ConfigSource::Builtin(builtin, format!("the built-in SD 1.5 {component} config"))
-            }
+            Source::Checkpoint(file, None) => match layout.builtin(component) {
+                Some(text) => Ok(ConfigSource::Builtin(
+                    text,
+                    format!("the built-in {} {component} config", layout.builtin_name()),
+                )),
+                None => Err(ModelError::format(
+                    file,
+                    format!("an {} checkpoint has no {component}", layout.display_name()),
+                )),
+            },
         }
+    }
+}
+
+/// A checkpoint loaded under the built-in configs that does not fit them: says which configs
+/// and how to give others.
+fn builtin_hint(e: ModelError, src: &Source, layout: Layout) -> ModelError {
+    match (src, e.kind()) {
+        (
+            Source::Checkpoint(file, None),
+            crate::ModelErrorKind::Mismatch {
+                component, source, ..
+            },
+        ) => ModelError::format(
+            file,
+            format!(
+                "{component} weights do not fit the built-in {} config ({source}); for a model of other sizes, set `config` to a diffusers folder with its configs",
+                layout.builtin_name()
+            ),
+        ),
+        _ => e,
     }
 }
 
@@ -179,7 +215,7 @@ pub fn unet(src: &Source) -> Result<Arc<LoadedUNet>> {
         Source::Pipeline(dir) => unet_folder(&dir.join("unet"), prediction_type(dir)?),
         Source::Checkpoint(file, cfg_dir) => {
             let info = checkpoint::inspect(file)?;
-            let mut config = UNetConfig::load(&src.config("unet", sd15::UNET))?;
+            let mut config = UNetConfig::load(&src.config("unet", info.layout)?)?;
             if cfg_dir.is_none() {
                 if let Some(c) = info.unet_in_channels {
                     config.in_channels = c; // 9 for inpainting checkpoints
@@ -195,16 +231,67 @@ pub fn unet(src: &Source) -> Result<Arc<LoadedUNet>> {
             let store = Store::load(&w, |n| n.starts_with(checkpoint::UNET_PREFIX))?;
             let prediction = match cfg_dir {
                 Some(d) => prediction_type(d)?,
-                None => PredictionType::Epsilon,
+                None => info.layout.default_prediction(),
             };
             Ok(LoadedUNet {
-                unet: UNet::new(config, store.var_builder(), file)?,
+                unet: UNet::new(config, store.var_builder(), file)
+                    .map_err(|e| builtin_hint(e, src, info.layout))?,
                 prediction,
                 store,
                 source: file.clone(),
+                family: info.layout.family(),
             })
         }
     })
+}
+
+/// One text encoder of a checkpoint: its config (the config folder's `component`, else the
+/// built-in one), its weights under `prefix` (OpenCLIP's layout or transformers'), and its
+/// tokenizer (the config folder's `tokenizer`, else the built-in CLIP vocabulary; OpenCLIP's
+/// pads with `!`).
+fn checkpoint_clip(
+    src: &Source,
+    layout: Layout,
+    component: &str,
+    tokenizer: &str,
+    prefix: &str,
+) -> Result<(ClipTextModel, ClipTokenizer, Store)> {
+    let Source::Checkpoint(file, cfg_dir) = src else {
+        return Err(ModelError::invalid("not a single-file checkpoint"));
+    };
+    let config = ClipConfig::load(&src.config(component, layout)?)?;
+    let is_open_clip = prefix.ends_with(".model.");
+    let store = if is_open_clip {
+        let files = TensorFiles::open(std::slice::from_ref(file))?;
+        // SD 2.x's UNet takes the text itself; SDXL's bigG is projected for the pooled embedding.
+        let projection = layout.family() == super::Family::Sdxl;
+        let tensors =
+            open_clip::tensors(file, &files, prefix, config.num_hidden_layers, projection)
+                .map_err(|e| match cfg_dir {
+                    None => ModelError::invalid(format!(
+                "{e} (the built-in {} config; set `config` to a diffusers folder for other sizes)",
+                layout.builtin_name()
+            )),
+                    Some(_) => e,
+                })?;
+        Store::from_tensors(tensors)
+    } else {
+        let owned = prefix.to_owned();
+        let rename: latentflow_weights::Rename = Arc::new(move |name| format!("{owned}{name}"));
+        Store::load(&Weights::renamed(file, rename), |n| n.starts_with(prefix))?
+    };
+    let model = ClipTextModel::new(config, store.var_builder(), file)
+        .map_err(|e| builtin_hint(e, src, layout))?;
+    let tokenizer = match cfg_dir
+        .as_ref()
+        .map(|d| d.join(tokenizer))
+        .filter(|d| d.is_dir())
+    {
+        Some(dir) => ClipTokenizer::load(&dir)?,
+        None if is_open_clip => ClipTokenizer::from_bpe_gz_bytes_padded(BPE_VOCAB, "!")?,
+        None => ClipTokenizer::from_bpe_gz_bytes(BPE_VOCAB)?,
+    };
+    Ok((model, tokenizer, store))
 }
 
 /// The text encoder and tokenizer of a model.
@@ -213,24 +300,66 @@ pub fn text_encoder(src: &Source) -> Result<Arc<TextEncoder>> {
         Source::Pipeline(dir) => {
             load_text_encoder(&dir.join("text_encoder"), &dir.join("tokenizer"))
         }
-        Source::Checkpoint(file, cfg_dir) => {
-            checkpoint::inspect(file)?;
-            let config = ClipConfig::load(&src.config("text_encoder", sd15::TEXT_ENCODER))?;
-            let w = Weights::renamed(file, checkpoint::clip_rename());
-            let store = Store::load(&w, |n| n.starts_with(checkpoint::CLIP_PREFIX))?;
-            let model = ClipTextModel::new(config, store.var_builder(), file)?;
-            let tokenizer = match cfg_dir
-                .as_ref()
-                .map(|d| d.join("tokenizer"))
-                .filter(|d| d.is_dir())
-            {
-                Some(dir) => ClipTokenizer::load(&dir)?,
-                None => ClipTokenizer::from_bpe_gz_bytes(BPE_VOCAB)?,
+        Source::Checkpoint(file, _) => {
+            let layout = checkpoint::inspect(file)?.layout;
+            let prefix = match layout {
+                Layout::Sd1 => checkpoint::CLIP_PREFIX,
+                Layout::Sd2 => checkpoint::SD2_TEXT_PREFIX,
+                Layout::SdxlBase | Layout::SdxlRefiner => {
+                    return Err(ModelError::format(
+                        file,
+                        format!(
+                            "an {} checkpoint: its text encoders load with sd.load_sdxl_text",
+                            layout.display_name()
+                        ),
+                    ))
+                }
             };
+            let (model, tokenizer, store) =
+                checkpoint_clip(src, layout, "text_encoder", "tokenizer", prefix)?;
             Ok(TextEncoder {
                 tokenizer,
                 model,
                 store,
+            })
+        }
+    })
+}
+
+/// SDXL's two text encoders (the refiner's one): a diffusers pipeline folder's, or a single
+/// file's (CLIP-L in transformers' layout, bigG in OpenCLIP's).
+pub fn sdxl_text(src: &Source) -> Result<Arc<SdxlText>> {
+    shared((src.clone(), "sdxl_text"), || match src {
+        Source::Pipeline(dir) => SdxlText::load(dir, &Device::Cpu),
+        Source::Checkpoint(file, _) => {
+            let layout = checkpoint::inspect(file)?.layout;
+            let clip = |component: &str, tokenizer: &str, prefix: &str| -> Result<Clip> {
+                let (model, tok, _) = checkpoint_clip(src, layout, component, tokenizer, prefix)?;
+                Clip::new(model, tok, file)
+            };
+            let (clip_l, clip_g) = match layout {
+                Layout::SdxlBase => (
+                    Some(clip("text_encoder", "tokenizer", checkpoint::SDXL_CLIP_L_PREFIX)?),
+                    clip("text_encoder_2", "tokenizer_2", checkpoint::SDXL_BIGG_PREFIX)?,
+                ),
+                Layout::SdxlRefiner => (
+                    None,
+                    clip("text_encoder_2", "tokenizer_2", checkpoint::REFINER_BIGG_PREFIX)?,
+                ),
+                other => {
+                    return Err(ModelError::format(
+                        file,
+                        format!(
+                            "an {} checkpoint, not SDXL: load its text encoder with sd.load_checkpoint or sd.load_clip",
+                            other.display_name()
+                        ),
+                    ))
+                }
+            };
+            Ok(SdxlText {
+                clip_l,
+                clip_g,
+                source: file.clone(),
             })
         }
     })
@@ -258,13 +387,13 @@ pub fn vae(src: &Source) -> Result<Arc<Vae>> {
     shared((src.clone(), "vae"), || match src {
         Source::Pipeline(dir) => Vae::load(&dir.join("vae")),
         Source::Checkpoint(file, _) => {
-            checkpoint::inspect(file)?;
-            let config = VaeConfig::load(&src.config("vae", sd15::VAE))?;
+            let layout = checkpoint::inspect(file)?.layout;
+            let config = VaeConfig::load(&src.config("vae", layout)?)?;
             let w = Weights::renamed(
                 file,
                 checkpoint::vae_rename(config.block_out_channels.len()),
             );
-            Vae::from_weights(config, &w, file)
+            Vae::from_weights(config, &w, file).map_err(|e| builtin_hint(e, src, layout))
         }
     })
 }

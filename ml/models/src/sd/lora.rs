@@ -65,6 +65,7 @@ pub fn unet_with(
             prediction: base.prediction,
             store: applied.store.clone(),
             source: base.source.clone(),
+            family: base.family,
         },
         applied,
     ))

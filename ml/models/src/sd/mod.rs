@@ -10,6 +10,7 @@ pub mod deepcache;
 pub mod family;
 pub mod loader;
 pub mod lora;
+pub mod open_clip;
 pub mod prompt;
 pub mod sdxl_text;
 pub mod seghead;

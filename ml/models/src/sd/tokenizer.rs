@@ -117,6 +117,12 @@ impl ClipTokenizer {
 
     /// From the bytes of a `bpe_simple_vocab_16e6.txt.gz` file.
     pub fn from_bpe_gz_bytes(bytes: &[u8]) -> Result<Self> {
+        Self::from_bpe_gz_bytes_padded(bytes, EOS)
+    }
+
+    /// [`ClipTokenizer::from_bpe_gz_bytes`] padding with `pad` (OpenCLIP's tokenizers, SD 2.x's
+    /// and SDXL's second, pad with `!`).
+    pub fn from_bpe_gz_bytes_padded(bytes: &[u8], pad: &str) -> Result<Self> {
         let (vocab, merges) = from_bpe_gz(bytes)?;
         let bpe = BPE::builder()
             .vocab_and_merges(vocab, merges)
@@ -124,7 +130,7 @@ impl ClipTokenizer {
             .unk_token(EOS.into())
             .build()
             .map_err(|e| ModelError::invalid(format!("CLIP vocabulary: {e}")))?;
-        Self::from_bpe(bpe, EOS)
+        Self::from_bpe(bpe, pad)
     }
 
     fn from_bpe(bpe: BPE, pad: &str) -> Result<Self> {
