@@ -14,6 +14,10 @@ fn model() -> String {
 
 /// Runs graphs/sd3.yaml with `kind` against the reference `name` at every step and on the image.
 fn check(kind: &str, name: &str) {
+    check_with(kind, name, &[model()]);
+}
+
+fn check_with(kind: &str, name: &str, sets: &[String]) {
     let sb = Sandbox::new();
     let reference = fixture(&format!("sd3-ref/{name}.safetensors"));
     let text = std::fs::read_to_string(graph("sd3.yaml"))
@@ -21,9 +25,9 @@ fn check(kind: &str, name: &str) {
         .replace("kind: flow_euler", &format!("kind: {kind}"));
     let g = parity::instrument(&text, "inputs: {model: sd3, positive:", &reference);
     let g = sb.write("sd3.yaml", &g);
-    run_graph(&sb, &g, None, &[model()]);
+    run_graph(&sb, &g, None, sets);
     let out = sb.path().join("output");
-    parity::compare(&out, &reference, &format!("SD3 {kind} 32×48"));
+    parity::compare(&out, &reference, &format!("SD3 {kind} {name} 32×48"));
     assert!(out.join("sd3.png").exists());
 }
 
@@ -73,13 +77,31 @@ fn missing_pooled_or_wrong_sampler_is_refused() {
     sb.run(&["validate", &g, "--set", &set]).expect_code(3);
 }
 
+/// One of Stability AI's bundled files (transformer, CLIP-L without projection, CLIP-G, T5, VAE;
+/// tools/reference/make_sd3_single_file.py) through the whole graph, against diffusers'
+/// pipeline on the same weights (CLIP-L's projection the identity, as from_single_file makes it).
+#[test]
+fn a_bundled_stability_file_matches_the_pipeline_on_its_weights() {
+    check_with(
+        "flow_euler",
+        "pipeline_single_file",
+        &[
+            format!(
+                "model={}",
+                fixture("tiny-sd3-sai-all.safetensors").display()
+            ),
+            format!("config={}", fixture("tiny-sd3").display()),
+        ],
+    );
+}
+
 #[test]
 fn a_stability_single_file_gives_the_folders_picture() {
     let text = std::fs::read_to_string(graph("sd3.yaml")).unwrap_or_default();
     let sb = Sandbox::new();
     let tap = "  tap:\n    type: core.save_tensor\n    inputs: {tensor: decode}\n    params: {filename: image.safetensors}\n";
     let single = text.replace(
-        "    type: dit.load_sd3\n    params: {path: $model}",
+        "    type: dit.load_sd3\n    params: {path: $model, config: $config}",
         &format!(
             "    type: dit.load_sd3\n    params: {{path: {}, config: {}}}",
             fixture("tiny-sd3-sai.safetensors").display(),

@@ -44,7 +44,7 @@ pub(crate) fn transformer_parts<C: Checked + serde::de::DeserializeOwned>(
 }
 
 /// The config of a single-file checkpoint: from `given` (a diffusers folder holding
-/// `config.json`, or the file itself) when there is one, else `derive`d from the file and
+/// `config.json` or `transformer/config.json`, or the file itself) when there is one, else `derive`d from the file and
 /// checked (`file` names it in errors).
 pub(crate) fn single_file_config<C: Checked + serde::de::DeserializeOwned>(
     file: &std::path::Path,
@@ -52,7 +52,9 @@ pub(crate) fn single_file_config<C: Checked + serde::de::DeserializeOwned>(
     derive: impl FnOnce() -> Result<C>,
 ) -> Result<C> {
     Ok(match given {
-        Some(c) if c.is_dir() => C::from_file(&c.join("config.json"))?,
+        Some(c) if c.is_dir() => {
+            C::from_file(&transformer_folder(c, "config")?.join("config.json"))?
+        }
         Some(c) => C::from_file(c)?,
         None => {
             let c = derive()?;

@@ -92,6 +92,11 @@ pub struct T5 {
 }
 
 impl T5 {
+    /// An encoder and tokenizer already loaded.
+    pub fn new(model: T5Encoder, tokenizer: TextTokenizer) -> Self {
+        Self { tokenizer, model }
+    }
+
     /// Loads `model_dir` (a `T5EncoderModel` folder) and `tokenizer_dir`.
     pub fn load(model_dir: &Path, tokenizer_dir: &Path, device: &Device) -> Result<Self> {
         Ok(Self {

@@ -79,7 +79,17 @@ fn load(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
     Ok(vec![Value::Object(denoiser_handle(d))])
 }
 
-fn config(path: &Path) -> Result<Sd3Config, NodeError> {
+/// The transformer's config: a folder's, or a single file's from `given` (a transformer or
+/// pipeline folder, or a config.json) or off its shapes.
+fn config(path: &Path, given: Option<&Path>) -> Result<Sd3Config, NodeError> {
+    if let (true, Some(c)) = (path.is_file(), given) {
+        let file = match c.is_dir() {
+            true if c.join("config.json").is_file() => c.join("config.json"),
+            true => c.join("transformer/config.json"),
+            false => c.to_path_buf(),
+        };
+        return Sd3Config::from_file(&file).map_err(fail);
+    }
     if path.is_file() {
         let files = latentflow_weights::TensorFiles::open(&[path.to_path_buf()]).map_err(fail)?;
         let c = latentflow_models::sd3::sai::config(&files, path).map_err(fail)?;
@@ -92,11 +102,23 @@ fn config(path: &Path) -> Result<Sd3Config, NodeError> {
 
 fn load_text(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
     let path = PathBuf::from(p.str("path")?);
-    let joint = config(&path)?.joint_attention_dim;
-    let mut text = Sd3Text::load(&path, joint, &Device::Cpu).map_err(fail)?;
-    if !p.bool("t5")? {
-        text.t5 = None;
-    }
+    let joint = config(&path, config_param(p)?.as_deref())?.joint_attention_dim;
+    let text = if path.is_file() {
+        Sd3Text::load_file(
+            &path,
+            config_param(p)?.as_deref(),
+            joint,
+            p.bool("t5")?,
+            &Device::Cpu,
+        )
+        .map_err(fail)?
+    } else {
+        let mut text = Sd3Text::load(&path, joint, &Device::Cpu).map_err(fail)?;
+        if !p.bool("t5")? {
+            text.t5 = None;
+        }
+        text
+    };
     Ok(vec![Value::Object(ObjectHandle::new(TextObject(text)))])
 }
 
@@ -105,31 +127,34 @@ pub fn nodes() -> Vec<NodeDef> {
     let model = || PortType::handle_of("Denoiser", Family::named(SD3));
     vec![
         NodeDef::new("dit.load_sd3", load)
-            .doc("Loads an SD3 or SD3.5 transformer (diffusers' SD3Transformer2DModel: MMDiT, SD3.5's qk RMS norm and MMDiT-X dual attention): a pipeline folder (transformer/), a transformer folder, or Stability AI's original single file (fused q/k/v; mapped onto diffusers' names, fused matrices split without copying; its text encoders and VAE are not read from it). A flow-matching Denoiser of family sd3: sample it with flow_euler (shift 3 for SD3), or dpmpp_2m / unipc, with dit.sd3_encode's conditioning and pooled embedding; any latent whose patch grid fits pos_embed_max_size. Load the VAE with sd.load_vae on the same folder. The config is checked before anything runs.")
+            .doc("Loads an SD3 or SD3.5 transformer (diffusers' SD3Transformer2DModel: MMDiT, SD3.5's qk RMS norm and MMDiT-X dual attention): a pipeline folder (transformer/), a transformer folder, or Stability AI's original single file (fused q/k/v; mapped onto diffusers' names, fused matrices split without copying; dit.load_sd3_text and sd.load_vae read the text encoders and VAE a bundled file holds). A flow-matching Denoiser of family sd3: sample it with flow_euler (shift 3 for SD3), or dpmpp_2m / unipc, with dit.sd3_encode's conditioning and pooled embedding; any latent whose patch grid fits pos_embed_max_size. Load the VAE with sd.load_vae on the same folder. The config is checked before anything runs.")
             .param(Param::path("path").doc("SD3 pipeline folder, a transformer folder, or a single file in Stability AI's layout (sd3_medium.safetensors)"))
-            .param(Param::path("config").default("").doc("single files: a diffusers transformer folder (or its config.json) with the architecture; empty: read off the file"))
+            .param(Param::path("config").default("").doc("single files: a diffusers transformer or pipeline folder (or a config.json) with the architecture; empty: read off the file"))
             .output("model", model(), "SD3, as a flow-matching denoiser")
             .infer(|p| {
                 let path = PathBuf::from(p.str("path")?);
-                match config_param(p)? {
-                    Some(c) if path.is_file() => {
-                        let file = if c.is_dir() { c.join("config.json") } else { c };
-                        Sd3Config::from_file(&file).map_err(fail)?;
-                    }
-                    _ => {
-                        config(&path)?;
-                    }
-                }
+                config(&path, config_param(p)?.as_deref())?;
                 Ok(vec![PortType::handle_of("Denoiser", Family::named(SD3))])
             }),
         NodeDef::new("dit.load_sd3_text", load_text)
-            .doc("Loads an SD3 pipeline's text encoders: CLIP-L (text_encoder/, tokenizer/) and OpenCLIP bigG (text_encoder_2/, tokenizer_2/), both with projection, and T5-XXL (text_encoder_3/, tokenizer_3/) when present and `t5` is on; without T5 its tokens are zeros, as diffusers does. The transformer's config (transformer/) gives the joint width.")
-            .param(Param::path("path").doc("SD3 pipeline folder"))
+            .doc("Loads an SD3 pipeline's text encoders: CLIP-L (text_encoder/, tokenizer/) and OpenCLIP bigG (text_encoder_2/, tokenizer_2/), both with projection, and T5-XXL (text_encoder_3/, tokenizer_3/) when present and `t5` is on; without T5 its tokens are zeros, as diffusers does. The transformer's config (transformer/) gives the joint width. Stability AI's bundled single files (sd3_medium_incl_clips_t5xxlfp8.safetensors: text_encoders.clip_l/clip_g/t5xxl.*) load too; CLIP-L's projection is then the identity, as in diffusers.")
+            .param(Param::path("path").doc("SD3 pipeline folder, or a single file bundling the text encoders"))
+            .param(Param::path("config").default("").doc("single files: a diffusers SD3 folder whose text_encoder*/ and tokenizer*/ size the encoders (T5's tokenizer comes only from there); empty: the published CLIP-L, bigG and T5-XXL configs and the built-in CLIP vocabulary"))
             .param(Param::bool("t5").default(true).doc("use T5 (off: 77 zero tokens in its place, and T5 is not loaded)"))
             .output("text", PortType::handle("Sd3Text"), "the text encoders")
             .infer(|p| {
                 let path = PathBuf::from(p.str("path")?);
-                config(&path)?;
+                config(&path, config_param(p)?.as_deref())?;
+                if path.is_file() {
+                    let header = latentflow_weights::Header::read(&path).map_err(fail)?;
+                    if !header.has_prefix(latentflow_models::sd3::sai::CLIP_L_PREFIX) {
+                        return Err(NodeError::invalid(format!(
+                            "{}: this SD3 file holds no text encoders (text_encoders.clip_l.*); load them from a diffusers folder",
+                            path.display()
+                        )));
+                    }
+                    return Ok(vec![PortType::handle("Sd3Text")]);
+                }
                 for sub in ["text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"] {
                     if !path.join(sub).is_dir() {
                         return Err(NodeError::invalid(format!(

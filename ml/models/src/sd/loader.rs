@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 
 use candle_core::Device;
-use latentflow_weights::{ConfigSource, Store, TensorFiles, Weights};
+use latentflow_weights::{ConfigSource, Header, Store, TensorFiles, Weights};
 
 use super::checkpoint::{self, Layout};
 use super::clip::{ClipConfig, ClipTextModel};
@@ -19,9 +19,6 @@ use super::unet::{UNet, UNetConfig};
 use super::vae::{Vae, VaeConfig};
 use crate::text_encoders::Clip;
 use crate::{Checked, ModelError, Result};
-
-/// The original CLIP vocabulary, for checkpoints that come without a tokenizer folder.
-const BPE_VOCAB: &[u8] = include_bytes!("../../assets/bpe_simple_vocab_16e6.txt.gz");
 
 /// What a model predicts, from its scheduler config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -288,8 +285,8 @@ fn checkpoint_clip(
         .filter(|d| d.is_dir())
     {
         Some(dir) => ClipTokenizer::load(&dir)?,
-        None if is_open_clip => ClipTokenizer::from_bpe_gz_bytes_padded(BPE_VOCAB, "!")?,
-        None => ClipTokenizer::from_bpe_gz_bytes(BPE_VOCAB)?,
+        None if is_open_clip => ClipTokenizer::builtin("!")?,
+        None => ClipTokenizer::builtin(ClipTokenizer::EOS)?,
     };
     Ok((model, tokenizer, store))
 }
@@ -373,7 +370,7 @@ pub fn load_text_encoder(model_dir: &Path, tokenizer_dir: &Path) -> Result<TextE
     let tokenizer = if tokenizer_dir.is_dir() {
         ClipTokenizer::load(tokenizer_dir)?
     } else {
-        ClipTokenizer::from_bpe_gz_bytes(BPE_VOCAB)?
+        ClipTokenizer::builtin(ClipTokenizer::EOS)?
     };
     Ok(TextEncoder {
         tokenizer,
@@ -386,6 +383,21 @@ pub fn load_text_encoder(model_dir: &Path, tokenizer_dir: &Path) -> Result<TextE
 pub fn vae(src: &Source) -> Result<Arc<Vae>> {
     shared((src.clone(), "vae"), || match src {
         Source::Pipeline(dir) => Vae::load(&dir.join("vae")),
+        Source::Checkpoint(file, cfg_dir) if crate::sd3::sai::is_bundle(&Header::read(file)?) => {
+            // An SD3 file with its VAE (`sd3_medium_incl_clips.safetensors`).
+            let config = VaeConfig::load(&match cfg_dir {
+                Some(dir) => ConfigSource::File(dir.join("vae/config.json")),
+                None => ConfigSource::Builtin(
+                    crate::sd3::sai::BUILTIN_VAE,
+                    "the built-in SD3 vae config".into(),
+                ),
+            })?;
+            let w = Weights::renamed(
+                file,
+                checkpoint::vae_rename(config.block_out_channels.len()),
+            );
+            Vae::from_weights(config, &w, file)
+        }
         Source::Checkpoint(file, _) => {
             let layout = checkpoint::inspect(file)?.layout;
             let config = VaeConfig::load(&src.config("vae", layout)?)?;

@@ -115,6 +115,16 @@ impl ClipTokenizer {
         })
     }
 
+    /// The original CLIP vocabulary (built in), padding with `pad`: for checkpoints that come
+    /// without a tokenizer folder.
+    pub fn builtin(pad: &str) -> Result<Self> {
+        const BPE_VOCAB: &[u8] = include_bytes!("../../assets/bpe_simple_vocab_16e6.txt.gz");
+        Self::from_bpe_gz_bytes_padded(BPE_VOCAB, pad)
+    }
+
+    /// `<|endoftext|>`, CLIP's own padding token (SD 1.x's, CLIP-L's).
+    pub const EOS: &'static str = EOS;
+
     /// From the bytes of a `bpe_simple_vocab_16e6.txt.gz` file.
     pub fn from_bpe_gz_bytes(bytes: &[u8]) -> Result<Self> {
         Self::from_bpe_gz_bytes_padded(bytes, EOS)

@@ -13,6 +13,32 @@ use latentflow_weights::TensorFiles;
 use super::Sd3Config;
 use crate::{ModelError, Result};
 
+/// Where Stability AI's bundled files (`sd3_medium_incl_clips_t5xxlfp8.safetensors`) keep
+/// CLIP-L (transformers' names, no projection).
+pub const CLIP_L_PREFIX: &str = "text_encoders.clip_l.transformer.";
+/// CLIP-G (transformers' names, with its projection).
+pub const CLIP_G_PREFIX: &str = "text_encoders.clip_g.transformer.";
+/// T5-XXL (transformers' names), when bundled.
+pub const T5_PREFIX: &str = "text_encoders.t5xxl.transformer.";
+/// The VAE (LDM names).
+pub const VAE_PREFIX: &str = "first_stage_model.";
+
+/// SD3's VAE config (16 channels, SD3's scale and shift, no quant convs), for bundled files
+/// without a config folder.
+pub const BUILTIN_VAE: &str = include_str!("../../configs/sd3/vae.json");
+/// T5 v1.1 XXL's config.
+pub const BUILTIN_T5: &str = include_str!("../../configs/sd3/t5xxl.json");
+/// CLIP ViT-L/14's text config.
+pub const BUILTIN_CLIP_L: &str = include_str!("../../configs/sd15/text_encoder.json");
+/// OpenCLIP ViT-bigG/14's text config with projection.
+pub const BUILTIN_CLIP_G: &str = include_str!("../../configs/sdxl/text_encoder_2.json");
+
+/// Whether a file's header says it is an SD3 file bundling text encoders or a VAE.
+pub fn is_bundle(header: &latentflow_weights::Header) -> bool {
+    (header.has_prefix("model.diffusion_model.joint_blocks.") || header.has_prefix("joint_blocks."))
+        && (header.has_prefix(CLIP_L_PREFIX) || header.has_prefix(VAE_PREFIX))
+}
+
 /// The key prefix of the file's transformer, if it is in this layout.
 pub fn prefix(files: &TensorFiles) -> Option<&'static str> {
     ["model.diffusion_model.", ""].into_iter().find(|p| {
@@ -259,4 +285,28 @@ pub fn tensors(
         "norm_out.linear",
     )?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Checked;
+    use latentflow_weights::ConfigSource;
+
+    /// The configs bundled files fall back on parse, pass their checks and are the published
+    /// sizes.
+    #[test]
+    fn the_built_in_bundle_configs_are_the_published_ones() {
+        let src = |text: &'static str| ConfigSource::Builtin(text, "built-in".into());
+        let vae = crate::sd::vae::VaeConfig::load(&src(BUILTIN_VAE)).unwrap();
+        assert_eq!((vae.latent_channels, vae.shift_factor), (16, Some(0.0609)));
+        let t5 = crate::t5::T5Config::load(&src(BUILTIN_T5)).unwrap();
+        assert_eq!((t5.d_model, t5.num_layers, t5.num_heads), (4096, 24, 64));
+        let l = crate::sd::clip::ClipConfig::load(&src(BUILTIN_CLIP_L)).unwrap();
+        let g = crate::sd::clip::ClipConfig::load(&src(BUILTIN_CLIP_G)).unwrap();
+        assert_eq!(
+            (l.hidden_size, g.hidden_size, g.projection_dim),
+            (768, 1280, 1280)
+        );
+    }
 }

@@ -59,16 +59,123 @@ impl Sd3Text {
             joint_width,
             source: dir.to_path_buf(),
         };
-        if let Some(t5) = &text.t5 {
-            if t5.width() != joint_width {
+        text.check_t5_width()?;
+        Ok(text)
+    }
+
+    /// Loads the encoders bundled in one of Stability AI's SD3 files
+    /// (`sd3_medium_incl_clips_t5xxlfp8.safetensors`: `text_encoders.{clip_l,clip_g,t5xxl}.*`).
+    /// `configs` is a diffusers SD3 folder whose `text_encoder*/` and `tokenizer*/` size them;
+    /// without one, CLIP-L's, bigG's and T5-XXL's published configs and the built-in CLIP
+    /// vocabulary are used (T5's tokenizer is not in the file: it needs `configs`, or `t5` off).
+    /// CLIP-L is stored without its projection: it is the identity, as in diffusers.
+    pub fn load_file(
+        file: &Path,
+        configs: Option<&Path>,
+        joint_width: usize,
+        t5: bool,
+        device: &Device,
+    ) -> Result<Self> {
+        use super::sai;
+        use crate::sd::clip::{ClipConfig, ClipTextModel};
+        use crate::sd::tokenizer::ClipTokenizer;
+        use crate::t5::{T5Config, T5Encoder, TextTokenizer};
+        use crate::Checked;
+        use latentflow_weights::{ConfigSource, Header, Store, Weights};
+
+        let header = Header::read(file)?;
+        let config = |sub: &str, builtin: &'static str, what: &str| match configs {
+            Some(dir) => ConfigSource::File(dir.join(sub).join("config.json")),
+            None => ConfigSource::Builtin(builtin, format!("the built-in {what} config")),
+        };
+        let renamed = |prefix: &'static str| -> Weights {
+            Weights::renamed(file, std::sync::Arc::new(move |n| format!("{prefix}{n}")))
+        };
+        let clip = |prefix: &'static str,
+                    sub: &str,
+                    tok: &str,
+                    builtin,
+                    what,
+                    pad|
+         -> Result<Clip> {
+            if !header.has_prefix(prefix) {
+                return Err(ModelError::format(
+                    file,
+                    format!("no `{prefix}*` keys: not an SD3 file with its text encoders (load those from a diffusers folder)"),
+                ));
+            }
+            let cfg = ClipConfig::load(&config(sub, builtin, what))?;
+            let mut store = Store::load(&renamed(prefix), |n| n.starts_with(prefix))?;
+            let projection = format!("{prefix}text_projection.weight");
+            if store.get(&projection).is_none() {
+                let eye = Tensor::eye(cfg.hidden_size, DType::F32, &Device::Cpu)?;
+                store = store.with([(projection, eye)].into());
+            }
+            let model = ClipTextModel::new(cfg, store.var_builder(), file)?;
+            let tokenizer = match configs.map(|d| d.join(tok)).filter(|d| d.is_dir()) {
+                Some(dir) => ClipTokenizer::load(&dir)?,
+                None => ClipTokenizer::builtin(pad)?,
+            };
+            Clip::new(model, tokenizer, file)
+        };
+        let clip_l = clip(
+            sai::CLIP_L_PREFIX,
+            "text_encoder",
+            "tokenizer",
+            sai::BUILTIN_CLIP_L,
+            "CLIP-L",
+            ClipTokenizer::EOS,
+        )?;
+        let clip_g = clip(
+            sai::CLIP_G_PREFIX,
+            "text_encoder_2",
+            "tokenizer_2",
+            sai::BUILTIN_CLIP_G,
+            "CLIP-G",
+            "!",
+        )?;
+        let t5 = if t5 && header.has_prefix(sai::T5_PREFIX) {
+            let tok = configs
+                .map(|d| d.join("tokenizer_3"))
+                .filter(|d| d.is_dir())
+                .ok_or_else(|| {
+                    ModelError::format(
+                        file,
+                        "T5's tokenizer is not in the file: set `config` to a diffusers SD3 folder with tokenizer_3/, or turn t5 off",
+                    )
+                })?;
+            let cfg = T5Config::load(&config("text_encoder_3", sai::BUILTIN_T5, "T5-XXL"))?;
+            let vb = renamed(sai::T5_PREFIX).var_builder(DType::F32, device)?;
+            Some(T5::new(
+                T5Encoder::new(cfg, vb, DType::F32, file)?,
+                TextTokenizer::from_file(&tok, 0)?,
+            ))
+        } else {
+            None
+        };
+        let text = Self {
+            clip_l,
+            clip_g,
+            t5,
+            joint_width,
+            source: file.to_path_buf(),
+        };
+        text.check_t5_width()?;
+        Ok(text)
+    }
+
+    fn check_t5_width(&self) -> Result<()> {
+        if let Some(t5) = &self.t5 {
+            if t5.width() != self.joint_width {
                 return Err(ModelError::invalid(format!(
-                    "{}: T5 is {} wide, the transformer's text tokens {joint_width}",
-                    dir.display(),
-                    t5.width()
+                    "{}: T5 is {} wide, the transformer's text tokens {}",
+                    self.source.display(),
+                    t5.width(),
+                    self.joint_width
                 )));
             }
         }
-        Ok(text)
+        Ok(())
     }
 
     /// Encodes `texts`, T5 to `max_length` tokens (diffusers' `max_sequence_length`).
