@@ -27,6 +27,33 @@ fn sdxl_graph_matches_the_pipeline(sets: &[String], what: &str) {
     assert!(out.join("sdxl.png").exists());
 }
 
+/// An SDXL ControlNet (text_time added conditioning; tools/reference/make_sdxl_controlnet_fixtures.py)
+/// through graphs/sdxl_controlnet.yaml against StableDiffusionXLControlNetPipeline: scale 0.8, a
+/// 0.1–0.8 guidance window, every step and the image.
+#[test]
+fn an_sdxl_controlnet_matches_diffusers_controlnet_pipeline() {
+    let sb = Sandbox::new();
+    let reference = fixture("sdxl-ref/controlnet.safetensors");
+    let text = std::fs::read_to_string(graph("sdxl_controlnet.yaml")).expect("graph");
+    let g = parity::instrument(&text, "inputs: {model: controlled, positive:", &reference);
+    let g = sb.write("sdxl_controlnet.yaml", &g);
+    run_graph(
+        &sb,
+        &g,
+        None,
+        &[
+            model(),
+            format!("controlnet={}", fixture("tiny-sdxl-controlnet").display()),
+            format!("image={}", fixture("images/sdxl-control.png").display()),
+        ],
+    );
+    parity::compare(
+        &sb.path().join("output"),
+        &reference,
+        "SDXL ControlNet 32×48",
+    );
+}
+
 #[test]
 fn every_step_matches_diffusers_sdxl_pipeline() {
     sdxl_graph_matches_the_pipeline(&[model()], "SDXL 32×48");

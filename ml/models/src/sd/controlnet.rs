@@ -319,9 +319,26 @@ impl ControlNet {
         scale: f64,
         guess_mode: bool,
     ) -> Result<Residuals> {
+        self.forward_with(x, t, ctx, cond, scale, guess_mode, None)
+    }
+
+    /// [`ControlNet::forward`] with SDXL's added conditioning (the pooled embedding followed by
+    /// the time ids, as [`Extras::added`]), which an SDXL ControlNet (`addition_embed_type =
+    /// "text_time"`) requires.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_with(
+        &self,
+        x: &Tensor,
+        t: f64,
+        ctx: &Tensor,
+        cond: &Tensor,
+        scale: f64,
+        guess_mode: bool,
+        added: Option<&Tensor>,
+    ) -> Result<Residuals> {
         let hooks = Extras::default();
         let b = x.dim(0)?;
-        let temb = self.trunk.time_embedding(t, b, None, x.device())?;
+        let temb = self.trunk.time_embedding(t, b, added, x.device())?;
         let cond = if self.bgr {
             cond.flip(&[1])?
         } else {

@@ -24,7 +24,8 @@ fn tensor_arg(args: &[Value], i: usize, what: &str) -> Result<CTensor, NodeError
     to_candle(t, &Device::Cpu)
 }
 
-/// A loaded ControlNet: `residuals(x, t, context, image N×3×H×W, scale, guess_mode)` →
+/// A loaded ControlNet: `residuals(x, t, context, image N×3×H×W, scale, guess_mode, resize,
+/// [added])` (`added`: SDXL's pooled embedding and time ids, when the model has them) →
 /// `[list of down residuals, mid residual]`.
 pub struct ControlNetObject {
     model: Arc<ControlNet>,
@@ -72,9 +73,13 @@ impl ObjectImpl for ControlNetObject {
         }
         let scale = args.get(4).and_then(Value::as_float).unwrap_or(1.0);
         let guess = matches!(args.get(5), Some(Value::Bool(true)));
+        let added = match args.get(7) {
+            Some(Value::Tensor(t)) => Some(to_candle(t, &Device::Cpu)?),
+            _ => None,
+        };
         let r = self
             .model
-            .forward(&x, t, &ctx, &image, scale, guess)
+            .forward_with(&x, t, &ctx, &image, scale, guess, added.as_ref())
             .map_err(fail)?;
         let down = r
             .down
@@ -154,9 +159,11 @@ impl Controlled {
         x: &Tensor,
         t: f64,
         ctx: &Tensor,
+        added: Option<&Tensor>,
         step: Option<Step>,
     ) -> Result<(Vec<CTensor>, CTensor), NodeError> {
         let xs = to_candle(x, &Device::Cpu)?;
+        let added = added.map(|a| to_candle(a, &Device::Cpu)).transpose()?;
         let cs = to_candle(ctx, &Device::Cpu)?;
         // A video latent (AnimateDiff) runs the ControlNet on its frames, each with its own
         // control image when there is one per frame; the residuals then go to the frames.
@@ -200,6 +207,11 @@ impl Controlled {
         } else {
             (xs, cs, b)
         };
+        // SDXL's added conditioning, one row per sample (the positive half in guess mode).
+        let added = match added {
+            Some(a) if split => Some(a.narrow(0, b / 2, b / 2).map_err(fail)?),
+            other => other,
+        };
         let image = match frames {
             Some(f) if self.image.dim(0).map_err(fail)? == f => {
                 self.image.repeat((n / f, 1, 1, 1)).map_err(fail)?
@@ -210,19 +222,19 @@ impl Controlled {
                 .and_then(|i| i.repeat((n, 1, 1, 1)))
                 .map_err(fail)?,
         };
-        let out = self.controlnet.call(
-            host,
-            "residuals",
-            vec![
-                Value::Tensor(from_candle(&xin)?),
-                Value::Float(t),
-                Value::Tensor(from_candle(&cin)?),
-                Value::Tensor(from_candle(&image)?),
-                Value::Float(self.strength),
-                Value::Bool(self.guess_mode),
-                Value::Bool(self.resize),
-            ],
-        )?;
+        let mut args = vec![
+            Value::Tensor(from_candle(&xin)?),
+            Value::Float(t),
+            Value::Tensor(from_candle(&cin)?),
+            Value::Tensor(from_candle(&image)?),
+            Value::Float(self.strength),
+            Value::Bool(self.guess_mode),
+            Value::Bool(self.resize),
+        ];
+        if let Some(a) = &added {
+            args.push(Value::Tensor(from_candle(a)?));
+        }
+        let out = self.controlnet.call(host, "residuals", args)?;
         let mut it = out.into_iter();
         let down = match it.next() {
             Some(v) => tensor_list(&v, "ControlNet residuals")?,
@@ -257,8 +269,14 @@ impl WrapperImpl for Controlled {
     fn denoise(&self, inner: &DenoiserClient, host: HostRef, mut req: DenoiseRequest) -> Denoised {
         if self.active(req.step) && self.strength != 0.0 {
             let ctx = req.cond.require_context("ControlNet")?.clone();
-            let (down, mid) =
-                self.residuals(host.sabi_reborrow(), &req.x, req.timestep, &ctx, req.step)?;
+            let (down, mid) = self.residuals(
+                host.sabi_reborrow(),
+                &req.x,
+                req.timestep,
+                &ctx,
+                req.cond.pooled.as_ref(),
+                req.step,
+            )?;
             let (down, mid) = match (
                 req.cond.get(names::CONTROL_DOWN),
                 req.cond.get(names::CONTROL_MID),
