@@ -50,6 +50,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from make_sd_fixtures import unet_to_ldm, vae_to_ldm  # noqa: E402
+from make_sdxl_fixtures import randomize as seeded  # noqa: E402
 
 FIX = pathlib.Path(__file__).resolve().parents[2] / "tests" / "fixtures"
 SDXL = FIX / "tiny-sdxl"
@@ -181,15 +182,13 @@ def sdxl():
 
 
 def randomize(model, seed, scale=0.1):
-    g = torch.Generator().manual_seed(seed)
+    """make_sdxl_fixtures.py's seeded weights, rounded to f16 values (the single file stores
+    them as f16)."""
+    model = seeded(model, seed, scale=scale)
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name and name.endswith("weight") and p.ndim == 1:
-                v = 1.0 + 0.1 * torch.randn(p.shape, generator=g)
-            else:
-                v = torch.randn(p.shape, generator=g) * (scale if p.ndim > 1 else 0.02)
-            p.copy_(v.half().float())  # f16 values: the single file stores them as f16
-    return model.eval()
+        for p in model.parameters():
+            p.copy_(p.half().float())
+    return model
 
 
 def sd2():
