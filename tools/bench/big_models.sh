@@ -11,12 +11,12 @@ cd "$root"
 py=tools/reference/.venv/bin/python
 dir="$(realpath -m "${1:-target/big-random}")"
 threads="$(nproc)"
-[ -f "$dir/sd35m/config.json" ] || $py tools/reference/bench_big_models.py "$dir" make
+[ -f "$dir/flux-width/config.json" ] || $py tools/reference/bench_big_models.py "$dir" make
 cargo bench -q -p latentflow-models --bench big_models --no-run
-for run in load:sdxl-unet load:sd35m step; do
+for run in load:sdxl-unet load:sd35m load:flux-width step; do
   LATENTFLOW_BIG="$dir" LATENTFLOW_BIG_RUN="$run" cargo bench -q -p latentflow-models --bench big_models
 done
-for name in sdxl-unet sd35m; do
+for name in sdxl-unet sd35m flux-width; do
   $py tools/reference/bench_big_models.py "$dir" load "$name"
 done
 $py tools/reference/bench_big_models.py "$dir" step "$threads"

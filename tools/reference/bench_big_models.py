@@ -4,7 +4,8 @@ ml/models/benches/big_models.rs and tools/bench/big_models.sh).
     tools/reference/.venv/bin/python tools/reference/bench_big_models.py DIR make
 writes random bf16 weights (N(0, 0.02), norms 1) at published configs to DIR: sdxl-unet/ (SDXL
 base 1.0's UNet, 2.57 B parameters, as a diffusers folder with LatentFlow's built-in config) and
-sd35m/ (SD3.5 medium's transformer, all 24 blocks, 2.24 B).
+sd35m/ (SD3.5 medium's transformer, all 24 blocks, 2.24 B), flux-width/ (FLUX.1-dev's width with
+2 of its 19 double- and 4 of its 38 single-stream blocks).
     tools/reference/.venv/bin/python tools/reference/bench_big_models.py DIR load NAME
 loads one of them with diffusers in bf16 and prints the peak RSS against the weight file;
     tools/reference/.venv/bin/python tools/reference/bench_big_models.py DIR step [threads]
@@ -41,7 +42,7 @@ def random_bf16(model):
 
 def make(d):
     from accelerate import init_empty_weights
-    from diffusers import SD3Transformer2DModel, UNet2DConditionModel
+    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel, UNet2DConditionModel
 
     cfg = json.loads((ROOT / "ml/models/configs/sdxl/unet.json").read_text())
     with init_empty_weights():
@@ -61,13 +62,22 @@ def make(d):
     out.mkdir(parents=True, exist_ok=True)
     save_file(random_bf16(sd3), str(out / "diffusion_pytorch_model.safetensors"))
     sd3.save_config(out)
+    with init_empty_weights():
+        flux = FluxTransformer2DModel(
+            in_channels=64, num_layers=2, num_single_layers=4, attention_head_dim=128, num_attention_heads=24,
+            joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+        )
+    out = d / "flux-width"
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(random_bf16(flux), str(out / "diffusion_pytorch_model.safetensors"))
+    flux.save_config(out)
     print("wrote", d)
 
 
 def load(d, name):
-    from diffusers import SD3Transformer2DModel, UNet2DConditionModel
+    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel, UNet2DConditionModel
 
-    cls = UNet2DConditionModel if name == "sdxl-unet" else SD3Transformer2DModel
+    cls = {"sdxl-unet": UNet2DConditionModel, "sd35m": SD3Transformer2DModel, "flux-width": FluxTransformer2DModel}[name]
     before = peak_gib()
     m = cls.from_pretrained(d / name, torch_dtype=torch.bfloat16)
     size = (d / name / "diffusion_pytorch_model.safetensors").stat().st_size / 2**30

@@ -1,17 +1,19 @@
 //! Full-size models on the CPU: the peak memory of loading SDXL base 1.0's UNet (2.57 B) and
-//! SD3.5 medium's transformer (2.47 B) from random bf16 weights at their published configs,
+//! SD3.5 medium's transformer (2.47 B), and FLUX.1-dev's width with 2 + 4 of its 19 + 38 blocks,
+//! from random bf16 weights at their published configs,
 //! against the weight file, and one SDXL UNet step (CFG batch 2 of a 4×64×64 latent, 77 tokens of
 //! 2048, pooled embedding and time ids; the mean of two after a warm-up). One measurement per
 //! process, so peaks do not mix:
 //!
 //!   tools/reference/.venv/bin/python tools/reference/bench_big_models.py target/big-random make
 //!   LATENTFLOW_BIG=$PWD/target/big-random LATENTFLOW_BIG_RUN=load:sdxl-unet cargo bench -p latentflow-models --bench big_models
-//! (`load:sd35m`, `step`). `tools/bench/big_models.sh` runs all of it and diffusers side by side.
+//! (`load:sd35m`, `load:flux-width`, `step`). `tools/bench/big_models.sh` runs all of it and diffusers side by side.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
+use latentflow_models::flux::Flux;
 use latentflow_models::sd::loader::{unet_folder, PredictionType};
 use latentflow_models::sd::unet::Extras;
 use latentflow_models::sd3::Sd3;
@@ -44,7 +46,7 @@ fn main() {
     };
     let dev = Device::Cpu;
     match run.as_str() {
-        "load:sdxl-unet" | "load:sd35m" => {
+        "load:sdxl-unet" | "load:sd35m" | "load:flux-width" => {
             let name = &run[5..];
             let dir = root.join(name);
             let before = peak_gib();
@@ -52,8 +54,11 @@ fn main() {
             if name == "sdxl-unet" {
                 let m = unet_folder(&dir, PredictionType::Epsilon).expect("unet");
                 std::hint::black_box(&m);
-            } else {
+            } else if name == "sd35m" {
                 let m = Sd3::load(&dir, &dev).expect("sd3");
+                std::hint::black_box(&m);
+            } else {
+                let m = Flux::load(&dir, &dev).expect("flux");
                 std::hint::black_box(&m);
             }
             let (peak, size) = (peak_gib(), file_gib(&dir));
