@@ -51,11 +51,13 @@ fn missing_pooled_or_wrong_sampler_is_refused() {
     .expect_code(4)
     .stderr_has("Flux needs CLIP's pooled embedding");
     // SD3's text cannot reach Flux: the families differ, refused before anything runs.
-    let mixed = text.replace("positive: positive.conditioning", "positive: words.conditioning")
-        + &format!(
+    let mixed = parity::foreign_positive(
+        &text,
+        &format!(
             "  sd3t:\n    type: dit.load_sd3_text\n    params: {{path: {}}}\n  words:\n    type: dit.sd3_encode\n    inputs: {{text: sd3t}}\n    params: {{text: a dog}}\n",
             fixture("tiny-sd3").display()
-        );
+        ),
+    );
     let bad = sb.write("bad.yaml", &mixed);
     sb.run(&["validate", &bad.display().to_string(), "--set", &model()])
         .expect_code(3);

@@ -52,3 +52,18 @@ pub fn compare(out: &Path, reference: &Path, what: &str) -> f32 {
     assert!(e <= 1e-4, "{what}: decoded image error {e:e}");
     worst
 }
+
+/// `text` with its sampler's positive conditioning taken from a node `words` that `nodes` (YAML
+/// node entries) define instead: another family's text, which validation must refuse.
+pub fn foreign_positive(text: &str, nodes: &str) -> String {
+    let wired = text.replacen(
+        "positive: positive.conditioning",
+        "positive: words.conditioning",
+        1,
+    );
+    assert!(
+        wired.contains("words.conditioning"),
+        "the graph's sampler moved; update this test"
+    );
+    wired + nodes
+}

@@ -56,11 +56,13 @@ fn an_sd2_single_file_is_typed_sd2_and_its_missing_configs_are_named() {
     let single = format!("model={}", fixture("tiny-sd2-single.safetensors").display());
     // The family comes from the file's keys before anything runs: SD 1.x text cannot reach it.
     let text = std::fs::read_to_string(graph("txt2img.yaml")).unwrap_or_default();
-    let mixed = text.replace("positive: positive.conditioning", "positive: words.conditioning")
-        + &format!(
+    let mixed = parity::foreign_positive(
+        &text,
+        &format!(
             "  sdm:\n    type: sd.load_checkpoint\n    params: {{path: {}}}\n  words:\n    type: sd.text_encode\n    inputs: {{clip: sdm.clip}}\n    params: {{text: a dog}}\n",
             fixture("tiny-sd").display()
-        );
+        ),
+    );
     let bad = sb.write("bad.yaml", &mixed);
     sb.run(&["validate", &bad.display().to_string(), "--set", &single])
         .expect_code(3)

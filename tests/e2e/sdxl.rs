@@ -126,11 +126,13 @@ fn missing_added_conditioning_or_sd1_text_is_refused() {
     .expect_code(4)
     .stderr_has("pooled text embedding and the time ids");
     // SD 1.x text cannot reach an SDXL UNet: refused before anything runs.
-    let mixed = text.replace("positive: positive.conditioning", "positive: words.conditioning")
-        + &format!(
+    let mixed = parity::foreign_positive(
+        &text,
+        &format!(
             "  sdm:\n    type: sd.load_checkpoint\n    params: {{path: {}}}\n  words:\n    type: sd.text_encode\n    inputs: {{clip: sdm.clip}}\n    params: {{text: a dog}}\n",
             fixture("tiny-sd").display()
-        );
+        ),
+    );
     let bad = sb.write("bad.yaml", &mixed);
     sb.run(&["validate", &bad.display().to_string(), "--set", &model()])
         .expect_code(3);
