@@ -6,7 +6,7 @@
 //! B·heads×Lq×Lk score matrix never exists at once: less memory, fewer page faults, warmer
 //! caches.
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
 /// Receives the attention probabilities (B×heads×Lq×Lk) of one call, for analysis such as DAAM.
 pub type ProbabilitySink<'a> = &'a (dyn Fn(&Tensor) + Sync);
@@ -25,7 +25,25 @@ pub struct Attend<'a> {
 const SCORE_BLOCK: usize = 4 << 20;
 
 /// `softmax(q·kᵀ + mask)·v` for q B×heads×Lq×d, k and v B×heads×Lk×d.
+///
+/// Half-precision inputs (bf16, f16) are computed in f32 and the result returned in their
+/// dtype: scores and their softmax in 8 bits of mantissa lose the small probabilities.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, opts: Attend) -> candle_core::Result<Tensor> {
+    let dtype = q.dtype();
+    if matches!(dtype, DType::BF16 | DType::F16) {
+        let wide = |t: &Tensor| t.to_dtype(DType::F32);
+        let mask = opts.mask.map(wide).transpose()?;
+        let out = attention(
+            &wide(q)?,
+            &wide(k)?,
+            &wide(v)?,
+            Attend {
+                mask: mask.as_ref(),
+                probabilities: opts.probabilities,
+            },
+        )?;
+        return out.to_dtype(dtype);
+    }
     if q.track_op() || k.track_op() || v.track_op() {
         return differentiable(q, k, v, opts);
     }

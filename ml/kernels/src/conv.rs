@@ -59,29 +59,51 @@ impl Conv {
         })
     }
 
-    fn pointwise_forward(&self, x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    fn pointwise_forward(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
         let (b, c, h, wd) = x.dims4()?;
         let o = w.dim(0)?;
         let out = w
             .broadcast_left(b)?
             .matmul(&x.reshape((b, c, h * wd))?)?
             .reshape((b, o, h, wd))?;
-        match self.inner.bias() {
-            Some(bias) => out.broadcast_add(&bias.reshape((1, o, 1, 1))?),
-            None => Ok(out),
-        }
+        add_bias(out, bias)
     }
 
-    fn im2col_forward(&self, x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
-        let out = im2col_conv(x, w)?;
-        self.add_bias(out)
+    /// Half-precision inputs: candle's CPU matrix product has no bf16/f16 kernel, so the layer
+    /// runs in f32 with its weights widened for the call (one layer's worth of f32 at a time;
+    /// the model keeps holding its weights as stored). The result is in the input's dtype.
+    fn widened_forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let f32 = candle_core::DType::F32;
+        let dtype = x.dtype();
+        let x = x.to_dtype(f32)?;
+        let bias = self.inner.bias().map(|b| b.to_dtype(f32)).transpose()?;
+        let out = match &self.matrix {
+            Some(w) if self.kernel == 1 => {
+                self.pointwise_forward(&x, &w.to_dtype(f32)?, bias.as_ref())?
+            }
+            Some(w) if x.dim(3)? > 1 => {
+                add_bias(im2col_conv(&x, &w.to_dtype(f32)?)?, bias.as_ref())?
+            }
+            _ => Conv2d::new(
+                self.inner.weight().to_dtype(f32)?,
+                bias,
+                *self.inner.config(),
+            )
+            .forward(&x)?,
+        };
+        out.to_dtype(dtype)
     }
+}
 
-    fn add_bias(&self, out: Tensor) -> candle_core::Result<Tensor> {
-        match self.inner.bias() {
-            Some(bias) => out.broadcast_add(&bias.reshape((1, bias.dim(0)?, 1, 1))?),
-            None => Ok(out),
-        }
+fn add_bias(out: Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    match bias {
+        Some(bias) => out.broadcast_add(&bias.reshape((1, bias.dim(0)?, 1, 1))?),
+        None => Ok(out),
     }
 }
 
@@ -225,19 +247,22 @@ fn im2col_band(img: &[f32], c: usize, h: usize, w: usize, y0: usize, n: usize) -
 
 impl Module for Conv {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        use candle_core::DType::{BF16, F16, F32};
+        let bias = self.inner.bias();
         match (&self.matrix, x.device(), x.dtype()) {
-            (Some(w), candle_core::Device::Cpu, candle_core::DType::F32) if self.kernel == 1 => {
-                self.pointwise_forward(x, w)
+            (Some(w), candle_core::Device::Cpu, F32) if self.kernel == 1 => {
+                self.pointwise_forward(x, w, bias)
             }
             // The im2col buffer is built outside candle's graph: inputs that record their
             // operations for gradients take it as a custom op with its own backward.
-            (Some(w), candle_core::Device::Cpu, candle_core::DType::F32) if x.dim(3)? > 1 => {
+            (Some(w), candle_core::Device::Cpu, F32) if x.dim(3)? > 1 => {
                 match (&self.input_op, x.track_op()) {
-                    (_, false) => self.im2col_forward(x, w),
-                    (Some(op), true) => self.add_bias(x.contiguous()?.apply_op1_arc(op.clone())?),
+                    (_, false) => add_bias(im2col_conv(x, w)?, bias),
+                    (Some(op), true) => add_bias(x.contiguous()?.apply_op1_arc(op.clone())?, bias),
                     (None, true) => self.inner.forward(x),
                 }
             }
+            (_, candle_core::Device::Cpu, BF16 | F16) => self.widened_forward(x),
             _ => self.inner.forward(x),
         }
     }

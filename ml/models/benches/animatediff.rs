@@ -49,7 +49,7 @@ fn main() {
     let dev = Device::Cpu;
     let src = Source::detect(&sd, None).expect("SD 1.5 folder");
     let t0 = Instant::now();
-    let unet = models::unet(&src).expect("unet");
+    let unet = models::unet(&src, candle_core::DType::F32).expect("unet");
     let adapter = MotionAdapter::load(&motion, unet.unet.config.norm_num_groups, &dev)
         .expect("motion adapter");
     println!(

@@ -7,12 +7,13 @@
 //!
 //!   tools/reference/.venv/bin/python tools/reference/bench_big_models.py target/big-random make
 //!   LATENTFLOW_BIG=$PWD/target/big-random LATENTFLOW_BIG_RUN=load:sdxl-unet cargo bench -p latentflow-models --bench big_models
-//! (`load:sd35m`, `load:flux-width`, `step`). `tools/bench/big_models.sh` runs all of it and diffusers side by side.
+//! (`load:sd35m`, `load:flux-width`, `step`); `LATENTFLOW_BIG_DTYPE=bf16` loads and computes in
+//! bf16 (weights held as stored). `tools/bench/big_models.sh` runs all of it and diffusers side by side.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use latentflow_models::flux::Flux;
 use latentflow_models::sd::loader::{unet_folder, PredictionType};
 use latentflow_models::sd::unet::Extras;
@@ -45,6 +46,10 @@ fn main() {
         return;
     };
     let dev = Device::Cpu;
+    let (dtype, label) = match std::env::var("LATENTFLOW_BIG_DTYPE").as_deref() {
+        Ok("bf16") => (DType::BF16, "bfloat16"),
+        _ => (DType::F32, "float32"),
+    };
     match run.as_str() {
         "load:sdxl-unet" | "load:sd35m" | "load:flux-width" => {
             let name = &run[5..];
@@ -52,24 +57,25 @@ fn main() {
             let before = peak_gib();
             let t0 = Instant::now();
             if name == "sdxl-unet" {
-                let m = unet_folder(&dir, PredictionType::Epsilon).expect("unet");
+                let m = unet_folder(&dir, PredictionType::Epsilon, dtype).expect("unet");
                 std::hint::black_box(&m);
             } else if name == "sd35m" {
-                let m = Sd3::load(&dir, &dev).expect("sd3");
+                let m = Sd3::load(&dir, dtype, &dev).expect("sd3");
                 std::hint::black_box(&m);
             } else {
-                let m = Flux::load(&dir, &dev).expect("flux");
+                let m = Flux::load(&dir, dtype, &dev).expect("flux");
                 std::hint::black_box(&m);
             }
             let (peak, size) = (peak_gib(), file_gib(&dir));
             println!(
-                "LatentFlow {name}: file {size:.2} GiB, peak RSS {peak:.2} GiB ({:.2}× the file; {before:.2} GiB before loading), loaded in {:.1} s",
+                "LatentFlow {name} ({label}): file {size:.2} GiB, peak RSS {peak:.2} GiB ({:.2}× the file; {before:.2} GiB before loading), loaded in {:.1} s",
                 peak / size,
                 t0.elapsed().as_secs_f64()
             );
         }
         "step" => {
-            let m = unet_folder(&root.join("sdxl-unet"), PredictionType::Epsilon).expect("unet");
+            let m =
+                unet_folder(&root.join("sdxl-unet"), PredictionType::Epsilon, dtype).expect("unet");
             let r = |s: &[usize]| Tensor::randn(0f32, 1.0, s, &dev).expect("randn");
             let (x, text, pooled) = (r(&[2, 4, 64, 64]), r(&[2, 77, 2048]), r(&[2, 1280]));
             let ids = Tensor::new(&[[512f32, 512., 0., 0., 512., 512.]; 2], &dev).expect("ids");
@@ -87,8 +93,9 @@ fn main() {
                 runs.push(t0.elapsed().as_secs_f64());
             }
             println!(
-                "LatentFlow sdxl-unet float32  step {:8.3} s (mean of {runs:.3?})",
-                runs.iter().sum::<f64>() / 2.0
+                "LatentFlow sdxl-unet {label:8} step {:8.3} s (mean of {runs:.3?}), peak RSS {:.2} GiB",
+                runs.iter().sum::<f64>() / 2.0,
+                peak_gib()
             );
         }
         other => {

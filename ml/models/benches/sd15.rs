@@ -74,7 +74,7 @@ fn main() {
     }
     if want("unet") {
         let t0 = Instant::now();
-        let unet = models::unet(&src).expect("unet");
+        let unet = models::unet(&src, candle_core::DType::F32).expect("unet");
         println!(
             "load unet              {:8.2} s",
             t0.elapsed().as_secs_f64()
@@ -92,7 +92,7 @@ fn main() {
     }
     if want("deepcache") {
         // 12 steps at 32×32, batch 2: plain, and DeepCache interval 3 (4 full + 8 shallow).
-        let unet = models::unet(&src).expect("unet");
+        let unet = models::unet(&src, candle_core::DType::F32).expect("unet");
         let ctx = Tensor::randn(0f32, 1.0, (2, 77, 768), &dev).expect("ctx");
         let x = Tensor::randn(0f32, 1.0, (2, 4, 32, 32), &dev).expect("x");
         let t0 = Instant::now();
@@ -129,7 +129,7 @@ fn main() {
     }
     if want("capture") {
         // Cross-attention capture: a UNet step at 32×32, batch 2, with and without the hook.
-        let unet = models::unet(&src).expect("unet");
+        let unet = models::unet(&src, candle_core::DType::F32).expect("unet");
         let ctx = Tensor::randn(0f32, 1.0, (2, 77, 768), &dev).expect("ctx");
         let x = Tensor::randn(0f32, 1.0, (2, 4, 32, 32), &dev).expect("x");
         let off = time(3, || {

@@ -12,7 +12,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use latentflow_models::dit::DiT;
 use latentflow_models::flux::Flux;
 use latentflow_models::pixart::PixArt;
@@ -59,14 +59,14 @@ fn main() {
         });
     }
     {
-        let m = Sd3::load(&root.join("sd3"), &dev).expect("sd3");
+        let m = Sd3::load(&root.join("sd3"), DType::F32, &dev).expect("sd3");
         let (x, text, pooled) = (r(&[2, 16, 64, 64]), r(&[2, 333, 4096]), r(&[2, 2048]));
         time("sd3", || {
             m.forward(&x, 500.0, &text, &pooled).expect("sd3 forward")
         });
     }
     {
-        let m = Flux::load(&root.join("flux"), &dev).expect("flux");
+        let m = Flux::load(&root.join("flux"), DType::F32, &dev).expect("flux");
         let (x, text, pooled) = (r(&[1, 16, 64, 64]), r(&[1, 512, 4096]), r(&[1, 768]));
         time("flux", || {
             m.forward(&x, 500.0, &text, &pooled, Some(3.5))

@@ -34,12 +34,12 @@ pub use latentflow_weights::Checked;
 pub(crate) fn transformer_parts<C: Checked + serde::de::DeserializeOwned>(
     path: &std::path::Path,
     what: &str,
+    dtype: candle_core::DType,
     device: &candle_core::Device,
 ) -> Result<(C, candle_nn::VarBuilder<'static>, std::path::PathBuf)> {
     let dir = transformer_folder(path, what)?;
     let config = C::from_file(&dir.join("config.json"))?;
-    let vb =
-        latentflow_weights::Weights::folder(&dir)?.var_builder(candle_core::DType::F32, device)?;
+    let vb = latentflow_weights::Weights::folder(&dir)?.var_builder(dtype, device)?;
     Ok((config, vb, dir))
 }
 

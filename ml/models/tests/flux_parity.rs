@@ -2,7 +2,7 @@
 //! `FluxTransformer2DModel` with the guidance embedding (dev) and without (schnell), square and
 //! non-square latents packed as the pipeline packs them; and `FluxPipeline.encode_prompt`.
 
-use candle_core::Device;
+use candle_core::{DType, Device};
 use latentflow_models::flux::text::FluxText;
 use latentflow_models::flux::Flux;
 use latentflow_testutil::{fixtures, load, rel_err};
@@ -14,7 +14,7 @@ fn flux_dev_and_schnell_match_diffusers() {
         ("tiny-flux", "out", Some(3.5)),
         ("tiny-flux-schnell", "schnell", None),
     ] {
-        let m = Flux::load(&fixtures().join(dir), &Device::Cpu).unwrap();
+        let m = Flux::load(&fixtures().join(dir), DType::F32, &Device::Cpu).unwrap();
         for (x, want) in [("x", tag.to_string()), ("x_wide", format!("{tag}_wide"))] {
             let got = m
                 .forward(&r[x], 421.5, &r["text"], &r["pooled"], guidance)
@@ -25,7 +25,7 @@ fn flux_dev_and_schnell_match_diffusers() {
         }
     }
     // dev needs the guidance scale; odd sizes do not pack.
-    let m = Flux::load(&fixtures().join("tiny-flux"), &Device::Cpu).unwrap();
+    let m = Flux::load(&fixtures().join("tiny-flux"), DType::F32, &Device::Cpu).unwrap();
     let e = m
         .forward(&r["x"], 1.0, &r["text"], &r["pooled"], None)
         .err()
@@ -63,7 +63,7 @@ fn bfl_single_file_loads_as_the_diffusers_folder() {
     let r = load("flux-ref/forward.safetensors");
     let file = fixtures().join("tiny-flux-bfl.safetensors");
     let cfg = fixtures().join("tiny-flux/transformer");
-    let m = Flux::load_file(&file, Some(&cfg), &Device::Cpu).unwrap();
+    let m = Flux::load_file(&file, Some(&cfg), DType::F32, &Device::Cpu).unwrap();
     let got = m
         .forward(&r["x_wide"], 421.5, &r["text"], &r["pooled"], Some(3.5))
         .unwrap();
@@ -71,7 +71,7 @@ fn bfl_single_file_loads_as_the_diffusers_folder() {
     eprintln!("Flux from BFL's layout: relative error {e:e}");
     assert!(e <= 1e-5, "Flux from BFL's layout: error {e:e}");
     // Without a config the tiny head width leaves the rotary axes unknown: it says so.
-    let e = Flux::load_file(&file, None, &Device::Cpu)
+    let e = Flux::load_file(&file, None, DType::F32, &Device::Cpu)
         .err()
         .map(|e| e.to_string())
         .unwrap_or_default();
@@ -80,6 +80,7 @@ fn bfl_single_file_loads_as_the_diffusers_folder() {
     let e = Flux::load_file(
         &fixtures().join("tiny-flux/transformer/diffusion_pytorch_model.safetensors"),
         None,
+        DType::F32,
         &Device::Cpu,
     )
     .err()

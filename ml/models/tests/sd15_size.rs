@@ -24,12 +24,12 @@ fn sd15_single_file_with_builtin_configs_equals_the_folder() {
     let dev = Device::Cpu;
     let x = Tensor::randn(0f32, 1.0, (1, 4, 16, 24), &dev).unwrap();
     let ctx = Tensor::randn(0f32, 1.0, (1, 77, 768), &dev).unwrap();
-    let a = models::unet(&folder)
+    let a = models::unet(&folder, candle_core::DType::F32)
         .unwrap()
         .unet
         .forward(&x, 321.0, &ctx, &Hooks::default())
         .unwrap();
-    let b = models::unet(&single)
+    let b = models::unet(&single, candle_core::DType::F32)
         .unwrap()
         .unet
         .forward(&x, 321.0, &ctx, &Hooks::default())

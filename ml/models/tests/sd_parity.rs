@@ -122,7 +122,7 @@ fn single_file_checkpoint_loads_the_same_model() {
         Some(&fixtures().join("tiny-sd")),
     )
     .unwrap();
-    check_unet(&models::unet(&src).unwrap().unet);
+    check_unet(&models::unet(&src, candle_core::DType::F32).unwrap().unet);
     check_clip(&models::text_encoder(&src).unwrap().model);
     let vae = models::vae(&src).unwrap();
     let io =
@@ -140,8 +140,8 @@ fn single_file_checkpoint_loads_the_same_model() {
 #[test]
 fn a_model_used_twice_is_loaded_once() {
     let src = Source::detect(&fixtures().join("tiny-sd"), None).unwrap();
-    let a = models::unet(&src).unwrap();
-    let b = models::unet(&src).unwrap();
+    let a = models::unet(&src, candle_core::DType::F32).unwrap();
+    let b = models::unet(&src, candle_core::DType::F32).unwrap();
     assert!(std::sync::Arc::ptr_eq(&a, &b));
 }
 
@@ -277,7 +277,7 @@ fn daam_aggregation_matches_the_reference() {
 fn lora_merges_like_diffusers_fuse_lora_and_shares_untouched_weights() {
     use latentflow_models::sd::lora;
     let src = Source::detect(&fixtures().join("tiny-sd"), None).unwrap();
-    let base_unet = models::unet(&src).unwrap();
+    let base_unet = models::unet(&src, candle_core::DType::F32).unwrap();
     let base_te = models::text_encoder(&src).unwrap();
     let r = load("lora.safetensors");
     let u = load("unet.safetensors");

@@ -12,7 +12,7 @@ use latentflow_testutil::{fixtures, load, rel_err};
 fn sdxl_unet_matches_diffusers() {
     let r = load("sdxl-ref/forward.safetensors");
     let src = Source::detect(&fixtures().join("tiny-sdxl"), None).unwrap();
-    let loaded = loader::unet(&src).unwrap();
+    let loaded = loader::unet(&src, candle_core::DType::F32).unwrap();
     let unet = &loaded.unet;
     let added = Tensor::cat(&[&r["pooled"], &r["time_ids"]], 1).unwrap();
     let extras = Extras {

@@ -6,11 +6,16 @@ use candle_core::{DType, Device};
 use candle_core::{Module, Tensor};
 use candle_nn::{linear, LayerNorm, Linear, VarBuilder};
 
-/// A layer norm without parameters (`elementwise_affine=False`).
-pub fn plain_layer_norm(dim: usize, eps: f64, device: &Device) -> candle_core::Result<LayerNorm> {
+/// A layer norm without parameters (`elementwise_affine=False`) for inputs of `dtype`.
+pub fn plain_layer_norm(
+    dim: usize,
+    eps: f64,
+    dtype: DType,
+    device: &Device,
+) -> candle_core::Result<LayerNorm> {
     Ok(LayerNorm::new(
-        Tensor::ones(dim, DType::F32, device)?,
-        Tensor::zeros(dim, DType::F32, device)?,
+        Tensor::ones(dim, dtype, device)?,
+        Tensor::zeros(dim, dtype, device)?,
         eps,
     ))
 }
@@ -38,7 +43,7 @@ impl AdaLayerNormZero {
     /// `linear` (dim → 6·dim) under `vb`; the norm has no parameters (ε 1e-6).
     pub fn new(vb: VarBuilder, dim: usize) -> candle_core::Result<Self> {
         Ok(Self {
-            norm: plain_layer_norm(dim, 1e-6, vb.device())?,
+            norm: plain_layer_norm(dim, 1e-6, vb.dtype(), vb.device())?,
             linear: linear(dim, 6 * dim, vb.pp("linear"))?,
             dim,
         })

@@ -163,7 +163,12 @@ impl PatchEmbed {
         };
         let proj = Conv::new(cfg.in_channels, cfg.dim, cfg.patch, conv, vb.pp("proj"))?;
         let norm = if cfg.layer_norm {
-            Some(crate::adaln::plain_layer_norm(cfg.dim, 1e-6, vb.device())?)
+            Some(crate::adaln::plain_layer_norm(
+                cfg.dim,
+                1e-6,
+                vb.dtype(),
+                vb.device(),
+            )?)
         } else {
             None
         };

@@ -85,7 +85,11 @@ impl Attention {
         bias: Option<&Tensor>,
         hook: Option<(&str, AttentionHook)>,
     ) -> candle_core::Result<Tensor> {
-        let ctx = context.unwrap_or(x);
+        // A context of another dtype (f32 text features for a bf16 model) is converted.
+        let ctx = &match context {
+            Some(c) => c.to_dtype(x.dtype())?,
+            None => x.clone(),
+        };
         let (b, l, _) = x.dims3()?;
         let scale = (self.dim_head as f64).powf(-0.5);
         let q = self.split((self.q.forward(x)? * scale)?)?;

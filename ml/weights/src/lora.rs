@@ -225,10 +225,16 @@ pub fn apply(
             stored: stored.clone(),
         })?;
         let base = replaced.get(&stored).unwrap_or(w);
-        let merged = (base + delta(u, w, multiplier)?).map_err(|source| MergeError::Candle {
-            module: u.module.clone(),
-            source,
-        })?;
+        // Merged in f32 and held in the store's dtype (bf16 weights stay bf16).
+        let d = delta(u, w, multiplier)?;
+        let merged = base
+            .to_dtype(candle_core::DType::F32)
+            .and_then(|b| b + d)
+            .and_then(|m| m.to_dtype(base.dtype()))
+            .map_err(|source| MergeError::Candle {
+                module: u.module.clone(),
+                source,
+            })?;
         replaced.insert(stored, merged);
     }
     let patched = replaced.len();

@@ -18,11 +18,24 @@ pub struct Store {
     rename: Option<Rename>,
     /// Parameter names (model spelling) that the model built from this store asked for.
     names: Arc<Mutex<Vec<String>>>,
+    /// The dtype the tensors are held in and a model built from them computes in.
+    dtype: DType,
 }
 
 impl Store {
     /// Loads (as f32) the tensors of `weights` whose stored name passes `keep`.
     pub fn load(weights: &Weights, keep: impl Fn(&str) -> bool) -> Result<Self, WeightsError> {
+        Self::load_as(weights, keep, DType::F32)
+    }
+
+    /// Loads the tensors of `weights` whose stored name passes `keep` as `dtype`: a tensor
+    /// stored in `dtype` is read as it is, into its one buffer, so a bf16 file held in bf16
+    /// costs its size once.
+    pub fn load_as(
+        weights: &Weights,
+        keep: impl Fn(&str) -> bool,
+        dtype: DType,
+    ) -> Result<Self, WeightsError> {
         let mut tensors = HashMap::new();
         for file in weights.files() {
             // One file at a time, one tensor at a time: nothing is held twice.
@@ -32,7 +45,7 @@ impl Store {
             for name in names {
                 let t = files
                     .read(name, &Device::Cpu)
-                    .and_then(|t| t.to_dtype(DType::F32))
+                    .and_then(|t| t.to_dtype(dtype))
                     .map_err(|e| WeightsError::Tensor {
                         path: file.clone(),
                         name: name.to_string(),
@@ -45,17 +58,24 @@ impl Store {
             tensors: Arc::new(tensors),
             rename: weights.rename().cloned(),
             names: Default::default(),
+            dtype,
         })
     }
 
-    /// A store over tensors already under the model's names (a layout mapped by hand: fused
-    /// tensors split, transposed ones turned).
+    /// A store over f32 tensors already under the model's names (a layout mapped by hand:
+    /// fused tensors split, transposed ones turned).
     pub fn from_tensors(tensors: HashMap<String, Tensor>) -> Self {
         Self {
             tensors: Arc::new(tensors),
             rename: None,
             names: Default::default(),
+            dtype: DType::F32,
         }
+    }
+
+    /// The dtype of the tensors, and of the models built from them.
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     /// The stored name of a model parameter.
@@ -79,7 +99,7 @@ impl Store {
     /// A var builder over the tensors (no copies); records the names asked for.
     pub fn var_builder(&self) -> VarBuilder<'static> {
         let map: HashMap<String, Tensor> = (*self.tensors).clone();
-        let vb = VarBuilder::from_tensors(map, DType::F32, &Device::Cpu);
+        let vb = VarBuilder::from_tensors(map, self.dtype, &Device::Cpu);
         let rename = self.rename.clone();
         let names = self.names.clone();
         vb.rename_f(move |name| {
@@ -102,6 +122,7 @@ impl Store {
             tensors: Arc::new(map),
             rename: self.rename.clone(),
             names: Default::default(),
+            dtype: self.dtype,
         }
     }
 }

@@ -10,7 +10,7 @@ use candle_core::Device;
 use latentflow_models::flux::text::FluxText;
 use latentflow_models::flux::{Flux, FluxConfig};
 use latentflow_models::Checked;
-use latentflow_plugin_api::sdk::candle::{from_candle, to_candle_f32};
+use latentflow_plugin_api::sdk::candle::{compute_dtype, dtype_param, from_candle, to_candle_f32};
 use latentflow_plugin_api::sdk::denoiser::{
     denoiser_handle, DenoiseOutput, DenoiseRequest, Denoised, DenoiserImpl, DenoiserInfo,
     PredictionKind,
@@ -92,10 +92,11 @@ fn config(path: &Path, given: Option<&Path>) -> Result<FluxConfig, NodeError> {
 
 fn load(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
     let path = PathBuf::from(p.str("path")?);
+    let dtype = compute_dtype(p)?;
     let model = if path.is_file() {
-        Flux::load_file(&path, config_param(p)?.as_deref(), &Device::Cpu)
+        Flux::load_file(&path, config_param(p)?.as_deref(), dtype, &Device::Cpu)
     } else {
-        Flux::load(&path, &Device::Cpu)
+        Flux::load(&path, dtype, &Device::Cpu)
     }
     .map_err(fail)?;
     let guidance = model.config.guidance_embeds.then_some(p.f64("guidance")?);
@@ -120,6 +121,7 @@ pub fn nodes() -> Vec<NodeDef> {
             .doc("Loads a FLUX.1 transformer (diffusers' FluxTransformer2DModel: double- and single-stream blocks, 3-axis RoPE, the guidance embedding of dev): a pipeline folder (transformer/), a transformer folder, or BFL's original single file (fused q/k/v; mapped onto diffusers' names, fused matrices split without copying). A flow-matching Denoiser of family flux over the latent (N×C×H×W, H and W even: it packs 2×2 cells per token itself). Sample it with flow_euler, dynamic_shift and flow_grid flux, as FluxPipeline does, cfg 1 (dev takes `guidance` instead). Load the VAE with sd.load_vae on the same folder. The config is checked before anything runs.")
             .param(Param::path("path").doc("Flux pipeline folder, a transformer folder, or a single file in Black Forest Labs' layout (flux1-dev.safetensors)"))
             .param(Param::path("config").default("").doc("single files: a diffusers transformer folder (or its config.json) with the architecture; empty: read off the file (FLUX.1's rotary axes)"))
+            .param(dtype_param())
             .param(Param::float("guidance").default(3.5).range(0.0, 100.0).doc("the embedded guidance scale (FLUX.1 dev; schnell has none and ignores it)"))
             .output("model", PortType::handle_of("Denoiser", Family::named(FLUX)), "Flux, as a flow-matching denoiser")
             .infer(|p| {

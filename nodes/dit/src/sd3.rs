@@ -9,7 +9,7 @@ use candle_core::Device;
 use latentflow_models::sd3::text::Sd3Text;
 use latentflow_models::sd3::{Sd3, Sd3Config};
 use latentflow_models::Checked;
-use latentflow_plugin_api::sdk::candle::{from_candle, to_candle_f32};
+use latentflow_plugin_api::sdk::candle::{compute_dtype, dtype_param, from_candle, to_candle_f32};
 use latentflow_plugin_api::sdk::denoiser::{
     denoiser_handle, DenoiseOutput, DenoiseRequest, Denoised, DenoiserImpl, DenoiserInfo,
     PredictionKind,
@@ -66,10 +66,11 @@ fn config_param(p: &Params) -> Result<Option<PathBuf>, NodeError> {
 
 fn load(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
     let path = PathBuf::from(p.str("path")?);
+    let dtype = compute_dtype(p)?;
     let model = if path.is_file() {
-        Sd3::load_file(&path, config_param(p)?.as_deref(), &Device::Cpu)
+        Sd3::load_file(&path, config_param(p)?.as_deref(), dtype, &Device::Cpu)
     } else {
-        Sd3::load(&path, &Device::Cpu)
+        Sd3::load(&path, dtype, &Device::Cpu)
     }
     .map_err(fail)?;
     let d = Sd3Denoiser {
@@ -130,6 +131,7 @@ pub fn nodes() -> Vec<NodeDef> {
             .doc("Loads an SD3 or SD3.5 transformer (diffusers' SD3Transformer2DModel: MMDiT, SD3.5's qk RMS norm and MMDiT-X dual attention): a pipeline folder (transformer/), a transformer folder, or Stability AI's original single file (fused q/k/v; mapped onto diffusers' names, fused matrices split without copying; dit.load_sd3_text and sd.load_vae read the text encoders and VAE a bundled file holds). A flow-matching Denoiser of family sd3: sample it with flow_euler (shift 3 for SD3), or dpmpp_2m / unipc, with dit.sd3_encode's conditioning and pooled embedding; any latent whose patch grid fits pos_embed_max_size. Load the VAE with sd.load_vae on the same folder. The config is checked before anything runs.")
             .param(Param::path("path").doc("SD3 pipeline folder, a transformer folder, or a single file in Stability AI's layout (sd3_medium.safetensors)"))
             .param(Param::path("config").default("").doc("single files: a diffusers transformer or pipeline folder (or a config.json) with the architecture; empty: read off the file"))
+            .param(dtype_param())
             .output("model", model(), "SD3, as a flow-matching denoiser")
             .infer(|p| {
                 let path = PathBuf::from(p.str("path")?);

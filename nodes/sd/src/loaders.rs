@@ -9,6 +9,7 @@ use latentflow_models::sd::loader::{self, Source};
 use latentflow_models::sd::vae::Vae;
 use latentflow_models::sd::Family as SdFamily;
 use latentflow_models::Checked;
+use latentflow_plugin_api::sdk::candle::{compute_dtype, dtype_param};
 use latentflow_plugin_api::sdk::denoiser::PredictionKind;
 use latentflow_plugin_api::sdk::prelude::*;
 
@@ -51,7 +52,7 @@ fn clip(f: SdFamily) -> PortType {
 
 fn load_checkpoint(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
     let src = source(p)?;
-    let unet = loader::unet(&src).map_err(fail)?;
+    let unet = loader::unet(&src, compute_dtype(p)?).map_err(fail)?;
     let fam = unet.family;
     let text = loader::text_encoder(&src).map_err(fail)?;
     let vae = loader::vae(&src).map_err(fail)?;
@@ -73,16 +74,18 @@ fn prediction(p: &Params) -> Result<Option<PredictionKind>, NodeError> {
 fn load_unet(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
     let path = PathBuf::from(p.str("path")?);
     let over = prediction(p)?;
+    let dtype = compute_dtype(p)?;
     let d = if path.is_dir() && !path.join("config.json").exists() {
         // A pipeline folder: its unet/ and scheduler config.
-        loader::unet(&Source::detect(&path, None).map_err(fail)?).map_err(fail)?
+        loader::unet(&Source::detect(&path, None).map_err(fail)?, dtype).map_err(fail)?
     } else if path.is_dir() {
-        loader::component(&path, "unet", |dir| {
-            loader::unet_folder(dir, loader::PredictionType::Epsilon)
+        let key = loader::unet_key(dtype).map_err(fail)?;
+        loader::component(&path, key, |dir| {
+            loader::unet_folder(dir, loader::PredictionType::Epsilon, dtype)
         })
         .map_err(fail)?
     } else {
-        loader::unet(&source(p)?).map_err(fail)?
+        loader::unet(&source(p)?, dtype).map_err(fail)?
     };
     let obj = UNetDenoiser::new(d, path.display().to_string(), over);
     Ok(vec![Value::Object(obj.handle())])
@@ -172,8 +175,9 @@ pub fn nodes() -> Vec<NodeDef> {
     vec![
         model_path(
             NodeDef::new("sd.load_checkpoint", load_checkpoint)
-                .doc("Loads a Stable Diffusion 1.x/2.x model: a diffusers folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/) or a single-file .safetensors checkpoint with the original key names (SD 1.x's CLIP, SD 2.x's OpenCLIP). Every architecture parameter comes from the config files; weights are read once, tensor by tensor, f32/f16/bf16 load (computed in f32); a model used by several nodes is loaded once. The model's family (sd1, sd2) is read from its config or its keys before anything runs.")
+                .doc("Loads a Stable Diffusion 1.x/2.x model: a diffusers folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/) or a single-file .safetensors checkpoint with the original key names (SD 1.x's CLIP, SD 2.x's OpenCLIP). Every architecture parameter comes from the config files; weights are read once, tensor by tensor, f32/f16/bf16 load; the UNet computes in `dtype` (text encoder and VAE in f32); a model used by several nodes is loaded once. The model's family (sd1, sd2) is read from its config or its keys before anything runs.")
                 .param(Param::choice("prediction", &["auto", "epsilon", "v_prediction", "sample"]).default("auto").doc("auto: the pipeline's scheduler config; single files without one: v_prediction for SD 2.x (SD 2.1 768; use epsilon for the 512 base models), else epsilon"))
+                .param(dtype_param())
                 .output("model", PortType::handle_of("Denoiser", f()), "the UNet, as a denoiser for samplers")
                 .output("clip", PortType::handle_of("Clip", f()), "tokenizer and text encoder")
                 .output("vae", PortType::handle("Vae"), "the VAE")
@@ -193,6 +197,7 @@ pub fn nodes() -> Vec<NodeDef> {
                 .doc("Loads only a UNet: a diffusers unet/ folder, a pipeline folder, or a single-file checkpoint.")
                 .output("model", PortType::handle_of("Denoiser", f()), "the UNet, as a denoiser")
                 .param(Param::choice("prediction", &["auto", "epsilon", "v_prediction", "sample"]).default("auto").doc("auto: the pipeline's scheduler config; single files without one: v_prediction for SD 2.x, else epsilon"))
+                .param(dtype_param())
                 .infer(|p| Ok(vec![denoiser(family(p)?)])),
             "unet/ folder, pipeline folder or checkpoint",
         ),

@@ -10,7 +10,7 @@
 use candle_core::{DType as CDType, Device, Storage};
 
 use crate::error::NodeError;
-use crate::sdk::stats;
+use crate::sdk::{stats, Param, Params};
 use crate::tensor::{DLDevice, Tensor};
 use crate::types::DType;
 
@@ -40,6 +40,22 @@ fn to_candle_dtype(d: DType) -> CDType {
         DType::U8 => CDType::U8,
         DType::U32 => CDType::U32,
         DType::I64 => CDType::I64,
+    }
+}
+
+/// The `dtype` parameter of model loaders: the dtype a model computes in.
+pub fn dtype_param() -> Param {
+    Param::choice("dtype", &["f32", "bf16"])
+        .default("f32")
+        .doc("compute dtype: f32 (the reference's numbers) or bf16 (half the memory; weights stored in bf16 are then held as they are, and results differ from f32 by about 1e-2)")
+}
+
+/// The compute dtype named by a node's [`dtype_param`].
+pub fn compute_dtype(p: &Params) -> Result<CDType, NodeError> {
+    match p.str("dtype")? {
+        "f32" => Ok(CDType::F32),
+        "bf16" => Ok(CDType::BF16),
+        other => Err(NodeError::invalid(format!("dtype `{other}`: f32 or bf16"))),
     }
 }
 

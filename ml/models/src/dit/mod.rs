@@ -45,7 +45,7 @@ impl Block {
                 c.attention_head_dim,
                 c.attention_bias,
             )?,
-            norm2: plain_layer_norm(dim, c.norm_eps, vb.device())?,
+            norm2: plain_layer_norm(dim, c.norm_eps, vb.dtype(), vb.device())?,
             ff: GeluFeedForward::new(vb.pp("ff"), dim)?,
         })
     }
@@ -83,7 +83,8 @@ impl DiT {
     /// Loads a diffusers `DiTTransformer2DModel` folder (`config.json` and weights, sharded or
     /// not), or a pipeline folder holding one in `transformer/`.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        let (config, vb, dir) = crate::transformer_parts::<DiTConfig>(path, "DiT", device)?;
+        let (config, vb, dir) =
+            crate::transformer_parts::<DiTConfig>(path, "DiT", candle_core::DType::F32, device)?;
         Self::new(config, vb, &dir)
     }
 
@@ -114,7 +115,7 @@ impl DiT {
             Ok(Self {
                 patch,
                 blocks,
-                norm_out: plain_layer_norm(dim, 1e-6, vb.device())?,
+                norm_out: plain_layer_norm(dim, 1e-6, vb.dtype(), vb.device())?,
                 proj_out_1: linear(dim, 2 * dim, vb.pp("proj_out_1"))?,
                 proj_out_2: linear(
                     dim,

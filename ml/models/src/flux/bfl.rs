@@ -101,13 +101,14 @@ pub fn config(files: &TensorFiles, source: &Path) -> Result<FluxConfig> {
 pub fn tensors(
     files: &TensorFiles,
     c: &FluxConfig,
+    dtype: DType,
     source: &Path,
 ) -> Result<HashMap<String, Tensor>> {
     let dev = Device::Cpu;
     let read = |name: &str| -> Result<Tensor> {
         files
             .read(name, &dev)
-            .and_then(|t| t.to_dtype(DType::F32))
+            .and_then(|t| t.to_dtype(dtype))
             .map_err(|e| ModelError::format(source, format!("{name}: {e}")))
     };
     let mut out = HashMap::new();

@@ -52,7 +52,10 @@ impl TimeText {
     /// `t` and `g` already ×1000, as the model scales them.
     fn forward(&self, t: f64, g: Option<f64>, pooled: &Tensor) -> candle_core::Result<Tensor> {
         let b = pooled.dim(0)?;
-        let f = |v: f64| timestep_features(&vec![v; b], 256, true, 0.0, pooled.device());
+        let f = |v: f64| {
+            timestep_features(&vec![v; b], 256, true, 0.0, pooled.device())?
+                .to_dtype(pooled.dtype())
+        };
         let mut emb = self.timestep.forward(&f(t)?)?;
         if let (Some(ge), Some(g)) = (&self.guidance, g) {
             emb = (emb + ge.forward(&f(g)?)?)?;
@@ -96,13 +99,16 @@ fn rope(
 }
 
 /// x·cos + rotate(x)·sin with pairs (x₂ᵢ, x₂ᵢ₊₁) rotated to (−x₂ᵢ₊₁, x₂ᵢ); x B×H×L×D.
+/// Computed in f32 (the tables' dtype) whatever `x`'s, as diffusers does; returned in `x`'s.
 fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+    let dtype = x.dtype();
+    let x = &x.to_dtype(DType::F32)?;
     let (b, h, l, d) = x.dims4()?;
     let pairs = x.reshape((b, h, l, d / 2, 2))?;
     let re = pairs.narrow(4, 0, 1)?;
     let im = pairs.narrow(4, 1, 1)?;
     let rotated = Tensor::cat(&[&im.neg()?, &re], 4)?.reshape((b, h, l, d))?;
-    x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?
+    (x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?.to_dtype(dtype)
 }
 
 /// One double-stream block.
@@ -151,7 +157,7 @@ impl DoubleBlock {
             to_add_out: linear(dim, dim, attn.pp("to_add_out"))?,
             ff: GeluFeedForward::new(vb.pp("ff"), dim)?,
             ff_context: GeluFeedForward::new(vb.pp("ff_context"), dim)?,
-            norm: plain_layer_norm(dim, 1e-6, vb.device())?,
+            norm: plain_layer_norm(dim, 1e-6, vb.dtype(), vb.device())?,
             heads: c.num_attention_heads,
         })
     }
@@ -213,7 +219,7 @@ impl SingleBlock {
             )?,
             proj_mlp: linear(dim, mlp, vb.pp("proj_mlp"))?,
             proj_out: linear(dim + mlp, dim, vb.pp("proj_out"))?,
-            layer_norm: plain_layer_norm(dim, 1e-6, vb.device())?,
+            layer_norm: plain_layer_norm(dim, 1e-6, vb.dtype(), vb.device())?,
             heads: c.num_attention_heads,
         })
     }
@@ -254,16 +260,24 @@ pub struct Flux {
 
 impl Flux {
     /// Loads a diffusers `FluxTransformer2DModel` folder (`config.json`, weights sharded or
-    /// not), or a pipeline folder holding one in `transformer/`.
-    pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        let (config, vb, dir) = crate::transformer_parts::<FluxConfig>(path, "Flux", device)?;
+    /// not), or a pipeline folder holding one in `transformer/`, to compute in `dtype` (`F32`,
+    /// or `BF16`: weights stored in bf16 are then held as they are).
+    pub fn load(path: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        let (config, vb, dir) =
+            crate::transformer_parts::<FluxConfig>(path, "Flux", dtype, device)?;
         Self::new(config, vb, &dir)
     }
 
     /// Loads a single file in Black Forest Labs' layout (`flux1-dev.safetensors`); `config`
     /// (a diffusers transformer folder or its `config.json`) gives the architecture, else it is
-    /// read off the file's shapes (FLUX.1's rotary axes assumed).
-    pub fn load_file(file: &Path, config: Option<&Path>, device: &Device) -> Result<Self> {
+    /// read off the file's shapes (FLUX.1's rotary axes assumed). `dtype` as for
+    /// [`Flux::load`].
+    pub fn load_file(
+        file: &Path,
+        config: Option<&Path>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         let files = latentflow_weights::TensorFiles::open(&[file.to_path_buf()])?;
         if !bfl::is_bfl(&files) {
             return Err(ModelError::format(
@@ -272,8 +286,8 @@ impl Flux {
             ));
         }
         let config = crate::single_file_config(file, config, || bfl::config(&files, file))?;
-        let tensors = bfl::tensors(&files, &config, file)?;
-        let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+        let tensors = bfl::tensors(&files, &config, dtype, file)?;
+        let vb = VarBuilder::from_tensors(tensors, dtype, device);
         Self::new(config, vb, file)
     }
 
@@ -298,7 +312,7 @@ impl Flux {
                     .map(|i| SingleBlock::new(vb.pp(format!("single_transformer_blocks.{i}")), c))
                     .collect::<candle_core::Result<_>>()?,
                 norm_out: Modulator::new(vb.pp("norm_out"), dim, 2)?,
-                norm: plain_layer_norm(dim, 1e-6, vb.device())?,
+                norm: plain_layer_norm(dim, 1e-6, vb.dtype(), vb.device())?,
                 proj_out: linear(dim, c.out(), vb.pp("proj_out"))?,
                 config: c.clone(),
                 source: source.to_path_buf(),
@@ -358,7 +372,20 @@ impl Flux {
                 "this Flux model embeds the guidance scale (FLUX.1 dev): give one",
             ));
         }
-        Ok(self.run(x, t, text, pooled, guidance)?)
+        let d = self.dtype();
+        let out = self.run(
+            &x.to_dtype(d)?,
+            t,
+            &text.to_dtype(d)?,
+            &pooled.to_dtype(d)?,
+            guidance,
+        )?;
+        Ok(out.to_dtype(DType::F32)?)
+    }
+
+    /// The compute dtype (the weights').
+    pub fn dtype(&self) -> DType {
+        self.x_embedder.weight().dtype()
     }
 
     fn run(

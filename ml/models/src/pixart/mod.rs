@@ -114,10 +114,10 @@ impl Block {
         );
         Ok(Self {
             table: vb.get((6, dim), "scale_shift_table")?,
-            norm1: plain_layer_norm(dim, c.norm_eps, vb.device())?,
+            norm1: plain_layer_norm(dim, c.norm_eps, vb.dtype(), vb.device())?,
             attn1: Attention::with_bias(vb.pp("attn1"), dim, dim, h, d, bias)?,
             attn2: Attention::with_bias(vb.pp("attn2"), dim, dim, h, d, bias)?,
-            norm2: plain_layer_norm(dim, c.norm_eps, vb.device())?,
+            norm2: plain_layer_norm(dim, c.norm_eps, vb.dtype(), vb.device())?,
             ff: GeluFeedForward::new(vb.pp("ff"), dim)?,
         })
     }
@@ -171,7 +171,8 @@ impl PixArt {
     /// Loads a diffusers `PixArtTransformer2DModel` folder (`config.json`, weights sharded or
     /// not), or a pipeline folder holding one in `transformer/`.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        let (config, vb, dir) = crate::transformer_parts::<PixArtConfig>(path, "PixArt", device)?;
+        let (config, vb, dir) =
+            crate::transformer_parts::<PixArtConfig>(path, "PixArt", DType::F32, device)?;
         Self::new(config, vb, &dir)
     }
 
@@ -214,7 +215,7 @@ impl PixArt {
                 adaln: AdaLnSingle::new(vb.pp("adaln_single"), dim, c.additional_conditions())?,
                 caption,
                 blocks,
-                norm_out: plain_layer_norm(dim, 1e-6, vb.device())?,
+                norm_out: plain_layer_norm(dim, 1e-6, vb.dtype(), vb.device())?,
                 table: vb.get((2, dim), "scale_shift_table")?,
                 proj_out: linear(
                     dim,

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 
-use candle_core::Device;
+use candle_core::{DType, Device};
 use latentflow_weights::{ConfigSource, Header, Store, TensorFiles, Weights};
 
 use super::checkpoint::{self, Layout};
@@ -66,10 +66,11 @@ pub struct LoadedUNet {
     pub family: super::Family,
 }
 
-/// A UNet from a diffusers `unet/` folder.
-pub fn unet_folder(dir: &Path, prediction: PredictionType) -> Result<LoadedUNet> {
+/// A UNet from a diffusers `unet/` folder, computing in `dtype` (`F32`, or `BF16`: weights
+/// stored in bf16 are then held as they are).
+pub fn unet_folder(dir: &Path, prediction: PredictionType, dtype: DType) -> Result<LoadedUNet> {
     let config = UNetConfig::from_file(&dir.join("config.json"))?;
-    let store = Store::load(&Weights::folder(dir)?, |_| true)?;
+    let store = Store::load_as(&Weights::folder(dir)?, |_| true, dtype)?;
     let family = super::Family::of_unet(&config);
     let unet = UNet::new(config, store.var_builder(), dir)?;
     Ok(LoadedUNet {
@@ -206,10 +207,21 @@ pub fn prediction_type(dir: &Path) -> Result<PredictionType> {
     }
 }
 
-/// The UNet of a model.
-pub fn unet(src: &Source) -> Result<Arc<LoadedUNet>> {
-    shared((src.clone(), "unet"), || match src {
-        Source::Pipeline(dir) => unet_folder(&dir.join("unet"), prediction_type(dir)?),
+/// The cache key of a UNet loaded to compute in `dtype` (one model per dtype).
+pub fn unet_key(dtype: DType) -> Result<&'static str> {
+    match dtype {
+        DType::F32 => Ok("unet"),
+        DType::BF16 => Ok("unet:bf16"),
+        other => Err(ModelError::invalid(format!(
+            "a UNet computes in f32 or bf16, not {other:?}"
+        ))),
+    }
+}
+
+/// The UNet of a model, computing in `dtype` (see [`unet_folder`]).
+pub fn unet(src: &Source, dtype: DType) -> Result<Arc<LoadedUNet>> {
+    shared((src.clone(), unet_key(dtype)?), || match src {
+        Source::Pipeline(dir) => unet_folder(&dir.join("unet"), prediction_type(dir)?, dtype),
         Source::Checkpoint(file, cfg_dir) => {
             let info = checkpoint::inspect(file)?;
             let mut config = UNetConfig::load(&src.config("unet", info.layout)?)?;
@@ -225,7 +237,7 @@ pub fn unet(src: &Source) -> Result<Arc<LoadedUNet>> {
                 )
             })?;
             let w = Weights::renamed(file, checkpoint::unet_rename(layers, config.up_cross()));
-            let store = Store::load(&w, |n| n.starts_with(checkpoint::UNET_PREFIX))?;
+            let store = Store::load_as(&w, |n| n.starts_with(checkpoint::UNET_PREFIX), dtype)?;
             let prediction = match cfg_dir {
                 Some(d) => prediction_type(d)?,
                 None => info.layout.default_prediction(),

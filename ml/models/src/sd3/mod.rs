@@ -44,7 +44,8 @@ impl TimeText {
 
     fn forward(&self, t: f64, pooled: &Tensor) -> candle_core::Result<Tensor> {
         let b = pooled.dim(0)?;
-        let f = timestep_features(&vec![t; b], 256, true, 0.0, pooled.device())?;
+        let f = timestep_features(&vec![t; b], 256, true, 0.0, pooled.device())?
+            .to_dtype(pooled.dtype())?;
         let temb = self.timestep.forward(&f)?;
         let p = self
             .text_2
@@ -128,7 +129,7 @@ impl JointBlock {
             } else {
                 Some(GeluFeedForward::new(vb.pp("ff_context"), dim)?)
             },
-            norm: plain_layer_norm(dim, 1e-6, vb.device())?,
+            norm: plain_layer_norm(dim, 1e-6, vb.dtype(), vb.device())?,
             heads: c.num_attention_heads,
         })
     }
@@ -198,16 +199,23 @@ pub struct Sd3 {
 
 impl Sd3 {
     /// Loads a diffusers `SD3Transformer2DModel` folder (`config.json`, weights sharded or
-    /// not), or a pipeline folder holding one in `transformer/`.
-    pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        let (config, vb, dir) = crate::transformer_parts::<Sd3Config>(path, "SD3", device)?;
+    /// not), or a pipeline folder holding one in `transformer/`, to compute in `dtype` (`F32`,
+    /// or `BF16`: weights stored in bf16 are then held as they are).
+    pub fn load(path: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        let (config, vb, dir) = crate::transformer_parts::<Sd3Config>(path, "SD3", dtype, device)?;
         Self::new(config, vb, &dir)
     }
 
     /// Loads a single file in Stability AI's layout (`sd3_medium.safetensors`); `config` (a
     /// diffusers transformer folder or its `config.json`) gives the architecture, else it is
-    /// read off the file's shapes (64-wide heads unless its RMS norms say otherwise).
-    pub fn load_file(file: &Path, config: Option<&Path>, device: &Device) -> Result<Self> {
+    /// read off the file's shapes (64-wide heads unless its RMS norms say otherwise). `dtype`
+    /// as for [`Sd3::load`].
+    pub fn load_file(
+        file: &Path,
+        config: Option<&Path>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         let files = latentflow_weights::TensorFiles::open(&[file.to_path_buf()])?;
         let config = crate::single_file_config(file, config, || sai::config(&files, file))?;
         if sai::prefix(&files).is_none() {
@@ -216,8 +224,8 @@ impl Sd3 {
                 "not an SD3 transformer in Stability AI's layout (no joint_blocks.0.x_block.attn.qkv.weight); a diffusers transformer is a folder",
             ));
         }
-        let tensors = sai::tensors(&files, &config, file)?;
-        let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+        let tensors = sai::tensors(&files, &config, dtype, file)?;
+        let vb = VarBuilder::from_tensors(tensors, dtype, device);
         Self::new(config, vb, file)
     }
 
@@ -243,6 +251,7 @@ impl Sd3 {
                 pe.get((1, side * side, dim), "pos_embed")?.squeeze(0)?
             } else {
                 sincos_positions_2d(dim, side, side, c.sample_size / p, 1.0, vb.device())?
+                    .to_dtype(vb.dtype())?
             };
             let blocks = (0..c.num_layers)
                 .map(|i| {
@@ -265,7 +274,7 @@ impl Sd3 {
                 )?,
                 blocks,
                 norm_out: Modulator::new(vb.pp("norm_out"), dim, 2)?,
-                norm: plain_layer_norm(dim, 1e-6, vb.device())?,
+                norm: plain_layer_norm(dim, 1e-6, vb.dtype(), vb.device())?,
                 proj_out: linear(dim, p * p * c.out(), vb.pp("proj_out"))?,
                 config: c.clone(),
                 source: source.to_path_buf(),
@@ -332,9 +341,17 @@ impl Sd3 {
 
     /// The velocity B×out×H×W for latents `x` at timestep `t` (σ·1000), the text features
     /// `text` B×T×joint_attention_dim and the pooled embedding `pooled`.
+    /// Inputs of any float dtype are computed in the model's; the result is f32.
     pub fn forward(&self, x: &Tensor, t: f64, text: &Tensor, pooled: &Tensor) -> Result<Tensor> {
         self.check_input(x, text, pooled)?;
-        Ok(self.run(x, t, text, pooled)?)
+        let d = self.dtype();
+        let out = self.run(&x.to_dtype(d)?, t, &text.to_dtype(d)?, &pooled.to_dtype(d)?)?;
+        Ok(out.to_dtype(DType::F32)?)
+    }
+
+    /// The compute dtype (the weights').
+    pub fn dtype(&self) -> DType {
+        self.positions.dtype()
     }
 
     fn run(

@@ -120,13 +120,14 @@ pub fn config(files: &TensorFiles, source: &Path) -> Result<Sd3Config> {
 pub fn tensors(
     files: &TensorFiles,
     c: &Sd3Config,
+    dtype: DType,
     source: &Path,
 ) -> Result<HashMap<String, Tensor>> {
     let p = prefix(files).unwrap_or("");
     let read = |name: &str| -> Result<Tensor> {
         files
             .read(&format!("{p}{name}"), &Device::Cpu)
-            .and_then(|t| t.to_dtype(DType::F32))
+            .and_then(|t| t.to_dtype(dtype))
             .map_err(|e| ModelError::format(source, format!("{p}{name}: {e}")))
     };
     let mut out: HashMap<String, Tensor> = HashMap::new();

@@ -86,10 +86,12 @@ pub struct Extras<'a> {
 }
 
 impl Extras<'_> {
-    /// `x` through the layer hook at `site` (unchanged without one).
+    /// `x` through the layer hook at `site` (unchanged without one). Hooks see f32 states
+    /// whatever the UNet computes in; the result comes back in the UNet's dtype.
     pub fn at(&self, site: Site, x: Tensor) -> candle_core::Result<Tensor> {
         match self.layer {
-            Some(hook) => hook(site, &x),
+            Some(hook) if x.dtype() == DType::F32 => hook(site, &x),
+            Some(hook) => hook(site, &x.to_dtype(DType::F32)?)?.to_dtype(x.dtype()),
             None => Ok(x),
         }
     }
@@ -109,6 +111,7 @@ pub struct UNet {
     /// Its configuration.
     pub config: UNetConfig,
     parts: Parts,
+    dtype: DType,
 }
 
 impl UNet {
@@ -130,9 +133,20 @@ impl UNet {
                 reason: f.reason,
             })
         })?;
+        let vb_dtype = vb.dtype();
         let parts = build(&config, &plan, vb, with_up)
             .map_err(|e| ModelError::mismatch(source.to_path_buf(), "UNet", e))?;
-        Ok(Self { config, parts })
+        Ok(Self {
+            config,
+            parts,
+            dtype: vb_dtype,
+        })
+    }
+
+    /// The compute dtype (the weights'). Inputs of any float dtype are taken; the head's output
+    /// is f32.
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     /// Loads a diffusers `unet/` folder (computing in f32).
@@ -168,7 +182,8 @@ impl UNet {
     ) -> candle_core::Result<Tensor> {
         let c = &self.config;
         let dim = c.block_out_channels[0];
-        let f = timestep_features(&[t], dim, c.flip_sin_to_cos, c.freq_shift, device)?;
+        let f = timestep_features(&[t], dim, c.flip_sin_to_cos, c.freq_shift, device)?
+            .to_dtype(self.dtype)?;
         let (l1, l2) = &self.parts.time;
         let emb = l2.forward(&candle_nn::ops::silu(&l1.forward(&f)?)?)?;
         let emb = emb.broadcast_as((b, emb.dim(1)?))?.contiguous()?;
@@ -194,16 +209,18 @@ impl UNet {
                 added.dims()
             );
         }
-        let text = added.narrow(1, 0, width - n)?;
+        let text = added.narrow(1, 0, width - n)?.to_dtype(self.dtype)?;
         let ids: Vec<f64> = added
             .narrow(1, width - n, n)?
+            .to_dtype(DType::F32)?
             .flatten_all()?
             .to_vec1::<f32>()?
             .into_iter()
             .map(f64::from)
             .collect();
         let tf = timestep_features(&ids, *d, c.flip_sin_to_cos, c.freq_shift, device)?
-            .reshape((b, n * d))?;
+            .reshape((b, n * d))?
+            .to_dtype(self.dtype)?;
         let cat = Tensor::cat(&[&text, &tf], 1)?;
         let aug = a2.forward(&candle_nn::ops::silu(&a1.forward(&cat)?)?)?;
         emb + aug
@@ -216,6 +233,7 @@ impl UNet {
         } else {
             x.clone()
         };
+        let x = x.to_dtype(self.dtype)?;
         self.parts.conv_in.forward(&x)
     }
 
@@ -259,7 +277,7 @@ impl UNet {
             skips = skips
                 .iter()
                 .zip(res)
-                .map(|(s, r)| s + r)
+                .map(|(s, r)| s + r.to_dtype(s.dtype())?)
                 .collect::<candle_core::Result<_>>()?;
         }
         Ok((x, skips))
@@ -277,7 +295,7 @@ impl UNet {
             }
         }
         match c.extras.mid_residual {
-            Some(r) => x + r,
+            Some(r) => x.clone() + r.to_dtype(x.dtype())?,
             None => Ok(x),
         }
     }
@@ -307,7 +325,7 @@ impl UNet {
                 x = layer.forward(&Tensor::cat(&[&x, &skip], 1)?, c)?;
                 x = c.extras.at(Site::Up { block: u, layer: j }, x)?;
                 if let Some(hook) = c.extras.up_layer {
-                    hook(u, j, &x);
+                    hook(u, j, &x.to_dtype(DType::F32)?);
                 }
             }
             if let Some(conv) = &block.upsample {
@@ -322,14 +340,16 @@ impl UNet {
         Ok((x, tapped))
     }
 
-    /// The output head: GroupNorm, SiLU, `conv_out`.
+    /// The output head: GroupNorm, SiLU, `conv_out`; the result is f32.
     pub fn head(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (norm_out, conv_out) = self
             .parts
             .head
             .as_ref()
             .ok_or_else(|| candle_core::Error::Msg("this network has no output head".into()))?;
-        conv_out.forward(&norm_out.forward_silu(x)?)
+        conv_out
+            .forward(&norm_out.forward_silu(x)?)?
+            .to_dtype(DType::F32)
     }
 
     /// Checks the input's channels against the config.
@@ -351,7 +371,8 @@ impl UNet {
         self.check_input(x)?;
         let temb = self.time_embedding(t, x.dim(0)?, extras.added, x.device())?;
         let h = self.conv_in(x)?;
-        let c = Cond::new(&temb, ctx, extras);
+        let ctx = ctx.to_dtype(self.dtype)?;
+        let c = Cond::new(&temb, &ctx, extras);
         let (h, mut skips) = self.down_path(&h, &c, None)?;
         let h = self.mid_block(&h, &c)?;
         let (h, _) = self.up_path(&h, &mut skips, &c, (0, 0), None)?;
