@@ -17,14 +17,28 @@ fn model() -> String {
 }
 
 fn sdxl_graph_matches_the_pipeline(sets: &[String], what: &str) {
+    sdxl_graph_within(sets, what, 1e-4);
+}
+
+fn sdxl_graph_within(sets: &[String], what: &str, bound: f32) -> f32 {
     let sb = Sandbox::new();
     let text = std::fs::read_to_string(graph("sdxl.yaml")).expect("graph");
     let g = parity::instrument(&text, "inputs: {model: unet, positive:", &reference());
     let g = sb.write("sdxl.yaml", &g);
     run_graph(&sb, &g, None, sets);
     let out = sb.path().join("output");
-    parity::compare(&out, &reference(), what);
+    let worst = parity::compare_within(&out, &reference(), what, bound);
     assert!(out.join("sdxl.png").exists());
+    worst
+}
+
+/// The UNet in bf16 (`dtype=bf16`): every step and the image within 5e-2 of the f32 pipeline
+/// (measured 3.5e-2; PyTorch's own bf16 UNet on this pipeline strays 2.8e-2,
+/// tools/reference/measure_bf16.py: guidance 5 on a tiny random model amplifies the rounding).
+#[test]
+fn the_sdxl_graph_in_bf16_stays_within_its_bound() {
+    let worst = sdxl_graph_within(&[model(), "dtype=bf16".into()], "SDXL bf16 32×48", 5e-2);
+    assert!(worst > 1e-5, "bf16 gave f32's numbers ({worst:e})");
 }
 
 /// An SDXL ControlNet (text_time added conditioning; tools/reference/make_sdxl_controlnet_fixtures.py)

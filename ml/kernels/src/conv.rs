@@ -295,6 +295,55 @@ mod tests {
     }
 
     #[test]
+    fn bf16_layers_run_in_f32_and_keep_their_dtype() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 5, 9, 13), &dev).unwrap();
+        // 3×3, 1×1 and a strided 3×3 (candle's path), each against its f32 twin.
+        for (k, padding, stride) in [(3, 1, 1), (1, 0, 1), (3, 1, 2)] {
+            let weights: std::collections::HashMap<String, Tensor> = [
+                (
+                    "weight",
+                    Tensor::randn(0f32, 1.0, (7, 5, k, k), &dev).unwrap(),
+                ),
+                ("bias", Tensor::randn(0f32, 1.0, 7, &dev).unwrap()),
+            ]
+            .into_iter()
+            .map(|(n, v)| (n.to_string(), v))
+            .collect();
+            let cfg = Conv2dConfig {
+                padding,
+                stride,
+                ..Default::default()
+            };
+            let vb16 = VarBuilder::from_tensors(weights.clone(), DType::BF16, &dev);
+            let vb32 = VarBuilder::from_tensors(weights, DType::F32, &dev);
+            let half = Conv::new(5, 7, k, cfg, vb16).unwrap();
+            let full = Conv::new(5, 7, k, cfg, vb32).unwrap();
+            let y = half.forward(&x.to_dtype(DType::BF16).unwrap()).unwrap();
+            assert_eq!(y.dtype(), DType::BF16);
+            let want = full.forward(&x).unwrap();
+            let d = (y.to_dtype(DType::F32).unwrap() - &want).unwrap();
+            let rel = d
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                .sqrt()
+                / want
+                    .sqr()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+                    .sqrt();
+            assert!(rel < 1e-2, "k={k} stride={stride}: {rel}");
+        }
+    }
+
+    #[test]
     fn the_fast_path_gives_candles_input_gradient() {
         let dev = Device::Cpu;
         let weights: std::collections::HashMap<String, Tensor> = [

@@ -126,3 +126,29 @@ impl Store {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bf16_file_is_held_as_stored_or_widened_on_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.safetensors");
+        let t = Tensor::new(&[1.5f32, -2.0, 0.25], &Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap();
+        candle_core::safetensors::save(&HashMap::from([("w".to_string(), t)]), &path).unwrap();
+        let weights = Weights::file(&path).unwrap();
+        let held = Store::load_as(&weights, |_| true, DType::BF16).unwrap();
+        assert_eq!(held.dtype(), DType::BF16);
+        assert_eq!(held.get("w").map(Tensor::dtype), Some(DType::BF16));
+        let vb = held.var_builder();
+        assert_eq!(vb.get(3, "w").unwrap().dtype(), DType::BF16);
+        let wide = Store::load(&weights, |_| true).unwrap();
+        assert_eq!(wide.dtype(), DType::F32);
+        let w = wide.get("w").unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(w, [1.5, -2.0, 0.25]);
+    }
+}
