@@ -98,9 +98,9 @@ fn missing_pooled_or_wrong_sampler_is_refused() {
             ),
         )
         .replace(
-            "    type: dit.load_flux_text\n    params: {path: $model}",
+            "    type: dit.load_flux_text\n    params: {path: $model, dtype: $dtype}",
             &format!(
-                "    type: dit.load_flux_text\n    params: {{path: {}}}",
+                "    type: dit.load_flux_text\n    params: {{path: {}, dtype: $dtype}}",
                 fixture("tiny-flux").display()
             ),
         );

@@ -98,10 +98,15 @@ impl T5 {
     }
 
     /// Loads `model_dir` (a `T5EncoderModel` folder) and `tokenizer_dir`.
-    pub fn load(model_dir: &Path, tokenizer_dir: &Path, device: &Device) -> Result<Self> {
+    pub fn load(
+        model_dir: &Path,
+        tokenizer_dir: &Path,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         Ok(Self {
             tokenizer: TextTokenizer::from_file(tokenizer_dir, 0)?,
-            model: T5Encoder::load(model_dir, None, DType::F32, device)?,
+            model: T5Encoder::load(model_dir, None, dtype, device)?,
         })
     }
 

@@ -79,3 +79,24 @@ fn flux_in_bf16() {
         .unwrap();
     check("Flux", &got, &r["out_wide"]);
 }
+
+#[test]
+fn t5_in_bf16_for_sd3_and_flux_text() {
+    use latentflow_models::flux::text::FluxText;
+    use latentflow_models::sd3::text::Sd3Text;
+    let prompt = "a small red house by the sea";
+    let r = load("flux-ref/pipeline.safetensors");
+    let flux = FluxText::load(&fixtures().join("tiny-flux"), DType::BF16, &Device::Cpu).unwrap();
+    let got = flux.encode(&[prompt], 512, &Device::Cpu).unwrap();
+    check("Flux's T5 tokens", &got.context, &r["context"]);
+    // CLIP stays f32: the pooled embedding is the reference's.
+    assert!(rel_err(&got.pooled, &r["pooled"]) <= 1e-5);
+    let r = load("sd3-ref/pipeline.safetensors");
+    let dir = fixtures().join("tiny-sd3");
+    let sd3 = Sd3Text::load(&dir, 64, Some(DType::BF16), &Device::Cpu).unwrap();
+    let got = sd3.encode(&[prompt], 256, &Device::Cpu).unwrap();
+    check("SD3's joint tokens (T5 part)", &got.context, &r["context"]);
+    // Without T5 nothing of it is loaded.
+    let none = Sd3Text::load(&dir, 64, None, &Device::Cpu).unwrap();
+    assert!(none.t5.is_none());
+}

@@ -44,7 +44,7 @@ fn flux_dev_and_schnell_match_diffusers() {
 #[test]
 fn text_conditioning_matches_the_pipeline_encode_prompt() {
     let r = load("flux-ref/pipeline.safetensors");
-    let text = FluxText::load(&fixtures().join("tiny-flux"), &Device::Cpu).unwrap();
+    let text = FluxText::load(&fixtures().join("tiny-flux"), DType::F32, &Device::Cpu).unwrap();
     let got = text
         .encode(&["a small red house by the sea"], 512, &Device::Cpu)
         .unwrap();

@@ -123,7 +123,7 @@ fn bad_inputs_are_refused() {
 fn text_conditioning_matches_the_pipeline_encode_prompt() {
     let r = load("sd3-ref/pipeline.safetensors");
     let dir = fixtures().join("tiny-sd3");
-    let text = Sd3Text::load(&dir, 64, &Device::Cpu).unwrap();
+    let text = Sd3Text::load(&dir, 64, Some(DType::F32), &Device::Cpu).unwrap();
     let got = text
         .encode(&["a small red house by the sea", ""], 256, &Device::Cpu)
         .unwrap();

@@ -110,7 +110,7 @@ fn load(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
 
 fn load_text(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
     let path = PathBuf::from(p.str("path")?);
-    let text = FluxText::load(&path, &Device::Cpu).map_err(fail)?;
+    let text = FluxText::load(&path, compute_dtype(p)?, &Device::Cpu).map_err(fail)?;
     Ok(vec![Value::Object(ObjectHandle::new(TextObject(text)))])
 }
 
@@ -131,6 +131,7 @@ pub fn nodes() -> Vec<NodeDef> {
         NodeDef::new("dit.load_flux_text", load_text)
             .doc("Loads a Flux pipeline's text encoders: CLIP-L (text_encoder/, tokenizer/) for the pooled embedding and T5-XXL (text_encoder_2/, tokenizer_2/) for the tokens.")
             .param(Param::path("path").doc("Flux pipeline folder"))
+            .param(crate::t5_dtype_param())
             .output("text", PortType::handle("FluxText"), "the text encoders")
             .infer(|p| {
                 let path = PathBuf::from(p.str("path")?);

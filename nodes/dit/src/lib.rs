@@ -72,6 +72,13 @@ pub(crate) fn encode_node(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<
     Ok(out.into_iter().take(2).collect())
 }
 
+/// The `dtype` of the text-encoder loaders: T5's (the CLIPs stay f32).
+pub(crate) fn t5_dtype_param() -> Param {
+    latentflow_plugin_api::sdk::candle::dtype_param().doc(
+        "T5's compute dtype: f32 (the reference's numbers) or bf16 (T5-XXL in 9.5 GB instead of 19; weights stored in bf16 are held as they are); the CLIP encoders stay f32",
+    )
+}
+
 /// Any error as a node failure.
 pub(crate) fn fail(e: impl std::fmt::Display) -> NodeError {
     NodeError::failed(e.to_string())

@@ -17,7 +17,7 @@ use latentflow_plugin_api::sdk::denoiser::{
 use latentflow_plugin_api::sdk::prelude::*;
 
 use crate::text_object::TextObject;
-use crate::{batched, encode_node, fail};
+use crate::{batched, encode_node, fail, t5_dtype_param};
 
 /// The conditioning family of SD3: joint CLIP+T5 tokens.
 const SD3: &str = "sd3";
@@ -104,22 +104,16 @@ fn config(path: &Path, given: Option<&Path>) -> Result<Sd3Config, NodeError> {
 fn load_text(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
     let path = PathBuf::from(p.str("path")?);
     let joint = config(&path, config_param(p)?.as_deref())?.joint_attention_dim;
-    let text = if path.is_file() {
-        Sd3Text::load_file(
-            &path,
-            config_param(p)?.as_deref(),
-            joint,
-            p.bool("t5")?,
-            &Device::Cpu,
-        )
-        .map_err(fail)?
-    } else {
-        let mut text = Sd3Text::load(&path, joint, &Device::Cpu).map_err(fail)?;
-        if !p.bool("t5")? {
-            text.t5 = None;
-        }
-        text
+    let t5 = match p.bool("t5")? {
+        true => Some(compute_dtype(p)?),
+        false => None,
     };
+    let text = if path.is_file() {
+        Sd3Text::load_file(&path, config_param(p)?.as_deref(), joint, t5, &Device::Cpu)
+    } else {
+        Sd3Text::load(&path, joint, t5, &Device::Cpu)
+    }
+    .map_err(fail)?;
     Ok(vec![Value::Object(ObjectHandle::new(TextObject(text)))])
 }
 
@@ -143,6 +137,7 @@ pub fn nodes() -> Vec<NodeDef> {
             .param(Param::path("path").doc("SD3 pipeline folder, or a single file bundling the text encoders"))
             .param(Param::path("config").default("").doc("single files: a diffusers SD3 folder whose text_encoder*/ and tokenizer*/ size the encoders (T5's tokenizer comes only from there); empty: the published CLIP-L, bigG and T5-XXL configs and the built-in CLIP vocabulary"))
             .param(Param::bool("t5").default(true).doc("use T5 (off: 77 zero tokens in its place, and T5 is not loaded)"))
+            .param(t5_dtype_param())
             .output("text", PortType::handle("Sd3Text"), "the text encoders")
             .infer(|p| {
                 let path = PathBuf::from(p.str("path")?);

@@ -36,21 +36,27 @@ pub struct Sd3Conditioning {
 impl Sd3Text {
     /// Loads the encoders of a diffusers SD3 pipeline folder (`text_encoder/`, `tokenizer/`,
     /// `text_encoder_2/`, `tokenizer_2/`, and, when present, `text_encoder_3/`, `tokenizer_3/`);
-    /// `joint_width` is the transformer's `joint_attention_dim`.
-    pub fn load(dir: &Path, joint_width: usize, device: &Device) -> Result<Self> {
+    /// `joint_width` is the transformer's `joint_attention_dim`. `t5`: T5's compute dtype, or
+    /// `None` to leave it unloaded (zeros in its place).
+    pub fn load(
+        dir: &Path,
+        joint_width: usize,
+        t5: Option<DType>,
+        device: &Device,
+    ) -> Result<Self> {
         let need = |sub: &str| {
             crate::text_encoders::subfolder(dir, sub, "an SD3 pipeline folder has text_encoder/, tokenizer/, text_encoder_2/ and tokenizer_2/")
         };
         let clip_l = Clip::load(&need("text_encoder")?, &need("tokenizer")?, device)?;
         let clip_g = Clip::load(&need("text_encoder_2")?, &need("tokenizer_2")?, device)?;
-        let t5 = if dir.join("text_encoder_3/config.json").is_file() {
-            Some(T5::load(
+        let t5 = match t5 {
+            Some(dtype) if dir.join("text_encoder_3/config.json").is_file() => Some(T5::load(
                 &dir.join("text_encoder_3"),
                 &need("tokenizer_3")?,
+                dtype,
                 device,
-            )?)
-        } else {
-            None
+            )?),
+            _ => None,
         };
         let text = Self {
             clip_l,
@@ -68,12 +74,13 @@ impl Sd3Text {
     /// `configs` is a diffusers SD3 folder whose `text_encoder*/` and `tokenizer*/` size them;
     /// without one, CLIP-L's, bigG's and T5-XXL's published configs and the built-in CLIP
     /// vocabulary are used (T5's tokenizer is not in the file: it needs `configs`, or `t5` off).
-    /// CLIP-L is stored without its projection: it is the identity, as in diffusers.
+    /// CLIP-L is stored without its projection: it is the identity, as in diffusers. `t5` as
+    /// for [`Sd3Text::load`].
     pub fn load_file(
         file: &Path,
         configs: Option<&Path>,
         joint_width: usize,
-        t5: bool,
+        t5: Option<DType>,
         device: &Device,
     ) -> Result<Self> {
         use super::sai;
@@ -134,8 +141,9 @@ impl Sd3Text {
             "CLIP-G",
             "!",
         )?;
-        let t5 = if t5 && header.has_prefix(sai::T5_PREFIX) {
-            let tok = configs
+        let t5 = match t5 {
+            Some(dtype) if header.has_prefix(sai::T5_PREFIX) => {
+                let tok = configs
                 .map(|d| d.join("tokenizer_3"))
                 .filter(|d| d.is_dir())
                 .ok_or_else(|| {
@@ -144,14 +152,14 @@ impl Sd3Text {
                         "T5's tokenizer is not in the file: set `config` to a diffusers SD3 folder with tokenizer_3/, or turn t5 off",
                     )
                 })?;
-            let cfg = T5Config::load(&config("text_encoder_3", sai::BUILTIN_T5, "T5-XXL"))?;
-            let vb = renamed(sai::T5_PREFIX).var_builder(DType::F32, device)?;
-            Some(T5::new(
-                T5Encoder::new(cfg, vb, DType::F32, file)?,
-                TextTokenizer::from_file(&tok, 0)?,
-            ))
-        } else {
-            None
+                let cfg = T5Config::load(&config("text_encoder_3", sai::BUILTIN_T5, "T5-XXL"))?;
+                let vb = renamed(sai::T5_PREFIX).var_builder(dtype, device)?;
+                Some(T5::new(
+                    T5Encoder::new(cfg, vb, dtype, file)?,
+                    TextTokenizer::from_file(&tok, 0)?,
+                ))
+            }
+            _ => None,
         };
         let text = Self {
             clip_l,
