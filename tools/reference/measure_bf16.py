@@ -13,21 +13,12 @@ tests measure it, max|ours − reference| / max|reference|.
 import pathlib
 
 import torch
+from make_flux_fixtures import pack, unpack
 from safetensors.torch import load_file
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 FIX = ROOT / "tests" / "fixtures"
 PROMPT = "a small red house by the sea"
-
-
-def pack(x):
-    b, c, h, w = x.shape
-    return x.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), c * 4)
-
-
-def unpack(t, h, w):
-    b, _, c4 = t.shape
-    return t.view(b, h // 2, w // 2, c4 // 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c4 // 4, h, w)
 
 
 def in_bf16(model):

@@ -323,22 +323,14 @@ mod tests {
             assert_eq!(y.dtype(), DType::BF16);
             let want = full.forward(&x).unwrap();
             let d = (y.to_dtype(DType::F32).unwrap() - &want).unwrap();
-            let rel = d
-                .sqr()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-                .sqrt()
-                / want
-                    .sqr()
+            let norm = |t: &Tensor| {
+                t.sqr()
+                    .and_then(|t| t.sum_all())
+                    .and_then(|t| t.to_scalar::<f32>())
                     .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap()
-                    .sqrt();
+                    .sqrt()
+            };
+            let rel = norm(&d) / norm(&want);
             assert!(rel < 1e-2, "k={k} stride={stride}: {rel}");
         }
     }
