@@ -292,4 +292,44 @@ mod tests {
         assert_eq!(d.dims(), &[4, 3, 3, 3]);
         assert_eq!(d.flatten_all().unwrap().to_vec1::<f32>().unwrap()[0], 2.0);
     }
+
+    #[test]
+    fn a_bf16_store_is_merged_in_f32_and_stays_bf16() {
+        use candle_core::DType;
+        let dev = Device::Cpu;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("unet.safetensors");
+        let w = Tensor::new(&[[1f32, 2., 3.], [4., 5., 6.]], &dev)
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap();
+        candle_core::safetensors::save(&HashMap::from([("m.weight".to_string(), w)]), &path)
+            .unwrap();
+        let store =
+            Store::load_as(&crate::Weights::file(&path).unwrap(), |_| true, DType::BF16).unwrap();
+        // The model asks for its weights (that is how a store learns the module names).
+        store.var_builder().get((2, 3), "m.weight").unwrap();
+        let u = Update {
+            part: "unet",
+            module: "m".into(),
+            down: Tensor::new(&[[1f32, 1., 1.]], &dev).unwrap(),
+            up: Tensor::new(&[[1f32], [2.]], &dev).unwrap(),
+            alpha: None,
+        };
+        let spelling = Spelling {
+            prefix: None,
+            alias: None,
+        };
+        let applied = apply(&store, &[u], "unet", 0.5, &spelling).unwrap();
+        assert_eq!(applied.patched, 1);
+        let merged = applied.store.get("m.weight").unwrap();
+        assert_eq!(merged.dtype(), DType::BF16);
+        assert_eq!(applied.store.dtype(), DType::BF16);
+        let got = merged
+            .to_dtype(DType::F32)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        assert_eq!(got, vec![vec![1.5, 2.5, 3.5], vec![5.0, 6.0, 7.0]]);
+    }
 }
