@@ -43,14 +43,14 @@ fn main() {
     let dev = Device::Cpu;
     let r = |s: &[usize]| Tensor::randn(0f32, 1.0, s, &dev).expect("randn");
     {
-        let m = DiT::load(&root.join("dit"), &dev).expect("dit");
+        let m = DiT::load(&root.join("dit"), candle_core::DType::F32, &dev).expect("dit");
         let x = r(&[2, 4, 32, 32]);
         time("dit", || {
             m.forward(&x, 500.0, &[207, 1000]).expect("dit forward")
         });
     }
     {
-        let m = PixArt::load(&root.join("pixart"), &dev).expect("pixart");
+        let m = PixArt::load(&root.join("pixart"), candle_core::DType::F32, &dev).expect("pixart");
         let (x, text) = (r(&[2, 4, 64, 64]), r(&[2, 120, 4096]));
         let mask = Tensor::ones((2, 120), candle_core::DType::F32, &dev).expect("mask");
         time("pixart", || {

@@ -100,3 +100,42 @@ fn t5_in_bf16_for_sd3_and_flux_text() {
     let none = Sd3Text::load(&dir, 64, None, &Device::Cpu).unwrap();
     assert!(none.t5.is_none());
 }
+
+#[test]
+fn dit_and_pixart_in_bf16() {
+    use latentflow_models::dit::DiT;
+    use latentflow_models::pixart::{PixArt, SizeCondition};
+    let r = load("dit-ref/forward.safetensors");
+    let m = DiT::load(&fixtures().join("tiny-dit"), DType::BF16, &Device::Cpu).unwrap();
+    assert_eq!(m.dtype(), DType::BF16);
+    let got = m.forward(&r["x_wide"], 421.0, &[3, 1000]).unwrap();
+    check("DiT", &got, &r["out_wide"]);
+    let r = load("pixart-ref/forward.safetensors");
+    let m = PixArt::load(&fixtures().join("tiny-pixart"), DType::BF16, &Device::Cpu).unwrap();
+    let got = m
+        .forward(&r["x_wide"], 421.0, &r["text"], Some(&r["mask"]), None)
+        .unwrap();
+    check("PixArt", &got, &r["out_wide"]);
+    // With the resolution and aspect-ratio conditions.
+    let m = PixArt::load(
+        &fixtures().join("tiny-pixart-sizes"),
+        DType::BF16,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let size = SizeCondition {
+        height: 64.0,
+        width: 32.0,
+        aspect_ratio: 2.0,
+    };
+    let got = m
+        .forward(
+            &r["x_wide"],
+            421.0,
+            &r["text"],
+            Some(&r["mask"]),
+            Some(size),
+        )
+        .unwrap();
+    check("PixArt with size conditions", &got, &r["out_sizes"]);
+}

@@ -8,7 +8,12 @@ use latentflow_models::dit::DiT;
 use latentflow_testutil::{fixtures, load, rel_err};
 
 fn model() -> DiT {
-    DiT::load(&fixtures().join("tiny-dit"), &Device::Cpu).unwrap()
+    DiT::load(
+        &fixtures().join("tiny-dit"),
+        candle_core::DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap()
 }
 
 #[test]
@@ -57,14 +62,18 @@ fn other_transformer_configs_are_refused_by_field() {
     let src = std::fs::read_to_string(fixtures().join("tiny-dit/transformer/config.json")).unwrap();
     let pixart = src.replace("\"ada_norm_zero\"", "\"ada_norm_single\"");
     std::fs::write(dir.path().join("config.json"), pixart).unwrap();
-    let e = DiT::load(dir.path(), &Device::Cpu)
+    let e = DiT::load(dir.path(), candle_core::DType::F32, &Device::Cpu)
         .err()
         .unwrap()
         .to_string();
     assert!(e.contains("norm_type") && e.contains("PixArt"), "{e}");
-    let e = DiT::load(&fixtures().join("tiny-sd"), &Device::Cpu)
-        .err()
-        .unwrap()
-        .to_string();
+    let e = DiT::load(
+        &fixtures().join("tiny-sd"),
+        candle_core::DType::F32,
+        &Device::Cpu,
+    )
+    .err()
+    .unwrap()
+    .to_string();
     assert!(e.contains("not a DiT folder"), "{e}");
 }

@@ -9,7 +9,12 @@ use latentflow_testutil::{fixtures, load, rel_err};
 #[test]
 fn pixart_matches_diffusers() {
     let r = load("pixart-ref/forward.safetensors");
-    let m = PixArt::load(&fixtures().join("tiny-pixart"), &Device::Cpu).unwrap();
+    let m = PixArt::load(
+        &fixtures().join("tiny-pixart"),
+        candle_core::DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
     assert!(m.config.learns_sigma() && !m.config.additional_conditions());
     for (x, want) in [("x", "out"), ("x_wide", "out_wide")] {
         let got = m
@@ -19,7 +24,12 @@ fn pixart_matches_diffusers() {
         eprintln!("PixArt {want}: relative error {e:e}");
         assert!(e <= 1e-5, "PixArt {want}: error {e:e}");
     }
-    let s = PixArt::load(&fixtures().join("tiny-pixart-sizes"), &Device::Cpu).unwrap();
+    let s = PixArt::load(
+        &fixtures().join("tiny-pixart-sizes"),
+        candle_core::DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
     assert!(s.config.additional_conditions());
     let size = SizeCondition {
         height: 64.0,
@@ -52,7 +62,12 @@ fn pixart_matches_diffusers() {
 #[test]
 fn bad_text_is_refused() {
     let r = load("pixart-ref/forward.safetensors");
-    let m = PixArt::load(&fixtures().join("tiny-pixart"), &Device::Cpu).unwrap();
+    let m = PixArt::load(
+        &fixtures().join("tiny-pixart"),
+        candle_core::DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
     let narrow = r["text"].narrow(2, 0, 16).unwrap();
     let e = m
         .forward(&r["x"], 1.0, &narrow, None, None)

@@ -2,7 +2,7 @@
 //! `TimestepEmbedding`), class labels, and patch embeddings with 2-D sine-cosine positions
 //! (`PatchEmbed`), as diffusion transformers use them.
 
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{Device, Module, Tensor};
 use candle_nn::{embedding, linear, Conv2dConfig, Embedding, LayerNorm, Linear, VarBuilder};
 use latentflow_kernels::Conv;
 
@@ -88,7 +88,8 @@ impl TimestepLabelEmbedding {
             candle_core::bail!("class label {l} is out of range (0..={})", self.classes);
         }
         let dev = self.labels.embeddings().device();
-        let features = timestep_features(t, 256, true, 1.0, dev)?;
+        let features = timestep_features(t, 256, true, 1.0, dev)?
+            .to_dtype(self.labels.embeddings().dtype())?;
         let ids = Tensor::from_slice(labels, labels.len(), dev)?;
         self.timestep.forward(&features)? + self.labels.forward(&ids)?
     }
@@ -195,7 +196,7 @@ impl PatchEmbed {
             self.cfg.interpolation_scale,
             x.device(),
         )?
-        .to_dtype(DType::F32)?;
+        .to_dtype(tokens.dtype())?;
         tokens.broadcast_add(&pos.unsqueeze(0)?)
     }
 }

@@ -81,10 +81,10 @@ pub struct DiT {
 
 impl DiT {
     /// Loads a diffusers `DiTTransformer2DModel` folder (`config.json` and weights, sharded or
-    /// not), or a pipeline folder holding one in `transformer/`.
-    pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        let (config, vb, dir) =
-            crate::transformer_parts::<DiTConfig>(path, "DiT", candle_core::DType::F32, device)?;
+    /// not), or a pipeline folder holding one in `transformer/`, to compute in `dtype` (`F32`,
+    /// or `BF16`: weights stored in bf16 are then held as they are).
+    pub fn load(path: &Path, dtype: candle_core::DType, device: &Device) -> Result<Self> {
+        let (config, vb, dir) = crate::transformer_parts::<DiTConfig>(path, "DiT", dtype, device)?;
         Self::new(config, vb, &dir)
     }
 
@@ -168,9 +168,16 @@ impl DiT {
 
     /// The prediction B×out_channels×H×W (noise, then the variance with learned sigma) for
     /// latents `x` B×C×H×W at timestep `t`, one class label per sample.
+    /// Inputs of any float dtype are computed in the model's; the result is f32.
     pub fn forward(&self, x: &Tensor, t: f64, labels: &[u32]) -> Result<Tensor> {
         self.check_input(x, labels)?;
-        Ok(self.run(x, t, labels)?)
+        let out = self.run(&x.to_dtype(self.dtype())?, t, labels)?;
+        Ok(out.to_dtype(candle_core::DType::F32)?)
+    }
+
+    /// The compute dtype (the weights').
+    pub fn dtype(&self) -> candle_core::DType {
+        self.proj_out_1.weight().dtype()
     }
 
     fn run(&self, x: &Tensor, t: f64, labels: &[u32]) -> candle_core::Result<Tensor> {

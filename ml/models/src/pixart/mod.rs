@@ -64,7 +64,8 @@ impl AdaLnSingle {
         size: Option<SizeCondition>,
         dev: &Device,
     ) -> candle_core::Result<(Tensor, Tensor)> {
-        let f = |v: &[f64]| timestep_features(v, 256, true, 0.0, dev);
+        let dtype = self.linear.weight().dtype();
+        let f = |v: &[f64]| timestep_features(v, 256, true, 0.0, dev)?.to_dtype(dtype);
         let mut emb = self.timestep.forward(&f(&vec![t; b])?)?;
         if let Some((res, aspect)) = &self.sizes {
             let s = size.ok_or_else(|| {
@@ -169,10 +170,11 @@ pub struct PixArt {
 
 impl PixArt {
     /// Loads a diffusers `PixArtTransformer2DModel` folder (`config.json`, weights sharded or
-    /// not), or a pipeline folder holding one in `transformer/`.
-    pub fn load(path: &Path, device: &Device) -> Result<Self> {
+    /// not), or a pipeline folder holding one in `transformer/`, to compute in `dtype` (`F32`,
+    /// or `BF16`: weights stored in bf16 are then held as they are).
+    pub fn load(path: &Path, dtype: DType, device: &Device) -> Result<Self> {
         let (config, vb, dir) =
-            crate::transformer_parts::<PixArtConfig>(path, "PixArt", DType::F32, device)?;
+            crate::transformer_parts::<PixArtConfig>(path, "PixArt", dtype, device)?;
         Self::new(config, vb, &dir)
     }
 
@@ -282,7 +284,14 @@ impl PixArt {
         size: Option<SizeCondition>,
     ) -> Result<Tensor> {
         self.check_input(x, text, mask)?;
-        Ok(self.run(x, t, text, mask, size)?)
+        let d = self.dtype();
+        let out = self.run(&x.to_dtype(d)?, t, &text.to_dtype(d)?, mask, size)?;
+        Ok(out.to_dtype(DType::F32)?)
+    }
+
+    /// The compute dtype (the weights'); inputs of any float dtype are taken, the result is f32.
+    pub fn dtype(&self) -> DType {
+        self.proj_out.weight().dtype()
     }
 
     fn run(
