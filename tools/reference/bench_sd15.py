@@ -2,7 +2,10 @@
 
     tools/reference/.venv/bin/python tools/reference/bench_sd15.py target/sd15-random [threads]
     tools/reference/.venv/bin/python tools/reference/bench_sd15.py target/sd15-random 2 txt2img
-The second form runs a 20-step 512×512 txt2img (DDIM, CFG 7.5) for the peak-RSS comparison.
+    tools/reference/.venv/bin/python tools/reference/bench_sd15.py target/sd15-random 2 bf16
+The second form runs a 20-step 512×512 txt2img (DDIM, CFG 7.5) for the peak-RSS comparison; the
+third times the UNet step with the UNet stored in bf16 and bf16 inputs (`unet.to(torch.bfloat16)`,
+what a PyTorch user of a CPU with AVX512-BF16 or AMX does).
 """
 
 import statistics
@@ -38,6 +41,15 @@ def main():
             pipe("a photo of a cat", negative_prompt="blurry", num_inference_steps=20, guidance_scale=7.5,
                  height=512, width=512, generator=torch.Generator().manual_seed(0))
         print(f"txt2img 512 20 steps   {time.perf_counter() - t0:8.1f} s")
+        return
+    if len(sys.argv) > 3 and sys.argv[3] == "bf16":
+        with torch.inference_mode():
+            unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=torch.bfloat16).eval()
+            ctx = torch.randn(2, 77, 768, dtype=torch.bfloat16)
+            for size, n in ((32, 3), (64, 2)):
+                x = torch.randn(2, 4, size, size, dtype=torch.bfloat16)
+                s = timed(n, lambda: unet(x, 500, encoder_hidden_states=ctx).sample)
+                print(f"unet step {size}x{size} b2 bf16 {s:8.3f} s")
         return
     print(f"torch {torch.__version__} {threads} threads")
     with torch.inference_mode():

@@ -86,6 +86,10 @@ fn blocked(q: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
     if b * h * lq * lk <= SCORE_BLOCK {
         return whole(q, k, v);
     }
+    let cpu_f32 = matches!(q.device(), candle_core::Device::Cpu) && q.dtype() == DType::F32;
+    if cpu_f32 && lq >= crate::flash::MIN_QUERIES {
+        return fused(q, k, v);
+    }
     if lq * lk <= SCORE_BLOCK {
         // Many short sequences (temporal attention over the frames at every pixel): whole
         // (batch, head) pairs per block, each block one batched product.
@@ -131,6 +135,43 @@ fn blocked(q: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
         per_batch.push(Tensor::stack(&heads, 0)?);
     }
     Tensor::stack(&per_batch, 0)
+}
+
+/// The `n` f32 values of a contiguous CPU tensor's storage.
+fn cpu_values<'a>(
+    s: &'a candle_core::Storage,
+    l: &candle_core::Layout,
+    n: usize,
+) -> candle_core::Result<&'a [f32]> {
+    match s {
+        candle_core::Storage::Cpu(c) => c
+            .as_slice::<f32>()?
+            .get(l.start_offset()..l.start_offset() + n)
+            .ok_or_else(|| {
+                candle_core::Error::Msg("attention input shorter than its shape".into())
+            }),
+        _ => candle_core::bail!("fused attention runs on the CPU"),
+    }
+}
+
+/// Sequences of a block of queries or more on the CPU: [`crate::flash`], no score matrix held.
+fn fused(q: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
+    let (b, h, lq, d) = q.dims4()?;
+    let (lk, dv) = (k.dim(2)?, v.dim(3)?);
+    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+    let out = {
+        let (qs, ql) = q.storage_and_layout();
+        let (ks, kl) = k.storage_and_layout();
+        let (vs, vl) = v.storage_and_layout();
+        crate::flash::attention(
+            cpu_values(&qs, ql, b * h * lq * d)?,
+            cpu_values(&ks, kl, b * h * lk * d)?,
+            cpu_values(&vs, vl, b * h * lk * dv)?,
+            b * h,
+            (lq, lk, d, dv),
+        )
+    };
+    Tensor::from_vec(out, (b, h, lq, dv), q.device())
 }
 
 #[cfg(test)]

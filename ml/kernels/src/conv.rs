@@ -12,6 +12,10 @@ use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Module, Shape, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
+use half::bf16;
+use rayon::prelude::*;
+
+use crate::bf16_gemm::{self, put, PackedB, Rows, NR};
 
 /// Bytes of im2col buffer per band (bounds memory for large images).
 const BAND_BYTES: usize = 64 << 20;
@@ -98,6 +102,99 @@ impl Conv {
         };
         out.to_dtype(dtype)
     }
+}
+
+impl Conv {
+    /// bf16 weights on the CPU (1×1 and 3×3 layers): the bf16 matrix product of the weights,
+    /// read in place as O rows of C·k², with the input packed per band of image rows (the 3×3
+    /// im2col written straight into the packed layout), accumulated in f32; bias added in f32.
+    fn bf16_forward(&self, x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, c, h, wd) = x.dims4()?;
+        let (k, o) = (self.kernel, w.dim(0)?);
+        let depth = c * k * k;
+        let plane = h * wd;
+        let x = x.contiguous()?;
+        let bias = self
+            .inner
+            .bias()
+            .map(|b| b.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>())
+            .transpose()?;
+        let band = (BAND_BYTES / (depth * wd * 2).max(1)).clamp(1, h.max(1));
+        let mut out = vec![bf16::ZERO; b * o * plane];
+        {
+            let (xs, xl) = x.storage_and_layout();
+            let (ws, wl) = w.storage_and_layout();
+            let (candle_core::Storage::Cpu(xs), candle_core::Storage::Cpu(ws)) = (&*xs, &*ws)
+            else {
+                candle_core::bail!("the bf16 convolution runs on the CPU");
+            };
+            let data = &xs.as_slice::<bf16>()?[xl.start_offset()..];
+            let weights = &ws.as_slice::<bf16>()?[wl.start_offset()..];
+            let a = Rows::new(weights, o, depth, depth).map_err(candle_core::Error::wrap)?;
+            for bi in 0..b {
+                let img = &data[bi * c * plane..(bi + 1) * c * plane];
+                let dst = &mut out[bi * o * plane..(bi + 1) * o * plane];
+                let mut y0 = 0;
+                while y0 < h {
+                    let n = band.min(h - y0);
+                    let packed = if k == 1 {
+                        PackedB::from_rows(&img[y0 * wd..], c, n * wd, plane)
+                            .map_err(candle_core::Error::wrap)?
+                    } else {
+                        im2col_packed(img, c, h, wd, y0, n)
+                    };
+                    let values =
+                        bf16_gemm::matmul(a, &packed, None).map_err(candle_core::Error::wrap)?;
+                    let span = y0 * wd..(y0 + n) * wd;
+                    dst.par_chunks_mut(plane.max(1))
+                        .zip(values.par_chunks((n * wd).max(1)))
+                        .enumerate()
+                        .for_each(|(oi, (d, v))| {
+                            let add = bias.as_ref().map_or(0.0, |b| b[oi]);
+                            for (d, v) in d[span.clone()].iter_mut().zip(v) {
+                                *d = bf16::from_f32(v + add);
+                            }
+                        });
+                    y0 += n;
+                }
+            }
+        }
+        Tensor::from_vec(out, (b, o, h, wd), x.device())
+    }
+}
+
+/// Rows `y0..y0+n` of one C×H×W bf16 image as the B side of a 3×3 / padding-1 convolution:
+/// B(c·9 + ky·3 + kx, r·W + x) = pixel (y0 + r + ky − 1, x + kx − 1) of channel c, or 0 outside,
+/// written panel by panel in the packed layout.
+#[allow(clippy::needless_range_loop)]
+fn im2col_packed(img: &[bf16], c: usize, h: usize, w: usize, y0: usize, n: usize) -> PackedB {
+    let cols = n * w;
+    PackedB::build(c * 9, cols, |p, panel| {
+        let (q0, count) = (p * NR, NR.min(cols - p * NR));
+        // Offset in a channel plane of tap t for column j; usize::MAX outside the image.
+        let mut taps = [[usize::MAX; NR]; 9];
+        for j in 0..count {
+            let (r, x) = ((q0 + j) / w, (q0 + j) % w);
+            for ky in 0..3 {
+                for kx in 0..3 {
+                    let (sy, sx) = (y0 + r + ky, x + kx);
+                    if (1..=h).contains(&sy) && (1..=w).contains(&sx) {
+                        taps[ky * 3 + kx][j] = (sy - 1) * w + (sx - 1);
+                    }
+                }
+            }
+        }
+        for ch in 0..c {
+            let src = &img[ch * h * w..(ch + 1) * h * w];
+            for (t, offsets) in taps.iter().enumerate() {
+                for (j, &at) in offsets[..count].iter().enumerate() {
+                    if at != usize::MAX {
+                        put(panel, ch * 9 + t, j, src[at].to_bits());
+                    }
+                }
+            }
+        }
+    })
 }
 
 fn add_bias(out: Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
@@ -262,6 +359,9 @@ impl Module for Conv {
                     (None, true) => self.inner.forward(x),
                 }
             }
+            (Some(w), candle_core::Device::Cpu, BF16) if w.dtype() == BF16 && !x.track_op() => {
+                self.bf16_forward(x, w)
+            }
             (_, candle_core::Device::Cpu, BF16 | F16) => self.widened_forward(x),
             _ => self.inner.forward(x),
         }
@@ -332,6 +432,75 @@ mod tests {
             };
             let rel = norm(&d) / norm(&want);
             assert!(rel < 1e-2, "k={k} stride={stride}: {rel}");
+        }
+    }
+
+    #[test]
+    fn the_bf16_product_equals_the_widened_layer_on_the_same_values() {
+        let dev = Device::Cpu;
+        // Two bands of rows at 3×3 (a small band budget is not needed: 1 row per band would
+        // be the same code), odd sizes, 1×1 and 3×3.
+        let x = Tensor::randn(0f32, 1.0, (2, 7, 11, 6), &dev)
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap();
+        for k in [1, 3] {
+            let weights: std::collections::HashMap<String, Tensor> = [
+                (
+                    "weight",
+                    Tensor::randn(0f32, 1.0, (9, 7, k, k), &dev).unwrap(),
+                ),
+                ("bias", Tensor::randn(0f32, 1.0, 9, &dev).unwrap()),
+            ]
+            .into_iter()
+            .map(|(n, v)| (n.to_string(), v))
+            .collect();
+            let cfg = Conv2dConfig {
+                padding: k / 2,
+                ..Default::default()
+            };
+            let vb = VarBuilder::from_tensors(weights, DType::BF16, &dev);
+            let conv = Conv::new(7, 9, k, cfg, vb).unwrap();
+            let got = conv.forward(&x).unwrap().to_dtype(DType::F32).unwrap();
+            let want = conv
+                .widened_forward(&x)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap();
+            let max = |t: &Tensor| {
+                t.abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+            };
+            let rel = max(&(&got - &want).unwrap()) / max(&want);
+            // Both round the same f32 sums once to bf16.
+            assert!(rel < 8e-3, "k={k}: {rel}");
+            for (y0, n) in [(0, 11), (0, 4), (4, 7)] {
+                if k == 3 {
+                    // Every band of the packed im2col equals candle's im2col of those rows.
+                    let img = x
+                        .get(1)
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1::<bf16>()
+                        .unwrap();
+                    let packed = im2col_packed(&img, 7, 11, 6, y0, n);
+                    let wide: Vec<f32> = img.iter().map(|v| v.to_f32()).collect();
+                    let cols = im2col_band(&wide, 7, 11, 6, y0, n);
+                    for kk in 0..63 {
+                        for q in 0..n * 6 {
+                            let at =
+                                (q / NR) * 32 * NR * 2 + (kk / 2) * NR * 2 + (q % NR) * 2 + kk % 2;
+                            let v = bf16::from_bits(packed.data()[at]).to_f32();
+                            assert_eq!(v, cols[kk * n * 6 + q], "k {kk} col {q}");
+                        }
+                    }
+                }
+            }
         }
     }
 

@@ -7,11 +7,15 @@
 //! faster kernel or a new backend lands here and every model gets it.
 
 pub mod attention;
+pub mod bf16_gemm;
 pub mod conv;
+pub mod flash;
+pub mod linear;
 pub mod norm;
 pub mod resample;
 
 pub use attention::{attention, Attend};
 pub use conv::Conv;
+pub use linear::{linear, linear_b, linear_no_bias, Linear};
 pub use norm::GroupNorm;
 pub use resample::upsample_nearest;

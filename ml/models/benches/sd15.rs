@@ -90,6 +90,30 @@ fn main() {
             println!("unet step {size}x{size} b2     {:8.3} s", s);
         }
     }
+    if want("bf16") {
+        // The UNet held and computed in bf16 (`dtype: bf16`), inputs in bf16, result in f32.
+        let unet = models::unet(&src, DType::BF16).expect("unet");
+        let ctx = Tensor::randn(0f32, 1.0, (2, 77, 768), &dev)
+            .and_then(|t| t.to_dtype(DType::BF16))
+            .expect("ctx");
+        println!("bf16 kernel: {:?}", latentflow_kernels::bf16_gemm::kernel());
+        let sizes: &[(usize, usize)] = if std::env::var_os("LATENTFLOW_SD15_SMALL").is_some() {
+            &[(32, 3)]
+        } else {
+            &[(32, 3), (64, 2)]
+        };
+        for &(size, n) in sizes {
+            let x = Tensor::randn(0f32, 1.0, (2, 4, size, size), &dev)
+                .and_then(|t| t.to_dtype(DType::BF16))
+                .expect("x");
+            let s = time(n, || {
+                unet.unet
+                    .forward(&x, 500.0, &ctx, &Hooks::default())
+                    .expect("forward")
+            });
+            println!("unet step {size}x{size} b2 bf16 {:8.3} s", s);
+        }
+    }
     if want("deepcache") {
         // 12 steps at 32×32, batch 2: plain, and DeepCache interval 3 (4 full + 8 shallow).
         let unet = models::unet(&src, candle_core::DType::F32).expect("unet");

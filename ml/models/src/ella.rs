@@ -10,7 +10,8 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::{linear, Linear, VarBuilder};
+use candle_nn::VarBuilder;
+use latentflow_kernels::{linear, Linear};
 use latentflow_nn::embeddings::{timestep_features, TimestepEmbedding};
 use latentflow_weights::{Header, Weights};
 

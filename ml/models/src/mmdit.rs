@@ -3,8 +3,9 @@
 //! scaled dot-product attention over heads.
 
 use candle_core::{Module, Tensor};
-use candle_nn::{linear, LayerNorm, Linear, VarBuilder};
+use candle_nn::{LayerNorm, VarBuilder};
 use latentflow_kernels::{attention, Attend};
+use latentflow_kernels::{linear, Linear};
 use latentflow_nn::RmsNorm;
 
 /// `norm(x)·(1 + scale) + shift` for B×1×dim modulation vectors.

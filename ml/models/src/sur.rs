@@ -12,7 +12,8 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::{layer_norm, linear, LayerNorm, LayerNormConfig, Linear, VarBuilder};
+use candle_nn::{layer_norm, LayerNorm, LayerNormConfig, VarBuilder};
+use latentflow_kernels::{linear, Linear};
 use latentflow_weights::{Header, Weights};
 
 use crate::ella::MultiheadAttention;

@@ -4,7 +4,8 @@
 
 use candle_core::{DType, Device};
 use candle_core::{Module, Tensor};
-use candle_nn::{linear, LayerNorm, Linear, VarBuilder};
+use candle_nn::{LayerNorm, VarBuilder};
+use latentflow_kernels::{linear, Linear};
 
 /// A layer norm without parameters (`elementwise_affine=False`) for inputs of `dtype`.
 pub fn plain_layer_norm(

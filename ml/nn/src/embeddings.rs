@@ -3,8 +3,9 @@
 //! (`PatchEmbed`), as diffusion transformers use them.
 
 use candle_core::{Device, Module, Tensor};
-use candle_nn::{embedding, linear, Conv2dConfig, Embedding, LayerNorm, Linear, VarBuilder};
+use candle_nn::{embedding, Conv2dConfig, Embedding, LayerNorm, VarBuilder};
 use latentflow_kernels::Conv;
+use latentflow_kernels::{linear, Linear};
 
 /// diffusers' `get_timestep_embedding` for timesteps `t` (one row each), computed in f32 like
 /// the reference: `dim` features, cosines first when `flip_sin_to_cos`.

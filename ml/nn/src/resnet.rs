@@ -3,7 +3,8 @@
 //! resampling both paths after the first activation (ADM's `resblock_updown`).
 
 use candle_core::{Module, Tensor};
-use candle_nn::{linear, Conv2dConfig, Linear, VarBuilder};
+use candle_nn::{Conv2dConfig, VarBuilder};
+use latentflow_kernels::{linear, Linear};
 use latentflow_kernels::{upsample_nearest, Conv, GroupNorm};
 
 /// GroupNorm → SiLU → 3×3 conv, twice, with the time embedding added in between and a 1×1

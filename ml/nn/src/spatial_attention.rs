@@ -8,7 +8,8 @@
 //! pixels are laid out contiguously before the projections.
 
 use candle_core::{Module, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
+use latentflow_kernels::Linear;
 use latentflow_kernels::{attention, Attend, GroupNorm};
 
 /// Self-attention over the pixels of B×C×H×W, residual, divided by a rescale factor.

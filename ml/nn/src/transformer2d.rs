@@ -3,8 +3,9 @@
 //! probabilities.
 
 use candle_core::{Module, Tensor};
-use candle_nn::{layer_norm, linear, linear_no_bias, LayerNorm, Linear, VarBuilder};
+use candle_nn::{layer_norm, LayerNorm, VarBuilder};
 use latentflow_kernels::{attention, Attend, Conv, GroupNorm};
+use latentflow_kernels::{linear, linear_no_bias, Linear};
 
 /// Receives `(layer name, probabilities B×heads×queries×tokens)` of every cross-attention.
 pub type AttentionHook<'a> = &'a (dyn Fn(&str, &Tensor) + Sync);

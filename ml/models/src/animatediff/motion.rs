@@ -4,8 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{layer_norm, linear, LayerNorm, Linear, VarBuilder};
+use candle_nn::{layer_norm, LayerNorm, VarBuilder};
 use latentflow_kernels::GroupNorm;
+use latentflow_kernels::{linear, Linear};
 use latentflow_nn::{Attention, GegluFeedForward};
 use latentflow_weights::{Checked, Header, Weights};
 

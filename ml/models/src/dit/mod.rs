@@ -11,7 +11,8 @@ mod labels;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Module, Tensor};
-use candle_nn::{linear, LayerNorm, Linear, VarBuilder};
+use candle_nn::{LayerNorm, VarBuilder};
+use latentflow_kernels::{linear, Linear};
 use latentflow_nn::{
     plain_layer_norm, AdaLayerNormZero, Attention, GeluFeedForward, PatchEmbed, PatchEmbedConfig,
     TimestepLabelEmbedding,

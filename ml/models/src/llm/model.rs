@@ -5,7 +5,8 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::{embedding, linear_b, linear_no_bias, Embedding, Linear, VarBuilder};
+use candle_nn::{embedding, Embedding, VarBuilder};
+use latentflow_kernels::{linear_b, linear_no_bias, Linear};
 use latentflow_nn::RmsNorm;
 use latentflow_weights::Weights;
 

@@ -10,7 +10,8 @@ mod config;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{linear, LayerNorm, Linear, VarBuilder};
+use candle_nn::{LayerNorm, VarBuilder};
+use latentflow_kernels::{linear, Linear};
 use latentflow_nn::{
     plain_layer_norm, timestep_features, Attention, GeluFeedForward, PatchEmbed, PatchEmbedConfig,
     TimestepEmbedding,

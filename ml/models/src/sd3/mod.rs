@@ -14,8 +14,9 @@ pub mod text;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{linear, LayerNorm, Linear, VarBuilder};
+use candle_nn::{LayerNorm, VarBuilder};
 use latentflow_kernels::Conv;
+use latentflow_kernels::{linear, Linear};
 use latentflow_nn::{
     plain_layer_norm, sincos_positions_2d, timestep_features, GeluFeedForward, TimestepEmbedding,
 };

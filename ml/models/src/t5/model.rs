@@ -8,7 +8,8 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{embedding, linear_no_bias, Embedding, Linear, VarBuilder};
+use candle_nn::{embedding, Embedding, VarBuilder};
+use latentflow_kernels::{linear_no_bias, Linear};
 use latentflow_nn::RmsNorm;
 use latentflow_weights::Weights;
 

@@ -3,8 +3,9 @@
 //! ResNet, and the mid block.
 
 use candle_core::{Module, Tensor};
-use candle_nn::{linear, Conv2dConfig, Linear, VarBuilder};
+use candle_nn::{Conv2dConfig, VarBuilder};
 use latentflow_kernels::{attention, upsample_nearest, Attend, Conv, GroupNorm};
+use latentflow_kernels::{linear, Linear};
 use latentflow_nn::{Resample, ResnetBlock, ResnetConfig};
 
 type CResult<T> = candle_core::Result<T>;

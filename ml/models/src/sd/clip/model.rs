@@ -6,10 +6,9 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
-use candle_nn::{
-    embedding, layer_norm, linear, Embedding, LayerNorm, LayerNormConfig, Linear, VarBuilder,
-};
+use candle_nn::{embedding, layer_norm, Embedding, LayerNorm, LayerNormConfig, VarBuilder};
 use latentflow_kernels::{attention, Attend};
+use latentflow_kernels::{linear, Linear};
 use latentflow_weights::Weights;
 
 use super::config::ClipConfig;
@@ -57,7 +56,7 @@ impl ClipTextModel {
 
     fn build(config: ClipConfig, vb: VarBuilder) -> candle_core::Result<Self> {
         let projection = if vb.contains_tensor("text_projection.weight") {
-            Some(candle_nn::linear_no_bias(
+            Some(latentflow_kernels::linear_no_bias(
                 config.hidden_size,
                 config.projection_dim,
                 vb.pp("text_projection"),

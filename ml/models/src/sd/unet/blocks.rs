@@ -3,7 +3,8 @@
 //! connections, and the output head. Parameter names are diffusers'.
 
 use candle_core::{Module, Tensor};
-use candle_nn::{linear, Conv2dConfig, Linear, VarBuilder};
+use candle_nn::{Conv2dConfig, VarBuilder};
+use latentflow_kernels::{linear, Linear};
 use latentflow_kernels::{Conv, GroupNorm};
 use latentflow_nn::{ResnetBlock, ResnetConfig, Transformer2D, Transformer2DConfig};
 
