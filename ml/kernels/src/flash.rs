@@ -7,6 +7,8 @@
 
 use rayon::prelude::*;
 
+use crate::vmath::exp_sub_sum;
+
 /// Queries per block.
 const BQ: usize = 64;
 /// Sequences shorter than this (temporal attention over frames) are better served by one
@@ -156,100 +158,9 @@ fn row_max(s: &[f32]) -> f32 {
     s.iter().copied().fold(f32::NEG_INFINITY, f32::max)
 }
 
-/// `s[i] = exp(s[i] − m)` in place; returns the sum.
-fn exp_sub_sum(s: &mut [f32], m: f32) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if avx512() {
-            // SAFETY: AVX-512F is present (checked).
-            return unsafe { exp_sub_sum_avx512(s, m) };
-        }
-    }
-    let mut total = 0.0;
-    for x in s.iter_mut() {
-        *x = (*x - m).exp();
-        total += *x;
-    }
-    total
-}
-
-#[cfg(target_arch = "x86_64")]
-fn avx512() -> bool {
-    static YES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *YES.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f"))
-}
-
-/// e^x for 16 lanes: x = n·ln2 + r with |r| ≤ ln2/2, e^r by a degree-6 polynomial, scaled by
-/// 2^n (`vscalefps`). Relative error about 2e-7 over the range; −∞ gives 0.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[inline]
-unsafe fn exp16(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
-    use std::arch::x86_64::*;
-    let x = _mm512_max_ps(x, _mm512_set1_ps(-104.0));
-    let x = _mm512_min_ps(x, _mm512_set1_ps(88.7));
-    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-        _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
-    );
-    // r = x − n·ln2 in two steps (ln2 split into a part exact in f32 and the rest).
-    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
-    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
-    let mut p = _mm512_set1_ps(1.0 / 720.0);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0 / 120.0));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0 / 24.0));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0 / 6.0));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0));
-    _mm512_scalef_ps(p, n)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn exp_sub_sum_avx512(s: &mut [f32], m: f32) -> f32 {
-    use std::arch::x86_64::*;
-    let mv = _mm512_set1_ps(m);
-    let mut acc = _mm512_setzero_ps();
-    let mut chunks = s.chunks_exact_mut(16);
-    for c in &mut chunks {
-        let e = exp16(_mm512_sub_ps(_mm512_loadu_ps(c.as_ptr()), mv));
-        _mm512_storeu_ps(c.as_mut_ptr(), e);
-        acc = _mm512_add_ps(acc, e);
-    }
-    let rest = chunks.into_remainder();
-    if !rest.is_empty() {
-        let mask: __mmask16 = (1u32 << rest.len()) as u16 - 1;
-        let x = _mm512_maskz_loadu_ps(mask, rest.as_ptr());
-        let e = exp16(_mm512_sub_ps(x, mv));
-        let e = _mm512_maskz_mov_ps(mask, e);
-        _mm512_mask_storeu_ps(rest.as_mut_ptr(), mask, e);
-        acc = _mm512_add_ps(acc, e);
-    }
-    _mm512_reduce_add_ps(acc)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_vector_exponential_is_accurate_over_softmax_inputs() {
-        let xs: Vec<f32> = (0..4000)
-            .map(|i| -90.0 + i as f32 * 0.0225 + 0.001)
-            .collect();
-        let mut got = xs.clone();
-        let total = exp_sub_sum(&mut got, 0.0);
-        let mut want_total = 0f64;
-        for (g, x) in got.iter().zip(&xs) {
-            let w = (*x as f64).exp();
-            want_total += w;
-            let rel = ((*g as f64 - w) / w.max(1e-38)).abs();
-            assert!(rel < 1e-6 || w < 1e-37, "exp({x}) = {g}, want {w}");
-        }
-        assert!(((total as f64 - want_total) / want_total).abs() < 1e-5);
-        let mut inf = vec![f32::NEG_INFINITY; 3];
-        assert_eq!(exp_sub_sum(&mut inf, 0.0), 0.0);
-    }
 
     #[test]
     fn fused_attention_equals_softmax_then_product() {

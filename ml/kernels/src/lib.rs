@@ -10,12 +10,15 @@ pub mod attention;
 pub mod bf16_gemm;
 pub mod conv;
 pub mod flash;
+pub mod geglu;
 pub mod linear;
 pub mod norm;
 pub mod resample;
+pub mod vmath;
 
 pub use attention::{attention, Attend};
 pub use conv::Conv;
+pub use geglu::geglu;
 pub use linear::{linear, linear_b, linear_no_bias, Linear};
 pub use norm::GroupNorm;
 pub use resample::upsample_nearest;

@@ -132,10 +132,7 @@ impl GegluFeedForward {
 
 impl Module for GegluFeedForward {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let h = self.proj.forward(x)?;
-        let last = h.rank() - 1;
-        let half = h.dim(last)? / 2;
-        let gated = (h.narrow(last, 0, half)? * h.narrow(last, half, half)?.gelu_erf()?)?;
+        let gated = latentflow_kernels::geglu(&self.proj.forward(x)?)?;
         self.out.forward(&gated)
     }
 }
