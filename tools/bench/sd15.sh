@@ -12,10 +12,16 @@ threads="$(nproc)"
 $py tools/reference/make_sd15_random.py "$model"
 cargo build --release -q
 if [ "${2:-}" != "txt2img" ]; then
-  echo "== LatentFlow (candle)"
-  LATENTFLOW_SD15="$model" cargo bench -q -p latentflow-models --bench sd15
-  echo "== diffusers (PyTorch)"
-  $py tools/reference/bench_sd15.py "$model" "$threads"
+  ours="$(mktemp)"
+  theirs="$(mktemp)"
+  echo "== LatentFlow (candle): f32, and the UNet in bf16"
+  LATENTFLOW_SD15="$model" cargo bench -q -p latentflow-models --bench sd15 | tee "$ours"
+  echo "== diffusers (PyTorch): f32, and the UNet in bf16"
+  $py tools/reference/bench_sd15.py "$model" "$threads" | tee "$theirs"
+  $py tools/reference/bench_sd15.py "$model" "$threads" bf16 | tee -a "$theirs"
+  echo "== ratios (this run)"
+  $py tools/bench/ratios.py "$ours" "$theirs"
+  rm -f "$ours" "$theirs"
 fi
 echo "== 20-step 512x512 txt2img (DDIM, CFG 7.5): wall seconds, peak RSS KiB"
 out="$(mktemp -d)"
