@@ -2,9 +2,9 @@
 //!
 //! `softmax(q·kᵀ + mask)·v` over tensors of B×heads×L×d. The caller scales `q` (models keep the
 //! reference implementation's order of operations, which parity tests pin down). Without a mask
-//! or a probability sink, long sequences are computed in blocks of queries so the whole
-//! B·heads×Lq×Lk score matrix never exists at once: less memory, fewer page faults, warmer
-//! caches.
+//! or a probability sink, f32 on the CPU with 32 queries or more runs fused ([`crate::flash`]:
+//! online softmax over key blocks, vectorised exp); otherwise long sequences are computed in
+//! blocks of queries so the whole B·heads×Lq×Lk score matrix never exists at once.
 
 use candle_core::{DType, Tensor};
 
@@ -83,12 +83,12 @@ fn whole(q: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
 fn blocked(q: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
     let (b, h, lq, d) = q.dims4()?;
     let lk = k.dim(2)?;
-    if b * h * lq * lk <= SCORE_BLOCK {
-        return whole(q, k, v);
-    }
     let cpu_f32 = matches!(q.device(), candle_core::Device::Cpu) && q.dtype() == DType::F32;
     if cpu_f32 && lq >= crate::flash::MIN_QUERIES {
         return fused(q, k, v);
+    }
+    if b * h * lq * lk <= SCORE_BLOCK {
+        return whole(q, k, v);
     }
     if lq * lk <= SCORE_BLOCK {
         // Many short sequences (temporal attention over the frames at every pixel): whole

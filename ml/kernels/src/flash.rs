@@ -10,12 +10,13 @@ use rayon::prelude::*;
 use crate::vmath::exp_sub_sum;
 
 /// Queries per block.
-const BQ: usize = 64;
+const BQ: usize = 128;
 /// Sequences shorter than this (temporal attention over frames) are better served by one
 /// batched product over many heads.
 pub const MIN_QUERIES: usize = 32;
-/// Keys per block: a BQ×BK score block (64 KiB) and the key/value blocks stay in L2.
-const BK: usize = 256;
+/// Keys per block: a BQ×BK score block (256 KiB) and the key/value blocks stay in L2 (sizes
+/// tuned on the SD 1.5 shapes of `cargo bench -p latentflow-kernels`).
+const BK: usize = 512;
 
 /// `softmax(q·kᵀ)·v` for q `bh`×`lq`×`d`, k `bh`×`lk`×`d`, v `bh`×`lk`×`dv`, all row-major;
 /// returns `bh`×`lq`×`dv`.
