@@ -209,10 +209,18 @@ impl PackedB {
         Rows::new(src, depth, cols, stride)?;
         Ok(Self::build(depth, cols, |p, out| {
             let (c0, n) = (p * NR, NR.min(cols - p * NR));
-            for k in 0..depth {
-                let row = &src[k * stride + c0..k * stride + c0 + n];
-                for (j, v) in row.iter().enumerate() {
-                    put(out, k, j, v.to_bits());
+            // Rows 2·pair and 2·pair + 1 interleaved (the second absent past an odd depth).
+            for (pair, dst) in out.chunks_exact_mut(NR * 2).enumerate() {
+                let k = 2 * pair;
+                let even = &src[k * stride + c0..k * stride + c0 + n];
+                for (d, v) in dst.iter_mut().step_by(2).zip(even) {
+                    *d = v.to_bits();
+                }
+                if k + 1 < depth {
+                    let odd = &src[(k + 1) * stride + c0..(k + 1) * stride + c0 + n];
+                    for (d, v) in dst.iter_mut().skip(1).step_by(2).zip(odd) {
+                        *d = v.to_bits();
+                    }
                 }
             }
         }))
@@ -229,14 +237,30 @@ impl PackedB {
         Rows::new(src, cols, depth, stride)?;
         Ok(Self::build(depth, cols, |p, out| {
             let (c0, n) = (p * NR, NR.min(cols - p * NR));
-            for j in 0..n {
-                let col = &src[(c0 + j) * stride..(c0 + j) * stride + depth];
-                for (pair, two) in col.chunks(2).enumerate() {
-                    let at = pair * NR * 2 + j * 2;
-                    out[at] = two[0].to_bits();
-                    if let Some(hi) = two.get(1) {
-                        out[at + 1] = hi.to_bits();
+            // Blocks of pairs so the panel's part being written stays in L1 across columns.
+            const BLOCK: usize = 128;
+            let pairs = depth / 2;
+            let mut p0 = 0;
+            while p0 < pairs {
+                let p1 = (p0 + BLOCK).min(pairs);
+                for j in 0..n {
+                    let col = &src[(c0 + j) * stride + 2 * p0..(c0 + j) * stride + 2 * p1];
+                    let dst = &mut out[p0 * NR * 2..p1 * NR * 2];
+                    for (two, at) in col.chunks_exact(2).zip(dst.chunks_exact_mut(NR * 2)) {
+                        at[j * 2] = two[0].to_bits();
+                        at[j * 2 + 1] = two[1].to_bits();
                     }
+                }
+                p0 = p1;
+            }
+            if depth % 2 == 1 {
+                for j in 0..n {
+                    put(
+                        out,
+                        depth - 1,
+                        j,
+                        src[(c0 + j) * stride + depth - 1].to_bits(),
+                    );
                 }
             }
         }))
