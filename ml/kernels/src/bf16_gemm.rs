@@ -360,10 +360,18 @@ pub fn narrow(values: &[f32]) -> Vec<bf16> {
         .zip(values.par_chunks(1 << 16))
         .for_each(|(o, v)| {
             for (o, v) in o.iter_mut().zip(v) {
-                *o = bf16::from_f32(*v);
+                *o = round(*v);
             }
         });
     out
+}
+
+/// f32 → bf16 rounding to nearest even, branch-free so loops over it vectorise; NaN stays NaN.
+#[inline]
+pub(crate) fn round(v: f32) -> bf16 {
+    let bits = v.to_bits();
+    let rounded = (bits.wrapping_add(0x7FFF + ((bits >> 16) & 1)) >> 16) as u16;
+    bf16::from_bits(if v.is_nan() { 0x7FC0 } else { rounded })
 }
 
 fn widened_product(a: Rows, b: &PackedB, c: &mut [f32]) {
@@ -758,6 +766,30 @@ mod tests {
             *v += bias[i % n];
         }
         assert!(max_error(&got, &want) < 1e-3);
+    }
+
+    #[test]
+    fn rounding_matches_half_to_nearest_even() {
+        let mut s = 1u32;
+        for _ in 0..100_000 {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let v = f32::from_bits(s);
+            if v.is_nan() {
+                assert!(round(v).is_nan());
+            } else {
+                assert_eq!(round(v).to_bits(), bf16::from_f32(v).to_bits(), "{v:e}");
+            }
+        }
+        for v in [
+            0.0f32,
+            -0.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MAX,
+            1.0 + 1.0 / 256.0,
+        ] {
+            assert_eq!(round(v).to_bits(), bf16::from_f32(v).to_bits(), "{v:e}");
+        }
     }
 
     #[test]

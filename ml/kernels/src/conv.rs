@@ -152,7 +152,7 @@ impl Conv {
                         .for_each(|(oi, (d, v))| {
                             let add = bias.as_ref().map_or(0.0, |b| b[oi]);
                             for (d, v) in d[span.clone()].iter_mut().zip(v) {
-                                *d = bf16::from_f32(v + add);
+                                *d = bf16_gemm::round(v + add);
                             }
                         });
                     y0 += n;
