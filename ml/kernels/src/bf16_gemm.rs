@@ -14,6 +14,8 @@
 use half::bf16;
 use rayon::prelude::*;
 
+use crate::disjoint::Disjoint;
+
 /// Rows of A per micro tile.
 pub const MR: usize = 8;
 /// Columns of B per panel (and per micro tile): two vectors of 16 f32 accumulators.
@@ -415,25 +417,11 @@ fn widened_product(a: Rows, b: &PackedB, c: &mut [f32]) {
     }
 }
 
-/// A raw pointer to C shared by the work items, each writing its own tiles.
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-// SAFETY: work items write disjoint tiles of C.
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-
-impl Out {
-    /// The pointer (a method, so closures capture the `Send` wrapper, not its field).
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
 #[cfg(target_arch = "x86_64")]
 fn tiled_product(kernel: Kernel, a: Rows, b: &PackedB, c: &mut [f32]) {
     let (m, n) = (a.rows, b.cols);
     let (mb, nb) = (m.div_ceil(MC), n.div_ceil(NC));
-    let out = Out(c.as_mut_ptr());
+    let out = Disjoint(c.as_mut_ptr());
     (0..mb * nb).into_par_iter().for_each(|t| {
         // SAFETY: `kernel` came from `Kernel::available` (its features are present); the item
         // writes only the tiles of its own rows and columns of the m×n buffer behind `out`.

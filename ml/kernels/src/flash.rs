@@ -7,6 +7,8 @@
 
 use rayon::prelude::*;
 
+use crate::disjoint::Disjoint;
+
 use crate::vmath::exp_sub_sum;
 
 /// Queries per block.
@@ -36,7 +38,7 @@ pub fn attention(
     let items: Vec<(usize, usize)> = (0..bh)
         .flat_map(|h| (0..blocks).map(move |b| (h, b)))
         .collect();
-    let ptr = Out(out.as_mut_ptr());
+    let ptr = Disjoint(out.as_mut_ptr());
     items.par_iter().for_each(|&(h, b)| {
         let q0 = b * BQ;
         let rows = BQ.min(lq - q0);
@@ -49,19 +51,6 @@ pub fn attention(
         block(qh, kh, vh, o, rows, lk, d, dv);
     });
     out
-}
-
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-// SAFETY: the work items write disjoint rows.
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-
-impl Out {
-    /// The pointer (a method, so closures capture the `Send` wrapper, not its field).
-    fn get(self) -> *mut f32 {
-        self.0
-    }
 }
 
 /// One block of `rows` queries against all `lk` keys; `o` (rows×dv) receives the result.

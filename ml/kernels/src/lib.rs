@@ -9,6 +9,7 @@
 pub mod attention;
 pub mod bf16_gemm;
 pub mod conv;
+mod disjoint;
 pub mod flash;
 pub mod geglu;
 pub mod linear;
