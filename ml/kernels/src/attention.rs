@@ -47,16 +47,17 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, opts: Attend) -> candle_cor
     if q.track_op() || k.track_op() || v.track_op() {
         return differentiable(q, k, v, opts);
     }
-    if opts.mask.is_some() || opts.probabilities.is_some() {
-        let mut scores = q.matmul(&k.t()?)?;
-        if let Some(m) = opts.mask {
-            scores = scores.broadcast_add(m)?;
-        }
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    if let Some(m) = opts.mask {
+        let probs = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?.broadcast_add(m)?)?;
         if let Some(sink) = opts.probabilities {
             sink(&probs);
         }
         return probs.matmul(v);
+    }
+    if let Some(sink) = opts.probabilities {
+        // The sink gets the probabilities; the result comes from the same path as without a
+        // sink, so watching attention never changes a single bit of what the model computes.
+        sink(&candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?);
     }
     blocked(q, k, v)
 }
@@ -217,6 +218,34 @@ mod tests {
         let a = attention(&q, &k, &v, Attend::default()).unwrap();
         let b = naive(&q, &k, &v);
         let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(d.to_scalar::<f32>().unwrap() < 1e-5);
+    }
+
+    #[test]
+    fn a_sink_sees_the_probabilities_and_changes_no_bit_of_the_result() {
+        let dev = Device::Cpu;
+        // Long enough for the fused path.
+        let q = Tensor::randn(0f32, 1.0, (1, 2, 70, 8), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (1, 2, 77, 8), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (1, 2, 77, 8), &dev).unwrap();
+        let seen = std::sync::Mutex::new(None);
+        let sink = |p: &Tensor| *seen.lock().unwrap() = Some(p.clone());
+        let watched = Attend {
+            mask: None,
+            probabilities: Some(&sink),
+        };
+        let with = attention(&q, &k, &v, watched).unwrap();
+        let without = attention(&q, &k, &v, Attend::default()).unwrap();
+        let bits = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(bits(&with), bits(&without));
+        let p = seen.lock().unwrap().clone().unwrap();
+        assert_eq!(p.dims(), &[1, 2, 70, 77]);
+        let d = (p.matmul(&v).unwrap() - &without)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
         assert!(d.to_scalar::<f32>().unwrap() < 1e-5);
     }
 
