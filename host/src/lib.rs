@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod catalog;
+pub mod devices;
 pub mod dot;
 pub mod exec;
 pub mod farm;

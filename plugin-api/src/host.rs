@@ -1,10 +1,13 @@
 //! Services the host gives every node call: logging, progress, cancellation, seeds, run facts,
-//! allocation limits. Later minor versions may append methods (the vtable is a prefix type).
+//! allocation limits, the GPU device service. Later minor versions may append methods (the vtable is a prefix type).
 
 use abi_stable::sabi_trait;
 use abi_stable::sabi_types::RRef;
-use abi_stable::std_types::{RStr, RString};
+use abi_stable::std_types::{RResult, RStr, RString};
 use abi_stable::StableAbi;
+
+use crate::error::NodeError;
+use crate::gpu::GpuRef;
 
 /// Severity of a log line (bridged to `tracing` levels by the host).
 #[repr(u8)]
@@ -54,6 +57,11 @@ pub trait HostServices: Send + Sync {
     /// before allocating.
     #[sabi(last_prefix_field)]
     fn alloc_limit(&self) -> u64;
+
+    /// The host's GPU device service, opened on first use. An error when the host has no GPU
+    /// adapter (its message names what was tried) or the node runs where the service cannot
+    /// reach (an isolated process).
+    fn gpu(&self) -> RResult<GpuRef, NodeError>;
 }
 
 /// How a node receives the host services.

@@ -40,6 +40,7 @@
 pub mod abi_value;
 pub mod descriptor;
 pub mod error;
+pub mod gpu;
 pub mod host;
 pub mod module;
 pub mod object;
@@ -54,6 +55,9 @@ pub use descriptor::{
     PortDesc, SizeRule,
 };
 pub use error::{ErrorKind, NodeError};
+pub use gpu::{
+    GpuBinding, GpuBuffer, GpuGroups, GpuKernel, GpuLimits, GpuRef, GpuService, GpuService_TO,
+};
 pub use host::{HostRef, HostServices, HostServices_TO, LogLevel};
 pub use module::{Node, NodeBox, Node_TO, PluginMod, PluginModRef, API_VERSION};
 pub use object::{Object, ObjectHandle, ObjectImpl, Object_TO, Reply};

@@ -47,6 +47,14 @@ impl DLDevice {
         device_type: 1,
         device_id: 0,
     };
+    /// DLPack's device type for WebGPU: a buffer of the host's GPU service
+    /// ([`crate::gpu`]), its handle in `data`.
+    pub const WEBGPU_TYPE: i32 = 15;
+    /// The host's GPU service device.
+    pub const WEBGPU: DLDevice = DLDevice {
+        device_type: DLDevice::WEBGPU_TYPE,
+        device_id: 0,
+    };
 }
 
 /// DLPack element type (`DLDataType`).
@@ -59,6 +67,17 @@ pub struct DLDataType {
     pub bits: u8,
     /// Lanes (1 for scalars).
     pub lanes: u16,
+}
+
+impl From<DType> for DLDataType {
+    fn from(d: DType) -> DLDataType {
+        let (code, bits) = d.dlpack();
+        DLDataType {
+            code,
+            bits,
+            lanes: 1,
+        }
+    }
 }
 
 /// DLPack tensor descriptor (`DLTensor`). `shape` and `strides` point into memory owned by the
@@ -294,6 +313,40 @@ impl Tensor {
             manager: Box::into_raw(manager) as *mut c_void,
             vtable: &MANAGER_VTABLE,
         }
+    }
+
+    /// A tensor over a buffer of the host's GPU service (compact, row-major): `data` holds the
+    /// handle, not an address, and `keep` is dropped with the last copy (the host releases its
+    /// buffer reference there). Only the host's GPU service makes these; plugins ask it with
+    /// [`GpuService::tensor`](crate::gpu::GpuService::tensor).
+    pub fn from_gpu_buffer(
+        buffer: crate::gpu::GpuBuffer,
+        dtype: DType,
+        shape: &[usize],
+        keep: Box<dyn std::any::Any + Send + Sync>,
+    ) -> Tensor {
+        // SAFETY: the device is not the CPU, so nothing in this crate dereferences `data`; every
+        // byte view checks the device first.
+        unsafe {
+            Tensor::from_raw_parts(
+                buffer.0 as usize as *const u8,
+                dtype,
+                shape,
+                None,
+                0,
+                DLDevice::WEBGPU,
+                keep,
+            )
+        }
+    }
+
+    /// The GPU service buffer of a device tensor, when it is one (compact and from byte 0, as
+    /// the service makes them).
+    pub fn gpu_buffer(&self) -> Option<crate::gpu::GpuBuffer> {
+        (self.dl.device.device_type == DLDevice::WEBGPU_TYPE
+            && self.dl.byte_offset == 0
+            && self.is_contiguous())
+        .then_some(crate::gpu::GpuBuffer(self.dl.data as usize as u64))
     }
 
     /// A CPU tensor owning `data`, compact row-major.

@@ -80,4 +80,13 @@ impl HostServices for NodeServices<'_> {
     fn alloc_limit(&self) -> u64 {
         self.alloc_limit
     }
+
+    fn gpu(
+        &self,
+    ) -> latentflow_plugin_api::abi_stable::std_types::RResult<
+        latentflow_plugin_api::GpuRef,
+        latentflow_plugin_api::NodeError,
+    > {
+        crate::devices::gpu_for_plugins()
+    }
 }

@@ -588,6 +588,15 @@ impl HostServices for Detached {
     fn alloc_limit(&self) -> u64 {
         self.facts.alloc_limit
     }
+
+    fn gpu(
+        &self,
+    ) -> latentflow_plugin_api::abi_stable::std_types::RResult<
+        latentflow_plugin_api::GpuRef,
+        latentflow_plugin_api::NodeError,
+    > {
+        crate::devices::gpu_unavailable_isolated()
+    }
 }
 
 /// A node instance living in a worker.
