@@ -152,7 +152,7 @@ fn softmax_matches_candle_on_rows_longer_and_shorter_than_a_workgroup() {
             &format!("softmax {shape:?}"),
             &back(&g, &got),
             &flat(&want),
-            1e-5,
+            TOL_REDUCE,
         );
     }
 }
