@@ -30,3 +30,33 @@ pub fn gpu_unavailable_isolated() -> RResult<GpuRef, NodeError> {
         "the GPU device service is not available to a plugin that runs in an isolated worker (`--isolate`); run that plugin in the host process",
     ))
 }
+
+/// One device, as `latentflow devices` lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeviceInfo {
+    /// How a graph names it: `cpu`, `wgpu`.
+    pub name: String,
+    /// What it is.
+    pub detail: String,
+    /// Whether the GPU device service would use it (the CPU is always usable).
+    pub selected: bool,
+}
+
+/// The CPU and every Vulkan adapter, marking the one the GPU service opens.
+pub fn list() -> Vec<DeviceInfo> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut out = vec![DeviceInfo {
+        name: "cpu".into(),
+        detail: format!("{} threads ({})", threads, std::env::consts::ARCH),
+        selected: true,
+    }];
+    let chosen = gpu().ok().map(|s| s.adapter().clone());
+    for a in Service::list_adapters() {
+        out.push(DeviceInfo {
+            name: "wgpu".into(),
+            selected: chosen.as_ref() == Some(&a),
+            detail: a.to_string(),
+        });
+    }
+    out
+}

@@ -127,6 +127,12 @@ enum Command {
     Serve(ServeArgs),
     /// Take jobs from a NATS JetStream server (queued by `serve --nats`) and run them.
     Worker(WorkerArgs),
+    /// List the compute devices: the CPU and the GPU adapters the device service can open.
+    Devices {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the models found in the Hugging Face cache and the model folders.
     Models {
         /// Print JSON instead of a table.
@@ -322,6 +328,9 @@ fn real_main(cli: Cli) -> Result<u8> {
     if let Command::Models { json } = cli.command {
         return list_models(json);
     }
+    if let Command::Devices { json } = cli.command {
+        return list_devices(json);
+    }
     let mut discovery = Discovery::standard(&cli.plugins);
     discovery.isolate = isolate::Policy {
         all: cli.isolate,
@@ -348,7 +357,7 @@ fn real_main(cli: Cli) -> Result<u8> {
             bench::run(&args, &discovery)?;
             Ok(0)
         }
-        Command::Models { .. } => Ok(0),
+        Command::Models { .. } | Command::Devices { .. } => Ok(0),
         _ if conflicts => Ok(exit::PLUGIN),
         Command::Import {
             workflow,
@@ -681,6 +690,24 @@ fn import(
         );
         return Ok(exit::INVALID_GRAPH);
     }
+    Ok(0)
+}
+
+fn list_devices(json: bool) -> Result<u8> {
+    let devices = latentflow::devices::list();
+    if json {
+        emit(&(serde_json::to_string_pretty(&devices)? + "\n"))?;
+        return Ok(0);
+    }
+    let mut text = String::new();
+    for d in &devices {
+        let mark = if d.selected { "*" } else { " " };
+        text += &format!("{mark} {:<6} {}\n", d.name, d.detail);
+    }
+    if let Err(reason) = latentflow::devices::gpu() {
+        text += &format!("  GPU device service unavailable: {reason}\n");
+    }
+    emit(&text)?;
     Ok(0)
 }
 

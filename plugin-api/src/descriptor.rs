@@ -99,7 +99,9 @@ pub struct Capabilities {
     /// The node has side effects outside its outputs (writes files); it always runs when its
     /// inputs or params change and is never skipped for lack of consumers.
     pub side_effects: bool,
-    /// Devices the node can run on: a bit set of [`Capabilities::CPU`] and [`Capabilities::CUDA`].
+    /// Devices the node can run on: a bit set of [`Capabilities::CPU`], [`Capabilities::CUDA`]
+    /// and [`Capabilities::WGPU`]. A node without `CPU` is refused at validation on a machine
+    /// that lacks its device.
     pub devices: u32,
     /// The plugin refines the node's output types from its parameters before anything runs
     /// (`PluginMod::infer`): a model loader says which family the file holds.
@@ -111,6 +113,8 @@ impl Capabilities {
     pub const CPU: u32 = 1;
     /// Runs on CUDA devices.
     pub const CUDA: u32 = 2;
+    /// Runs on the host's GPU device service ([`crate::gpu`]).
+    pub const WGPU: u32 = 4;
 }
 
 impl Default for Capabilities {

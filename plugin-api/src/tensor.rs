@@ -526,10 +526,12 @@ impl Tensor {
             .dtype()
             .ok_or_else(|| TensorError("unsupported element type".into()))?;
         if self.dl.device.device_type != DLDevice::CPU.device_type {
-            return Err(TensorError(format!(
-                "tensor lives on device type {}, not the CPU",
-                self.dl.device.device_type
-            )));
+            return Err(TensorError(match self.dl.device.device_type {
+                DLDevice::WEBGPU_TYPE => {
+                    "tensor lives on the GPU; bring it back with gpu.download first".to_string()
+                }
+                t => format!("tensor lives on device type {t}, not the CPU"),
+            }));
         }
         let shape = self.shape();
         let strides = self.strides();

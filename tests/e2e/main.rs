@@ -9,6 +9,7 @@ mod dit;
 mod execution;
 mod farm;
 mod flux;
+mod gpu;
 mod graphs;
 mod isolation;
 mod llm;

@@ -38,7 +38,7 @@ impl GpuService for Table {
         let l = self.0.limits();
         GpuLimits {
             max_buffer_bytes: l.max_buffer_size,
-            max_binding_bytes: u64::from(l.max_storage_buffer_binding_size),
+            max_binding_bytes: l.max_storage_buffer_binding_size,
             max_workgroups_per_dimension: l.max_compute_workgroups_per_dimension,
             max_invocations_per_workgroup: l.max_compute_invocations_per_workgroup,
             max_workgroup_memory_bytes: l.max_compute_workgroup_storage_size,

@@ -24,7 +24,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 fn aligned(what: &str, v: u64) -> Result<(), GpuError> {
-    if v % wgpu::COPY_BUFFER_ALIGNMENT == 0 {
+    if v.is_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT) {
         Ok(())
     } else {
         Err(GpuError::Limit(format!(
@@ -236,7 +236,7 @@ impl Service {
                         source: wgpu::ShaderSource::Wgsl(source.into()),
                     })
             })
-            .map_err(|e| shader_error(located(&e.to_string())))?;
+            .map_err(|e| shader_error(one_line(&e.to_string())))?;
         let info = pollster::block_on(module.get_compilation_info());
         if let Some(m) = info
             .messages
@@ -304,7 +304,7 @@ impl Service {
                 .map(|&(b, h)| Ok((b, table.get(h)?)))
                 .collect::<Result<Vec<_>, GpuError>>()?
         };
-        let max_binding = u64::from(self.limits.max_storage_buffer_binding_size);
+        let max_binding = self.limits.max_storage_buffer_binding_size;
         if let Some((b, buf)) = buffers.iter().find(|(_, buf)| buf.size() > max_binding) {
             return Err(GpuError::Limit(format!(
                 "binding {b} of kernel `{}` is {} bytes; this device binds at most {max_binding}",
@@ -369,9 +369,4 @@ impl Service {
 /// wgpu's messages span lines (a report with the source excerpt); keep them on one.
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-/// A shader report from wgpu, reduced to one line that keeps its `line:column` mark.
-fn located(s: &str) -> String {
-    one_line(s)
 }

@@ -81,6 +81,12 @@ impl<'a> Ctx<'a> {
         std::path::PathBuf::from(self.host.output_dir().as_str())
     }
 
+    /// The host's GPU device service (opened on first use); an error names what the host tried
+    /// and found when it has none.
+    pub fn gpu(&self) -> Result<crate::gpu::GpuRef, NodeError> {
+        self.host.gpu().into_result()
+    }
+
     /// The most bytes one result of this node may take.
     pub fn alloc_limit(&self) -> u64 {
         self.host.alloc_limit()

@@ -146,6 +146,13 @@ impl NodeDef {
         self
     }
 
+    /// The devices the node runs on (a bit set of [`Capabilities`](crate::Capabilities)'
+    /// `CPU`, `CUDA`, `WGPU`; the default is the CPU).
+    pub fn devices(mut self, devices: u32) -> Self {
+        self.desc.caps.devices = devices;
+        self
+    }
+
     /// Marks the node as having side effects (writing files).
     pub fn side_effects(mut self) -> Self {
         self.desc.caps.side_effects = true;

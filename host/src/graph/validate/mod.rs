@@ -7,6 +7,7 @@
 //! embedded in outputs ([`canonical`]).
 
 mod canonical;
+mod devices;
 mod inputs;
 mod nodes;
 mod order;

@@ -86,6 +86,7 @@ impl Validator<'_> {
         for draft in drafts.iter_mut().filter(|d| d.ty.is_some()) {
             self.params(draft, vars, seed);
             self.sizes(draft);
+            self.devices(draft);
         }
         let ids: Vec<String> = drafts.iter().map(|d| d.id.clone()).collect();
         let index: HashMap<&str, usize> = ids
