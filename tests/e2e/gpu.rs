@@ -127,4 +127,8 @@ fn devices_lists_the_cpu_and_the_adapter_in_use() {
     assert!(names.starts_with(&["cpu", "wgpu"]), "{names:?}");
     // The adapter exists but is not the one asked for.
     assert_eq!(list[1]["selected"], false);
+    let readme = std::fs::read_to_string(latentflow_tests::workspace_root().join("README.md"))
+        .expect("README");
+    assert!(readme.contains("latentflow devices "));
+    assert!(readme.contains("latentflow run graphs/gpu_kernels.yaml "));
 }

@@ -228,15 +228,19 @@ impl Service {
             entry: entry.to_string(),
             message,
         };
+        let internal = self.device.push_error_scope(wgpu::ErrorFilter::Internal);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let module = self
-            .scoped("shader compile", || {
-                self.device
-                    .create_shader_module(wgpu::ShaderModuleDescriptor {
-                        label: Some(entry),
-                        source: wgpu::ShaderSource::Wgsl(source.into()),
-                    })
-            })
-            .map_err(|e| shader_error(one_line(&e.to_string())))?;
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(entry),
+                source: wgpu::ShaderSource::Wgsl(source.into()),
+            });
+        let caught = [
+            pollster::block_on(validation.pop()),
+            pollster::block_on(internal.pop()),
+        ];
+        // The compiler's own messages say where; wgpu's error only repeats them as a report.
         let info = pollster::block_on(module.get_compilation_info());
         if let Some(m) = info
             .messages
@@ -247,7 +251,16 @@ impl Service {
                 .location
                 .map(|l| format!("line {}:{}: ", l.line_number, l.line_position))
                 .unwrap_or_default();
-            return Err(shader_error(format!("{at}{}", one_line(&m.message))));
+            // The first line is the reason; the rest repeats the source with a caret.
+            let reason = m
+                .message
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or_default();
+            return Err(shader_error(format!("{at}{}", one_line(reason))));
+        }
+        if let Some(e) = caught.into_iter().flatten().next() {
+            return Err(shader_error(one_line(&e.to_string())));
         }
         let pipeline = self
             .scoped("pipeline creation", || {
