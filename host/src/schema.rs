@@ -112,6 +112,7 @@ pub fn graph_schema(registry: &Registry) -> Json {
             "version": {"const": 1},
             "description": {"type": "string"},
             "seed": {"type": "integer", "minimum": 0, "description": "Run seed; `random` seed params derive from it"},
+            "device": {"type": "string", "pattern": "^(cpu|cuda(:[0-9]+)?|wgpu)$", "description": "Default `device` of the model loaders that do not set one: cpu, cuda:N or wgpu"},
             "inputs": {
                 "type": "object",
                 "description": "Graph inputs, referenced as $name and overridable with --set name=value",

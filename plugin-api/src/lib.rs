@@ -39,6 +39,7 @@
 
 pub mod abi_value;
 pub mod descriptor;
+pub mod device;
 pub mod error;
 pub mod gpu;
 pub mod host;
@@ -54,6 +55,7 @@ pub use descriptor::{
     Capabilities, Extent, NodeDescriptor, ParamKind, ParamSpec, PluginManifest, PluginStats,
     PortDesc, SizeRule,
 };
+pub use device::DeviceSpec;
 pub use error::{ErrorKind, NodeError};
 pub use gpu::{
     GpuBinding, GpuBuffer, GpuGroups, GpuKernel, GpuLimits, GpuRef, GpuService, GpuService_TO,

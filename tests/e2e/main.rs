@@ -5,6 +5,7 @@ mod bivdiff;
 mod cli;
 mod comfy_import;
 mod default_model;
+mod devices;
 mod dit;
 mod execution;
 mod farm;

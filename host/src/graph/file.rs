@@ -113,6 +113,10 @@ pub struct GraphFile {
     /// The run seed (overridden by `--seed`).
     #[serde(default)]
     pub seed: Option<Loc<u64>>,
+    /// The device of every node with a `device` parameter (model loaders) that does not set
+    /// it: `cpu`, `cuda:N` or `wgpu`.
+    #[serde(default)]
+    pub device: Option<Loc<String>>,
     /// Graph inputs: a default value, or `{type, default, doc}`.
     #[serde(default)]
     pub inputs: Entries<Json>,

@@ -6,10 +6,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use candle_core::{DType as CDType, Device};
+use candle_core::DType as CDType;
 use latentflow_models::dit::{ClassNames, DiT, DiTConfig};
 use latentflow_models::Checked;
-use latentflow_plugin_api::sdk::candle::{compute_dtype, dtype_param, from_candle, to_candle_f32};
+use latentflow_plugin_api::sdk::candle::{
+    compute_device, compute_dtype, dtype_param, from_candle, to_candle_f32,
+};
 use latentflow_plugin_api::sdk::denoiser::{
     denoiser_handle, Call, DenoiseOutput, DenoiseRequest, Denoised, DenoiserImpl, DenoiserInfo,
     PredictionKind,
@@ -125,8 +127,9 @@ impl DenoiserImpl for DiTDenoiser {
 }
 
 fn load(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
+    let device = compute_device(p)?;
     let path = PathBuf::from(p.str("path")?);
-    let model = DiT::load(&path, compute_dtype(p)?, &Device::Cpu).map_err(fail)?;
+    let model = DiT::load(&path, compute_dtype(p)?, &device).map_err(fail)?;
     // Names live in the pipeline folder's model_index.json.
     let names = if path.join("model_index.json").is_file() {
         ClassNames::read(&path).map_err(fail)?
@@ -153,7 +156,7 @@ fn check(p: &Params) -> Result<Vec<PortType>, NodeError> {
 
 /// The node.
 pub fn node() -> NodeDef {
-    NodeDef::new("dit.load", load)
+    NodeDef::new("dit.load", load).param(Param::device())
         .doc("Loads a DiT (diffusers' DiTTransformer2DModel, or Transformer2DModel with norm_type ada_norm_zero): a DiTPipeline folder (transformer/, vae/, scheduler/; class names from model_index.json's id2label) or a transformer folder. A Denoiser of family dit: class-conditional through dit.class_labels, any latent size that splits into patches (positions recomputed for the grid), learned sigma returned as the learned-range variance. Sample with linear betas 0.0001 → 0.02 (DiT's). Load the VAE with sd.load_vae on the same folder. The config is checked before anything runs.")
         .param(Param::path("path").doc("DiTPipeline folder, or a transformer folder"))
         .param(dtype_param())

@@ -6,11 +6,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use candle_core::Device;
 use latentflow_models::flux::text::FluxText;
 use latentflow_models::flux::{Flux, FluxConfig};
 use latentflow_models::Checked;
-use latentflow_plugin_api::sdk::candle::{compute_dtype, dtype_param, from_candle, to_candle_f32};
+use latentflow_plugin_api::sdk::candle::{
+    compute_device, compute_dtype, dtype_param, from_candle, to_candle_f32,
+};
 use latentflow_plugin_api::sdk::denoiser::{
     denoiser_handle, DenoiseOutput, DenoiseRequest, Denoised, DenoiserImpl, DenoiserInfo,
     PredictionKind,
@@ -91,12 +92,13 @@ fn config(path: &Path, given: Option<&Path>) -> Result<FluxConfig, NodeError> {
 }
 
 fn load(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
+    let device = compute_device(p)?;
     let path = PathBuf::from(p.str("path")?);
     let dtype = compute_dtype(p)?;
     let model = if path.is_file() {
-        Flux::load_file(&path, config_param(p)?.as_deref(), dtype, &Device::Cpu)
+        Flux::load_file(&path, config_param(p)?.as_deref(), dtype, &device)
     } else {
-        Flux::load(&path, dtype, &Device::Cpu)
+        Flux::load(&path, dtype, &device)
     }
     .map_err(fail)?;
     let guidance = model.config.guidance_embeds.then_some(p.f64("guidance")?);
@@ -109,15 +111,16 @@ fn load(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
 }
 
 fn load_text(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
+    let device = compute_device(p)?;
     let path = PathBuf::from(p.str("path")?);
-    let text = FluxText::load(&path, compute_dtype(p)?, &Device::Cpu).map_err(fail)?;
+    let text = FluxText::load(&path, compute_dtype(p)?, &device).map_err(fail)?;
     Ok(vec![Value::Object(ObjectHandle::new(TextObject(text)))])
 }
 
 /// The nodes.
 pub fn nodes() -> Vec<NodeDef> {
     vec![
-        NodeDef::new("dit.load_flux", load)
+        NodeDef::new("dit.load_flux", load).param(Param::device())
             .doc("Loads a FLUX.1 transformer (diffusers' FluxTransformer2DModel: double- and single-stream blocks, 3-axis RoPE, the guidance embedding of dev): a pipeline folder (transformer/), a transformer folder, or BFL's original single file (fused q/k/v; mapped onto diffusers' names, fused matrices split without copying). A flow-matching Denoiser of family flux over the latent (N×C×H×W, H and W even: it packs 2×2 cells per token itself). Sample it with flow_euler, dynamic_shift and flow_grid flux, as FluxPipeline does, cfg 1 (dev takes `guidance` instead). Load the VAE with sd.load_vae on the same folder. The config is checked before anything runs.")
             .param(Param::path("path").doc("Flux pipeline folder, a transformer folder, or a single file in Black Forest Labs' layout (flux1-dev.safetensors)"))
             .param(Param::path("config").default("").doc("single files: a diffusers transformer folder (or its config.json) with the architecture; empty: read off the file (FLUX.1's rotary axes)"))
@@ -128,7 +131,7 @@ pub fn nodes() -> Vec<NodeDef> {
                 config(Path::new(p.str("path")?), config_param(p)?.as_deref())?;
                 Ok(vec![PortType::handle_of("Denoiser", Family::named(FLUX))])
             }),
-        NodeDef::new("dit.load_flux_text", load_text)
+        NodeDef::new("dit.load_flux_text", load_text).param(Param::device())
             .doc("Loads a Flux pipeline's text encoders: CLIP-L (text_encoder/, tokenizer/) for the pooled embedding and T5-XXL (text_encoder_2/, tokenizer_2/) for the tokens.")
             .param(Param::path("path").doc("Flux pipeline folder"))
             .param(crate::t5_dtype_param())

@@ -5,10 +5,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use candle_core::Device;
 use latentflow_models::pixart::{PixArt, PixArtConfig, SizeCondition};
 use latentflow_models::Checked;
-use latentflow_plugin_api::sdk::candle::{compute_dtype, dtype_param, from_candle, to_candle_f32};
+use latentflow_plugin_api::sdk::candle::{
+    compute_device, compute_dtype, dtype_param, from_candle, to_candle_f32,
+};
 use latentflow_plugin_api::sdk::denoiser::{
     denoiser_handle, DenoiseOutput, DenoiseRequest, Denoised, DenoiserImpl, DenoiserInfo,
     PredictionKind,
@@ -76,8 +77,9 @@ impl DenoiserImpl for PixArtDenoiser {
 }
 
 fn load(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
+    let device = compute_device(p)?;
     let path = PathBuf::from(p.str("path")?);
-    let model = PixArt::load(&path, compute_dtype(p)?, &Device::Cpu).map_err(fail)?;
+    let model = PixArt::load(&path, compute_dtype(p)?, &device).map_err(fail)?;
     let d = PixArtDenoiser {
         model: Arc::new(model),
         vae_scale: p.usize("vae_scale")?,
@@ -94,7 +96,7 @@ fn check(p: &Params) -> Result<Vec<PortType>, NodeError> {
 
 /// The node.
 pub fn node() -> NodeDef {
-    NodeDef::new("dit.load_pixart", load)
+    NodeDef::new("dit.load_pixart", load).param(Param::device())
         .doc("Loads a PixArt-α or PixArt-Σ transformer (diffusers' PixArtTransformer2DModel, or Transformer2DModel with norm_type ada_norm_single): a pipeline folder (transformer/, vae/, scheduler/) or a transformer folder. A Denoiser of family t5: condition it with llm.t5_encode's features and mask (max_length 120 for PixArt-α, 300 for Σ; an empty negative prompt, as diffusers encodes it), any latent size that splits into patches, the resolution and aspect-ratio conditions of PixArt-α 1024 from the latent's size × vae_scale, learned sigma returned as the learned-range variance. Load the VAE with sd.load_vae on the same folder (SD's for α, SDXL's for Σ). The config is checked before anything runs.")
         .param(Param::path("path").doc("PixArt pipeline folder, or a transformer folder"))
         .param(dtype_param())

@@ -5,11 +5,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use candle_core::Device;
 use latentflow_models::sd3::text::Sd3Text;
 use latentflow_models::sd3::{Sd3, Sd3Config};
 use latentflow_models::Checked;
-use latentflow_plugin_api::sdk::candle::{compute_dtype, dtype_param, from_candle, to_candle_f32};
+use latentflow_plugin_api::sdk::candle::{
+    compute_device, compute_dtype, dtype_param, from_candle, to_candle_f32,
+};
 use latentflow_plugin_api::sdk::denoiser::{
     denoiser_handle, DenoiseOutput, DenoiseRequest, Denoised, DenoiserImpl, DenoiserInfo,
     PredictionKind,
@@ -65,12 +66,13 @@ fn config_param(p: &Params) -> Result<Option<PathBuf>, NodeError> {
 }
 
 fn load(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
+    let device = compute_device(p)?;
     let path = PathBuf::from(p.str("path")?);
     let dtype = compute_dtype(p)?;
     let model = if path.is_file() {
-        Sd3::load_file(&path, config_param(p)?.as_deref(), dtype, &Device::Cpu)
+        Sd3::load_file(&path, config_param(p)?.as_deref(), dtype, &device)
     } else {
-        Sd3::load(&path, dtype, &Device::Cpu)
+        Sd3::load(&path, dtype, &device)
     }
     .map_err(fail)?;
     let d = Sd3Denoiser {
@@ -102,6 +104,7 @@ fn config(path: &Path, given: Option<&Path>) -> Result<Sd3Config, NodeError> {
 }
 
 fn load_text(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
+    let device = compute_device(p)?;
     let path = PathBuf::from(p.str("path")?);
     let joint = config(&path, config_param(p)?.as_deref())?.joint_attention_dim;
     let t5 = match p.bool("t5")? {
@@ -109,9 +112,9 @@ fn load_text(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
         false => None,
     };
     let text = if path.is_file() {
-        Sd3Text::load_file(&path, config_param(p)?.as_deref(), joint, t5, &Device::Cpu)
+        Sd3Text::load_file(&path, config_param(p)?.as_deref(), joint, t5, &device)
     } else {
-        Sd3Text::load(&path, joint, t5, &Device::Cpu)
+        Sd3Text::load(&path, joint, t5, &device)
     }
     .map_err(fail)?;
     Ok(vec![Value::Object(ObjectHandle::new(TextObject(text)))])
@@ -121,7 +124,7 @@ fn load_text(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
 pub fn nodes() -> Vec<NodeDef> {
     let model = || PortType::handle_of("Denoiser", Family::named(SD3));
     vec![
-        NodeDef::new("dit.load_sd3", load)
+        NodeDef::new("dit.load_sd3", load).param(Param::device())
             .doc("Loads an SD3 or SD3.5 transformer (diffusers' SD3Transformer2DModel: MMDiT, SD3.5's qk RMS norm and MMDiT-X dual attention): a pipeline folder (transformer/), a transformer folder, or Stability AI's original single file (fused q/k/v; mapped onto diffusers' names, fused matrices split without copying; dit.load_sd3_text and sd.load_vae read the text encoders and VAE a bundled file holds). A flow-matching Denoiser of family sd3: sample it with flow_euler (shift 3 for SD3), or dpmpp_2m / unipc, with dit.sd3_encode's conditioning and pooled embedding; any latent whose patch grid fits pos_embed_max_size. Load the VAE with sd.load_vae on the same folder. The config is checked before anything runs.")
             .param(Param::path("path").doc("SD3 pipeline folder, a transformer folder, or a single file in Stability AI's layout (sd3_medium.safetensors)"))
             .param(Param::path("config").default("").doc("single files: a diffusers transformer or pipeline folder (or a config.json) with the architecture; empty: read off the file"))
@@ -132,7 +135,7 @@ pub fn nodes() -> Vec<NodeDef> {
                 config(&path, config_param(p)?.as_deref())?;
                 Ok(vec![PortType::handle_of("Denoiser", Family::named(SD3))])
             }),
-        NodeDef::new("dit.load_sd3_text", load_text)
+        NodeDef::new("dit.load_sd3_text", load_text).param(Param::device())
             .doc("Loads an SD3 pipeline's text encoders: CLIP-L (text_encoder/, tokenizer/) and OpenCLIP bigG (text_encoder_2/, tokenizer_2/), both with projection, and T5-XXL (text_encoder_3/, tokenizer_3/) when present and `t5` is on; without T5 its tokens are zeros, as diffusers does. The transformer's config (transformer/) gives the joint width. Stability AI's bundled single files (sd3_medium_incl_clips_t5xxlfp8.safetensors: text_encoders.clip_l/clip_g/t5xxl.*) load too; CLIP-L's projection is then the identity, as in diffusers.")
             .param(Param::path("path").doc("SD3 pipeline folder, or a single file bundling the text encoders"))
             .param(Param::path("config").default("").doc("single files: a diffusers SD3 folder whose text_encoder*/ and tokenizer*/ size the encoders (T5's tokenizer comes only from there); empty: the published CLIP-L, bigG and T5-XXL configs and the built-in CLIP vocabulary"))

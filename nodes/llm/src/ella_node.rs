@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor as CTensor};
 use latentflow_models::ella::{Ella, EllaConfig};
-use latentflow_plugin_api::sdk::candle::{from_candle, to_candle};
+use latentflow_plugin_api::sdk::candle::{compute_device, from_candle, to_candle};
 use latentflow_plugin_api::sdk::denoiser::{
     wrapper_handle, DenoiseRequest, Denoised, DenoiserClient, WrapperImpl, DENOISER,
 };
@@ -144,9 +144,10 @@ fn clip_input(inputs: &Inputs, name: &str, width: usize) -> Result<Option<CTenso
 }
 
 fn ella(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
+    let device = compute_device(p)?;
     let path = PathBuf::from(p.str("path")?);
     let heads = p.usize("heads")?;
-    let model = Ella::load(&path, heads, &Device::Cpu).map_err(fail)?;
+    let model = Ella::load(&path, heads, &device).map_err(fail)?;
     let width = model.config.width;
     let clip = match clip_input(inputs, "clip_positive", width)? {
         Some(pos) => Some((pos, clip_input(inputs, "clip_negative", width)?)),
@@ -175,7 +176,7 @@ fn ella(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError>
 /// The node.
 pub fn node() -> NodeDef {
     let sd1 = || Family::named("sd1");
-    NodeDef::new("llm.ella", ella)
+    NodeDef::new("llm.ella", ella).param(Param::device())
         .doc("ELLA (Hu et al. 2024): wraps an SD 1.x UNet so that it is conditioned on T5 features through the Timestep-Aware Semantic Connector. At every step the connector turns each guidance row's features into the UNet's context (64 tokens for the released model) at that step's timestep. Weights: the authors' ella-sd1.5-tsc-t5xl.safetensors keys. length fixed: every token the T5 node gave (use max_length 128, the training setting); flexible: each row only its own tokens (use max_length 0), as the authors' flexible mode. With clip_positive (and clip_negative under guidance) the CLIP context is appended after ELLA's tokens (ELLA + CLIP, for trigger words; not how ELLA was trained).")
         .input("model", PortType::handle_of(DENOISER, sd1()), "an SD 1.x UNet denoiser (bare or wrapped)")
         .optional_input("clip_positive", PortType::conditioning_of(Dim::Any, sd1()), "ELLA + CLIP: the positive CLIP conditioning")

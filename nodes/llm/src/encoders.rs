@@ -9,7 +9,7 @@ use candle_core::{DType as CDType, Device};
 use latentflow_models::llm::{Decoder, DecoderConfig};
 use latentflow_models::t5::{T5Config, T5Encoder, TextTokenizer};
 use latentflow_models::Checked;
-use latentflow_plugin_api::sdk::candle::from_candle;
+use latentflow_plugin_api::sdk::candle::{compute_device, from_candle};
 use latentflow_plugin_api::sdk::prelude::*;
 
 use crate::convert::{compute_dtype, dtype_param, fail};
@@ -157,11 +157,11 @@ impl ObjectImpl for EncoderObject {
 }
 
 fn load_t5(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
+    let device = compute_device(p)?;
     let path = PathBuf::from(p.str("path")?);
     let config = opt_path(p, "config")?;
     let cfg = t5_config_path(&path, config.as_deref());
-    let model =
-        T5Encoder::load(&path, Some(&cfg), compute_dtype(p)?, &Device::Cpu).map_err(fail)?;
+    let model = T5Encoder::load(&path, Some(&cfg), compute_dtype(p)?, &device).map_err(fail)?;
     let tok = tokenizer_path(&path, opt_path(p, "tokenizer")?);
     let tokenizer = TextTokenizer::from_file(&tok, model.config.pad_token_id).map_err(fail)?;
     let obj = EncoderObject {
@@ -173,8 +173,9 @@ fn load_t5(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
 }
 
 fn load_llm(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
+    let device = compute_device(p)?;
     let path = PathBuf::from(p.str("path")?);
-    let model = Decoder::load(&path, compute_dtype(p)?, &Device::Cpu).map_err(fail)?;
+    let model = Decoder::load(&path, compute_dtype(p)?, &device).map_err(fail)?;
     let tok = tokenizer_path(&path, opt_path(p, "tokenizer")?);
     let tokenizer = TextTokenizer::from_file(&tok, 0).map_err(fail)?;
     let obj = EncoderObject {
@@ -204,7 +205,7 @@ fn encode(ctx: &Ctx, inputs: &Inputs, p: &Params, input: &str) -> Result<Vec<Val
 pub fn nodes() -> Vec<NodeDef> {
     let mask_port = || PortType::tensor(Some(DType::F32), Dim::Fixed(2));
     vec![
-        NodeDef::new("llm.load_t5", load_t5)
+        NodeDef::new("llm.load_t5", load_t5).param(Param::device())
             .doc("Loads transformers' T5EncoderModel (flan-t5, t5-v1_1, mT5): a folder with config.json and its weights (model.safetensors or shards with their index), or one .safetensors file with `config`; f32, f16 or bf16 weights, read once (never held twice). The tokenizer is read from tokenizer.json. The config is checked before anything runs.")
             .param(Param::path("path").doc("a transformers T5 folder, or a single .safetensors file"))
             .param(Param::path("config").default("").doc("single files: the config.json (or its folder); empty: the folder of the file or of `path`"))
@@ -225,7 +226,7 @@ pub fn nodes() -> Vec<NodeDef> {
             .param(Param::int("max_length").default(128).range(0.0, 4096.0).doc("tokens to pad/cut to; 0: the prompt's own length"))
             .output("features", PortType::conditioning_of(Dim::Any, Family::named(T5_FAMILY)), "1×L×D T5 features")
             .output("mask", mask_port(), "1×L: 1 for tokens, 0 for padding"),
-        NodeDef::new("llm.load_llm", load_llm)
+        NodeDef::new("llm.load_llm", load_llm).param(Param::device())
             .doc("Loads a decoder-only LLM as a text encoder: a transformers folder of a Llama, Mistral, Qwen2 or Qwen3 model (config.json, weights sharded or not, tokenizer.json). The language-model head is not loaded.")
             .param(Param::path("path").doc("a transformers folder"))
             .param(Param::path("tokenizer").default("").doc("tokenizer.json or its folder; empty: the model's folder"))

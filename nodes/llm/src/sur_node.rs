@@ -3,17 +3,18 @@
 
 use std::path::PathBuf;
 
-use candle_core::{Device, Tensor as CTensor};
+use candle_core::Tensor as CTensor;
 use latentflow_models::sur::{SurAdapter, SurMode};
-use latentflow_plugin_api::sdk::candle::from_candle;
+use latentflow_plugin_api::sdk::candle::{compute_device, from_candle};
 use latentflow_plugin_api::sdk::prelude::*;
 use latentflow_weights::Header;
 
 use crate::convert::{f32_tensor, fail};
 
 fn sur(_: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
+    let device = compute_device(p)?;
     let path = PathBuf::from(p.str("path")?);
-    let model = SurAdapter::load(&path, &Device::Cpu).map_err(fail)?;
+    let model = SurAdapter::load(&path, &device).map_err(fail)?;
     let mode = match p.str("attend")? {
         "tokens" => SurMode::Tokens,
         _ => SurMode::Faithful,
@@ -51,7 +52,7 @@ fn sur(_: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
 /// The node.
 pub fn node() -> NodeDef {
     let f = || Family::var("F");
-    NodeDef::new("llm.sur_adapter", sur)
+    NodeDef::new("llm.sur_adapter", sur).param(Param::device())
         .doc("SUR-adapter (Zhong et al. 2023): a residual adapter on the CLIP context that carries an LLM's knowledge of simple prompts. out = β·fc(attention(encoder(x), x)) + (1 − β)·x, run once on [negative; positive] as the authors' pipeline does. attend faithful keeps the authors' quirk: their transformer encoder is not batch-first, so it attends across the batch (between the negative and positive prompts) at each token position; tokens attends across each prompt's tokens instead. Weights: the authors' Adapter state dict as .safetensors (tools/convert/sur_adapter.py converts their .pt).")
         .input("positive", PortType::conditioning_of(Dim::var("D"), f()), "the positive CLIP conditioning")
         .optional_input("negative", PortType::conditioning_of(Dim::var("D"), f()), "the negative CLIP conditioning")

@@ -9,7 +9,7 @@ use latentflow_models::sd::loader::{self, Source};
 use latentflow_models::sd::vae::Vae;
 use latentflow_models::sd::Family as SdFamily;
 use latentflow_models::Checked;
-use latentflow_plugin_api::sdk::candle::{compute_dtype, dtype_param};
+use latentflow_plugin_api::sdk::candle::{compute_device, compute_dtype, dtype_param};
 use latentflow_plugin_api::sdk::denoiser::PredictionKind;
 use latentflow_plugin_api::sdk::prelude::*;
 
@@ -51,6 +51,8 @@ fn clip(f: SdFamily) -> PortType {
 }
 
 fn load_checkpoint(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
+    // Where the model computes; this build's models run on the CPU only.
+    compute_device(p)?;
     let src = source(p)?;
     let unet = loader::unet(&src, compute_dtype(p)?).map_err(fail)?;
     let fam = unet.family;
@@ -72,6 +74,8 @@ fn prediction(p: &Params) -> Result<Option<PredictionKind>, NodeError> {
 }
 
 fn load_unet(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
+    // Where the model computes; this build's models run on the CPU only.
+    compute_device(p)?;
     let path = PathBuf::from(p.str("path")?);
     let over = prediction(p)?;
     let dtype = compute_dtype(p)?;
@@ -92,6 +96,8 @@ fn load_unet(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
 }
 
 fn load_clip(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
+    // Where the model computes; this build's models run on the CPU only.
+    compute_device(p)?;
     let path = PathBuf::from(p.str("path")?);
     let text = if path.is_dir() && path.join("text_encoder").is_dir() {
         loader::text_encoder(&Source::detect(&path, None).map_err(fail)?).map_err(fail)?
@@ -144,6 +150,8 @@ fn clip_family_of(path: &Path) -> Result<SdFamily, NodeError> {
 }
 
 fn load_vae(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
+    // Where the model computes; this build's models run on the CPU only.
+    compute_device(p)?;
     let path = PathBuf::from(p.str("path")?);
     let vae = if path.is_dir() && path.join("unet/config.json").exists() {
         loader::vae(&Source::detect(&path, None).map_err(fail)?).map_err(fail)?
@@ -174,7 +182,7 @@ pub fn nodes() -> Vec<NodeDef> {
     let f = || Family::var("F");
     vec![
         model_path(
-            NodeDef::new("sd.load_checkpoint", load_checkpoint)
+            NodeDef::new("sd.load_checkpoint", load_checkpoint).param(Param::device())
                 .doc("Loads a Stable Diffusion 1.x/2.x model: a diffusers folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/) or a single-file .safetensors checkpoint with the original key names (SD 1.x's CLIP, SD 2.x's OpenCLIP). Every architecture parameter comes from the config files; weights are read once, tensor by tensor, f32/f16/bf16 load; the UNet computes in `dtype` (text encoder and VAE in f32); a model used by several nodes is loaded once. The model's family (sd1, sd2) is read from its config or its keys before anything runs.")
                 .param(Param::choice("prediction", &["auto", "epsilon", "v_prediction", "sample"]).default("auto").doc("auto: the pipeline's scheduler config; single files without one: v_prediction for SD 2.x (SD 2.1 768; use epsilon for the 512 base models), else epsilon"))
                 .param(dtype_param())
@@ -193,7 +201,7 @@ pub fn nodes() -> Vec<NodeDef> {
             "diffusers folder or single-file .safetensors checkpoint",
         ),
         model_path(
-            NodeDef::new("sd.load_unet", load_unet)
+            NodeDef::new("sd.load_unet", load_unet).param(Param::device())
                 .doc("Loads only a UNet: a diffusers unet/ folder, a pipeline folder, or a single-file checkpoint.")
                 .output("model", PortType::handle_of("Denoiser", f()), "the UNet, as a denoiser")
                 .param(Param::choice("prediction", &["auto", "epsilon", "v_prediction", "sample"]).default("auto").doc("auto: the pipeline's scheduler config; single files without one: v_prediction for SD 2.x, else epsilon"))
@@ -202,7 +210,7 @@ pub fn nodes() -> Vec<NodeDef> {
             "unet/ folder, pipeline folder or checkpoint",
         ),
         model_path(
-            NodeDef::new("sd.load_clip", load_clip)
+            NodeDef::new("sd.load_clip", load_clip).param(Param::device())
                 .doc("Loads only a CLIP text encoder and its tokenizer: a transformers text_encoder/ folder (tokenizer from ../tokenizer or `tokenizer`, else the built-in CLIP vocabulary), a pipeline folder, or a single-file checkpoint.")
                 .output("clip", PortType::handle_of("Clip", f()), "tokenizer and text encoder")
                 .param(Param::path("tokenizer").default("").doc("tokenizer/ folder (vocab.json + merges.txt, or tokenizer.json) or bpe_simple_vocab_16e6.txt.gz"))
@@ -213,7 +221,7 @@ pub fn nodes() -> Vec<NodeDef> {
             "text_encoder/ folder, pipeline folder or checkpoint",
         ),
         model_path(
-            NodeDef::new("sd.load_vae", load_vae)
+            NodeDef::new("sd.load_vae", load_vae).param(Param::device())
                 .doc("Loads only an AutoencoderKL: a diffusers vae/ folder, a pipeline folder (an SD one, or any with a vae/: DiT's), or a single-file checkpoint.")
                 .output("vae", PortType::handle("Vae"), "the VAE"),
             "vae/ folder, pipeline folder or checkpoint",

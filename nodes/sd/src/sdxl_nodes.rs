@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use latentflow_models::sd::loader::{self, Source};
 use latentflow_models::sd::sdxl_text::SdxlText;
-use latentflow_plugin_api::sdk::candle::from_candle;
+use latentflow_plugin_api::sdk::candle::{compute_device, from_candle};
 use latentflow_plugin_api::sdk::prelude::*;
 
 use crate::convert::fail;
@@ -69,13 +69,14 @@ impl ObjectImpl for TextObject {
 }
 
 fn load_text(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
+    let device = compute_device(p)?;
     let path = PathBuf::from(p.str("path")?);
     let text = if path.is_file() {
         let config = p.str("config")?;
         let config = (!config.is_empty()).then(|| PathBuf::from(config));
         loader::sdxl_text(&Source::detect(&path, config.as_deref()).map_err(fail)?).map_err(fail)?
     } else {
-        Arc::new(SdxlText::load(&path, &Device::Cpu).map_err(fail)?)
+        Arc::new(SdxlText::load(&path, &device).map_err(fail)?)
     };
     Ok(vec![Value::Object(ObjectHandle::new(TextObject { text }))])
 }
@@ -118,7 +119,7 @@ fn encode(ctx: &Ctx, inputs: &Inputs, p: &Params) -> Result<Vec<Value>, NodeErro
 /// The nodes.
 pub fn nodes() -> Vec<NodeDef> {
     vec![
-        NodeDef::new("sd.load_sdxl_text", load_text)
+        NodeDef::new("sd.load_sdxl_text", load_text).param(Param::device())
             .doc("Loads an SDXL model's text encoders: CLIP-L (text_encoder/, tokenizer/; the refiner has none) and OpenCLIP bigG with projection (text_encoder_2/, tokenizer_2/), from a pipeline folder or a single-file checkpoint (conditioner.embedders.{0,1}.*, bigG in OpenCLIP's layout).")
             .param(Param::path("path").doc("SDXL pipeline folder or single-file .safetensors checkpoint"))
             .param(Param::path("config").default("").doc("single files: a diffusers SDXL folder whose text_encoder/, text_encoder_2/, tokenizer/ and tokenizer_2/ give the configs; empty: SDXL base 1.0's or refiner 1.0's (the built-in CLIP vocabulary)"))

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use candle_core::{DType as CDType, Tensor as CTensor};
 use latentflow_models::unet2d::{UNet2DConfig, UNet2DModel};
 use latentflow_models::Checked;
-use latentflow_plugin_api::sdk::candle::from_candle;
+use latentflow_plugin_api::sdk::candle::{compute_device, from_candle};
 use latentflow_plugin_api::sdk::denoiser::{
     denoiser_handle, names, DenoiseOutput, DenoiseRequest, Denoised, DenoiserImpl, DenoiserInfo,
     PredictionKind,
@@ -128,6 +128,8 @@ impl DenoiserImpl for UNet2DDenoiser {
 }
 
 fn load_unet2d(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
+    // Where the model computes; this build's models run on the CPU only.
+    compute_device(p)?;
     let path = PathBuf::from(p.str("path")?);
     let dir = model_dir(&path)?;
     let model = UNet2DModel::load(&dir).map_err(fail)?;
@@ -146,7 +148,7 @@ fn check(p: &Params) -> Result<Vec<PortType>, NodeError> {
 
 /// The node.
 pub fn node() -> NodeDef {
-    NodeDef::new("sd.load_unet2d", load_unet2d)
+    NodeDef::new("sd.load_unet2d", load_unet2d).param(Param::device())
         .doc("Loads a diffusers UNet2DModel (DDPM's UNet; ADM, guided-diffusion's, as diffusers writes it — scale-shift ResNets, resampling ResNets, learned sigma): a folder with config.json, or a pipeline folder with unet/. A Denoiser of family unet2d: no text conditioning, class labels for class-conditional models, the learned-range variance of learn-sigma models, and gradients for samplers.copaint. Weights load in f32; the config is checked before anything runs.")
         .param(Param::path("path").doc("UNet2DModel folder (or a pipeline folder with unet/)"))
         .output("model", PortType::handle_of("Denoiser", Family::named(FAMILY)), "the UNet, as a denoiser")

@@ -1,5 +1,6 @@
 //! `tpm.load_vq`, `tpm.vq_encode`, `tpm.vq_decode`.
 
+use latentflow_plugin_api::sdk::candle::compute_device;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -11,6 +12,8 @@ use crate::convert::fail;
 use crate::objects::VqObject;
 
 fn load_vq(_: &Ctx, _: &Inputs, p: &Params) -> Result<Vec<Value>, NodeError> {
+    // Where the model computes; this build's models run on the CPU only.
+    compute_device(p)?;
     let path = PathBuf::from(p.str("path")?);
     let vq = VqModel::load(&path).map_err(fail)?;
     let obj = VqObject {
@@ -40,7 +43,7 @@ fn call(
 /// The nodes.
 pub fn nodes() -> Vec<NodeDef> {
     vec![
-        NodeDef::new("tpm.load_vq", load_vq)
+        NodeDef::new("tpm.load_vq", load_vq).param(Param::device())
             .doc("Loads a diffusers VQModel (VQ-GAN) folder: config.json and its weights. The config is checked before anything runs.")
             .param(Param::path("path").doc("a diffusers VQModel folder"))
             .output("vq", PortType::handle("Vq"), "the VQ model")

@@ -59,6 +59,23 @@ pub fn compute_dtype(p: &Params) -> Result<CDType, NodeError> {
     }
 }
 
+/// The candle device named by a node's `device` parameter ([`Param::device`]). Only the CPU is available to candle
+/// models in this build; other names are refused with the reason (the host's validation refuses
+/// them first, from the node's declared devices).
+pub fn compute_device(p: &Params) -> Result<candle_core::Device, NodeError> {
+    let name = p.str(crate::device::DEVICE_PARAM)?;
+    let spec: crate::DeviceSpec = name.parse().map_err(NodeError::invalid)?;
+    match spec {
+        crate::DeviceSpec::Cpu => Ok(candle_core::Device::Cpu),
+        crate::DeviceSpec::Cuda(_) => Err(NodeError::invalid(format!(
+            "`{spec}`: this plugin was built without CUDA"
+        ))),
+        crate::DeviceSpec::Wgpu => Err(NodeError::invalid(
+            "candle models do not run on the wgpu device service; the gpu.* nodes do",
+        )),
+    }
+}
+
 fn candle_err(e: candle_core::Error) -> NodeError {
     NodeError::failed(e.to_string())
 }

@@ -62,6 +62,15 @@ impl Param {
         Param::new(name, ParamKind::Json)
     }
 
+    /// The `device` parameter of model loaders: where the model computes (`cpu`, `cuda:N`,
+    /// `wgpu`; default `cpu`). The host sets it from the graph's `device:` when a node does not,
+    /// and checks it against the node's devices and this machine's before anything runs.
+    pub fn device() -> Self {
+        Param::string(crate::device::DEVICE_PARAM)
+            .default("cpu")
+            .doc("where the model computes: cpu, cuda:N or wgpu (the graph's `device:` when not set here); checked against the node's devices and this machine's before anything runs")
+    }
+
     /// One of `choices`.
     pub fn choice(name: &str, choices: &[&str]) -> Self {
         let mut p = Param::new(name, ParamKind::Enum);

@@ -77,6 +77,7 @@ pub fn validate(file: &Path, text: &str, registry: &Registry, overrides: &Overri
                 registry,
                 diags: Vec::new(),
                 alloc_limit: None,
+                default_device: None,
             };
             let plan = v.check(parsed, overrides);
             if v.diags.is_empty() {
@@ -92,6 +93,7 @@ pub fn validate(file: &Path, text: &str, registry: &Registry, overrides: &Overri
         registry,
         diags: Vec::new(),
         alloc_limit: None,
+        default_device: None,
     };
     let plan = v.run(text, overrides);
     let mut diagnostics = v.diags;
@@ -110,6 +112,8 @@ struct Validator<'a> {
     diags: Vec<Diagnostic>,
     /// The allocation limit, read when a node first declares a size.
     alloc_limit: Option<u64>,
+    /// The graph's `device:`, for the loaders that do not set their own.
+    default_device: Option<(String, Pos)>,
 }
 
 struct GraphInput {
@@ -195,6 +199,7 @@ impl<'a> Validator<'a> {
             .or(parsed.seed.as_ref().map(|s| s.value))
             .unwrap_or(0);
 
+        self.default_device = self.graph_device(parsed.device.as_ref());
         let mut vars = self.graph_inputs(&parsed, overrides);
         let drafts = self.nodes(&parsed, &mut vars, seed);
         for (name, var) in &vars {

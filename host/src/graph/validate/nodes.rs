@@ -3,6 +3,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
+use latentflow_plugin_api::device::DEVICE_PARAM;
+use latentflow_plugin_api::ParamKind;
 use serde_json::{Map, Value as Json};
 
 use super::{doc_suffix, typecheck_seed, Draft, GraphInput, Validator};
@@ -174,10 +176,16 @@ impl Validator<'_> {
             if given.contains(spec.name.as_str()) {
                 continue;
             }
+            if spec.name.as_str() == DEVICE_PARAM && spec.kind == ParamKind::String {
+                if let Some((device, _)) = &self.default_device {
+                    draft
+                        .params
+                        .insert(spec.name.to_string(), Json::from(device.clone()));
+                    continue;
+                }
+            }
             match params::default_of(spec) {
-                Some(Json::String(s))
-                    if spec.kind == latentflow_plugin_api::ParamKind::Seed && s == "random" =>
-                {
+                Some(Json::String(s)) if spec.kind == ParamKind::Seed && s == "random" => {
                     draft.params.insert(
                         spec.name.to_string(),
                         Json::from(typecheck_seed(seed, &draft.id, spec.name.as_str())),

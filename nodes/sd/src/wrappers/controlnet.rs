@@ -3,6 +3,7 @@
 //! ControlNet's residuals to the UNet, within a guidance window. Wrappers chain: several
 //! ControlNets sum their residuals, as diffusers' `MultiControlNetModel` does.
 
+use latentflow_plugin_api::sdk::candle::compute_device;
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor as CTensor};
@@ -343,13 +344,15 @@ fn apply(inputs: &Inputs, p: &Params) -> Result<Controlled, NodeError> {
 pub fn nodes() -> Vec<NodeDef> {
     vec![
         NodeDef::new("sd.load_controlnet", |_, _, p| {
+            // Where the model computes; this build's models run on the CPU only.
+            compute_device(p)?;
             let path = std::path::PathBuf::from(p.str("path")?);
             let config = p.str("config")?;
             let config = (!config.is_empty()).then(|| std::path::PathBuf::from(config));
             let model = latentflow_models::sd::loader::component(&path, "controlnet", |p| ControlNet::load_with(p, config.as_deref()))
                 .map_err(fail)?;
             Ok(vec![Value::Object(ObjectHandle::new(ControlNetObject::new(model, path.display().to_string())))])
-        })
+        }).param(Param::device())
         .doc("Loads a ControlNet: a diffusers ControlNetModel folder, or a single-file .safetensors in the original layout (control_model.* / zero_convs.* keys, e.g. lllyasviel's v1.1 files) whose architecture is SD 1.5's unless `config` names a diffusers ControlNet folder. Loaded once however many nodes use it.")
         .output("controlnet", PortType::handle("ControlNet"), "the ControlNet")
         .param(Param::path("path").doc("ControlNet folder or single file"))
