@@ -59,14 +59,18 @@ pub fn compute_dtype(p: &Params) -> Result<CDType, NodeError> {
     }
 }
 
-/// The candle device named by a node's `device` parameter ([`Param::device`]). Only the CPU is available to candle
-/// models in this build; other names are refused with the reason (the host's validation refuses
-/// them first, from the node's declared devices).
+/// The candle device named by a node's `device` parameter ([`Param::device`]): the CPU, or a
+/// CUDA device in a `cuda` build; other names are refused with the reason (the host's
+/// validation refuses them first, from the node's declared devices).
 pub fn compute_device(p: &Params) -> Result<candle_core::Device, NodeError> {
     let name = p.str(crate::device::DEVICE_PARAM)?;
     let spec: crate::DeviceSpec = name.parse().map_err(NodeError::invalid)?;
     match spec {
         crate::DeviceSpec::Cpu => Ok(candle_core::Device::Cpu),
+        #[cfg(feature = "cuda")]
+        crate::DeviceSpec::Cuda(n) => candle_core::Device::new_cuda(n as usize)
+            .map_err(|e| NodeError::failed(format!("`{spec}`: {e}"))),
+        #[cfg(not(feature = "cuda"))]
         crate::DeviceSpec::Cuda(_) => Err(NodeError::invalid(format!(
             "`{spec}`: this plugin was built without CUDA"
         ))),
@@ -83,6 +87,10 @@ fn candle_err(e: candle_core::Error) -> NodeError {
 /// Exports a candle tensor. CPU tensors are shared without copying; device tensors are copied to
 /// the CPU first (device tensors cross the ABI in a later version).
 pub fn from_candle(t: &candle_core::Tensor) -> Result<Tensor, NodeError> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(dev) = t.device() {
+        return super::cuda::export(t, dev, to_our_dtype(t.dtype())?);
+    }
     let t = if t.device().is_cpu() {
         t.clone()
     } else {
@@ -131,6 +139,10 @@ pub fn from_candle(t: &candle_core::Tensor) -> Result<Tensor, NodeError> {
 /// Imports a tensor into candle on `device`: the original candle tensor when this plugin made
 /// it (no copy), else a copy.
 pub fn to_candle(t: &Tensor, device: &Device) -> Result<candle_core::Tensor, NodeError> {
+    #[cfg(feature = "cuda")]
+    if t.device().device_type == super::cuda::CUDA_TYPE {
+        return super::cuda::import(t, device);
+    }
     if let Some(own) = t.local_owner::<candle_core::Tensor>() {
         if own.device().same_device(device) && own.dims() == t.shape().as_slice() {
             stats::add_reused();

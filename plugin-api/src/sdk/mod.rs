@@ -32,6 +32,8 @@ pub mod video;
 
 #[cfg(feature = "candle")]
 pub mod candle;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 
 pub use context::{human_bytes, Ctx};
 pub use inputs::Inputs;
