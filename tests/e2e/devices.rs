@@ -21,7 +21,11 @@ fn graph(device: Option<&str>, node_device: Option<&str>) -> String {
 fn the_graph_default_reaches_loaders_that_do_not_set_their_own() {
     let sb = Sandbox::with_plugins(TESTKIT);
     // cpu from the graph; a node's own value wins over the graph's.
-    for (g, n) in [(Some("CPU"), None), (Some("cuda:7"), Some("cpu")), (None, None)] {
+    for (g, n) in [
+        (Some("CPU"), None),
+        (Some("cuda:7"), Some("cpu")),
+        (None, None),
+    ] {
         let r = sb.graph("run", "g.yaml", &graph(g, n), &["--events", "json"]);
         r.expect_code(0);
         assert_eq!(r.event("log")["message"], "device cpu", "{g:?} {n:?}");

@@ -6,8 +6,14 @@ use latentflow_plugin_api::{NodeError, Tensor};
 use crate::buffer::{Gpu, WORKGROUP};
 
 const ELEMENTWISE: &str = include_str!("wgsl/elementwise.wgsl");
-const SOFTMAX: &str = include_str!("wgsl/softmax.wgsl");
-const GROUP_NORM: &str = include_str!("wgsl/group_norm.wgsl");
+const SOFTMAX: &str = concat!(
+    include_str!("wgsl/reduce.wgsl"),
+    include_str!("wgsl/softmax.wgsl")
+);
+const GROUP_NORM: &str = concat!(
+    include_str!("wgsl/reduce.wgsl"),
+    include_str!("wgsl/group_norm.wgsl")
+);
 const MATMUL: &str = include_str!("wgsl/matmul.wgsl");
 
 /// One-input element-wise maps.

@@ -28,7 +28,9 @@ use crate::tensor::{DLDevice, SyncKind, SyncPoint, Tensor};
 /// DLPack's device type for CUDA memory.
 pub const CUDA_TYPE: i32 = 2;
 
-fn cuda_err(what: &str) -> impl Fn(candle_core::cuda_backend::cudarc::driver::DriverError) -> NodeError + '_ {
+fn cuda_err(
+    what: &str,
+) -> impl Fn(candle_core::cuda_backend::cudarc::driver::DriverError) -> NodeError + '_ {
     move |e| NodeError::failed(format!("CUDA {what}: {e}"))
 }
 
@@ -130,10 +132,10 @@ fn wait_for(t: &Tensor, stream: &CudaStream) -> Result<(), NodeError> {
         }
         .map_err(cuda_err("stream wait")),
         // SAFETY: a stream handle in a sync point stays valid while its tensor lives.
-        SyncKind::CUDA_STREAM => unsafe {
-            result::stream::synchronize(s.handle as usize as sys::CUstream)
+        SyncKind::CUDA_STREAM => {
+            unsafe { result::stream::synchronize(s.handle as usize as sys::CUstream) }
+                .map_err(cuda_err("stream synchronisation"))
         }
-        .map_err(cuda_err("stream synchronisation")),
         other => Err(NodeError::invalid(format!(
             "a CUDA tensor with a sync point of kind {} cannot be waited on",
             other.0
@@ -148,7 +150,8 @@ fn copy_in<T: CudaDType + candle_core::cuda_backend::cudarc::driver::DeviceRepr>
     stream: &Arc<CudaStream>,
 ) -> Result<CudaStorage, NodeError> {
     // SAFETY: every element is written by the copy below before anything reads it.
-    let mut dst: CudaSlice<T> = unsafe { stream.alloc::<T>(len) }.map_err(cuda_err("allocation"))?;
+    let mut dst: CudaSlice<T> =
+        unsafe { stream.alloc::<T>(len) }.map_err(cuda_err("allocation"))?;
     {
         let (dst_ptr, _write) = dst.device_ptr_mut(stream);
         // SAFETY: `src` points at `len` elements of `T` on this context's device (checked by the
@@ -165,7 +168,9 @@ fn copy_in<T: CudaDType + candle_core::cuda_backend::cudarc::driver::DeviceRepr>
         .map_err(cuda_err("device-to-device copy"))?;
     }
     // Rule 3: done before returning, so the input may be released.
-    stream.synchronize().map_err(cuda_err("stream synchronisation"))?;
+    stream
+        .synchronize()
+        .map_err(cuda_err("stream synchronisation"))?;
     Ok(CudaStorage::wrap_cuda_slice(dst, dev.clone()))
 }
 
