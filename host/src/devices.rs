@@ -24,6 +24,8 @@ fn probe_cuda() -> Result<Vec<String>, String> {
     // SAFETY: loading NVIDIA's driver library runs only its own initialisers.
     let lib = unsafe { libloading::Library::new("libcuda.so.1") }
         .map_err(|_| "no CUDA driver (libcuda.so.1 is not installed)".to_string())?;
+    // The driver stays loaded for the process: unloading it after cuInit is not supported.
+    let lib: &'static libloading::Library = Box::leak(Box::new(lib));
     let missing = |what: &str| format!("the CUDA driver has no {what}");
     // SAFETY: the symbols have the CUDA driver API's C signatures (cuda.h); every pointer passed
     // is valid for the call and `name` has the length given.
@@ -39,6 +41,10 @@ fn probe_cuda() -> Result<Vec<String>, String> {
             .get(b"cuDeviceGetName\0")
             .map_err(|_| missing("cuDeviceGetName"))?;
         let r = init(0);
+        // CUDA_ERROR_NO_DEVICE: a driver without devices.
+        if r == 100 {
+            return Ok(Vec::new());
+        }
         if r != 0 {
             return Err(format!("the CUDA driver did not start (CUresult {r})"));
         }
@@ -64,8 +70,6 @@ fn probe_cuda() -> Result<Vec<String>, String> {
         }
         names
     };
-    // The driver stays loaded for the process (unloading it after cuInit is not supported).
-    std::mem::forget(lib);
     Ok(names)
 }
 

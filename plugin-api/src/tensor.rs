@@ -257,9 +257,24 @@ impl std::error::Error for TensorError {}
 fn contiguous_strides(shape: &[i64]) -> Vec<i64> {
     let mut strides = vec![1i64; shape.len()];
     for i in (0..shape.len().saturating_sub(1)).rev() {
-        strides[i] = strides[i + 1] * shape[i + 1].max(1);
+        // Saturating: callers check that real shapes fit (`Tensor::fits`); a shape that does not
+        // must never panic here.
+        strides[i] = strides[i + 1].saturating_mul(shape[i + 1].max(1));
     }
     strides
+}
+
+impl Tensor {
+    /// Whether `shape` can describe a tensor: every dimension and the product of all of them
+    /// (zeros counted as ones, as strides see them) fit an `i64`.
+    pub fn fits(shape: &[usize]) -> bool {
+        shape
+            .iter()
+            .try_fold(1i64, |acc, &d| {
+                acc.checked_mul(i64::try_from(d.max(1)).ok()?)
+            })
+            .is_some()
+    }
 }
 
 fn element_count(shape: &[usize]) -> Option<usize> {
@@ -319,7 +334,11 @@ impl Tensor {
     /// handle, not an address, and `keep` is dropped with the last copy (the host releases its
     /// buffer reference there). Only the host's GPU service makes these; plugins ask it with
     /// [`GpuService::tensor`](crate::gpu::GpuService::tensor).
-    pub fn from_gpu_buffer(
+    ///
+    /// # Safety
+    /// `keep` must hold a reference to `buffer` for as long as it lives, and `shape` must fit the
+    /// buffer and [`Tensor::fits`]: consumers trust both.
+    pub unsafe fn from_gpu_buffer(
         buffer: crate::gpu::GpuBuffer,
         dtype: DType,
         shape: &[usize],

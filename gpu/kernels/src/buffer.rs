@@ -115,10 +115,16 @@ impl Gpu {
     /// The buffer of an f32 device tensor, and its element count.
     pub(crate) fn input(&self, t: &Tensor, what: &str) -> Result<GpuBuffer, NodeError> {
         let b = t.gpu_buffer().ok_or_else(|| {
-            NodeError::invalid(format!(
-                "{what} is not on the GPU (device type {}); move it with gpu.upload first",
-                t.device().device_type
-            ))
+            if t.device() == latentflow_plugin_api::DLDevice::WEBGPU {
+                NodeError::invalid(format!(
+                    "{what} is a strided or offset view of a GPU buffer; the kernels take compact tensors"
+                ))
+            } else {
+                NodeError::invalid(format!(
+                    "{what} is not on the GPU (device type {}); move it with gpu.upload first",
+                    t.device().device_type
+                ))
+            }
         })?;
         if t.dtype() != Some(DType::F32) {
             return Err(NodeError::invalid(format!(

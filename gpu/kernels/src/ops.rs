@@ -192,7 +192,10 @@ impl Gpu {
             None => (bx, bx),
         };
         let flags = u32::from(affine.is_some()) | (u32::from(silu) << 1);
-        let items = u32_of("GroupNorm's group count", n * groups)?;
+        let items = n
+            .checked_mul(groups)
+            .ok_or_else(|| NodeError::too_large("GroupNorm's group count is too large"))?;
+        let items = u32_of("GroupNorm's group count", items)?;
         let wg = self.groups_for(u64::from(items))?;
         let p = self.params(&[
             c as u32,
@@ -255,7 +258,13 @@ impl Gpu {
         elements(b, "b")?;
         let mut shape = sa[..r - 2].to_vec();
         shape.extend([m, n]);
-        let out_n = u32_of("the product's element count", batch * m * n)?;
+        let out_n = batch
+            .checked_mul(m)
+            .and_then(|v| v.checked_mul(n))
+            .ok_or_else(|| {
+                NodeError::too_large(format!("a {batch}×{m}×{n} product is too large"))
+            })?;
+        let out_n = u32_of("the product's element count", out_n)?;
         let max = self.limits().max_workgroups_per_dimension as usize;
         let (gx, gy) = (n.div_ceil(16), m.div_ceil(16));
         if gx > max || gy > max || batch > max {

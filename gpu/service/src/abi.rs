@@ -131,6 +131,7 @@ fn device_tensor(
         .iter()
         .map(|&d| usize::try_from(d).ok())
         .collect::<Option<_>>()
+        .filter(|d: &Vec<usize>| Tensor::fits(d))
         .ok_or_else(|| GpuError::Limit(format!("shape {shape:?} is too large to address")))?;
     let bytes = dims
         .iter()
@@ -149,12 +150,9 @@ fn device_tensor(
         service: service.clone(),
         handle,
     };
-    Ok(Tensor::from_gpu_buffer(
-        GpuBuffer(handle),
-        dt,
-        &dims,
-        Box::new(keep),
-    ))
+    // SAFETY: `keep` holds the reference retained above; the shape fits the buffer (checked
+    // against its size) and `Tensor::fits`.
+    Ok(unsafe { Tensor::from_gpu_buffer(GpuBuffer(handle), dt, &dims, Box::new(keep)) })
 }
 
 impl Service {

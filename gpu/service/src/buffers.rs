@@ -77,9 +77,18 @@ impl Buffers {
         }
         // Dropped, not destroyed: wgpu frees it once queued work no longer uses it.
         let freed = slot.buffer.take().map_or(0, |b| b.size());
-        slot.generation = slot.generation.wrapping_add(1).max(1);
+        // A slot whose generations are used up is retired, so no old handle ever aliases.
+        let reusable = match slot.generation.checked_add(1) {
+            Some(next) => {
+                slot.generation = next;
+                true
+            }
+            None => false,
+        };
         self.live_bytes -= freed;
-        self.free.push(split(handle).0 as u32);
+        if reusable {
+            self.free.push(split(handle).0 as u32);
+        }
     }
 
     /// How many buffers are alive.

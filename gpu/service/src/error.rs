@@ -36,6 +36,12 @@ pub enum GpuError {
         /// Where and why, from the shader compiler.
         message: String,
     },
+    /// The device ran out of memory.
+    #[error("the GPU ran out of memory during {what}")]
+    OutOfMemory {
+        /// What was attempted.
+        what: &'static str,
+    },
     /// A dispatch, copy or map that wgpu rejected.
     #[error("GPU {what} failed: {message}")]
     Operation {
@@ -49,7 +55,9 @@ pub enum GpuError {
 impl From<GpuError> for NodeError {
     fn from(e: GpuError) -> NodeError {
         match e {
-            GpuError::Limit(_) => NodeError::too_large(e.to_string()),
+            GpuError::Limit(_) | GpuError::OutOfMemory { .. } => {
+                NodeError::too_large(e.to_string())
+            }
             GpuError::StaleBuffer(_) | GpuError::UnknownKernel(_) | GpuError::Shader { .. } => {
                 NodeError::invalid(e.to_string())
             }

@@ -106,6 +106,7 @@ impl Service {
         ];
         match errors.into_iter().flatten().next() {
             None => Ok(out),
+            Some(wgpu::Error::OutOfMemory { .. }) => Err(GpuError::OutOfMemory { what }),
             Some(e) => Err(GpuError::Operation {
                 what,
                 message: one_line(&e.to_string()),
@@ -325,6 +326,16 @@ impl Service {
                 buf.size()
             )));
         }
+        if k.layout.is_none() && !buffers.is_empty() {
+            return Err(GpuError::Operation {
+                what: "dispatch",
+                message: format!(
+                    "kernel `{}` has no bindings, and {} were given",
+                    k.entry,
+                    buffers.len()
+                ),
+            });
+        }
         if groups.contains(&0) {
             return Ok(());
         }
@@ -345,6 +356,7 @@ impl Service {
                         entries: &entries,
                     }))
                 }
+                // Checked before the scope: a kernel without bindings given some.
                 (None, false) => None,
             };
             let mut enc = self.device.create_command_encoder(&Default::default());

@@ -160,6 +160,15 @@ fn a_binding_that_does_not_match_is_an_error_not_a_panic() {
         }
         other => panic!("expected a dispatch error, got {other:?}"),
     }
+    // Bindings for a kernel that declares none.
+    let bare = s
+        .compile("@compute @workgroup_size(1)\nfn main() {}\n", "main")
+        .unwrap();
+    assert!(matches!(
+        s.dispatch(bare, &[(0, h)], [1, 1, 1]),
+        Err(GpuError::Operation { .. })
+    ));
+    s.dispatch(bare, &[], [1, 1, 1]).unwrap();
     // The service still works afterwards.
     s.write(h, 0, &f32_bytes(&[1.0, 2.0, 3.0, 4.0])).unwrap();
     assert_eq!(
@@ -202,6 +211,13 @@ fn a_device_tensor_holds_its_own_reference() {
     match table.tensor(small, DType::F32.into(), [4u64].as_slice().into()) {
         RResult::RErr(e) => assert_eq!(e.kind, ErrorKind::TOO_LARGE),
         RResult::ROk(_) => panic!("a 16-byte tensor over an 8-byte buffer"),
+    }
+    // A shape whose strides overflow is refused, not a panic (a zero hides no dimension).
+    for shape in [vec![0u64, 1 << 62, 4], vec![u64::MAX], vec![0, u64::MAX]] {
+        match table.tensor(small, DType::F32.into(), shape.as_slice().into()) {
+            RResult::RErr(e) => assert_eq!(e.kind, ErrorKind::TOO_LARGE, "{shape:?}"),
+            RResult::ROk(_) => panic!("shape {shape:?} accepted"),
+        }
     }
     table.buffer_release(small);
 }

@@ -43,6 +43,19 @@ fn candle_err(e: candle_core::Error) -> NodeError {
 struct Exported {
     _tensor: candle_core::Tensor,
     _event: CudaEvent,
+    stream: Arc<CudaStream>,
+}
+
+impl Drop for Exported {
+    fn drop(&mut self) {
+        // The last copy may be dropped on any host thread: bind the producer's context, so that
+        // candle's stream-ordered free goes to the right device, and let the producer's queued
+        // work finish before the memory can be reused.
+        let ctx = self.stream.context();
+        if ctx.bind_to_thread().is_err() || self.stream.synchronize().is_err() {
+            // Nothing to report to: the tensor is gone either way.
+        }
+    }
 }
 
 fn base_ptr<T: CudaDType>(s: &CudaStorage, stream: &Arc<CudaStream>) -> Result<u64, NodeError> {
@@ -111,10 +124,24 @@ pub(crate) fn export(
             Box::new(Exported {
                 _tensor: t.clone(),
                 _event: event,
+                stream: stream.clone(),
             }),
         )
     };
     Ok(out.with_sync(sync))
+}
+
+fn to_cdtype(d: crate::types::DType) -> CDType {
+    use crate::types::DType as D;
+    match d {
+        D::F32 => CDType::F32,
+        D::F16 => CDType::F16,
+        D::BF16 => CDType::BF16,
+        D::F64 => CDType::F64,
+        D::U8 => CDType::U8,
+        D::U32 => CDType::U32,
+        D::I64 => CDType::I64,
+    }
 }
 
 /// Makes `stream` wait until the producer's writes are done.
@@ -183,6 +210,12 @@ pub(crate) fn import(t: &Tensor, device: &Device) -> Result<candle_core::Tensor,
     };
     let at = t.device();
     let stream = dev.cuda_stream();
+    // candle's streams are per-thread streams: the raw waits below act on the context current on
+    // this thread, so make it this device's first.
+    stream
+        .context()
+        .bind_to_thread()
+        .map_err(cuda_err("context"))?;
     let ordinal = stream.context().ordinal();
     if at.device_id as usize != ordinal {
         return Err(NodeError::invalid(format!(
@@ -201,6 +234,9 @@ pub(crate) fn import(t: &Tensor, device: &Device) -> Result<candle_core::Tensor,
     wait_for(t, &stream)?;
     let src = t.dl().data as usize as u64 + t.dl().byte_offset;
     let n = t.numel();
+    if n == 0 {
+        return candle_core::Tensor::zeros(t.shape(), to_cdtype(dtype), device).map_err(candle_err);
+    }
     use crate::types::DType as D;
     let storage = match dtype {
         D::F32 => copy_in::<f32>(src, n, dev, &stream)?,

@@ -93,7 +93,11 @@ impl Validator<'_> {
 
     fn gpu_only(&mut self, draft: &Draft<'_>, type_id: &str) {
         // One report per graph: every GPU node has the same cause.
-        if self.diags.iter().any(|d| d.code == "no-device") {
+        if self
+            .diags
+            .iter()
+            .any(|d| d.code == "no-device" && d.message.contains("needs the GPU device service"))
+        {
             return;
         }
         if let Err(reason) = crate::devices::gpu() {
