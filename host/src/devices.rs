@@ -120,8 +120,11 @@ pub fn gpu() -> Result<Arc<Service>, String> {
         .clone()
 }
 
+/// What `HostServices::gpu` returns.
+pub type GpuResult = RResult<GpuRef, NodeError>;
+
 /// The GPU service as plugins receive it through the host services.
-pub fn gpu_for_plugins() -> RResult<GpuRef, NodeError> {
+pub fn gpu_for_plugins() -> GpuResult {
     match gpu() {
         Ok(s) => RResult::ROk(s.handle()),
         Err(e) => RResult::RErr(NodeError::failed(e)),
@@ -129,7 +132,7 @@ pub fn gpu_for_plugins() -> RResult<GpuRef, NodeError> {
 }
 
 /// What a plugin running in an isolated worker gets: the device service lives in the host.
-pub fn gpu_unavailable_isolated() -> RResult<GpuRef, NodeError> {
+pub fn gpu_unavailable_isolated() -> GpuResult {
     RResult::RErr(NodeError::failed(
         "the GPU device service is not available to a plugin that runs in an isolated worker (`--isolate`); run that plugin in the host process",
     ))

@@ -81,12 +81,7 @@ impl HostServices for NodeServices<'_> {
         self.alloc_limit
     }
 
-    fn gpu(
-        &self,
-    ) -> latentflow_plugin_api::abi_stable::std_types::RResult<
-        latentflow_plugin_api::GpuRef,
-        latentflow_plugin_api::NodeError,
-    > {
+    fn gpu(&self) -> crate::devices::GpuResult {
         crate::devices::gpu_for_plugins()
     }
 }

@@ -589,12 +589,7 @@ impl HostServices for Detached {
         self.facts.alloc_limit
     }
 
-    fn gpu(
-        &self,
-    ) -> latentflow_plugin_api::abi_stable::std_types::RResult<
-        latentflow_plugin_api::GpuRef,
-        latentflow_plugin_api::NodeError,
-    > {
+    fn gpu(&self) -> crate::devices::GpuResult {
         crate::devices::gpu_unavailable_isolated()
     }
 }
